@@ -1,0 +1,1 @@
+"""The S3 front end (aiohttp); see DESIGN.md."""

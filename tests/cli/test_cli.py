@@ -1,0 +1,128 @@
+"""The `vfsd` command as a user runs it: exit codes, one-line errors, --json for scripts."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def vfsd(*args, store=None, check=False):
+    env = dict(os.environ)
+    if store is not None:
+        env["VFSD_STORE"] = str(store)
+    result = subprocess.run([sys.executable, "-m", "vfsd", *args], capture_output=True,
+                            text=True, env=env)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def one_line_error(result, code=None):
+    assert result.returncode != 0
+    if code is not None:
+        assert result.returncode == code
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "store"
+    vfsd("init", store=path, check=True)
+    return path
+
+
+def test_missing_store_is_one_line(tmp_path):
+    line = one_line_error(vfsd("stats", store=tmp_path / "nowhere"), 1)
+    assert "no store" in line
+
+
+def test_not_a_store_and_bad_format(tmp_path):
+    (tmp_path / "plain").mkdir()
+    assert "store.toml is missing" in one_line_error(vfsd("stats", store=tmp_path / "plain"))
+    path = tmp_path / "s"
+    vfsd("init", store=path, check=True)
+    toml = (path / "store.toml").read_text()
+    (path / "store.toml").write_text(toml.replace("format_version = 1", "format_version = 99"))
+    assert "format 99" in one_line_error(vfsd("stats", store=path))
+    (path / "store.toml").write_text("this is [not toml")
+    assert "corrupt" in one_line_error(vfsd("stats", store=path))
+
+
+def test_init_twice_refused(store):
+    assert "already a vfsd store" in one_line_error(vfsd("init", store=store))
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "x" * 256, "new\nline"])
+def test_bad_vm_names(store, name):
+    one_line_error(vfsd("vm", "create", name, "--disk", "1G", "--memory", "1G", store=store))
+
+
+def test_bad_sizes_are_usage_errors(store):
+    line = one_line_error(vfsd("vm", "create", "web", "--disk", "20X", "--memory", "2G",
+                               store=store), 2)
+    assert "20X" in line
+    one_line_error(vfsd("volume", "create", "v", "--size", "-1G", store=store), 2)
+
+
+def test_vm_and_volume_lifecycle(store):
+    created = json.loads(vfsd("vm", "create", "web", "--disk", "20G", "--memory", "2G",
+                              "--json", store=store, check=True).stdout)
+    assert created["disks"][0]["size"] == 20 << 30
+    assert "already exists" in one_line_error(
+        vfsd("vm", "create", "web", "--disk", "1G", "--memory", "1G", store=store))
+    vfsd("volume", "create", "data", "--size", "10G", store=store, check=True)
+    vfsd("volume", "attach", "data", "--vm", "web", store=store, check=True)
+    vfsd("vm", "create", "db", "--disk", "1G", "--memory", "1G", store=store, check=True)
+    assert "attached to VM web" in one_line_error(
+        vfsd("volume", "attach", "data", "--vm", "db", store=store))
+    assert "detach it first" in one_line_error(vfsd("volume", "rm", "data", store=store))
+    volumes = json.loads(vfsd("volume", "ls", "--json", store=store, check=True).stdout)
+    assert volumes == [{"name": "data", "size": 10 << 30, "physical": 0, "attached_to": "web"}]
+    vfsd("vm", "rm", "web", store=store, check=True)
+    volumes = json.loads(vfsd("volume", "ls", "--json", store=store, check=True).stdout)
+    assert volumes[0]["attached_to"] is None
+    assert [v["name"] for v in json.loads(vfsd("vm", "ls", "--json", store=store,
+                                               check=True).stdout)] == ["db"]
+    stats = json.loads(vfsd("stats", "--json", store=store, check=True).stdout)
+    assert stats["provisioned_bytes"] == (1 << 30) + (1 << 30) + (10 << 30) + 8684
+    assert "no VM named nope" in one_line_error(vfsd("vm", "show", "nope", store=store))
+    assert vfsd("fsck", store=store).returncode == 0
+
+
+def test_users(store):
+    user = json.loads(vfsd("user", "add", "alice", "--json", store=store, check=True).stdout)
+    assert len(user["access_key"]) == 20 and len(user["secret_key"]) >= 40
+    assert "already exists" in one_line_error(vfsd("user", "add", "alice", store=store))
+    listed = json.loads(vfsd("user", "ls", "--json", store=store, check=True).stdout)
+    assert [u["access_key"] for u in listed] == [user["access_key"]]
+    assert "secret" not in json.dumps(listed)
+    vfsd("user", "rm", "alice", store=store, check=True)
+    one_line_error(vfsd("user", "rm", "alice", store=store))
+
+
+def test_fsck_reports_damage_and_exits_3(store):
+    vfsd("vm", "create", "web", "--disk", "1G", "--memory", "1G", "--firmware", "bios",
+         store=store, check=True)
+    # Flip one byte inside a chunk body: the descriptor's text lives in the first segment.
+    segments = sorted((store / "segments").iterdir())
+    victim = next(p for p in segments if p.stat().st_size > 100)
+    data = bytearray(victim.read_bytes())
+    data[60] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    result = vfsd("fsck", store=store)
+    assert result.returncode == 3
+    assert "damage:" in result.stdout
+
+
+def test_every_verb_has_help(store):
+    for verb in (["init"], ["stats"], ["fsck"], ["vm", "create"], ["vm", "ls"], ["vm", "rm"],
+                 ["vm", "resize"], ["volume", "attach"], ["user", "add"]):
+        result = vfsd(*verb, "--help", check=True)
+        assert "usage: vfsd" in result.stdout

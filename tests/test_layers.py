@@ -1,0 +1,41 @@
+"""The layering rules of STYLE.md, checked by parsing every import."""
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def imports(package: str) -> dict[str, set[str]]:
+    found = {}
+    for path in (ROOT / package).rglob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def offenders(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    return [f"{path}: {name}" for path, names in imports(package).items() for name in names
+            if name.split(".")[0] in forbidden or name.startswith(forbidden)]
+
+
+def test_core_has_no_async_or_front_end_imports():
+    assert offenders("vfsd/store", ("trio", "pyfuse3", "aiohttp", "vfsd.fs", "gateway",
+                                    "vfsd.cli", "tqdm")) == []
+
+
+def test_only_the_core_imports_lmdb():
+    for package in ("vfsd/fs", "gateway"):
+        assert offenders(package, ("lmdb",)) == []
+    others = [p for p, names in imports("vfsd").items()
+              if "lmdb" in names and not p.startswith("vfsd/store/")]
+    assert others == []
+
+
+def test_gateway_never_imports_the_mount():
+    assert offenders("gateway", ("vfsd.fs", "pyfuse3", "trio")) == []

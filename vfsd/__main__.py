@@ -1,0 +1,5 @@
+import sys
+
+from vfsd.cli import main
+
+sys.exit(main())

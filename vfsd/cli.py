@@ -1,0 +1,350 @@
+"""The `vfsd` command: thin verbs over the core. `main(argv) -> int`, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+from vfsd import __version__
+from vfsd.sizes import format_size, parse_size
+from vfsd.store import Store, StoreError
+from vfsd.store import fsck as fsck_module
+from vfsd.store import stats as stats_module
+from vfsd.store import users
+from vfsd.store.vms import VmInfo, Vms
+
+T = TypeVar("T")
+OVMF_VARS = (Path("/usr/share/OVMF/OVMF_VARS_4M.fd"), Path("/usr/share/OVMF/OVMF_VARS.fd"))
+EXIT_ERROR, EXIT_USAGE, EXIT_DAMAGE = 1, 2, 3
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (plus a hint) instead of the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def store_path(args: argparse.Namespace) -> Path:
+    return Path(args.store or os.environ.get("VFSD_STORE") or "./data")
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    return Store.open(store_path(args))
+
+
+def emit(args: argparse.Namespace, data: object, text: str) -> None:
+    print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
+
+
+def tqdm_progress(items: Iterable[T], total: int, label: str) -> Iterable[T]:
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=label, unit="", file=sys.stderr, disable=None,
+                leave=False)
+
+
+# --- verbs ---------------------------------------------------------------------------------
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = store_path(args)
+    with Store.init(path, chunk_size=args.chunk_size, quota=args.quota) as store:
+        print(f"initialised store {path} (node {store.config.node_id}, "
+              f"{format_size(store.chunk_size)} chunks)")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        st = stats_module.collect(store)
+    lines = [
+        f"logical      {format_size(st.logical_bytes)}   (data files reference, before dedup)",
+        f"physical     {format_size(st.physical_bytes)}   (unique chunk bodies)",
+        f"dedup ratio  {st.dedup_ratio:.2f}",
+        f"apparent     {format_size(st.apparent_bytes)}   (sum of file sizes, holes included)",
+        f"provisioned  {format_size(st.provisioned_bytes)}   (VM disks and volumes, thin)",
+        f"capacity     {format_size(st.capacity_bytes)}"
+        + ("   (quota)" if st.quota_bytes else "   (free disk + stored)"),
+        f"overcommit   {st.overcommit:.2f}"
+        + ("   WARNING: thin disks could outgrow the pool" if st.overcommit > 1 else ""),
+        f"chunks       {st.chunks}",
+        f"segments     {st.segments} ({format_size(st.segment_bytes)} on disk)",
+        f"files        {st.files} in {st.directories} directories",
+    ]
+    emit(args, st.as_dict(), "\n".join(lines))
+    return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        report = fsck_module.check(store, tqdm_progress)
+    for problem in report.damage[:200]:
+        print(f"damage: {problem}")
+    if len(report.damage) > 200:
+        print(f"… and {len(report.damage) - 200} more")
+    print(report.summary())
+    return 0 if report.clean else EXIT_DAMAGE
+
+
+def describe_vm(info: VmInfo) -> str:
+    lines = [f"VM {info.name}: memory {format_size(info.memory)}, firmware {info.firmware}"]
+    for disk in info.disks:
+        kind = f"volume {disk.volume}" if disk.volume else "instance disk"
+        lines.append(f"  {disk.descriptor:24} {format_size(disk.size):>10} "
+                     f"({format_size(disk.physical)} used)  {kind}")
+    return "\n".join(lines)
+
+
+def read_uefi_vars() -> bytes | None:
+    for path in OVMF_VARS:
+        if path.exists():
+            return path.read_bytes()
+    return None
+
+
+def cmd_vm_create(args: argparse.Namespace) -> int:
+    uefi_vars = read_uefi_vars() if args.firmware == "uefi" else None
+    if args.firmware == "uefi" and uefi_vars is None:
+        raise StoreError("--firmware uefi needs OVMF's variable store: apt-get install ovmf")
+    with open_store(args) as store:
+        info = Vms(store).create(args.name, args.disk, args.memory, args.firmware, uefi_vars)
+    emit(args, info.as_dict(), describe_vm(info))
+    return 0
+
+
+def cmd_vm_ls(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        vms = Vms(store)
+        infos = [vms.show(name) for name in vms.names()]
+    text = "\n".join(
+        f"{i.name:24} {format_size(i.memory):>10} memory  "
+        f"{format_size(sum(d.size for d in i.disks)):>10} disk  {i.firmware}" for i in infos
+    ) or "no VMs"
+    emit(args, [i.as_dict() for i in infos], text)
+    return 0
+
+
+def cmd_vm_show(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        info = Vms(store).show(args.name)
+    emit(args, info.as_dict(), describe_vm(info))
+    return 0
+
+
+def cmd_vm_rm(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        Vms(store).remove(args.name)
+    print(f"removed VM {args.name}")
+    return 0
+
+
+def cmd_vm_resize(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        info = Vms(store).resize(args.name, args.disk)
+    emit(args, info.as_dict(), describe_vm(info))
+    return 0
+
+
+def cmd_volume_create(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        info = Vms(store).create_volume(args.name, args.size)
+    emit(args, info.as_dict(), f"volume {info.name}: {format_size(info.size)}")
+    return 0
+
+
+def cmd_volume_ls(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        vms = Vms(store)
+        infos = [vms.show_volume(name) for name in vms.volume_names()]
+    text = "\n".join(
+        f"{v.name:24} {format_size(v.size):>10} ({format_size(v.physical)} used)  "
+        + (f"attached to {v.attached_to}" if v.attached_to else "detached") for v in infos
+    ) or "no volumes"
+    emit(args, [v.as_dict() for v in infos], text)
+    return 0
+
+
+def cmd_volume_attach(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        Vms(store).attach(args.name, args.vm)
+    print(f"attached volume {args.name} to VM {args.vm}")
+    return 0
+
+
+def cmd_volume_detach(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        vm = Vms(store).detach(args.name)
+    print(f"detached volume {args.name} from VM {vm}")
+    return 0
+
+
+def cmd_volume_rm(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        Vms(store).remove_volume(args.name)
+    print(f"removed volume {args.name}")
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        user = users.add(store, args.name)
+    data = {"name": user.name, "access_key": user.access_key, "secret_key": user.secret_key}
+    emit(args, data, f"user {user.name}\naccess key  {user.access_key}\n"
+                     f"secret key  {user.secret_key}")
+    return 0
+
+
+def cmd_user_ls(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        listed = users.list_users(store)
+    emit(args, [{"name": u.name, "access_key": u.access_key, "created": u.created}
+                for u in listed],
+         "\n".join(f"{u.name:24} {u.access_key}" for u in listed) or "no users")
+    return 0
+
+
+def cmd_user_rm(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        users.remove(store, args.name)
+    print(f"removed user {args.name}")
+    return 0
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+def build_parser() -> Parser:
+    common = Parser(add_help=False)
+    common.add_argument("--store", metavar="PATH",
+                        help="the store directory (default: $VFSD_STORE, else ./data)")
+    json_flag = Parser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    parser = Parser(
+        prog="vfsd",
+        description="A deduplicating, thin-provisioned store for VM files, volumes and "
+                    "objects, seen as a FUSE file system and as S3.",
+        epilog="Every verb has its own --help. Errors print one line and exit non-zero "
+               "(1 error, 2 bad usage, 3 fsck found damage).",
+    )
+    parser.add_argument("--version", action="version", version=f"vfsd {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
+
+    def verb(sub: argparse._SubParsersAction, name: str, func: Callable[..., int], help: str,
+             description: str = "", json: bool = False) -> Parser:
+        p = sub.add_parser(name, help=help, description=description or help,
+                           parents=[common] + ([json_flag] if json else []))
+        p.set_defaults(func=func)
+        return p
+
+    p = verb(verbs, "init", cmd_init, "create a new store",
+             "Create a store directory: meta/ (the LMDB index), segments/ (chunk bodies) and "
+             "store.toml. The chunk size is fixed for the store's life.")
+    p.add_argument("--chunk-size", type=size_arg, default=64 * 1024, metavar="SIZE",
+                   help="dedup/thin granularity, a power of two from 4K to 4M (default 64K, "
+                        "QEMU's cluster size)")
+    p.add_argument("--quota", type=size_arg, metavar="SIZE",
+                   help="pool capacity (default: the backing disk's free space)")
+    verb(verbs, "stats", cmd_stats, "show space use: logical, physical, dedup, thin overcommit",
+         json=True)
+    verb(verbs, "fsck", cmd_fsck, "check every invariant of the store (read-only)",
+         "Check that chunk maps, refcounts, segment records (CRC and hash), directory "
+         "entries, link counts and the S3 key index agree. Exits 3 if anything is damaged.")
+
+    vm = verbs.add_parser("vm", help="virtual machines: create, list, show, resize, remove",
+                          description="VMs live in vms/NAME/ as VMware-style files: NAME.vmdk "
+                          "(descriptor), NAME-flat.vmdk (thin disk), NAME.vswp (swap), "
+                          "NAME.nvram (firmware variables) and NAME.vmx (settings).")
+    vm_verbs = vm.add_subparsers(dest="vm_verb", metavar="VERB", required=True,
+                                 parser_class=Parser)
+    p = verb(vm_verbs, "create", cmd_vm_create, "create a VM's files", json=True)
+    p.add_argument("name")
+    p.add_argument("--disk", type=size_arg, required=True, metavar="SIZE",
+                   help="virtual disk size, e.g. 20G (thin: costs nothing until written)")
+    p.add_argument("--memory", type=size_arg, required=True, metavar="SIZE",
+                   help="guest memory, e.g. 2G; also the size of the swap file")
+    p.add_argument("--firmware", choices=("bios", "uefi"), default="bios",
+                   help="uefi copies OVMF's variable store into NAME.nvram (default bios)")
+    verb(vm_verbs, "ls", cmd_vm_ls, "list VMs", json=True)
+    p = verb(vm_verbs, "show", cmd_vm_show, "show a VM's settings and disks", json=True)
+    p.add_argument("name")
+    p = verb(vm_verbs, "rm", cmd_vm_rm, "delete a VM and its instance disks",
+             "Delete vms/NAME/ and the VM's own disks. Attached volumes are detached and kept.")
+    p.add_argument("name")
+    p = verb(vm_verbs, "resize", cmd_vm_resize, "grow a VM's disk", json=True)
+    p.add_argument("name")
+    p.add_argument("--disk", type=size_arg, required=True, metavar="SIZE",
+                   help="the new size; shrinking is refused")
+
+    volume = verbs.add_parser("volume", help="detachable disks: create, attach, detach, remove",
+                              description="Volumes live in volumes/ and outlive the VMs they "
+                              "are attached to (a hard link into the VM's directory).")
+    vol_verbs = volume.add_subparsers(dest="volume_verb", metavar="VERB", required=True,
+                                      parser_class=Parser)
+    p = verb(vol_verbs, "create", cmd_volume_create, "create a thin volume", json=True)
+    p.add_argument("name")
+    p.add_argument("--size", type=size_arg, required=True, metavar="SIZE", help="e.g. 10G")
+    verb(vol_verbs, "ls", cmd_volume_ls, "list volumes and where they are attached", json=True)
+    p = verb(vol_verbs, "attach", cmd_volume_attach, "attach a volume to a VM")
+    p.add_argument("name")
+    p.add_argument("--vm", required=True, help="the VM to attach it to")
+    p = verb(vol_verbs, "detach", cmd_volume_detach, "detach a volume from its VM")
+    p.add_argument("name")
+    p = verb(vol_verbs, "rm", cmd_volume_rm, "delete a detached volume")
+    p.add_argument("name")
+
+    user = verbs.add_parser("user", help="S3 users: add, list, remove")
+    user_verbs = user.add_subparsers(dest="user_verb", metavar="VERB", required=True,
+                                     parser_class=Parser)
+    p = verb(user_verbs, "add", cmd_user_add, "create a user and print its new key pair",
+             json=True)
+    p.add_argument("name")
+    verb(user_verbs, "ls", cmd_user_ls, "list users (no secrets)", json=True)
+    p = verb(user_verbs, "rm", cmd_user_rm, "delete a user")
+    p.add_argument("name")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as e:
+        print(f"vfsd: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("vfsd: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"vfsd: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+              file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("VFSD_DEBUG"):
+            traceback.print_exc()
+        print(f"vfsd: internal error: {type(e).__name__}: {e} (set VFSD_DEBUG=1 for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

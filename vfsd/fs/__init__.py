@@ -1,0 +1,1 @@
+"""The FUSE front end (trio + pyfuse3); see DESIGN.md."""

@@ -1,0 +1,167 @@
+"""Chunks: content-addressed (BLAKE3), deduplicated by reference count, zeros never stored.
+
+Staging (hash, look up, append missing bodies, fdatasync) happens outside any write
+transaction; `set_chunk` then points a file's chunk slot at a staged chunk inside one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import blake3
+
+from .env import Environment, Tx
+from .errors import Corrupt, NoSpace
+from .records import CHUNK, ChunkLocation, chunk_key
+from .segments import HEADER, SegmentStore
+
+PHYSICAL = b"physical_bytes"  # bodies stored once each (after dedup)
+LOGICAL = b"logical_bytes"  # bodies as referenced by files (before dedup)
+
+
+def chunk_hash(data: bytes | bytearray | memoryview) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+class ZeroTest:
+    """`is_zero(data)` compares against a cached zero buffer: ~1 µs for 64 KiB."""
+
+    def __init__(self, chunk_size: int):
+        self._zeros = bytes(chunk_size)
+
+    def __call__(self, data: bytes | bytearray | memoryview) -> bool:
+        n = len(data)
+        if n == len(self._zeros):
+            return data == self._zeros
+        return data == self._zeros[:n]
+
+
+@dataclass(frozen=True, slots=True)
+class StagedChunk:
+    """A body that is durable in a segment (new or found), ready to be referenced."""
+
+    digest: bytes
+    location: ChunkLocation
+
+
+def lookup(tx: Tx, digest: bytes) -> tuple[ChunkLocation, int] | None:
+    raw = tx.get(tx.db.chunks, digest)
+    if raw is None:
+        return None
+    segment, offset, length, refs = CHUNK.unpack(raw)
+    return ChunkLocation(segment, offset, length), refs
+
+
+def stage(
+    env: Environment,
+    segments: SegmentStore,
+    bodies: Iterable[bytes | bytearray | memoryview],
+    capacity_left: int | None = None,
+) -> list[StagedChunk]:
+    """Hash non-zero bodies and make each durable somewhere: an existing chunk or a new record.
+
+    No write transaction is held. If a found chunk dies before the caller commits, its old
+    location is still valid: compaction only retires segments after a grace period.
+    """
+    digests = [(chunk_hash(body), body) for body in bodies]
+    staged: dict[bytes, StagedChunk] = {}
+    missing: dict[bytes, bytes | bytearray | memoryview] = {}
+    with env.read() as tx:
+        for digest, body in digests:
+            if digest in staged or digest in missing:
+                continue
+            found = lookup(tx, digest)
+            if found is None:
+                missing[digest] = body
+            else:
+                staged[digest] = StagedChunk(digest, found[0])
+    if capacity_left is not None:
+        needed = sum(len(b) + HEADER.size for b in missing.values())
+        if needed > capacity_left:
+            raise NoSpace("the storage pool is full")
+    locations = segments.append([(d, bytes(b) if isinstance(b, bytearray) else b)
+                                 for d, b in missing.items()])
+    for digest, location in zip(missing, locations):
+        staged[digest] = StagedChunk(digest, location)
+    return [staged[digest] for digest, _ in digests]
+
+
+def incref(tx: Tx, chunk: StagedChunk) -> None:
+    raw = tx.get(tx.db.chunks, chunk.digest)
+    if raw is None:
+        loc = chunk.location
+        tx.put(tx.db.chunks, chunk.digest, CHUNK.pack(loc.segment, loc.offset, loc.length, 1))
+        tx.add(PHYSICAL, loc.length)
+        tx.segment_deltas[loc.segment] = (
+            tx.segment_deltas.get(loc.segment, 0) + loc.length + HEADER.size
+        )
+    else:
+        segment, offset, length, refs = CHUNK.unpack(raw)
+        tx.put(tx.db.chunks, chunk.digest, CHUNK.pack(segment, offset, length, refs + 1))
+    tx.add(LOGICAL, chunk.location.length)
+
+
+def decref(tx: Tx, digest: bytes) -> None:
+    raw = tx.get(tx.db.chunks, digest)
+    if raw is None:
+        raise Corrupt(f"chunk {digest.hex()} is referenced but not indexed")
+    segment, offset, length, refs = CHUNK.unpack(raw)
+    tx.add(LOGICAL, -length)
+    if refs > 1:
+        tx.put(tx.db.chunks, digest, CHUNK.pack(segment, offset, length, refs - 1))
+        return
+    # The body stays in its segment until compaction; only the index entry goes.
+    tx.delete(tx.db.chunks, digest)
+    tx.add(PHYSICAL, -length)
+    tx.segment_deltas[segment] = tx.segment_deltas.get(segment, 0) - length - HEADER.size
+
+
+def set_chunk(tx: Tx, ino: int, index: int, chunk: StagedChunk | None) -> bool:
+    """Point slot `index` of `ino` at `chunk` (None makes a hole). Returns whether it changed."""
+    key = chunk_key(ino, index)
+    old = tx.get(tx.db.chunkmap, key)
+    new = chunk.digest if chunk is not None else None
+    if old == new:
+        return False
+    if chunk is not None:
+        incref(tx, chunk)
+        tx.put(tx.db.chunkmap, key, chunk.digest)
+    else:
+        tx.delete(tx.db.chunkmap, key)
+    if old is not None:
+        decref(tx, old)
+    return True
+
+
+def drop_chunks_from(tx: Tx, ino: int, first_index: int) -> None:
+    """Remove every chunk slot of `ino` at or after `first_index` (truncate, delete)."""
+    cursor = tx.cursor(tx.db.chunkmap)
+    prefix = chunk_key(ino, 0)[:8]
+    if not cursor.set_range(chunk_key(ino, first_index)):
+        return
+    while cursor.key()[:8] == prefix:
+        digest = cursor.value()
+        decref(tx, digest)
+        if not cursor.delete():
+            break
+
+
+def copy_chunks(tx: Tx, src: int, dst: int) -> None:
+    """Give `dst` the chunk map of `src` by reference (clones, CopyObject): no bytes move."""
+    drop_chunks_from(tx, dst, 0)
+    cursor = tx.cursor(tx.db.chunkmap)
+    prefix = chunk_key(src, 0)[:8]
+    pending = []
+    if cursor.set_range(prefix):
+        for key, digest in cursor:
+            if key[:8] != prefix:
+                break
+            pending.append((key[8:], digest))
+    for index_bytes, digest in pending:
+        raw = tx.get(tx.db.chunks, digest)
+        if raw is None:
+            raise Corrupt(f"chunk {digest.hex()} is referenced but not indexed")
+        segment, offset, length, _refs = CHUNK.unpack(raw)
+        incref(tx, StagedChunk(digest, ChunkLocation(segment, offset, length)))
+        tx.put(tx.db.chunkmap, chunk_key(dst, 0)[:8] + index_bytes, digest)

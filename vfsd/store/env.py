@@ -1,0 +1,152 @@
+"""The LMDB environment: its named databases and short transactions over them.
+
+This module and its siblings in vfsd/store are the only code that imports lmdb. Every public
+store call is one `read()` or `write()` block; a write block commits durably (LMDB syncs its
+meta page) when it exits without an exception, and aborts otherwise.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+# Sparse: LMDB only reserves address space; the file grows with the data.
+MAP_SIZE = 1 << 40
+U64 = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class Databases:
+    """Handles of the named databases; DESIGN.md's schema table says what each holds."""
+
+    meta: Any
+    inodes: Any
+    dirents: Any
+    dircookies: Any
+    xattrs: Any
+    symlinks: Any
+    chunkmap: Any
+    chunks: Any
+    segments: Any
+    keys: Any
+    uploads: Any
+    changes: Any
+    leases: Any
+    orphans: Any
+    users: Any
+    peers: Any
+    repl: Any
+
+
+class Tx:
+    """One LMDB transaction plus the store's running counters for it.
+
+    Counter deltas (bytes referenced, bytes stored, live bytes per segment) are gathered while the
+    transaction works and written once, just before it commits, so a call touching a thousand
+    chunks updates each counter once.
+    """
+
+    __slots__ = ("txn", "db", "write", "deltas", "segment_deltas", "version", "changes")
+
+    def __init__(self, txn: lmdb.Transaction, db: Databases, write: bool):
+        self.txn = txn
+        self.db = db
+        self.write = write
+        self.deltas: dict[bytes, int] = {}
+        self.segment_deltas: dict[int, int] = {}
+        self.version = 0
+        self.changes = 0
+
+    def get(self, db: Any, key: bytes) -> bytes | None:
+        return self.txn.get(key, db=db)
+
+    def put(self, db: Any, key: bytes, value: bytes, overwrite: bool = True) -> bool:
+        return self.txn.put(key, value, db=db, overwrite=overwrite)
+
+    def delete(self, db: Any, key: bytes) -> bool:
+        return self.txn.delete(key, db=db)
+
+    def cursor(self, db: Any) -> lmdb.Cursor:
+        return self.txn.cursor(db=db)
+
+    def entries(self, db: Any) -> int:
+        return self.txn.stat(db)["entries"]
+
+    def add(self, counter: bytes, delta: int) -> None:
+        self.deltas[counter] = self.deltas.get(counter, 0) + delta
+
+    def counter(self, name: bytes) -> int:
+        raw = self.txn.get(name, db=self.db.meta)
+        return (U64.unpack(raw)[0] if raw else 0) + self.deltas.get(name, 0)
+
+    def next_id(self, name: bytes) -> int:
+        """Allocate the next value of a persistent sequence (inode numbers, segment ids…)."""
+        raw = self.txn.get(name, db=self.db.meta)
+        value = U64.unpack(raw)[0] if raw else 1
+        self.txn.put(name, U64.pack(value + 1), db=self.db.meta)
+        return value
+
+    def flush_counters(self) -> None:
+        for name, delta in self.deltas.items():
+            if delta:
+                raw = self.txn.get(name, db=self.db.meta)
+                value = (U64.unpack(raw)[0] if raw else 0) + delta
+                self.txn.put(name, U64.pack(value), db=self.db.meta)
+        self.deltas.clear()
+        for seg, delta in self.segment_deltas.items():
+            if delta:
+                key = U64.pack(seg)
+                raw = self.txn.get(key, db=self.db.segments)
+                live = (U64.unpack(raw)[0] if raw else 0) + delta
+                self.txn.put(key, U64.pack(live), db=self.db.segments)
+        self.segment_deltas.clear()
+
+
+class Environment:
+    """The store's LMDB environment, opened once per process and shared by its threads."""
+
+    def __init__(self, path: Path):
+        self.lmdb = lmdb.open(
+            str(path),
+            map_size=MAP_SIZE,
+            max_dbs=len(fields(Databases)) + 4,
+            max_readers=1024,
+            subdir=True,
+            readahead=False,
+            meminit=False,
+        )
+        with self.lmdb.begin(write=True) as txn:
+            handles = {
+                f.name: self.lmdb.open_db(f.name.encode(), txn=txn, create=True)
+                for f in fields(Databases)
+            }
+        self.db = Databases(**handles)
+
+    def close(self) -> None:
+        self.lmdb.close()
+
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        txn = self.lmdb.begin(buffers=False)
+        try:
+            yield Tx(txn, self.db, write=False)
+        finally:
+            txn.abort()
+
+    @contextmanager
+    def write(self) -> Iterator[Tx]:
+        txn = self.lmdb.begin(write=True)
+        tx = Tx(txn, self.db, write=True)
+        try:
+            yield tx
+            tx.flush_counters()
+        except BaseException:
+            txn.abort()
+            raise
+        txn.commit()

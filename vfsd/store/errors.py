@@ -1,0 +1,77 @@
+"""The core's exceptions: one class per way a request can fail.
+
+The front ends translate these in one table each (errno for the mount, S3 codes for the gateway),
+so every class here names a condition, not a transport. Anything else escaping the core is a bug.
+"""
+
+
+class StoreError(Exception):
+    """Base of every expected failure of a core call."""
+
+
+class NotAStore(StoreError):
+    """The path is not a vfsd store, or its store.toml is missing or unreadable."""
+
+
+class FormatMismatch(StoreError):
+    """The store was written by an incompatible format version."""
+
+
+class NotFound(StoreError):
+    """No such file, directory, VM, volume, user or chunk."""
+
+
+class Exists(StoreError):
+    """The name is already taken."""
+
+
+class NotEmpty(StoreError):
+    """A directory that must be empty is not."""
+
+
+class IsADirectory(StoreError):
+    """A file operation was asked of a directory."""
+
+
+class NotADirectory(StoreError):
+    """A directory operation was asked of something else."""
+
+
+class InvalidName(StoreError):
+    """A name with '/', NUL, '.' or '..', or empty."""
+
+
+class NameTooLong(StoreError):
+    """A name over 255 bytes."""
+
+
+class ReadOnly(StoreError):
+    """The file or directory may not be changed (VMDK descriptors, snapshots)."""
+
+
+class FileTooBig(StoreError):
+    """A write or resize beyond a fixed-size file's end."""
+
+
+class NoSpace(StoreError):
+    """The storage pool (quota, or the backing file system) is full."""
+
+
+class InvalidArgument(StoreError):
+    """An argument out of range: a bad size, a rename into its own subtree, a bad flag."""
+
+
+class PermissionDenied(StoreError):
+    """The operation is never allowed on this object (shrinking a disk, unlinking '.')."""
+
+
+class Busy(StoreError):
+    """The object is in use: a leased disk, an attached volume."""
+
+
+class Corrupt(StoreError):
+    """Stored bytes failed their checksum or an index entry is dangling."""
+
+
+class NoAttribute(StoreError):
+    """No such extended attribute (ENODATA)."""

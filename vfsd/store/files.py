@@ -1,0 +1,276 @@
+"""File contents over chunk maps: read, write at any offset, truncate, replace atomically.
+
+Chunk bodies are staged (hashed, appended, fdatasync'd) before the write transaction that
+references them, so the transaction only moves small index entries. A chunk body covers at
+most [index * chunk_size, file size): bytes past a short body are zeros, and truncation cuts
+the body that straddles the new end.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from . import changelog, chunks, namespace
+from .chunks import StagedChunk, ZeroTest
+from .env import Environment, Tx
+from .errors import Corrupt, FileTooBig, IsADirectory, PermissionDenied, ReadOnly, StoreError
+from .records import CHUNK, ChangeOp, ChunkLocation, Inode, InodeFlags, chunk_key
+from .segments import SegmentStore
+
+UPLOAD_BATCH = 64  # chunks staged per fdatasync during replace()
+MAX_RETRIES = 20
+
+
+class _Conflict(StoreError):
+    """Another writer changed a chunk this write read-modify-wrote; the write starts over."""
+
+
+class FileData:
+    def __init__(self, env: Environment, segments: SegmentStore, chunk_size: int, origin: int,
+                 capacity_left: Callable[[], int | None]):
+        self.env = env
+        self.segments = segments
+        self.chunk_size = chunk_size
+        self.origin = origin
+        self.capacity_left = capacity_left
+        self.is_zero = ZeroTest(chunk_size)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def _locations(self, tx: Tx, ino: int, first: int, last: int) -> dict[int, ChunkLocation]:
+        out: dict[int, ChunkLocation] = {}
+        cursor = tx.cursor(tx.db.chunkmap)
+        if not cursor.set_range(chunk_key(ino, first)):
+            return out
+        end_key = chunk_key(ino, last)
+        for key, digest in cursor:
+            if key > end_key:
+                break
+            raw = tx.get(tx.db.chunks, digest)
+            if raw is None:
+                raise Corrupt(f"inode {ino} references missing chunk {digest.hex()}")
+            segment, offset, length, _refs = CHUNK.unpack(raw)
+            out[int.from_bytes(key[8:], "big")] = ChunkLocation(segment, offset, length)
+        return out
+
+    def read(self, ino: int, offset: int, size: int) -> bytes | bytearray | memoryview:
+        """Bytes at [offset, offset+size), short at end of file; holes read as zeros.
+
+        One read transaction finds the chunks; bodies are read after it ends (segments outlive
+        any read transaction, DESIGN.md "Reading")."""
+        cs = self.chunk_size
+        with self.env.read() as tx:
+            inode = namespace.get_inode(tx, ino)
+            if inode.is_dir:
+                raise IsADirectory(f"inode {ino} is a directory")
+            end = min(offset + size, inode.size)
+            if offset >= end:
+                return b""
+            first, last = offset // cs, (end - 1) // cs
+            locations = self._locations(tx, ino, first, last)
+        if first == last:
+            location = locations.get(first)
+            lo, hi = offset - first * cs, end - first * cs
+            if location is None:
+                return bytes(hi - lo)
+            body = self.segments.read(location)
+            if hi <= len(body):
+                return memoryview(body)[lo:hi]
+            out = bytearray(hi - lo)
+            out[: max(0, len(body) - lo)] = body[lo:]
+            return out
+        out = bytearray(end - offset)
+        for index, location in locations.items():
+            body = self.segments.read(location)
+            cstart = index * cs
+            lo = max(offset, cstart) - cstart
+            avail = min(min(end, cstart + cs) - cstart, len(body))
+            if avail > lo:
+                out[cstart + lo - offset: cstart + avail - offset] = body[lo:avail]
+        return out
+
+    def read_chunk(self, ino: int, index: int) -> bytes:
+        """The stored body of one chunk (b"" for a hole); shorter than a chunk means zeros."""
+        with self.env.read() as tx:
+            location = self._locations(tx, ino, index, index).get(index)
+        return b"" if location is None else self.segments.read(location)
+
+    # --- writing -------------------------------------------------------------------------
+
+    def _stage(self, contents: Mapping[int, bytes | bytearray | memoryview]
+               ) -> dict[int, StagedChunk | None]:
+        nonzero = {i: c for i, c in contents.items() if len(c) and not self.is_zero(c)}
+        staged = chunks.stage(self.env, self.segments, nonzero.values(), self.capacity_left())
+        result: dict[int, StagedChunk | None] = dict.fromkeys(contents)
+        result.update(zip(nonzero, staged))
+        return result
+
+    def stage_bytes(self, data: bytes) -> list[StagedChunk | None]:
+        """Stage a small whole-file body (descriptors, settings) for `install` in a later tx."""
+        cs = self.chunk_size
+        staged = self._stage({i // cs: data[i:i + cs] for i in range(0, len(data), cs)})
+        return [staged[i] for i in range(len(staged))]
+
+    def install(self, tx: Tx, ino: int, staged: list[StagedChunk | None], size: int) -> Inode:
+        """Inside a caller's transaction: make `ino` hold exactly the staged chunks."""
+        for index, chunk in enumerate(staged):
+            chunks.set_chunk(tx, ino, index, chunk)
+        chunks.drop_chunks_from(tx, ino, len(staged))
+        inode = namespace.get_inode(tx, ino)
+        now = time.time_ns()
+        inode.size, inode.mtime_ns, inode.ctime_ns = size, now, now
+        namespace.put_inode(tx, inode)
+        changelog.record(tx, self.origin, ChangeOp.DATA, ino)
+        return inode
+
+    def _commit(self, ino: int, staged: Mapping[int, StagedChunk | None], *,
+                bases: Mapping[int, bytes | None] | None = None, size: int | None = None,
+                grow_to: int = 0, drop_from: int | None = None, mtime_ns: int | None = None,
+                truncating: bool = False) -> Inode:
+        with self.env.write() as tx:
+            inode = namespace.get_inode(tx, ino)
+            check_file_writable(inode)
+            for index, base in (bases or {}).items():
+                if tx.get(tx.db.chunkmap, chunk_key(ino, index)) != base:
+                    raise _Conflict()
+            new_size = size if size is not None else max(inode.size, grow_to)
+            if new_size > inode.size and inode.flags & InodeFlags.FIXED_SIZE:
+                raise FileTooBig("the disk is fixed-size; use `vfsd vm resize`")
+            if truncating and new_size < inode.size and inode.flags & InodeFlags.FIXED_SIZE:
+                raise PermissionDenied("a fixed-size disk cannot shrink")
+            for index, chunk in staged.items():
+                chunks.set_chunk(tx, ino, index, chunk)
+            if drop_from is not None:
+                chunks.drop_chunks_from(tx, ino, drop_from)
+            now = time.time_ns()
+            inode.size = new_size
+            inode.mtime_ns = mtime_ns if mtime_ns is not None else now
+            inode.ctime_ns = now
+            namespace.put_inode(tx, inode)
+            changelog.record(tx, self.origin, ChangeOp.DATA, ino)
+            return inode
+
+    def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """pwrite(2): returns len(data). Partial chunks are read, patched and rewritten; if
+        another writer changes such a chunk meanwhile, the write starts over."""
+        if not data:
+            return 0
+        cs = self.chunk_size
+        view = memoryview(data).cast("B")
+        end = offset + len(view)
+        first, last = offset // cs, (end - 1) // cs
+        for _attempt in range(MAX_RETRIES):
+            partial = [i for i in {first, last} if max(offset, i * cs) - i * cs != 0
+                       or min(end, (i + 1) * cs) - i * cs != cs]
+            with self.env.read() as tx:
+                inode = namespace.get_inode(tx, ino)
+                check_file_writable(inode)
+                if end > inode.size and inode.flags & InodeFlags.FIXED_SIZE:
+                    raise FileTooBig("write past the end of a fixed-size disk")
+                bases = {i: tx.get(tx.db.chunkmap, chunk_key(ino, i)) for i in partial}
+                old_locations = {i: loc for i in partial
+                                 for loc in [self._locations(tx, ino, i, i).get(i)] if loc}
+            contents: dict[int, bytes | bytearray | memoryview] = {}
+            for index in range(first, last + 1):
+                cstart = index * cs
+                lo = max(offset, cstart) - cstart
+                hi = min(end, cstart + cs) - cstart
+                piece = view[cstart + lo - offset: cstart + hi - offset]
+                location = old_locations.get(index)
+                old_len = location.length if location else 0
+                if lo == 0 and old_len <= hi:
+                    contents[index] = piece
+                    continue
+                buf = bytearray(max(old_len, hi))
+                if location is not None:
+                    buf[:old_len] = self.segments.read(location)
+                buf[lo:hi] = piece
+                contents[index] = buf
+            staged = self._stage(contents)
+            try:
+                self._commit(ino, staged, bases=bases, grow_to=end)
+                return len(view)
+            except _Conflict:
+                continue
+        raise Corrupt(f"write to inode {ino} kept conflicting with other writers")
+
+    def write_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview],
+                     *, size: int, mtime_ns: int | None = None) -> Inode:
+        """Replace whole chunk bodies and set the size: the write-back cache's flush. The caller
+        owns the file (it holds the lease), so no read-modify-write check is needed."""
+        staged = self._stage(contents)
+        return self._commit(ino, staged, size=size, mtime_ns=mtime_ns)
+
+    def truncate(self, ino: int, size: int) -> Inode:
+        """ftruncate(2): shrinking frees chunks past the end and cuts the straddling one;
+        growing adds a hole and stores nothing."""
+        cs = self.chunk_size
+        for _attempt in range(MAX_RETRIES):
+            with self.env.read() as tx:
+                inode = namespace.get_inode(tx, ino)
+                check_file_writable(inode)
+                keep = (size + cs - 1) // cs  # chunk slots that stay
+                cut = size % cs
+                location = self._locations(tx, ino, keep - 1, keep - 1).get(keep - 1) if cut else None
+                base = tx.get(tx.db.chunkmap, chunk_key(ino, keep - 1)) if cut else None
+            staged: dict[int, StagedChunk | None] = {}
+            if location is not None and location.length > cut:
+                staged = self._stage({keep - 1: self.segments.read(location)[:cut]})
+            try:
+                return self._commit(ino, staged, bases={keep - 1: base} if cut else None,
+                                    size=size, drop_from=keep, truncating=True)
+            except _Conflict:
+                continue
+        raise Corrupt(f"truncate of inode {ino} kept conflicting with other writers")
+
+    def replace(self, parent: int, name: bytes, bodies: Iterable[bytes | memoryview], *,
+                mode: int = stat.S_IFREG | 0o644, uid: int = 0, gid: int = 0,
+                xattrs: Mapping[bytes, bytes] | None = None,
+                check: Callable[[Tx, Inode | None], None] | None = None) -> Inode:
+        """Give `parent/name` exactly the contents `bodies` (consecutive full chunks, the last
+        may be short), creating the file if needed. All bodies are durable before one final
+        transaction swaps the chunk map, so a reader sees the old contents or the new, and an
+        interrupted upload leaves only orphan bytes. `check(tx, existing)` may veto inside it."""
+        staged: list[StagedChunk | None] = []
+        size = 0
+        batch: list[bytes | memoryview] = []
+
+        def flush_batch() -> None:
+            result = self._stage(dict(enumerate(batch)))
+            staged.extend(result[i] for i in range(len(batch)))
+            batch.clear()
+
+        for body in bodies:
+            size += len(body)
+            batch.append(body)
+            if len(batch) >= UPLOAD_BATCH:
+                flush_batch()
+        flush_batch()
+        with self.env.write() as tx:
+            entry = namespace.lookup(tx, parent, name)
+            existing = namespace.get_inode(tx, entry.ino) if entry else None
+            if check is not None:
+                check(tx, existing)
+            if existing is None:
+                inode = namespace.make(tx, self.origin, parent, name, mode, uid, gid)
+            else:
+                inode = existing
+                check_file_writable(inode)
+            if xattrs is not None:
+                for old in namespace.list_xattrs(tx, inode.ino):
+                    if old.startswith(b"user."):
+                        tx.delete(tx.db.xattrs, namespace.xattr_key(inode.ino, old))
+                for key, value in xattrs.items():
+                    tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, key), value)
+            return self.install(tx, inode.ino, staged, size)
+
+
+def check_file_writable(inode: Inode) -> None:
+    if inode.is_dir:
+        raise IsADirectory(f"inode {inode.ino} is a directory")
+    if not inode.is_file:
+        raise PermissionDenied(f"inode {inode.ino} is not a regular file")
+    if inode.flags & InodeFlags.READONLY:
+        raise ReadOnly("the file is read-only")

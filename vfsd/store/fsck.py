@@ -1,0 +1,201 @@
+"""fsck: check every invariant the store relies on, without changing anything.
+
+Runs in one read transaction (a batch tool: it pins old pages while it runs, which is fine for
+minutes, not for a daemon). Segment bodies are read and their CRC and BLAKE3 name checked.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from . import namespace
+from .chunks import LOGICAL, PHYSICAL, chunk_hash
+from .env import U64, Tx
+from .errors import Corrupt
+from .names import is_bucket_name
+from .records import CHUNK, DIRENT, ROOT_INO, ChunkLocation, Inode
+from .segments import HEADER, MAGIC
+from .store import Store
+
+T = TypeVar("T")
+Progress = Callable[[Iterable[T], int, str], Iterable[T]]
+
+
+def no_progress(items: Iterable[T], total: int, label: str) -> Iterable[T]:
+    return items
+
+
+@dataclass
+class FsckReport:
+    damage: list[str] = field(default_factory=list)
+    inodes: int = 0
+    files: int = 0
+    directories: int = 0
+    chunks: int = 0
+    chunk_refs: int = 0
+    segments: int = 0
+    segment_bytes: int = 0
+    live_bytes: int = 0
+    keys: int = 0
+
+    @property
+    def orphan_bytes(self) -> int:
+        return self.segment_bytes - self.live_bytes
+
+    @property
+    def clean(self) -> bool:
+        return not self.damage
+
+    def summary(self) -> str:
+        state = "clean" if self.clean else f"{len(self.damage)} problem(s)"
+        return (f"{state}: {self.inodes} inodes ({self.files} files, {self.directories} dirs), "
+                f"{self.chunks} chunks, {self.chunk_refs} references, {self.keys} keys, "
+                f"{self.segments} segments, {self.orphan_bytes} orphan bytes")
+
+
+def check(store: Store, progress: Progress = no_progress) -> FsckReport:
+    report = FsckReport()
+    bad = report.damage.append
+    with store.env.read() as tx:
+        inodes: dict[int, Inode] = {}
+        for key, raw in progress(tx.cursor(tx.db.inodes), tx.entries(tx.db.inodes), "inodes"):
+            ino = U64.unpack(key)[0]
+            inodes[ino] = inode = Inode.unpack(ino, raw)
+            report.files += inode.is_file
+            report.directories += inode.is_dir
+        report.inodes = len(inodes)
+        if ROOT_INO not in inodes:
+            bad("the root directory is missing")
+        links: Counter[int] = Counter()
+        subdirs: Counter[int] = Counter()
+        cookies = {}
+        for key, raw in progress(tx.cursor(tx.db.dirents), tx.entries(tx.db.dirents), "entries"):
+            parent, name = U64.unpack(key[:8])[0], bytes(key[8:])
+            ino, cookie, mode_type = DIRENT.unpack(raw)
+            cookies[(parent, cookie)] = name
+            where = f"entry {name!r} in {parent}"
+            if parent not in inodes or not inodes[parent].is_dir:
+                bad(f"{where}: the parent is not a directory")
+            child = inodes.get(ino)
+            if child is None:
+                bad(f"{where}: points at missing inode {ino}")
+                continue
+            if stat.S_IFMT(child.mode) != mode_type:
+                bad(f"{where}: type bits disagree with inode {ino}")
+            links[ino] += 1
+            if child.is_dir:
+                subdirs[parent] += 1
+                if child.parent != parent or child.name != name:
+                    bad(f"directory {ino}: parent/name {child.parent}/{child.name!r} "
+                        f"disagree with {where}")
+        for key, name in tx.cursor(tx.db.dircookies):
+            parent, cookie = U64.unpack(key[:8])[0], U64.unpack(key[8:])[0]
+            if cookies.pop((parent, cookie), None) != name:
+                bad(f"directory {parent}: cookie {cookie} names {name!r} with no such entry")
+        for (parent, cookie), name in cookies.items():
+            bad(f"entry {name!r} in {parent}: cookie {cookie} is not indexed")
+        orphans = {U64.unpack(k)[0] for k in tx.cursor(tx.db.orphans).iternext(values=False)}
+        for ino, inode in inodes.items():
+            if inode.is_dir:
+                expected = 2 + subdirs[ino]
+                if ino != ROOT_INO and links[ino] != 1:
+                    bad(f"directory {ino} has {links[ino]} entries pointing at it")
+            else:
+                expected = links[ino]
+                if expected == 0 and ino not in orphans:
+                    bad(f"inode {ino} is unreachable and not an orphan")
+            if inode.nlink != expected:
+                bad(f"inode {ino} has nlink {inode.nlink}, expected {expected}")
+            if inode.is_symlink and tx.get(tx.db.symlinks, key_of(ino)) is None:
+                bad(f"symlink {ino} has no target")
+
+        refs: Counter[bytes] = Counter()
+        cs = store.chunk_size
+        entries = tx.entries(tx.db.chunkmap)
+        for key, digest in progress(tx.cursor(tx.db.chunkmap), entries, "chunk map"):
+            ino, index = U64.unpack(key[:8])[0], U64.unpack(key[8:])[0]
+            inode = inodes.get(ino)
+            if inode is None or not inode.is_file:
+                bad(f"chunk map entry for missing or non-file inode {ino}")
+            elif index * cs >= inode.size:
+                bad(f"inode {ino} has chunk {index} past its size {inode.size}")
+            refs[bytes(digest)] += 1
+        report.chunk_refs = sum(refs.values())
+
+        live: Counter[int] = Counter()
+        physical = logical = 0
+        total_chunks = tx.entries(tx.db.chunks)
+        report.chunks = total_chunks
+        for digest, raw in progress(tx.cursor(tx.db.chunks), total_chunks, "chunks"):
+            digest = bytes(digest)
+            segment, offset, length, count = CHUNK.unpack(raw)
+            if count != refs.get(digest, 0):
+                bad(f"chunk {digest.hex()[:16]}: refcount {count}, referenced "
+                    f"{refs.get(digest, 0)} times")
+            refs.pop(digest, None)
+            live[segment] += length + HEADER.size
+            physical += length
+            logical += length * count
+            _check_body(store, digest, ChunkLocation(segment, offset, length), bad)
+        for digest in refs:
+            bad(f"chunk {digest.hex()[:16]} is referenced but not indexed")
+        if tx.counter(PHYSICAL) != physical:
+            bad(f"physical byte counter {tx.counter(PHYSICAL)} != {physical}")
+        if tx.counter(LOGICAL) != logical:
+            bad(f"logical byte counter {tx.counter(LOGICAL)} != {logical}")
+        for key, raw in tx.cursor(tx.db.segments):
+            segment = U64.unpack(key)[0]
+            if U64.unpack(raw)[0] != live.get(segment, 0):
+                bad(f"segment {segment}: live bytes {U64.unpack(raw)[0]} != {live.get(segment, 0)}")
+        sizes = store.segments.segment_sizes()
+        report.segments = len(sizes)
+        report.segment_bytes = sum(sizes.values())
+        report.live_bytes = sum(live.values())
+        for segment in live:
+            if segment not in sizes:
+                bad(f"segment {segment} holds live chunks but its file is missing")
+
+        expected_keys = dict(_expected_keys(tx, inodes))
+        report.keys = tx.entries(tx.db.keys)
+        for key, raw in tx.cursor(tx.db.keys):
+            key = bytes(key)
+            if expected_keys.pop(key, None) != U64.unpack(raw)[0]:
+                bad(f"key index entry {key[8:]!r} in bucket {U64.unpack(key[:8])[0]} is wrong")
+        for key in expected_keys:
+            bad(f"file {key[8:]!r} in bucket {U64.unpack(key[:8])[0]} is missing from the key index")
+    return report
+
+
+def key_of(ino: int) -> bytes:
+    return U64.pack(ino)
+
+
+def _check_body(store: Store, digest: bytes, location: ChunkLocation,
+                bad: Callable[[str], None]) -> None:
+    try:
+        body = store.segments.read(location)
+        magic, header_digest, _length, _codec, _crc = store.segments.read_header(location)
+    except Corrupt as e:
+        bad(f"chunk {digest.hex()[:16]}: {e}")
+        return
+    if magic != MAGIC or header_digest != digest or chunk_hash(body) != digest:
+        bad(f"chunk {digest.hex()[:16]}: the stored body does not hash to its name")
+
+
+def _expected_keys(tx: Tx, inodes: dict[int, Inode]) -> Iterator[tuple[bytes, int]]:
+    for entry in namespace.readdir(tx, ROOT_INO, 0, 1 << 62):
+        if stat.S_ISDIR(entry.mode_type) and is_bucket_name(entry.name):
+            yield from _walk(tx, entry.ino, entry.ino, b"")
+
+
+def _walk(tx: Tx, bucket: int, directory: int, prefix: bytes
+          ) -> Iterator[tuple[bytes, int]]:
+    for entry in namespace.readdir(tx, directory, 0, 1 << 62):
+        if stat.S_ISREG(entry.mode_type):
+            yield U64.pack(bucket) + prefix + entry.name, entry.ino
+        elif stat.S_ISDIR(entry.mode_type):
+            yield from _walk(tx, bucket, entry.ino, prefix + entry.name + b"/")

@@ -1,0 +1,409 @@
+"""The tree: inodes, directory entries, symlinks, xattrs and the S3 key index kept in step.
+
+Every function here works inside a caller's write (or read) transaction and records what it
+changed in the change log, so a front end that sees the commit also sees the change.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+
+from . import changelog
+from .chunks import drop_chunks_from
+from .env import U64, Tx
+from .errors import (
+    Exists, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound, PermissionDenied,
+    ReadOnly,
+)
+from .hlc import tick
+from .names import check_name, is_bucket_name
+from .records import (
+    DIRENT, ROOT_INO, ChangeOp, DirEntry, Inode, InodeFlags, dirent_key, ino_key,
+)
+
+NEXT_INO = b"next_ino"
+NEXT_COOKIE = b"next_cookie"
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+def get_inode(tx: Tx, ino: int) -> Inode:
+    raw = tx.get(tx.db.inodes, ino_key(ino))
+    if raw is None:
+        raise NotFound(f"no inode {ino}")
+    return Inode.unpack(ino, raw)
+
+
+def put_inode(tx: Tx, inode: Inode) -> None:
+    inode.version = tick(tx)
+    tx.put(tx.db.inodes, ino_key(inode.ino), inode.pack())
+
+
+def get_dir(tx: Tx, ino: int) -> Inode:
+    inode = get_inode(tx, ino)
+    if not inode.is_dir:
+        raise NotADirectory(f"inode {ino} is not a directory")
+    return inode
+
+
+def ensure_root(tx: Tx) -> None:
+    if tx.get(tx.db.inodes, ino_key(ROOT_INO)) is None:
+        now = time.time_ns()
+        root = Inode(ROOT_INO, stat.S_IFDIR | 0o755, nlink=2, atime_ns=now, mtime_ns=now,
+                     ctime_ns=now, parent=ROOT_INO)
+        put_inode(tx, root)
+        tx.put(tx.db.meta, NEXT_INO, U64.pack(ROOT_INO + 1))
+
+
+def new_inode(tx: Tx, mode: int, uid: int, gid: int, *, parent: int, name: bytes = b"",
+              flags: InodeFlags = InodeFlags.NONE, rdev: int = 0) -> Inode:
+    now = time.time_ns()
+    inode = Inode(
+        tx.next_id(NEXT_INO), mode, uid, gid, nlink=2 if stat.S_ISDIR(mode) else 1, rdev=rdev,
+        atime_ns=now, mtime_ns=now, ctime_ns=now, parent=parent,
+        name=name if stat.S_ISDIR(mode) else b"", flags=flags,
+    )
+    put_inode(tx, inode)
+    return inode
+
+
+def lookup(tx: Tx, parent: int, name: bytes) -> DirEntry | None:
+    raw = tx.get(tx.db.dirents, dirent_key(parent, name))
+    if raw is None:
+        return None
+    ino, cookie, mode_type = DIRENT.unpack(raw)
+    return DirEntry(name, ino, cookie, mode_type)
+
+
+def readdir(tx: Tx, parent: int, after_cookie: int, limit: int) -> list[DirEntry]:
+    """Entries in cookie order (creation order): a cursor stays valid while entries change."""
+    cursor = tx.cursor(tx.db.dircookies)
+    prefix = U64.pack(parent)
+    out: list[DirEntry] = []
+    if not cursor.set_range(prefix + U64.pack(after_cookie + 1)):
+        return out
+    for key, name in cursor:
+        if key[:8] != prefix or len(out) >= limit:
+            break
+        entry = lookup(tx, parent, name)
+        if entry is not None:
+            out.append(entry)
+    return out
+
+
+# --- the S3 key index --------------------------------------------------------------------
+
+def bucket_of(tx: Tx, directory: Inode) -> tuple[int, bytes] | None:
+    """(bucket inode, key prefix) of files directly in `directory`, or None outside buckets."""
+    parts: list[bytes] = []
+    current = directory
+    while current.ino != ROOT_INO:
+        if current.parent == ROOT_INO:
+            if not is_bucket_name(current.name):
+                return None
+            prefix = b"/".join(reversed(parts))
+            return current.ino, prefix + b"/" if parts else b""
+        parts.append(current.name)
+        current = get_inode(tx, current.parent)
+    return None
+
+
+def _index_file(tx: Tx, where: tuple[int, bytes] | None, name: bytes, ino: int, add: bool) -> None:
+    if where is None:
+        return
+    key = U64.pack(where[0]) + where[1] + name
+    if add:
+        tx.put(tx.db.keys, key, U64.pack(ino))
+    else:
+        tx.delete(tx.db.keys, key)
+
+
+def index_subtree(tx: Tx, directory: Inode, where: tuple[int, bytes] | None, add: bool) -> None:
+    """Add or remove the keys of every file below `directory`, whose own files sit at `where`."""
+    if where is None:
+        return
+    for entry in readdir(tx, directory.ino, 0, 1 << 62):
+        if stat.S_ISREG(entry.mode_type):
+            _index_file(tx, where, entry.name, entry.ino, add)
+        elif stat.S_ISDIR(entry.mode_type):
+            child = get_inode(tx, entry.ino)
+            index_subtree(tx, child, (where[0], where[1] + entry.name + b"/"), add)
+
+
+def _dir_location(tx: Tx, directory: Inode) -> tuple[int, bytes] | None:
+    """Where `directory`'s own contents are keyed; a bucket itself keys at the empty prefix."""
+    return bucket_of(tx, directory)
+
+
+# --- entries -----------------------------------------------------------------------------
+
+def add_entry(tx: Tx, origin: int, parent: Inode, name: bytes, child: Inode,
+              op: ChangeOp = ChangeOp.CREATE) -> None:
+    cookie = tx.next_id(NEXT_COOKIE)
+    tx.put(tx.db.dirents, dirent_key(parent.ino, name),
+           DIRENT.pack(child.ino, cookie, stat.S_IFMT(child.mode)))
+    tx.put(tx.db.dircookies, U64.pack(parent.ino) + U64.pack(cookie), name)
+    if child.is_file:
+        _index_file(tx, _dir_location(tx, parent), name, child.ino, add=True)
+    elif child.is_dir:
+        index_subtree(tx, child, _child_dir_location(tx, parent, name, child.ino), add=True)
+    now = time.time_ns()
+    parent.mtime_ns = parent.ctime_ns = now
+    if child.is_dir:
+        parent.nlink += 1
+    put_inode(tx, parent)
+    changelog.record(tx, origin, op, child.ino, parent.ino, name)
+
+
+def _child_dir_location(tx: Tx, parent: Inode, name: bytes, child: int) -> tuple[int, bytes] | None:
+    """Where files inside directory `child`, called `name` in `parent`, are keyed."""
+    if parent.ino == ROOT_INO:
+        return (child, b"") if is_bucket_name(name) else None
+    where = _dir_location(tx, parent)
+    return None if where is None else (where[0], where[1] + name + b"/")
+
+
+def remove_entry(tx: Tx, origin: int, parent: Inode, name: bytes, child: Inode) -> None:
+    raw = tx.get(tx.db.dirents, dirent_key(parent.ino, name))
+    if raw is None:
+        raise NotFound(f"no entry {name!r}")
+    _ino, cookie, _mode = DIRENT.unpack(raw)
+    tx.delete(tx.db.dirents, dirent_key(parent.ino, name))
+    tx.delete(tx.db.dircookies, U64.pack(parent.ino) + U64.pack(cookie))
+    if child.is_file:
+        _index_file(tx, _dir_location(tx, parent), name, child.ino, add=False)
+    elif child.is_dir:
+        index_subtree(tx, child, _child_dir_location(tx, parent, name, child.ino), add=False)
+    now = time.time_ns()
+    parent.mtime_ns = parent.ctime_ns = now
+    if child.is_dir:
+        parent.nlink -= 1
+    put_inode(tx, parent)
+    changelog.record(tx, origin, ChangeOp.REMOVE, child.ino, parent.ino, name)
+
+
+def check_writable_dir(parent: Inode) -> None:
+    if not parent.is_dir:
+        raise NotADirectory(f"inode {parent.ino} is not a directory")
+    if parent.flags & InodeFlags.READONLY:
+        raise ReadOnly("the directory is read-only")
+
+
+def make(tx: Tx, origin: int, parent_ino: int, name: bytes, mode: int, uid: int, gid: int,
+         *, rdev: int = 0, flags: InodeFlags = InodeFlags.NONE, symlink_target: bytes = b"") -> Inode:
+    """Create a file, directory, symlink or special file; EEXIST if the name is taken."""
+    check_name(name)
+    parent = get_inode(tx, parent_ino)
+    check_writable_dir(parent)
+    if lookup(tx, parent_ino, name) is not None:
+        raise Exists(f"{name.decode(errors='replace')} exists")
+    child = new_inode(tx, mode, uid, gid, parent=parent_ino, name=name, flags=flags, rdev=rdev)
+    if child.is_symlink:
+        child.size = len(symlink_target)
+        tx.put(tx.db.symlinks, ino_key(child.ino), symlink_target)
+        put_inode(tx, child)
+    add_entry(tx, origin, parent, name, child)
+    return child
+
+
+def link(tx: Tx, origin: int, ino: int, parent_ino: int, name: bytes) -> Inode:
+    check_name(name)
+    inode = get_inode(tx, ino)
+    if inode.is_dir:
+        raise PermissionDenied("hard links to directories are not allowed")
+    parent = get_inode(tx, parent_ino)
+    check_writable_dir(parent)
+    if lookup(tx, parent_ino, name) is not None:
+        raise Exists(f"{name.decode(errors='replace')} exists")
+    inode.nlink += 1
+    inode.ctime_ns = time.time_ns()
+    put_inode(tx, inode)
+    add_entry(tx, origin, parent, name, inode, op=ChangeOp.LINK)
+    return inode
+
+
+def unlink(tx: Tx, origin: int, parent_ino: int, name: bytes, still_open: bool) -> Inode:
+    """Remove a non-directory name. At nlink 0 the inode is freed, or parked as an orphan while
+    a front end still has it open (it calls `release_orphan` at the last close)."""
+    parent = get_inode(tx, parent_ino)
+    check_writable_dir(parent)
+    entry = lookup(tx, parent_ino, name)
+    if entry is None:
+        raise NotFound(f"{name.decode(errors='replace')} does not exist")
+    child = get_inode(tx, entry.ino)
+    if child.is_dir:
+        raise IsADirectory(f"{name.decode(errors='replace')} is a directory")
+    remove_entry(tx, origin, parent, name, child)
+    drop_link(tx, child, still_open)
+    return child
+
+
+def drop_link(tx: Tx, inode: Inode, still_open: bool) -> None:
+    inode.nlink -= 1
+    inode.ctime_ns = time.time_ns()
+    if inode.nlink > 0:
+        put_inode(tx, inode)
+    elif still_open:
+        put_inode(tx, inode)
+        tx.put(tx.db.orphans, ino_key(inode.ino), b"")
+    else:
+        free_inode(tx, inode)
+
+
+def free_inode(tx: Tx, inode: Inode) -> None:
+    """Drop an unreachable inode and everything it owns (chunk references, xattrs, target)."""
+    drop_chunks_from(tx, inode.ino, 0)
+    cursor = tx.cursor(tx.db.xattrs)
+    prefix = ino_key(inode.ino)
+    if cursor.set_range(prefix):
+        while cursor.key()[:8] == prefix:
+            if not cursor.delete():
+                break
+    tx.delete(tx.db.symlinks, prefix)
+    tx.delete(tx.db.orphans, prefix)
+    tx.delete(tx.db.leases, prefix)
+    tx.delete(tx.db.inodes, prefix)
+
+
+def rmdir(tx: Tx, origin: int, parent_ino: int, name: bytes) -> Inode:
+    parent = get_inode(tx, parent_ino)
+    check_writable_dir(parent)
+    entry = lookup(tx, parent_ino, name)
+    if entry is None:
+        raise NotFound(f"{name.decode(errors='replace')} does not exist")
+    child = get_inode(tx, entry.ino)
+    if not child.is_dir:
+        raise NotADirectory(f"{name.decode(errors='replace')} is not a directory")
+    if readdir(tx, child.ino, 0, 1):
+        raise NotEmpty(f"{name.decode(errors='replace')} is not empty")
+    remove_entry(tx, origin, parent, name, child)
+    free_inode(tx, child)
+    return child
+
+
+def remove_tree(tx: Tx, origin: int, parent: Inode, name: bytes) -> None:
+    """Delete `name` and everything below it, read-only flags notwithstanding (`vm rm`)."""
+    entry = lookup(tx, parent.ino, name)
+    if entry is None:
+        raise NotFound(f"{name.decode(errors='replace')} does not exist")
+    child = get_inode(tx, entry.ino)
+    if child.is_dir:
+        for sub in readdir(tx, child.ino, 0, 1 << 62):
+            remove_tree(tx, origin, child, sub.name)
+            child = get_inode(tx, child.ino)
+    remove_entry(tx, origin, get_inode(tx, parent.ino), name, child)
+    if child.is_dir:
+        free_inode(tx, child)
+    else:
+        drop_link(tx, child, still_open=False)
+
+
+def is_ancestor(tx: Tx, ancestor: int, ino: int) -> bool:
+    current = ino
+    while True:
+        if current == ancestor:
+            return True
+        if current == ROOT_INO:
+            return False
+        current = get_inode(tx, current).parent
+
+
+def rename(tx: Tx, origin: int, old_parent_ino: int, old_name: bytes, new_parent_ino: int,
+           new_name: bytes, flags: int, target_still_open: bool = False) -> None:
+    """rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE, as Linux defines them."""
+    check_name(new_name)
+    if flags & RENAME_NOREPLACE and flags & RENAME_EXCHANGE or flags & ~3:
+        raise InvalidArgument("invalid rename flags")
+    old_parent = get_inode(tx, old_parent_ino)
+    new_parent = get_inode(tx, new_parent_ino)
+    check_writable_dir(old_parent)
+    check_writable_dir(new_parent)
+    src_entry = lookup(tx, old_parent_ino, old_name)
+    if src_entry is None:
+        raise NotFound(f"{old_name.decode(errors='replace')} does not exist")
+    src = get_inode(tx, src_entry.ino)
+    dst_entry = lookup(tx, new_parent_ino, new_name)
+    dst = get_inode(tx, dst_entry.ino) if dst_entry else None
+    if src.is_dir and is_ancestor(tx, src.ino, new_parent_ino):
+        raise InvalidArgument("cannot move a directory into itself")
+    if flags & RENAME_EXCHANGE:
+        if dst is None:
+            raise NotFound(f"{new_name.decode(errors='replace')} does not exist")
+        if dst.is_dir and is_ancestor(tx, dst.ino, old_parent_ino):
+            raise InvalidArgument("cannot move a directory into itself")
+        _exchange(tx, origin, old_parent, old_name, src, new_parent, new_name, dst)
+        return
+    if dst is not None:
+        if flags & RENAME_NOREPLACE:
+            raise Exists(f"{new_name.decode(errors='replace')} exists")
+        if dst.ino == src.ino:
+            return  # POSIX: two links to one inode; nothing happens
+        if src.is_dir and not dst.is_dir:
+            raise NotADirectory(f"{new_name.decode(errors='replace')} is not a directory")
+        if not src.is_dir and dst.is_dir:
+            raise IsADirectory(f"{new_name.decode(errors='replace')} is a directory")
+        if dst.is_dir and readdir(tx, dst.ino, 0, 1):
+            raise NotEmpty(f"{new_name.decode(errors='replace')} is not empty")
+    remove_entry(tx, origin, old_parent, old_name, src)
+    if dst is not None:
+        new_parent = get_inode(tx, new_parent_ino)
+        remove_entry(tx, origin, new_parent, new_name, dst)
+        if dst.is_dir:
+            free_inode(tx, dst)
+        else:
+            drop_link(tx, dst, target_still_open)
+    _move_in(tx, origin, src, new_parent_ino, new_name)
+
+
+def _move_in(tx: Tx, origin: int, inode: Inode, parent_ino: int, name: bytes) -> None:
+    parent = get_inode(tx, parent_ino)  # re-read: removing an entry may have changed it
+    if inode.is_dir:
+        inode.parent, inode.name = parent_ino, name
+    inode.ctime_ns = time.time_ns()
+    put_inode(tx, inode)
+    add_entry(tx, origin, parent, name, inode)
+
+
+def _exchange(tx: Tx, origin: int, a_parent: Inode, a_name: bytes, a: Inode,
+              b_parent: Inode, b_name: bytes, b: Inode) -> None:
+    if a.ino == b.ino:
+        return
+    remove_entry(tx, origin, a_parent, a_name, a)
+    b_parent = get_inode(tx, b_parent.ino)
+    remove_entry(tx, origin, b_parent, b_name, b)
+    _move_in(tx, origin, b, a_parent.ino, a_name)
+    _move_in(tx, origin, a, b_parent.ino, b_name)
+
+
+# --- xattrs ------------------------------------------------------------------------------
+
+def xattr_key(ino: int, name: bytes) -> bytes:
+    return ino_key(ino) + name
+
+
+def list_xattrs(tx: Tx, ino: int) -> list[bytes]:
+    cursor = tx.cursor(tx.db.xattrs)
+    prefix = ino_key(ino)
+    names = []
+    if cursor.set_range(prefix):
+        for key in cursor.iternext(keys=True, values=False):
+            if key[:8] != prefix:
+                break
+            names.append(bytes(key[8:]))
+    return names
+
+
+def resolve(tx: Tx, path: bytes) -> Inode:
+    """The inode at a '/'-separated path from the root (no symlinks followed)."""
+    inode = get_inode(tx, ROOT_INO)
+    for part in path.strip(b"/").split(b"/"):
+        if not part:
+            continue
+        if not inode.is_dir:
+            raise NotADirectory(f"{part!r}: a path component is not a directory")
+        entry = lookup(tx, inode.ino, part)
+        if entry is None:
+            raise NotFound(f"{path.decode(errors='replace')} does not exist")
+        inode = get_inode(tx, entry.ino)
+    return inode

@@ -1,0 +1,151 @@
+"""Fixed binary layouts of LMDB keys and values.
+
+Integer keys are big-endian so LMDB's byte order is numeric order: a file's chunks, a
+directory's entries and the change log are range scans.
+"""
+
+from __future__ import annotations
+
+import enum
+import stat
+import struct
+from dataclasses import dataclass, field
+
+ROOT_INO = 1
+
+U64 = struct.Struct(">Q")
+INO_INDEX = struct.Struct(">QQ")
+
+
+class InodeFlags(enum.IntFlag):
+    NONE = 0
+    READONLY = 1  # contents and attributes refuse change (descriptors, snapshots)
+    EPHEMERAL = 2  # contents dropped when the last writer closes; never snapshotted (swap)
+    FIXED_SIZE = 4  # writes past the end fail with EFBIG; only `vm resize` changes the size
+    VM_FILE = 8  # belongs to a VM's layout, managed by `vfsd vm`
+
+
+# mode, flags, uid, gid, size, nlink, rdev, atime, mtime, ctime, parent, version, generation
+_INODE = struct.Struct(">IIIIQIIqqqQQQ")
+
+
+@dataclass(slots=True)
+class Inode:
+    """An inode's attributes. Directories also carry their parent and their own name, so a path
+    (and an S3 key) can be rebuilt by walking up without scanning directories."""
+
+    ino: int
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    nlink: int = 1
+    rdev: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    parent: int = 0
+    version: int = 0
+    generation: int = 0
+    flags: InodeFlags = InodeFlags.NONE
+    name: bytes = field(default=b"")
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    def pack(self) -> bytes:
+        return (
+            _INODE.pack(
+                self.mode,
+                int(self.flags),
+                self.uid,
+                self.gid,
+                self.size,
+                self.nlink,
+                self.rdev,
+                self.atime_ns,
+                self.mtime_ns,
+                self.ctime_ns,
+                self.parent,
+                self.version,
+                self.generation,
+            )
+            + self.name
+        )
+
+    @classmethod
+    def unpack(cls, ino: int, raw: bytes) -> Inode:
+        (mode, flags, uid, gid, size, nlink, rdev, at, mt, ct, parent, version, gen) = (
+            _INODE.unpack_from(raw)
+        )
+        return cls(
+            ino, mode, uid, gid, size, nlink, rdev, at, mt, ct, parent, version, gen,
+            InodeFlags(flags), bytes(raw[_INODE.size:]),
+        )
+
+
+def ino_key(ino: int) -> bytes:
+    return U64.pack(ino)
+
+
+def chunk_key(ino: int, index: int) -> bytes:
+    return INO_INDEX.pack(ino, index)
+
+
+def dirent_key(parent: int, name: bytes) -> bytes:
+    return U64.pack(parent) + name
+
+
+# dirent value: child ino, directory cookie (stable readdir offset), file type bits
+DIRENT = struct.Struct(">QQI")
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    name: bytes
+    ino: int
+    cookie: int
+    mode_type: int  # S_IFMT bits of the child, for d_type
+
+
+# chunk index value: segment id, body offset, body length, reference count
+CHUNK = struct.Struct(">QQII")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLocation:
+    segment: int
+    offset: int
+    length: int
+
+
+class ChangeOp(enum.IntEnum):
+    CREATE = 1
+    REMOVE = 2  # a name went away (unlink, rmdir, rename source)
+    DATA = 3  # contents changed
+    ATTR = 4  # attributes or xattrs changed
+    LINK = 5  # a name now points at an existing inode
+
+
+# change value: op, ino, parent, origin (process token), version (HLC); then the entry name
+CHANGE = struct.Struct(">BQQQQ")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    seq: int
+    op: ChangeOp
+    ino: int
+    parent: int
+    origin: int
+    version: int
+    name: bytes

@@ -1,0 +1,176 @@
+"""Segment files: append-only logs of chunk bodies.
+
+A record is `header(magic, hash, length, codec, crc32c) + body`. Each process appends only to
+segments it allocated itself (ids come from LMDB), so no two writers share a file and a torn
+tail left by a crash lies in a segment nobody appends to again. Bodies become reachable only when
+a later LMDB commit records their location, after `fdatasync`; bytes whose commit never happened
+are orphans that fsck counts and compaction reclaims.
+
+`SegmentStore` is the interface; `LocalSegments` keeps segments as files in one directory. A
+distributed object store can stand behind the same interface later (DESIGN.md, "Beyond one
+machine").
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import crc32c
+
+from .errors import Corrupt
+from .records import ChunkLocation
+
+MAGIC = b"VCK1"
+HEADER = struct.Struct(">4s32sIBI")  # magic, blake3 hash, body length, codec, crc32c of body
+CODEC_RAW = 0
+DEFAULT_SEAL_SIZE = 64 * 1024 * 1024
+
+
+def segment_name(segment: int) -> str:
+    return f"{segment:016x}.seg"
+
+
+class SegmentStore(Protocol):
+    def append(self, bodies: Sequence[tuple[bytes, bytes | memoryview]]) -> list[ChunkLocation]:
+        """Append (hash, body) records and make them durable before returning their places."""
+        ...
+
+    def read(self, location: ChunkLocation) -> bytes:
+        """Return a body, verified against its CRC; raise Corrupt if it does not match."""
+        ...
+
+    def read_header(self, location: ChunkLocation) -> tuple[bytes, bytes, int, int, int]:
+        ...
+
+    def segment_sizes(self) -> dict[int, int]:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class LocalSegments:
+    """Segment files in a directory. Thread-safe: appends serialise on one lock."""
+
+    def __init__(
+        self,
+        directory: Path,
+        allocate: Callable[[], int],
+        seal_size: int = DEFAULT_SEAL_SIZE,
+    ):
+        self.directory = Path(directory)
+        self._allocate = allocate
+        self._seal_size = seal_size
+        self._append_lock = threading.Lock()
+        self._open_lock = threading.Lock()
+        self._current: int | None = None
+        self._current_fd = -1
+        self._current_size = 0
+        self._readers: dict[int, int] = {}
+
+    def path(self, segment: int) -> Path:
+        return self.directory / segment_name(segment)
+
+    def append(self, bodies: Sequence[tuple[bytes, bytes | memoryview]]) -> list[ChunkLocation]:
+        if not bodies:
+            return []
+        with self._append_lock:
+            if self._current is None or self._current_size >= self._seal_size:
+                self._roll()
+            assert self._current is not None
+            locations = []
+            buffers: list[bytes | memoryview] = []
+            offset = self._current_size
+            for digest, body in bodies:
+                length = len(body)
+                buffers.append(HEADER.pack(MAGIC, digest, length, CODEC_RAW, crc32c.crc32c(body)))
+                buffers.append(body)
+                locations.append(ChunkLocation(self._current, offset + HEADER.size, length))
+                offset += HEADER.size + length
+            self._write_all(buffers, self._current_size)
+            os.fdatasync(self._current_fd)
+            self._current_size = offset
+            return locations
+
+    def _write_all(self, buffers: list[bytes | memoryview], offset: int) -> None:
+        # pwritev takes at most IOV_MAX buffers and may write short; loop until all is down.
+        pending = [memoryview(b).cast("B") for b in buffers]
+        while pending:
+            batch = pending[:1024]
+            written = os.pwritev(self._current_fd, batch, offset)
+            offset += written
+            while written:
+                if written >= len(pending[0]):
+                    written -= len(pending[0])
+                    pending.pop(0)
+                else:
+                    pending[0] = pending[0][written:]
+                    written = 0
+
+    def _roll(self) -> None:
+        if self._current_fd >= 0:
+            os.close(self._current_fd)
+        segment = self._allocate()
+        path = self.path(segment)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        # The new name must survive a crash before any location inside it is committed.
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._current, self._current_fd, self._current_size = segment, fd, 0
+
+    def _reader(self, segment: int) -> int:
+        fd = self._readers.get(segment)
+        if fd is None:
+            with self._open_lock:
+                fd = self._readers.get(segment)
+                if fd is None:
+                    try:
+                        fd = os.open(self.path(segment), os.O_RDONLY)
+                    except FileNotFoundError:
+                        raise Corrupt(f"segment {segment_name(segment)} is missing") from None
+                    self._readers[segment] = fd
+        return fd
+
+    def read(self, location: ChunkLocation) -> bytes:
+        start = location.offset - HEADER.size
+        raw = os.pread(self._reader(location.segment), HEADER.size + location.length, start)
+        if len(raw) != HEADER.size + location.length:
+            raise Corrupt(f"segment {segment_name(location.segment)} is short at {start}")
+        magic, _digest, length, _codec, crc = HEADER.unpack_from(raw)
+        body = raw[HEADER.size:]
+        if magic != MAGIC or length != location.length or crc32c.crc32c(body) != crc:
+            raise Corrupt(f"chunk at {segment_name(location.segment)}:{start} fails its checksum")
+        return body
+
+    def read_header(self, location: ChunkLocation) -> tuple[bytes, bytes, int, int, int]:
+        start = location.offset - HEADER.size
+        raw = os.pread(self._reader(location.segment), HEADER.size, start)
+        if len(raw) != HEADER.size:
+            raise Corrupt(f"segment {segment_name(location.segment)} is short at {start}")
+        return HEADER.unpack(raw)
+
+    def segment_sizes(self) -> dict[int, int]:
+        sizes = {}
+        for entry in os.scandir(self.directory):
+            if entry.name.endswith(".seg"):
+                sizes[int(entry.name[:-4], 16)] = entry.stat().st_size
+        return sizes
+
+    def close(self) -> None:
+        with self._append_lock:
+            if self._current_fd >= 0:
+                os.close(self._current_fd)
+                self._current_fd = -1
+                self._current = None
+        with self._open_lock:
+            for fd in self._readers.values():
+                os.close(fd)
+            self._readers.clear()

@@ -1,0 +1,355 @@
+"""The facade both front ends call: one method per operation, one transaction per method.
+
+Methods are synchronous and may block on disk; async callers run them in a worker thread.
+Unless a docstring says otherwise, a method's effects are durable when it returns and absent
+if the process dies before that (LMDB commits atomically and syncs).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from . import changelog, namespace
+from .config import DEFAULT_CHUNK_SIZE, StoreConfig, create_config, load_config
+from .env import U64, Environment
+from .errors import Exists, InvalidArgument, NoAttribute, NotADirectory, PermissionDenied
+from .files import FileData, check_file_writable
+from .records import ROOT_INO, Change, ChangeOp, DirEntry, Inode, InodeFlags, ino_key
+from .segments import LocalSegments
+
+QUOTA = b"quota"
+NEXT_SEGMENT = b"next_segment"
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+
+class Store:
+    def __init__(self, config: StoreConfig):
+        self.config = config
+        self.env = Environment(config.meta_dir)
+        self.origin = secrets.randbits(63)  # tags this process's entries in the change log
+        with self.env.write() as tx:
+            namespace.ensure_root(tx)
+        self.segments = LocalSegments(config.segments_dir, self._allocate_segment)
+        self.data = FileData(self.env, self.segments, config.chunk_size, self.origin,
+                             self.capacity_left)
+
+    @classmethod
+    def init(cls, path: Path | str, chunk_size: int = DEFAULT_CHUNK_SIZE,
+             quota: int | None = None) -> Store:
+        store = cls(create_config(Path(path), chunk_size))
+        if quota is not None:
+            store.set_quota(quota)
+        return store
+
+    @classmethod
+    def open(cls, path: Path | str) -> Store:
+        return cls(load_config(Path(path)))
+
+    def close(self) -> None:
+        self.segments.close()
+        self.env.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def chunk_size(self) -> int:
+        return self.config.chunk_size
+
+    def _allocate_segment(self) -> int:
+        with self.env.write() as tx:
+            segment = tx.next_id(NEXT_SEGMENT)
+            tx.put(tx.db.segments, U64.pack(segment), U64.pack(0))
+            return segment
+
+    # --- the pool ------------------------------------------------------------------------
+
+    def quota(self) -> int | None:
+        with self.env.read() as tx:
+            raw = tx.get(tx.db.meta, QUOTA)
+        return U64.unpack(raw)[0] if raw else None
+
+    def set_quota(self, quota: int | None) -> None:
+        if quota is not None and quota <= 0:
+            raise InvalidArgument("the quota must be positive")
+        with self.env.write() as tx:
+            if quota is None:
+                tx.delete(tx.db.meta, QUOTA)
+            else:
+                tx.put(tx.db.meta, QUOTA, U64.pack(quota))
+
+    def physical_bytes(self) -> int:
+        with self.env.read() as tx:
+            return tx.counter(b"physical_bytes")
+
+    def capacity(self) -> int:
+        """The pool's size: the quota, else what is stored plus the backing disk's free space."""
+        quota = self.quota()
+        if quota is not None:
+            return quota
+        st = os.statvfs(self.config.segments_dir)
+        return self.physical_bytes() + st.f_bavail * st.f_frsize
+
+    def capacity_left(self) -> int | None:
+        quota = self.quota()
+        if quota is not None:
+            return max(0, quota - self.physical_bytes())
+        st = os.statvfs(self.config.segments_dir)
+        return st.f_bavail * st.f_frsize
+
+    # --- attributes and names ------------------------------------------------------------
+
+    def getattr(self, ino: int) -> Inode:
+        with self.env.read() as tx:
+            return namespace.get_inode(tx, ino)
+
+    def lookup(self, parent: int, name: bytes) -> Inode:
+        """The inode `name` in directory `parent` (NotFound if absent)."""
+        with self.env.read() as tx:
+            namespace.get_dir(tx, parent)
+            entry = namespace.lookup(tx, parent, name)
+            if entry is None:
+                raise namespace.NotFound(f"{name.decode(errors='replace')} does not exist")
+            return namespace.get_inode(tx, entry.ino)
+
+    def resolve(self, path: str | bytes) -> Inode:
+        with self.env.read() as tx:
+            return namespace.resolve(tx, os.fsencode(path))
+
+    def readdir(self, ino: int, after_cookie: int = 0, limit: int = 1000) -> list[DirEntry]:
+        """Up to `limit` entries after `after_cookie`; pass the last entry's cookie to go on."""
+        with self.env.read() as tx:
+            namespace.get_dir(tx, ino)
+            return namespace.readdir(tx, ino, after_cookie, limit)
+
+    def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
+                gid: int | None = None, size: int | None = None, atime_ns: int | None = None,
+                mtime_ns: int | None = None) -> Inode:
+        if size is not None:
+            self.data.truncate(ino, size)
+        with self.env.write() as tx:
+            inode = namespace.get_inode(tx, ino)
+            if inode.flags & InodeFlags.READONLY and (mode, uid, gid, atime_ns, mtime_ns) != (
+                    None, None, None, None, None):
+                raise namespace.ReadOnly("the file is read-only")
+            if mode is not None:
+                inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(mode)
+            if uid is not None:
+                inode.uid = uid
+            if gid is not None:
+                inode.gid = gid
+            if atime_ns is not None:
+                inode.atime_ns = atime_ns
+            if mtime_ns is not None:
+                inode.mtime_ns = mtime_ns
+            inode.ctime_ns = time.time_ns()
+            namespace.put_inode(tx, inode)
+            changelog.record(tx, self.origin, ChangeOp.ATTR, ino)
+            return inode
+
+    def create(self, parent: int, name: bytes, mode: int = stat.S_IFREG | 0o644, uid: int = 0,
+               gid: int = 0, *, rdev: int = 0, flags: InodeFlags = InodeFlags.NONE) -> Inode:
+        """Create a file, fifo or device node (mode carries the type); Exists if taken."""
+        if stat.S_IFMT(mode) == 0:
+            mode |= stat.S_IFREG
+        if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+            raise InvalidArgument("use mkdir or symlink")
+        with self.env.write() as tx:
+            return namespace.make(tx, self.origin, parent, name, mode, uid, gid, rdev=rdev,
+                                  flags=flags)
+
+    def mkdir(self, parent: int, name: bytes, mode: int = 0o755, uid: int = 0, gid: int = 0,
+              *, flags: InodeFlags = InodeFlags.NONE) -> Inode:
+        with self.env.write() as tx:
+            return namespace.make(tx, self.origin, parent, name,
+                                  stat.S_IFDIR | stat.S_IMODE(mode), uid, gid, flags=flags)
+
+    def makedirs(self, path: str | bytes, mode: int = 0o755) -> Inode:
+        """mkdir -p from the root; returns the last directory."""
+        with self.env.write() as tx:
+            inode = namespace.get_inode(tx, ROOT_INO)
+            for part in os.fsencode(path).strip(b"/").split(b"/"):
+                if not part:
+                    continue
+                entry = namespace.lookup(tx, inode.ino, part)
+                if entry is None:
+                    inode = namespace.make(tx, self.origin, inode.ino, part,
+                                           stat.S_IFDIR | mode, 0, 0)
+                else:
+                    inode = namespace.get_inode(tx, entry.ino)
+                    if not inode.is_dir:
+                        raise NotADirectory(f"{part.decode(errors='replace')} is not a directory")
+            return inode
+
+    def symlink(self, parent: int, name: bytes, target: bytes, uid: int = 0,
+                gid: int = 0) -> Inode:
+        if not target or b"\0" in target or len(target) > 4095:
+            raise InvalidArgument("invalid symlink target")
+        with self.env.write() as tx:
+            return namespace.make(tx, self.origin, parent, name, stat.S_IFLNK | 0o777, uid, gid,
+                                  symlink_target=target)
+
+    def readlink(self, ino: int) -> bytes:
+        with self.env.read() as tx:
+            inode = namespace.get_inode(tx, ino)
+            if not inode.is_symlink:
+                raise InvalidArgument(f"inode {ino} is not a symlink")
+            return tx.get(tx.db.symlinks, ino_key(ino)) or b""
+
+    def link(self, ino: int, parent: int, name: bytes) -> Inode:
+        with self.env.write() as tx:
+            return namespace.link(tx, self.origin, ino, parent, name)
+
+    def unlink(self, parent: int, name: bytes, *, still_open: bool = False) -> Inode:
+        """Remove a name. With `still_open`, an inode left with no names is parked as an orphan
+        until `release_orphan`; otherwise its chunks are released at once."""
+        with self.env.write() as tx:
+            return namespace.unlink(tx, self.origin, parent, name, still_open)
+
+    def rmdir(self, parent: int, name: bytes) -> Inode:
+        with self.env.write() as tx:
+            return namespace.rmdir(tx, self.origin, parent, name)
+
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+               flags: int = 0, *, target_still_open: bool = False) -> None:
+        """rename(2)/renameat2(2): flags are RENAME_NOREPLACE (1) and RENAME_EXCHANGE (2)."""
+        with self.env.write() as tx:
+            namespace.rename(tx, self.origin, old_parent, old_name, new_parent, new_name, flags,
+                             target_still_open)
+
+    def release_orphan(self, ino: int) -> None:
+        """Free an inode parked by `unlink(still_open=True)` once its last handle closes."""
+        with self.env.write() as tx:
+            if tx.get(tx.db.orphans, ino_key(ino)) is None:
+                return
+            inode = namespace.get_inode(tx, ino)
+            if inode.nlink == 0:
+                namespace.free_inode(tx, inode)
+            else:
+                tx.delete(tx.db.orphans, ino_key(ino))
+
+    def purge_orphans(self) -> int:
+        """Free every parked orphan: called by a mount at start, when no handle can be open."""
+        with self.env.write() as tx:
+            inos = [U64.unpack(k)[0] for k in tx.cursor(tx.db.orphans).iternext(values=False)]
+            for ino in inos:
+                inode = namespace.get_inode(tx, ino)
+                if inode.nlink == 0:
+                    namespace.free_inode(tx, inode)
+                else:
+                    tx.delete(tx.db.orphans, ino_key(ino))
+            return len(inos)
+
+    # --- xattrs --------------------------------------------------------------------------
+
+    def get_xattr(self, ino: int, name: bytes) -> bytes:
+        with self.env.read() as tx:
+            namespace.get_inode(tx, ino)
+            value = tx.get(tx.db.xattrs, namespace.xattr_key(ino, name))
+        if value is None:
+            raise NoAttribute(f"no attribute {name!r}")
+        return value
+
+    def list_xattrs(self, ino: int) -> list[bytes]:
+        with self.env.read() as tx:
+            namespace.get_inode(tx, ino)
+            return namespace.list_xattrs(tx, ino)
+
+    def set_xattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        if not name or len(name) > 255 or len(value) > 65536:
+            raise InvalidArgument("xattr name or value out of range")
+        with self.env.write() as tx:
+            inode = namespace.get_inode(tx, ino)
+            if inode.flags & InodeFlags.READONLY:
+                raise namespace.ReadOnly("the file is read-only")
+            key = namespace.xattr_key(ino, name)
+            exists = tx.get(tx.db.xattrs, key) is not None
+            if flags & XATTR_CREATE and exists:
+                raise Exists(f"attribute {name!r} exists")
+            if flags & XATTR_REPLACE and not exists:
+                raise NoAttribute(f"no attribute {name!r}")
+            tx.put(tx.db.xattrs, key, value)
+            inode.ctime_ns = time.time_ns()
+            namespace.put_inode(tx, inode)
+            changelog.record(tx, self.origin, ChangeOp.ATTR, ino)
+
+    def remove_xattr(self, ino: int, name: bytes) -> None:
+        with self.env.write() as tx:
+            inode = namespace.get_inode(tx, ino)
+            if inode.flags & InodeFlags.READONLY:
+                raise namespace.ReadOnly("the file is read-only")
+            if not tx.delete(tx.db.xattrs, namespace.xattr_key(ino, name)):
+                raise NoAttribute(f"no attribute {name!r}")
+            inode.ctime_ns = time.time_ns()
+            namespace.put_inode(tx, inode)
+            changelog.record(tx, self.origin, ChangeOp.ATTR, ino)
+
+    # --- contents ------------------------------------------------------------------------
+
+    def read(self, ino: int, offset: int, size: int) -> bytes | bytearray | memoryview:
+        return self.data.read(ino, offset, size)
+
+    def read_chunk(self, ino: int, index: int) -> bytes:
+        return self.data.read_chunk(ino, index)
+
+    def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """pwrite(2), durable on return (segment fdatasync, then LMDB commit)."""
+        if offset < 0:
+            raise InvalidArgument("negative offset")
+        return self.data.write(ino, offset, data)
+
+    def write_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview], *,
+                     size: int, mtime_ns: int | None = None) -> Inode:
+        return self.data.write_chunks(ino, contents, size=size, mtime_ns=mtime_ns)
+
+    def truncate(self, ino: int, size: int) -> Inode:
+        if size < 0:
+            raise InvalidArgument("negative size")
+        return self.data.truncate(ino, size)
+
+    def replace(self, parent: int, name: bytes, bodies: Iterable[bytes | memoryview],
+                **kwargs: object) -> Inode:
+        return self.data.replace(parent, name, bodies, **kwargs)  # type: ignore[arg-type]
+
+    def write_file(self, path: str | bytes, data: bytes, mode: int = 0o644) -> Inode:
+        """Create or replace a whole file at a path, making parent directories (CLI, tests)."""
+        path = os.fsencode(path).strip(b"/")
+        parent_path, _, name = path.rpartition(b"/")
+        parent = self.makedirs(parent_path) if parent_path else self.getattr(ROOT_INO)
+        cs = self.chunk_size
+        bodies = (memoryview(data)[i:i + cs] for i in range(0, len(data), cs))
+        return self.data.replace(parent.ino, name, bodies, mode=stat.S_IFREG | mode)
+
+    def read_file(self, path: str | bytes) -> bytes:
+        inode = self.resolve(path)
+        check_is_readable_file(inode)
+        return bytes(self.read(inode.ino, 0, inode.size))
+
+    # --- change log ----------------------------------------------------------------------
+
+    def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
+        with self.env.read() as tx:
+            return list(changelog.since(tx, seq, limit))
+
+    def last_change(self) -> int:
+        with self.env.read() as tx:
+            return changelog.last_seq(tx)
+
+
+def check_is_readable_file(inode: Inode) -> None:
+    if inode.is_dir:
+        raise namespace.IsADirectory(f"inode {inode.ino} is a directory")
+    if not inode.is_file:
+        raise PermissionDenied(f"inode {inode.ino} is not a regular file")
+
+
+__all__ = ["Store", "check_file_writable"]
