@@ -31,6 +31,11 @@ class ZeroTest:
         self._zeros = bytes(chunk_size)
 
     def __call__(self, data: bytes | bytearray | memoryview) -> bool:
+        if type(data) is memoryview and data.ndim == 1 and data.format == "B" and data.contiguous:
+            # `memoryview == bytes` compares item by item in Python (~200 µs for 64 KiB of
+            # zeros); bytes.startswith takes the buffer and memcmp's it (~1.4 µs). Same answer:
+            # true exactly when data is all zeros and no longer than a chunk.
+            return self._zeros.startswith(data)
         n = len(data)
         if n == len(self._zeros):
             return data == self._zeros
@@ -102,7 +107,8 @@ def incref(tx: Tx, chunk: StagedChunk) -> None:
     tx.add(LOGICAL, chunk.location.length)
 
 
-def decref(tx: Tx, digest: bytes) -> None:
+def decref(tx: Tx, digest: bytes) -> int:
+    """Drop one reference; returns the body's length."""
     raw = tx.get(tx.db.chunks, digest)
     if raw is None:
         raise Corrupt(f"chunk {digest.hex()} is referenced but not indexed")
@@ -110,46 +116,58 @@ def decref(tx: Tx, digest: bytes) -> None:
     tx.add(LOGICAL, -length)
     if refs > 1:
         tx.put(tx.db.chunks, digest, CHUNK.pack(segment, offset, length, refs - 1))
-        return
+        return length
     # The body stays in its segment until compaction; only the index entry goes.
     tx.delete(tx.db.chunks, digest)
     tx.add(PHYSICAL, -length)
     tx.segment_deltas[segment] = tx.segment_deltas.get(segment, 0) - length - HEADER.size
+    return length
 
 
-def set_chunk(tx: Tx, ino: int, index: int, chunk: StagedChunk | None) -> bool:
-    """Point slot `index` of `ino` at `chunk` (None makes a hole). Returns whether it changed."""
+def set_chunk(tx: Tx, ino: int, index: int, chunk: StagedChunk | None) -> int:
+    """Point slot `index` of `ino` at `chunk` (None makes a hole).
+
+    Returns the change in bytes the file's chunks hold, for the inode's `stored` count."""
     key = chunk_key(ino, index)
     old = tx.get(tx.db.chunkmap, key)
     new = chunk.digest if chunk is not None else None
     if old == new:
-        return False
+        return 0
+    delta = 0
     if chunk is not None:
         incref(tx, chunk)
         tx.put(tx.db.chunkmap, key, chunk.digest)
+        delta += chunk.location.length
     else:
         tx.delete(tx.db.chunkmap, key)
     if old is not None:
-        decref(tx, old)
-    return True
+        delta -= decref(tx, old)
+    return delta
 
 
-def drop_chunks_from(tx: Tx, ino: int, first_index: int) -> None:
-    """Remove every chunk slot of `ino` at or after `first_index` (truncate, delete)."""
+def drop_chunks_from(tx: Tx, ino: int, first_index: int, stop_index: int | None = None) -> int:
+    """Remove the chunk slots of `ino` in [first_index, stop_index) (truncate, delete, punch).
+
+    Returns the (negative) change in bytes the file's chunks hold."""
     cursor = tx.cursor(tx.db.chunkmap)
     prefix = chunk_key(ino, 0)[:8]
+    stop_key = chunk_key(ino, stop_index) if stop_index is not None else None
+    delta = 0
     if not cursor.set_range(chunk_key(ino, first_index)):
-        return
-    while cursor.key()[:8] == prefix:
-        digest = cursor.value()
-        decref(tx, digest)
+        return delta
+    while cursor.key()[:8] == prefix and (stop_key is None or cursor.key() < stop_key):
+        delta -= decref(tx, cursor.value())
         if not cursor.delete():
             break
+    return delta
 
 
-def copy_chunks(tx: Tx, src: int, dst: int) -> None:
-    """Give `dst` the chunk map of `src` by reference (clones, CopyObject): no bytes move."""
+def copy_chunks(tx: Tx, src: int, dst: int) -> int:
+    """Give `dst` the chunk map of `src` by reference (clones, CopyObject): no bytes move.
+
+    Returns the bytes `dst`'s chunks now hold."""
     drop_chunks_from(tx, dst, 0)
+    stored = 0
     cursor = tx.cursor(tx.db.chunkmap)
     prefix = chunk_key(src, 0)[:8]
     pending = []
@@ -165,3 +183,5 @@ def copy_chunks(tx: Tx, src: int, dst: int) -> None:
         segment, offset, length, _refs = CHUNK.unpack(raw)
         incref(tx, StagedChunk(digest, ChunkLocation(segment, offset, length)))
         tx.put(tx.db.chunkmap, chunk_key(dst, 0)[:8] + index_bytes, digest)
+        stored += length
+    return stored

@@ -115,10 +115,10 @@ class FileData:
 
     def install(self, tx: Tx, ino: int, staged: list[StagedChunk | None], size: int) -> Inode:
         """Inside a caller's transaction: make `ino` hold exactly the staged chunks."""
-        for index, chunk in enumerate(staged):
-            chunks.set_chunk(tx, ino, index, chunk)
-        chunks.drop_chunks_from(tx, ino, len(staged))
+        delta = sum(chunks.set_chunk(tx, ino, index, chunk) for index, chunk in enumerate(staged))
+        delta += chunks.drop_chunks_from(tx, ino, len(staged))
         inode = namespace.get_inode(tx, ino)
+        inode.stored += delta
         now = time.time_ns()
         inode.size, inode.mtime_ns, inode.ctime_ns = size, now, now
         namespace.put_inode(tx, inode)
@@ -127,7 +127,8 @@ class FileData:
 
     def _commit(self, ino: int, staged: Mapping[int, StagedChunk | None], *,
                 bases: Mapping[int, bytes | None] | None = None, size: int | None = None,
-                grow_to: int = 0, drop_from: int | None = None, mtime_ns: int | None = None,
+                grow_to: int = 0, drop_from: int | None = None, drop_stop: int | None = None,
+                mtime_ns: int | None = None,
                 truncating: bool = False) -> Inode:
         with self.env.write() as tx:
             inode = namespace.get_inode(tx, ino)
@@ -141,9 +142,9 @@ class FileData:
             if truncating and new_size < inode.size and inode.flags & InodeFlags.FIXED_SIZE:
                 raise PermissionDenied("a fixed-size disk cannot shrink")
             for index, chunk in staged.items():
-                chunks.set_chunk(tx, ino, index, chunk)
+                inode.stored += chunks.set_chunk(tx, ino, index, chunk)
             if drop_from is not None:
-                chunks.drop_chunks_from(tx, ino, drop_from)
+                inode.stored += chunks.drop_chunks_from(tx, ino, drop_from, drop_stop)
             now = time.time_ns()
             inode.size = new_size
             inode.mtime_ns = mtime_ns if mtime_ns is not None else now
@@ -224,6 +225,43 @@ class FileData:
             except _Conflict:
                 continue
         raise Corrupt(f"truncate of inode {ino} kept conflicting with other writers")
+
+    def punch_hole(self, ino: int, offset: int, length: int) -> Inode:
+        """fallocate(PUNCH_HOLE|KEEP_SIZE): the range reads as zeros and its chunks are freed;
+        the size stays. Whole chunks go in one range delete; the two edges are rewritten."""
+        cs = self.chunk_size
+        for _attempt in range(MAX_RETRIES):
+            with self.env.read() as tx:
+                inode = namespace.get_inode(tx, ino)
+                check_file_writable(inode)
+                end = min(offset + length, inode.size)
+                if offset >= end:
+                    return inode
+                first, last = offset // cs, (end - 1) // cs
+                edges = sorted(i for i in {first, last}
+                               if offset > i * cs or end < min((i + 1) * cs, inode.size))
+                bases = {i: tx.get(tx.db.chunkmap, chunk_key(ino, i)) for i in edges}
+                old = {i: loc for i in edges
+                       for loc in [self._locations(tx, ino, i, i).get(i)] if loc}
+            contents: dict[int, bytes | bytearray | memoryview] = {}
+            for index, location in old.items():
+                buf = bytearray(self.segments.read(location))
+                lo = max(offset - index * cs, 0)
+                hi = min(end - index * cs, len(buf))
+                if hi > lo:
+                    buf[lo:hi] = bytes(hi - lo)
+                    contents[index] = buf
+            whole_first = first if first not in edges else first + 1
+            whole_stop = last + 1 if last not in edges else last
+            try:
+                return self._commit(
+                    ino, self._stage(contents), bases=bases, size=inode.size,
+                    drop_from=whole_first if whole_stop > whole_first else None,
+                    drop_stop=whole_stop,
+                )
+            except _Conflict:
+                continue
+        raise Corrupt(f"punching a hole in inode {ino} kept conflicting with other writers")
 
     def replace(self, parent: int, name: bytes, bodies: Iterable[bytes | memoryview], *,
                 mode: int = stat.S_IFREG | 0o644, uid: int = 0, gid: int = 0,

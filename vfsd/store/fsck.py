@@ -114,6 +114,7 @@ def check(store: Store, progress: Progress = no_progress) -> FsckReport:
                 bad(f"symlink {ino} has no target")
 
         refs: Counter[bytes] = Counter()
+        stored: Counter[int] = Counter()
         cs = store.chunk_size
         entries = tx.entries(tx.db.chunkmap)
         for key, digest in progress(tx.cursor(tx.db.chunkmap), entries, "chunk map"):
@@ -124,6 +125,12 @@ def check(store: Store, progress: Progress = no_progress) -> FsckReport:
             elif index * cs >= inode.size:
                 bad(f"inode {ino} has chunk {index} past its size {inode.size}")
             refs[bytes(digest)] += 1
+            raw = tx.get(tx.db.chunks, digest)
+            stored[ino] += CHUNK.unpack(raw)[2] if raw else 0
+        for ino, inode in inodes.items():
+            if inode.stored != stored.get(ino, 0):
+                bad(f"inode {ino} counts {inode.stored} stored bytes, its chunks hold "
+                    f"{stored.get(ino, 0)}")
         report.chunk_refs = sum(refs.values())
 
         live: Counter[int] = Counter()

@@ -25,8 +25,9 @@ class InodeFlags(enum.IntFlag):
     VM_FILE = 8  # belongs to a VM's layout, managed by `vfsd vm`
 
 
-# mode, flags, uid, gid, size, nlink, rdev, atime, mtime, ctime, parent, version, generation
-_INODE = struct.Struct(">IIIIQIIqqqQQQ")
+# mode, flags, uid, gid, size, nlink, rdev, atime, mtime, ctime, parent, version, generation,
+# stored (bytes of chunk bodies the file references: its thin, pre-dedup use, for st_blocks)
+_INODE = struct.Struct(">IIIIQIIqqqQQQQ")
 
 
 @dataclass(slots=True)
@@ -49,6 +50,7 @@ class Inode:
     generation: int = 0
     flags: InodeFlags = InodeFlags.NONE
     name: bytes = field(default=b"")
+    stored: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -78,18 +80,19 @@ class Inode:
                 self.parent,
                 self.version,
                 self.generation,
+                self.stored,
             )
             + self.name
         )
 
     @classmethod
     def unpack(cls, ino: int, raw: bytes) -> Inode:
-        (mode, flags, uid, gid, size, nlink, rdev, at, mt, ct, parent, version, gen) = (
+        (mode, flags, uid, gid, size, nlink, rdev, at, mt, ct, parent, version, gen, stored) = (
             _INODE.unpack_from(raw)
         )
         return cls(
             ino, mode, uid, gid, size, nlink, rdev, at, mt, ct, parent, version, gen,
-            InodeFlags(flags), bytes(raw[_INODE.size:]),
+            InodeFlags(flags), bytes(raw[_INODE.size:]), stored,
         )
 
 

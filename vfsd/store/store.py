@@ -316,6 +316,11 @@ class Store:
             raise InvalidArgument("negative size")
         return self.data.truncate(ino, size)
 
+    def punch_hole(self, ino: int, offset: int, length: int) -> Inode:
+        if offset < 0 or length <= 0:
+            raise InvalidArgument("invalid range")
+        return self.data.punch_hole(ino, offset, length)
+
     def replace(self, parent: int, name: bytes, bodies: Iterable[bytes | memoryview],
                 **kwargs: object) -> Inode:
         return self.data.replace(parent, name, bodies, **kwargs)  # type: ignore[arg-type]
