@@ -42,6 +42,16 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def duration_arg(text: str) -> float:
+    try:
+        value = float(text[:-1] if text.endswith("s") else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 1s, 0.5)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be positive")
+    return value
+
+
 def store_path(args: argparse.Namespace) -> Path:
     return Path(args.store or os.environ.get("VFSD_STORE") or "./data")
 
@@ -202,6 +212,33 @@ def cmd_volume_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mount_config(args: argparse.Namespace, mountpoint: Path, foreground: bool):
+    from vfsd.fs.mount import MountConfig
+
+    return MountConfig(store=store_path(args), mountpoint=mountpoint, foreground=foreground,
+                       cache_size=args.cache_size, commit_interval=args.commit_interval,
+                       allow_other=args.allow_other)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from vfsd.fs.mount import mount
+
+    return mount(_mount_config(args, Path(args.mountpoint), args.foreground))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from vfsd.fs.mount import mount
+
+    path = store_path(args)
+    if not (path / "store.toml").exists():
+        Store.init(path).close()
+        print(f"initialised store {path}")
+    mnt = Path(args.mnt)
+    mnt.mkdir(parents=True, exist_ok=True)
+    print(f"mounting {path} on {mnt} (Ctrl-C to flush, unmount and stop)", flush=True)
+    return mount(_mount_config(args, mnt, foreground=True))
+
+
 def cmd_user_add(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         user = users.add(store, args.name)
@@ -309,6 +346,28 @@ def build_parser() -> Parser:
     p = verb(vol_verbs, "rm", cmd_volume_rm, "delete a detached volume")
     p.add_argument("name")
 
+    mount_opts = Parser(add_help=False)
+    mount_opts.add_argument("--cache-size", type=size_arg, default=256 << 20, metavar="SIZE",
+                            help="memory for dirty data before writers wait (default 256M)")
+    mount_opts.add_argument("--commit-interval", type=duration_arg, default=1.0,
+                            metavar="SECONDS", help="flush dirty data at least this often "
+                            "(default 1s); fsync and close flush at once")
+    mount_opts.add_argument("--allow-other", action="store_true",
+                            help="let users other than the mounting one use the mount")
+    p = verbs.add_parser("mount", parents=[common, mount_opts], help="mount the store (FUSE)",
+                         description="Mount the store as a POSIX file system. Runs as a "
+                         "daemon (logging to STORE/vfsd.log) unless --foreground. SIGTERM, "
+                         "SIGINT or `fusermount3 -u` flush all dirty data and unmount.")
+    p.add_argument("mountpoint", help="an empty directory")
+    p.add_argument("--foreground", action="store_true", help="stay in the foreground")
+    p.set_defaults(func=cmd_mount)
+    p = verbs.add_parser("up", parents=[common, mount_opts], help="the main job: init if "
+                         "needed, mount in the foreground",
+                         description="Initialise the store if missing, then mount it in the "
+                         "foreground. Ctrl-C flushes, unmounts and stops.")
+    p.add_argument("--mnt", default="./mnt", help="mount point (default ./mnt, created)")
+    p.set_defaults(func=cmd_up)
+
     user = verbs.add_parser("user", help="S3 users: add, list, remove")
     user_verbs = user.add_subparsers(dest="user_verb", metavar="VERB", required=True,
                                      parser_class=Parser)
@@ -321,9 +380,22 @@ def build_parser() -> Parser:
     return parser
 
 
+def reexec_with_tunables(argv: Sequence[str]) -> None:
+    """The mount daemon needs glibc tunables that only apply at process start."""
+    from vfsd.fs.mount import GLIBC_TUNABLES
+
+    if os.environ.get("GLIBC_TUNABLES") == GLIBC_TUNABLES or os.environ.get("VFSD_NO_TUNABLES"):
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=GLIBC_TUNABLES)
+    os.execve(sys.executable, [sys.executable, "-m", "vfsd", *argv], env)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        if args.func in (cmd_mount, cmd_up):
+            reexec_with_tunables(argv)
         return int(args.func(args))
     except UsageError as e:
         print(e, file=sys.stderr)

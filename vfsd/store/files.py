@@ -82,13 +82,21 @@ class FileData:
             out[: max(0, len(body) - lo)] = body[lo:]
             return out
         out = bytearray(end - offset)
+        view = memoryview(out)
         for index, location in locations.items():
-            body = self.segments.read(location)
             cstart = index * cs
             lo = max(offset, cstart) - cstart
-            avail = min(min(end, cstart + cs) - cstart, len(body))
+            limit = min(end, cstart + cs) - cstart
+            if lo == 0 and location.length <= limit:
+                # The whole body lands in `out`: read it there, skipping two 64 KiB copies.
+                at = cstart - offset
+                self.segments.read_into(location, view[at:at + location.length])
+                continue
+            body = self.segments.read(location)
+            avail = min(limit, len(body))
             if avail > lo:
                 out[cstart + lo - offset: cstart + avail - offset] = body[lo:avail]
+        view.release()
         return out
 
     def read_chunk(self, ino: int, index: int) -> bytes:

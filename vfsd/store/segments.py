@@ -44,6 +44,11 @@ class SegmentStore(Protocol):
         """Return a body, verified against its CRC; raise Corrupt if it does not match."""
         ...
 
+    def read_into(self, location: ChunkLocation, buffer: memoryview) -> None:
+        """Read a body straight into `buffer` (exactly `location.length` bytes), verified as
+        `read` verifies it; raise Corrupt if it does not match."""
+        ...
+
     def read_header(self, location: ChunkLocation) -> tuple[bytes, bytes, int, int, int]:
         ...
 
@@ -149,6 +154,20 @@ class LocalSegments:
         if magic != MAGIC or length != location.length or crc32c.crc32c(body) != crc:
             raise Corrupt(f"chunk at {segment_name(location.segment)}:{start} fails its checksum")
         return body
+
+    def read_into(self, location: ChunkLocation, buffer: memoryview) -> None:
+        # One preadv puts the header in a small buffer and the body where the caller wants it:
+        # no intermediate `bytes` for the record and none for the body (files.read).
+        if buffer.nbytes != location.length:
+            raise ValueError("the buffer must be exactly as long as the body")
+        start = location.offset - HEADER.size
+        header = bytearray(HEADER.size)
+        got = os.preadv(self._reader(location.segment), [header, buffer], start)
+        if got != HEADER.size + location.length:
+            raise Corrupt(f"segment {segment_name(location.segment)} is short at {start}")
+        magic, _digest, length, _codec, crc = HEADER.unpack(header)
+        if magic != MAGIC or length != location.length or crc32c.crc32c(buffer) != crc:
+            raise Corrupt(f"chunk at {segment_name(location.segment)}:{start} fails its checksum")
 
     def read_header(self, location: ChunkLocation) -> tuple[bytes, bytes, int, int, int]:
         start = location.offset - HEADER.size

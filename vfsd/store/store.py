@@ -106,6 +106,12 @@ class Store:
         st = os.statvfs(self.config.segments_dir)
         return st.f_bavail * st.f_frsize
 
+    def pool_usage(self) -> tuple[int, int, int]:
+        """(capacity, physical bytes, inode count) for statfs."""
+        with self.env.read() as tx:
+            inodes = tx.entries(tx.db.inodes)
+        return self.capacity(), self.physical_bytes(), inodes
+
     # --- attributes and names ------------------------------------------------------------
 
     def getattr(self, ino: int) -> Inode:
@@ -130,6 +136,14 @@ class Store:
         with self.env.read() as tx:
             namespace.get_dir(tx, ino)
             return namespace.readdir(tx, ino, after_cookie, limit)
+
+    def readdir_attrs(self, ino: int, after_cookie: int = 0, limit: int = 256
+                      ) -> list[tuple[DirEntry, Inode]]:
+        """readdir with each entry's attributes, in one transaction (FUSE readdirplus)."""
+        with self.env.read() as tx:
+            namespace.get_dir(tx, ino)
+            return [(e, namespace.get_inode(tx, e.ino))
+                    for e in namespace.readdir(tx, ino, after_cookie, limit)]
 
     def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
                 gid: int | None = None, size: int | None = None, atime_ns: int | None = None,

@@ -1,0 +1,60 @@
+"""Tail the change log and drop kernel caches for changes other processes made.
+
+The kernel caches attributes, directory entries and pages; when the gateway (or a CLI) changes
+the store, the mount learns it from the change log within one poll and invalidates. The calls
+into the kernel run in a worker thread, never inside a request handler (pyfuse3 may deadlock
+otherwise, DESIGN.md "Measured facts").
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pyfuse3
+import trio
+
+from vfsd.store import Store
+from vfsd.store.records import Change, ChangeOp
+
+log = logging.getLogger("vfsd.invalidate")
+POLL_SECONDS = 0.1
+
+
+def _invalidate(changes: list[Change]) -> None:
+    seen_inodes: set[tuple[int, bool]] = set()
+    for change in changes:
+        try:
+            if change.op in (ChangeOp.DATA, ChangeOp.ATTR):
+                key = (change.ino, change.op == ChangeOp.ATTR)
+                if key not in seen_inodes:
+                    seen_inodes.add(key)
+                    pyfuse3.invalidate_inode(change.ino, attr_only=change.op == ChangeOp.ATTR)
+            if change.parent and change.name:
+                pyfuse3.invalidate_entry(change.parent, change.name)
+                pyfuse3.invalidate_inode(change.parent, attr_only=True)
+            if change.op in (ChangeOp.REMOVE, ChangeOp.LINK):
+                pyfuse3.invalidate_inode(change.ino, attr_only=True)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR):  # the kernel never cached it
+                log.warning("event=invalidate-failed ino=%d error=%s", change.ino, e)
+
+
+async def tail_changes(store: Store, run: Callable[..., Awaitable[Any]],
+                       on_foreign: Callable[[Change], Awaitable[None]] | None = None) -> None:
+    """Forever: read new change-log entries; invalidate the kernel for foreign ones."""
+    seq = await run(store.last_change)
+    while True:
+        changes = await run(store.changes_since, seq, 1000)
+        if not changes:
+            await trio.sleep(POLL_SECONDS)
+            continue
+        seq = changes[-1].seq
+        foreign = [c for c in changes if c.origin != store.origin]
+        if foreign:
+            if on_foreign is not None:
+                for change in foreign:
+                    await on_foreign(change)
+            await trio.to_thread.run_sync(_invalidate, foreign)

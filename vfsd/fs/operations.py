@@ -1,0 +1,333 @@
+"""The pyfuse3 handlers: kernel requests in, core calls (in worker threads) out.
+
+Handlers raise only FUSEError: `handler` maps core errors through the errno table and turns
+anything unexpected into a logged EIO, so no request can kill the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from vfsd.store import Inode, InodeFlags, Store
+from vfsd.store.errors import StoreError
+
+from .errno_map import errno_for
+from .writeback import WriteBack
+
+log = logging.getLogger("vfsd.fs")
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+INTERNAL_XATTR = b"vfsd."
+ATTR_TIMEOUT = 1.0  # the change-log tail invalidates sooner when another process changes things
+
+
+def handler(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(self: Operations, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except StoreError as e:
+            raise pyfuse3.FUSEError(errno_for(e)) from None
+        except trio.Cancelled:
+            raise
+        except Exception:
+            log.exception("event=handler-crash op=%s args=%r", fn.__name__, args[:3])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass
+class Handle:
+    ino: int
+    writable: bool
+    ephemeral: bool
+    wrote: bool = False
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, store: Store, cache_size: int, commit_interval: float,
+                 threads: int = 4):
+        super().__init__()
+        self.store = store
+        self.limiter = trio.CapacityLimiter(threads)
+        self.cache = WriteBack(store, self.run, cache_size, commit_interval)
+        self.handles: dict[int, Handle] = {}
+        self.open_count: Counter[int] = Counter()
+        self.writers: Counter[int] = Counter()
+        self.next_fh = 1
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            fn = functools.partial(fn, **kwargs)
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    # --- attributes ----------------------------------------------------------------------
+
+    def attributes(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        cached = self.cache.cached(inode.ino)
+        a.st_ino = inode.ino
+        a.generation = 0
+        a.entry_timeout = a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = inode.mode
+        a.st_nlink = inode.nlink
+        a.st_uid, a.st_gid, a.st_rdev = inode.uid, inode.gid, inode.rdev
+        a.st_size = max(inode.size, cached.size) if cached else inode.size
+        a.st_blksize = self.store.chunk_size
+        held = cached.held * self.store.chunk_size if cached else 0
+        a.st_blocks = (inode.stored + held + 511) // 512
+        a.st_atime_ns = inode.atime_ns
+        a.st_mtime_ns = cached.mtime_ns if cached and cached.mtime_ns else inode.mtime_ns
+        a.st_ctime_ns = inode.ctime_ns
+        return a
+
+    async def _attrs(self, ino: int) -> pyfuse3.EntryAttributes:
+        return self.attributes(await self.run(self.store.getattr, ino))
+
+    @handler
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            return await self._attrs(parent_inode)
+        if name == b"..":
+            parent = await self.run(self.store.getattr, parent_inode)
+            return await self._attrs(parent.parent or parent_inode)
+        return self.attributes(await self.run(self.store.lookup, parent_inode, name))
+
+    @handler
+    async def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return await self._attrs(inode)
+
+    @handler
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: Any) -> pyfuse3.EntryAttributes:
+        if fields.update_size:
+            # Dirty data must reach the store first, or the flush would undo the truncate.
+            await self.cache.flush(inode)
+            await self.run(self.store.truncate, inode, attr.st_size)
+            await self.cache.truncated(inode, attr.st_size)
+        changes: dict[str, int] = {}
+        if fields.update_mode:
+            changes["mode"] = attr.st_mode
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_atime:
+            changes["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime_ns"] = attr.st_mtime_ns
+            cached = self.cache.cached(inode)
+            if cached:
+                cached.mtime_ns = attr.st_mtime_ns
+        if changes or not fields.update_size:
+            return self.attributes(await self.run(self.store.setattr, inode, **changes))
+        return await self._attrs(inode)
+
+    @handler
+    async def forget(self, inode_list: Any) -> None:
+        return None
+
+    # --- names ---------------------------------------------------------------------------
+
+    @handler
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: Any) -> pyfuse3.EntryAttributes:
+        inode = await self.run(self.store.create, parent_inode, name, mode, ctx.uid, ctx.gid,
+                               rdev=rdev)
+        return self.attributes(inode)
+
+    @handler
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: Any) -> pyfuse3.EntryAttributes:
+        inode = await self.run(self.store.mkdir, parent_inode, name, mode & ~ctx.umask,
+                               ctx.uid, ctx.gid)
+        return self.attributes(inode)
+
+    @handler
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: Any) -> pyfuse3.EntryAttributes:
+        return self.attributes(
+            await self.run(self.store.symlink, parent_inode, name, target, ctx.uid, ctx.gid))
+
+    @handler
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return await self.run(self.store.readlink, inode)
+
+    @handler
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: Any) -> pyfuse3.EntryAttributes:
+        return self.attributes(await self.run(self.store.link, inode, new_parent_inode, new_name))
+
+    @handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        entry = await self.run(self.store.lookup, parent_inode, name)
+        still_open = self.open_count[entry.ino] > 0
+        inode = await self.run(self.store.unlink, parent_inode, name, still_open=still_open)
+        if inode.nlink <= 1 and not still_open:
+            await self.cache.discard(inode.ino)
+
+    @handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.run(self.store.rmdir, parent_inode, name)
+
+    @handler
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        target_open = False
+        try:
+            target = await self.run(self.store.lookup, parent_inode_new, name_new)
+            target_open = self.open_count[target.ino] > 0
+        except StoreError:
+            pass
+        await self.run(self.store.rename, parent_inode_old, name_old, parent_inode_new,
+                       name_new, flags, target_still_open=target_open)
+
+    # --- files ---------------------------------------------------------------------------
+
+    def _new_handle(self, inode: Inode, flags: int) -> pyfuse3.FileInfo:
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        if writable and inode.flags & InodeFlags.READONLY:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        fh = self.next_fh
+        self.next_fh += 1
+        self.handles[fh] = Handle(inode.ino, writable, bool(inode.flags & InodeFlags.EPHEMERAL))
+        self.open_count[inode.ino] += 1
+        if writable:
+            self.writers[inode.ino] += 1
+        direct = bool(flags & os.O_DIRECT)
+        return pyfuse3.FileInfo(fh=fh, direct_io=direct, keep_cache=not direct)
+
+    @handler
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        node = await self.run(self.store.getattr, inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return self._new_handle(node, flags)
+
+    @handler
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        inode = await self.run(self.store.create, parent_inode, name,
+                               stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask), ctx.uid, ctx.gid)
+        return self._new_handle(inode, flags), self.attributes(inode)
+
+    @handler
+    async def read(self, fh: int, off: int, size: int) -> Any:
+        return await self.cache.read(self.handles[fh].ino, off, size)
+
+    @handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self.handles[fh]
+        handle.wrote = True
+        return await self.cache.write(handle.ino, off, buf)
+
+    @handler
+    async def flush(self, fh: int) -> None:
+        handle = self.handles[fh]
+        if handle.wrote and not handle.ephemeral:
+            await self.cache.flush(handle.ino)
+
+    @handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.cache.flush(self.handles[fh].ino)
+
+    @handler
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh)
+        ino = handle.ino
+        self.open_count[ino] -= 1
+        if handle.writable:
+            self.writers[ino] -= 1
+        try:
+            if handle.ephemeral and self.writers[ino] == 0 and handle.writable:
+                # Swap dies with the VM: drop its contents when the last writer closes.
+                await self.cache.discard(ino)
+                size = (await self.run(self.store.getattr, ino)).size
+                await self.run(self.store.punch_hole, ino, 0, max(size, 1))
+            elif handle.wrote:
+                await self.cache.flush(ino)
+        finally:
+            if self.open_count[ino] <= 0:
+                del self.open_count[ino]
+                self.writers.pop(ino, None)
+                await self.run(self.store.release_orphan, ino)
+
+    # --- directories ---------------------------------------------------------------------
+
+    @handler
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        node = await self.run(self.store.getattr, inode)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @handler
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        entries = await self.run(self.store.readdir_attrs, fh, start_id, 256)
+        for entry, inode in entries:
+            if not pyfuse3.readdir_reply(token, entry.name, self.attributes(inode),
+                                         entry.cookie):
+                break
+
+    @handler
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @handler
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None  # every namespace change is committed durably before its reply
+
+    # --- the pool ------------------------------------------------------------------------
+
+    @handler
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        capacity, used, inodes = await self.run(self.store.pool_usage)
+        st = pyfuse3.StatvfsData()
+        st.f_bsize = st.f_frsize = 4096
+        st.f_blocks = capacity // 4096
+        st.f_bfree = st.f_bavail = max(0, capacity - used) // 4096
+        st.f_files = 1 << 32
+        st.f_ffree = st.f_favail = max(0, (1 << 32) - inodes)
+        st.f_namemax = 255
+        return st
+
+    # --- xattrs --------------------------------------------------------------------------
+
+    @handler
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if name.startswith(INTERNAL_XATTR):
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return await self.run(self.store.get_xattr, inode, name)
+
+    @handler
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        if name.startswith(INTERNAL_XATTR):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        await self.run(self.store.set_xattr, inode, name, value)
+
+    @handler
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        names = await self.run(self.store.list_xattrs, inode)
+        return [n for n in names if not n.startswith(INTERNAL_XATTR)]
+
+    @handler
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        if name.startswith(INTERNAL_XATTR):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        await self.run(self.store.remove_xattr, inode, name)
