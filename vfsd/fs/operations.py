@@ -218,7 +218,12 @@ class Operations(pyfuse3.Operations):
         node = await self.run(self.store.getattr, inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        return self._new_handle(node, flags)
+        info = self._new_handle(node, flags)
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and node.size:
+            # libfuse negotiates atomic O_TRUNC: the kernel leaves the truncation to us.
+            await self.cache.discard(inode)
+            await self.run(self.store.truncate, inode, 0)
+        return info
 
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,

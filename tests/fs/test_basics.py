@@ -1,0 +1,141 @@
+"""POSIX behaviour through a real mount: the calls and errnos a Linux program expects."""
+
+import errno
+import os
+import stat
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def expect_errno(code, fn, *args):
+    with pytest.raises(OSError) as info:
+        fn(*args)
+    assert info.value.errno == code, info.value
+
+
+def test_files_dirs_and_errnos(mnt):
+    (mnt / "d").mkdir()
+    (mnt / "d" / "f").write_bytes(b"hello")
+    assert (mnt / "d" / "f").read_bytes() == b"hello"
+    expect_errno(errno.EEXIST, os.mkdir, mnt / "d")
+    expect_errno(errno.ENOTEMPTY, os.rmdir, mnt / "d")
+    expect_errno(errno.ENOENT, os.stat, mnt / "nope")
+    expect_errno(errno.ENOTDIR, os.listdir, mnt / "d" / "f")
+    expect_errno(errno.EISDIR, os.unlink, mnt / "d")
+    expect_errno(errno.ENAMETOOLONG, os.mkdir, mnt / ("x" * 256))
+    expect_errno(errno.EEXIST, os.open, mnt / "d" / "f", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with open(mnt / "d" / "f", "ab") as f:
+        f.write(b" world")
+    assert (mnt / "d" / "f").read_bytes() == b"hello world"
+    with open(mnt / "d" / "f", "wb") as f:  # O_TRUNC
+        f.write(b"new")
+    assert (mnt / "d" / "f").read_bytes() == b"new"
+    os.rename(mnt / "d" / "f", mnt / "g")
+    assert sorted(os.listdir(mnt)) == ["d", "g"]
+    os.rmdir(mnt / "d")
+    os.link(mnt / "g", mnt / "h")
+    assert os.stat(mnt / "g").st_nlink == 2
+    os.symlink("g", mnt / "s")
+    assert os.readlink(mnt / "s") == "g" and (mnt / "s").read_bytes() == b"new"
+    os.mkfifo(mnt / "fifo")
+    assert stat.S_ISFIFO(os.stat(mnt / "fifo").st_mode)
+
+
+def test_attributes(mnt):
+    p = mnt / "f"
+    p.write_bytes(b"x" * 1000)
+    os.chmod(p, 0o600)
+    os.chown(p, 1234, 5678)
+    os.utime(p, ns=(1_000_000_123, 2_000_000_456))
+    st = os.stat(p)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_123, 2_000_000_456)
+    os.truncate(p, 10)
+    assert p.read_bytes() == b"x" * 10
+    os.truncate(p, 100_000)
+    assert p.read_bytes() == b"x" * 10 + bytes(99_990)
+    os.setxattr(p, "user.color", b"blue")
+    assert os.getxattr(p, "user.color") == b"blue"
+    assert "user.color" in os.listxattr(p)
+    os.removexattr(p, "user.color")
+    expect_errno(errno.ENODATA, os.getxattr, p, "user.color")
+
+
+def test_rename_flags(mnt):
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    (mnt / "a").write_bytes(b"A")
+    (mnt / "b").mkdir()
+
+    def renameat2(old, new, flags):
+        if libc.renameat2(-100, bytes(old), -100, bytes(new), flags) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+
+    expect_errno(errno.EEXIST, renameat2, mnt / "a", mnt / "b", 1)  # RENAME_NOREPLACE
+    renameat2(mnt / "a", mnt / "b", 2)  # RENAME_EXCHANGE
+    assert (mnt / "b").read_bytes() == b"A" and (mnt / "a").is_dir()
+
+
+def test_unlinked_open_file_lives_until_close(mnt, store_path):
+    p = mnt / "tmp"
+    fd = os.open(p, os.O_CREAT | os.O_RDWR)
+    os.write(fd, b"still here" * 10_000)
+    os.fsync(fd)
+    os.unlink(p)
+    assert not p.exists()
+    os.pwrite(fd, b"more", 0)
+    assert os.pread(fd, 14, 0) == b"morel here" + b"stil"
+    os.close(fd)
+    st = os.statvfs(mnt)
+    assert st.f_blocks > 0
+
+
+def test_thin_blocks_and_sparse_100g(mnt):
+    p = mnt / "disk"
+    with open(p, "wb") as f:
+        f.truncate(100 << 30)
+    assert os.stat(p).st_blocks == 0
+    with open(p, "r+b") as f:
+        f.seek((100 << 30) - 4096)
+        f.write(b"\xee" * 4096)
+        f.flush()
+        os.fsync(f.fileno())
+    assert os.stat(p).st_size == 100 << 30
+    assert 0 < os.stat(p).st_blocks * 512 <= 64 * 1024
+    with open(p, "rb") as f:
+        f.seek((100 << 30) - 8192)
+        assert f.read(8192) == bytes(4096) + b"\xee" * 4096
+        f.seek(50 << 30)
+        assert f.read(4096) == bytes(4096)
+
+
+def test_zero_writes_free_space(mnt):
+    p = mnt / "z"
+    p.write_bytes(os.urandom(4 << 20))
+    assert os.stat(p).st_blocks * 512 >= 4 << 20
+    with open(p, "r+b") as f:
+        f.write(bytes(4 << 20))
+    assert os.stat(p).st_blocks == 0
+    assert p.read_bytes() == bytes(4 << 20)
+
+
+def test_o_direct(mnt):
+    import mmap
+
+    p = mnt / "direct"
+    buf = mmap.mmap(-1, 1 << 20)
+    buf.write(os.urandom(1 << 20))
+    fd = os.open(p, os.O_CREAT | os.O_RDWR | os.O_DIRECT)
+    try:
+        assert os.pwrite(fd, buf, 0) == 1 << 20
+        os.fdatasync(fd)
+        back = mmap.mmap(-1, 1 << 20)
+        assert os.preadv(fd, [back], 0) == 1 << 20
+        assert back[:] == buf[:]
+    finally:
+        os.close(fd)
