@@ -28,7 +28,8 @@ from .writeback import WriteBack
 log = logging.getLogger("vfsd.fs")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 INTERNAL_XATTR = b"vfsd."
-ATTR_TIMEOUT = 1.0  # the change-log tail invalidates sooner when another process changes things
+ATTR_TIMEOUT = 1.0
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10  # the change-log tail invalidates sooner when another process changes things
 
 
 def handler(fn: F) -> F:
@@ -272,6 +273,53 @@ class Operations(pyfuse3.Operations):
                 del self.open_count[ino]
                 self.writers.pop(ino, None)
                 await self.run(self.store.release_orphan, ino)
+
+    # --- holes and copies (handlers added to pyfuse3 by patches/pyfuse3-*.patch) ---------
+
+    @handler
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        ino = self.handles[fh].ino
+        punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
+        if mode & ~(FALLOC_FL_KEEP_SIZE | punch) or mode & punch == punch:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # collapse/insert range, unshare
+        await self.cache.flush(ino)  # the chunk map must hold everything before it changes
+        inode = await self.run(self.store.getattr, ino)
+        end = offset + length
+        if not mode & FALLOC_FL_KEEP_SIZE and end > inode.size:
+            if inode.flags & InodeFlags.FIXED_SIZE:
+                raise pyfuse3.FUSEError(errno.EFBIG)
+        if mode & punch:
+            # Zeroing a range is punching it: zeros are holes here.
+            await self.run(self.store.punch_hole, ino, offset, length)
+        else:
+            # Thin pool: "allocating" is a promise that the pool has room right now.
+            left = await self.run(self.store.capacity_left)
+            if left is not None and length - inode.stored > left:
+                raise pyfuse3.FUSEError(errno.ENOSPC)
+        if not mode & FALLOC_FL_KEEP_SIZE and end > inode.size:
+            await self.run(self.store.truncate, ino, end)
+            await self.cache.truncated(ino, end)
+
+    @handler
+    async def lseek(self, fh: int, offset: int, whence: int) -> int:
+        ino = self.handles[fh].ino
+        if whence not in (os.SEEK_DATA, os.SEEK_HOLE):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        await self.cache.flush(ino)
+        position = await self.run(self.store.seek, ino, offset, whence == os.SEEK_DATA)
+        if position is None:
+            raise pyfuse3.FUSEError(errno.ENXIO)
+        return position
+
+    @handler
+    async def copy_file_range(self, fh_in: int, off_in: int, fh_out: int, off_out: int,
+                              length: int, flags: int) -> int:
+        src, dst = self.handles[fh_in].ino, self.handles[fh_out].ino
+        await self.cache.flush(src)
+        await self.cache.flush(dst)
+        copied = await self.run(self.store.copy_range, src, off_in, dst, off_out, length)
+        self.handles[fh_out].wrote = True
+        return copied
 
     # --- directories ---------------------------------------------------------------------
 

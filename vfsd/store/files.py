@@ -271,6 +271,94 @@ class FileData:
                 continue
         raise Corrupt(f"punching a hole in inode {ino} kept conflicting with other writers")
 
+    def seek(self, ino: int, offset: int, data: bool) -> int | None:
+        """SEEK_DATA (data=True) / SEEK_HOLE from the chunk map; None means ENXIO. A stored
+        chunk counts as data throughout; the end of the file counts as a hole."""
+        cs = self.chunk_size
+        with self.env.read() as tx:
+            inode = namespace.get_inode(tx, ino)
+            if offset >= inode.size:
+                return None
+            cursor = tx.cursor(tx.db.chunkmap)
+            index = offset // cs
+            found = cursor.set_range(chunk_key(ino, index))
+            while found and cursor.key()[:8] == chunk_key(ino, 0)[:8]:
+                present = int.from_bytes(cursor.key()[8:], "big")
+                if data:
+                    position = max(offset, present * cs)
+                    return position if position < inode.size else None
+                if present != index:
+                    break  # slot `index` is a hole
+                index += 1
+                found = cursor.next()
+            if data:
+                return None
+            return min(max(offset, index * cs), inode.size)
+
+    def copy_range(self, src: int, src_offset: int, dst: int, dst_offset: int,
+                   length: int) -> int:
+        """copy_file_range(2). Chunk-aligned whole chunks are shared by reference (no bytes
+        move, no space used); any unaligned rest is copied as bytes. Returns bytes copied."""
+        cs = self.chunk_size
+        src_inode = self._getattr(src)
+        length = max(0, min(length, src_inode.size - src_offset))
+        if length == 0:
+            return 0
+        shared = 0
+        if src_offset % cs == 0 and dst_offset % cs == 0:
+            shared = self._share_chunks(src, src_offset, dst, dst_offset, length)
+        done = shared
+        while done < length:
+            piece = self.read(src, src_offset + done, min(length - done, 1 << 20))
+            if not piece:
+                break
+            self.write(dst, dst_offset + done, piece)
+            done += len(piece)
+        return done
+
+    def _getattr(self, ino: int) -> Inode:
+        with self.env.read() as tx:
+            return namespace.get_inode(tx, ino)
+
+    def _share_chunks(self, src: int, src_offset: int, dst: int, dst_offset: int,
+                      length: int) -> int:
+        cs = self.chunk_size
+        with self.env.write() as tx:
+            src_inode = namespace.get_inode(tx, src)
+            dst_inode = namespace.get_inode(tx, dst)
+            check_file_writable(dst_inode)
+            count = length // cs
+            # A short last chunk of the source may be shared only if nothing of the
+            # destination follows it (its missing tail reads as zeros).
+            if (length % cs and src_offset + length == src_inode.size
+                    and dst_offset + length >= dst_inode.size):
+                count += 1
+            if count == 0:
+                return 0
+            end = min(dst_offset + count * cs, dst_offset + length)
+            if end > dst_inode.size and dst_inode.flags & InodeFlags.FIXED_SIZE:
+                raise FileTooBig("copy past the end of a fixed-size disk")
+            first_src, first_dst = src_offset // cs, dst_offset // cs
+            sources = {}
+            cursor = tx.cursor(tx.db.chunkmap)
+            if cursor.set_range(chunk_key(src, first_src)):
+                for key, digest in cursor:
+                    index = int.from_bytes(key[8:], "big")
+                    if key[:8] != chunk_key(src, 0)[:8] or index >= first_src + count:
+                        break
+                    found = chunks.lookup(tx, digest)
+                    if found is None:
+                        raise Corrupt(f"inode {src} references missing chunk {digest.hex()}")
+                    sources[index - first_src] = StagedChunk(bytes(digest), found[0])
+            for i in range(count):
+                dst_inode.stored += chunks.set_chunk(tx, dst, first_dst + i, sources.get(i))
+            now = time.time_ns()
+            dst_inode.size = max(dst_inode.size, end)
+            dst_inode.mtime_ns = dst_inode.ctime_ns = now
+            namespace.put_inode(tx, dst_inode)
+            changelog.record(tx, self.origin, ChangeOp.DATA, dst)
+            return end - dst_offset
+
     def replace(self, parent: int, name: bytes, bodies: Iterable[bytes | memoryview], *,
                 mode: int = stat.S_IFREG | 0o644, uid: int = 0, gid: int = 0,
                 xattrs: Mapping[bytes, bytes] | None = None,

@@ -335,6 +335,18 @@ class Store:
             raise InvalidArgument("invalid range")
         return self.data.punch_hole(ino, offset, length)
 
+    def seek(self, ino: int, offset: int, data: bool) -> int | None:
+        """SEEK_DATA / SEEK_HOLE: the offset, or None when there is none (ENXIO)."""
+        return self.data.seek(ino, offset, data)
+
+    def copy_range(self, src: int, src_offset: int, dst: int, dst_offset: int,
+                   length: int) -> int:
+        if min(src_offset, dst_offset, length) < 0:
+            raise InvalidArgument("negative offset or length")
+        if src == dst and src_offset < dst_offset + length and dst_offset < src_offset + length:
+            raise InvalidArgument("overlapping copy within one file")
+        return self.data.copy_range(src, src_offset, dst, dst_offset, length)
+
     def replace(self, parent: int, name: bytes, bodies: Iterable[bytes | memoryview],
                 **kwargs: object) -> Inode:
         return self.data.replace(parent, name, bodies, **kwargs)  # type: ignore[arg-type]
