@@ -28,8 +28,8 @@ from .writeback import WriteBack
 log = logging.getLogger("vfsd.fs")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 INTERNAL_XATTR = b"vfsd."
-ATTR_TIMEOUT = 1.0
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10  # the change-log tail invalidates sooner when another process changes things
+ATTR_TIMEOUT = 1.0  # the change-log tail invalidates sooner when another process changes things
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
 
 
 def handler(fn: F) -> F:
