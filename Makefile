@@ -3,6 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-installed
 STORE  ?= ./data
+MNT    ?= ./mnt
 
 .PHONY: deps run test bench lint clean
 
@@ -12,16 +13,17 @@ $(STAMP): pyproject.toml scripts/install-deps $(wildcard scripts/install-pyfuse3
 	bash scripts/install-deps
 	touch $(STAMP)
 
-# The main job. Until the mount exists (issue 3) it initialises the store and shows its state.
+# The main job: create the store if missing and mount it on $(MNT) in the foreground.
+# Ctrl-C flushes, unmounts and stops.
 run: deps
-	@test -f $(STORE)/store.toml || $(PY) -m vfsd init --store $(STORE)
-	$(PY) -m vfsd stats --store $(STORE)
+	$(PY) -m vfsd up --store $(STORE) --mnt $(MNT)
 
 test: deps
 	$(PY) -m pytest -q
 
 bench: deps
 	$(PY) bench/store.py
+	$(PY) bench/fs.py
 
 lint: deps
 	$(VENV)/bin/pip install -q ruff mypy

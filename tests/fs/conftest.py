@@ -2,73 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from mounting import Mount, wait_for
 
 from vfsd.store import Store
 
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-class Mount:
-    """`vfsd mount --foreground` in a subprocess, so a test can SIGKILL it and remount."""
-
-    def __init__(self, store: Path, path: Path, *extra: str):
-        self.store, self.path, self.extra = store, path, extra
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Mount:
-        self.path.mkdir(exist_ok=True)
-        self.log = open(self.store.parent / "mount-output.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vfsd", "mount", "--foreground", "--store", str(self.store),
-             str(self.path), *self.extra],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        wait_for(lambda: os.path.ismount(self.path) or self.proc.poll() is not None, 30,
-                 "the mount")
-        if self.proc.poll() is not None:
-            raise RuntimeError("vfsd mount exited: " + self.output())
-        return self
-
-    def output(self) -> str:
-        return (self.store.parent / "mount-output.log").read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL the daemon (no flush), then detach the dead mount like an admin would."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
-        wait_for(lambda: not os.path.ismount(self.path), 30, "the lazy unmount")
-
-    def stop(self) -> None:
-        """Unmount the normal way (the daemon flushes and exits)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if os.path.ismount(self.path):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
-        self.log.close()
-        self.proc = None
+__all__ = ["Mount", "wait_for"]
 
 
 @pytest.fixture
