@@ -1,0 +1,90 @@
+"""Thin provisioning through the mount: punch holes, find them, copy without copying."""
+
+import os
+import subprocess
+
+import pytest
+import pyfuse3
+
+from vfsd.store import Store
+
+pytestmark = [
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(not hasattr(pyfuse3.Operations, "fallocate"),
+                       reason="needs the patched pyfuse3 (scripts/install-pyfuse3)"),
+]
+MiB = 1 << 20
+
+
+def physical(store_path):
+    with Store.open(store_path) as s:
+        return s.physical_bytes()
+
+
+def test_punch_hole_frees_space_and_reads_zeros(mnt, store_path):
+    p = mnt / "disk.raw"
+    data = os.urandom(8 * MiB)
+    p.write_bytes(data)
+    blocks_before = os.stat(p).st_blocks
+    subprocess.run(["fallocate", "--punch-hole", "--offset", str(MiB), "--length",
+                    str(4 * MiB), str(p)], check=True)
+    assert os.stat(p).st_size == 8 * MiB
+    assert os.stat(p).st_blocks * 512 == blocks_before * 512 - 4 * MiB
+    back = p.read_bytes()
+    assert back[:MiB] == data[:MiB]
+    assert back[MiB:5 * MiB] == bytes(4 * MiB)
+    assert back[5 * MiB:] == data[5 * MiB:]
+    # Unaligned edges: bytes outside the range survive, inside read zeros.
+    subprocess.run(["fallocate", "--punch-hole", "--offset", "100", "--length", "1000",
+                    str(p)], check=True)
+    back = p.read_bytes()
+    assert back[:100] == data[:100] and back[100:1100] == bytes(1000)
+    assert back[1100:MiB] == data[1100:MiB]
+    out = subprocess.run(["du", "-B1", str(p)], check=True, capture_output=True, text=True)
+    assert int(out.stdout.split()[0]) <= 4 * MiB + 64 * 1024
+
+
+def test_seek_data_and_hole(mnt):
+    p = mnt / "sparse"
+    with open(p, "wb") as f:
+        f.truncate(64 * MiB)
+        f.seek(16 * MiB)
+        f.write(b"x" * MiB)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_DATA) == 16 * MiB
+        assert os.lseek(fd, 16 * MiB, os.SEEK_HOLE) == 17 * MiB
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == 0
+        with pytest.raises(OSError):
+            os.lseek(fd, 17 * MiB, os.SEEK_DATA)  # ENXIO: no data after the last chunk
+    finally:
+        os.close(fd)
+    out = subprocess.run(["qemu-img", "map", "--output=json", "-f", "raw", str(p)],
+                         check=True, capture_output=True, text=True).stdout
+    assert '"data": false' in out and '"data": true' in out
+
+
+def test_cp_shares_chunks_and_uses_no_space(mnt, store_path):
+    src = mnt / "image"
+    block = os.urandom(MiB)
+    with open(src, "wb") as f:
+        for i in range(256):
+            f.write(block[i:] + block[:i])  # 256 MiB of distinct chunks
+    used = physical(store_path)
+    subprocess.run(["cp", str(src), str(mnt / "copy")], check=True)
+    assert physical(store_path) - used < MiB  # metadata only: chunks are shared
+    assert os.stat(mnt / "copy").st_size == 256 * MiB
+    with open(src, "rb") as a, open(mnt / "copy", "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_posix_fallocate_checks_the_pool(mnt):
+    p = mnt / "prealloc"
+    fd = os.open(p, os.O_CREAT | os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, 10 * MiB)
+        assert os.fstat(fd).st_size == 10 * MiB
+        with pytest.raises(OSError):
+            os.posix_fallocate(fd, 0, 1 << 60)  # far past any pool
+    finally:
+        os.close(fd)
