@@ -139,3 +139,26 @@ def test_o_direct(mnt):
         assert back[:] == buf[:]
     finally:
         os.close(fd)
+
+
+def test_writers_lease_the_file(mnt, store_path):
+    from mounting import wait_for
+
+    from vfsd.store import Store
+    from vfsd.store.errors import Busy
+
+    p = mnt / "disk"
+    p.write_bytes(b"x")
+    with Store.open(store_path) as s:
+        ino = s.resolve("disk").ino
+        # The kernel sends release after close() returns: poll for it.
+        wait_for(lambda: s.leases.holder(ino) is None, 5, "the lease to go")
+        with open(p, "r+b"):
+            holder = s.leases.holder(ino)
+            assert holder is not None and holder.kind == "the mount"
+            with pytest.raises(Busy):
+                s.leases.check_free(ino, "disk")
+            with open(p, "r+b"):
+                pass  # a second writer in the same mount re-enters the lease
+            assert s.leases.holder(ino) is not None
+        wait_for(lambda: s.leases.holder(ino) is None, 5, "the lease to go")

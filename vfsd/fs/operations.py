@@ -21,6 +21,7 @@ import trio
 
 from vfsd.store import Inode, InodeFlags, Store
 from vfsd.store.errors import StoreError
+from vfsd.store.leases import Holder
 
 from .errno_map import errno_for
 from .writeback import WriteBack
@@ -71,6 +72,7 @@ class Operations(pyfuse3.Operations):
         self.open_count: Counter[int] = Counter()
         self.writers: Counter[int] = Counter()
         self.next_fh = 1
+        self.holder = Holder.this_process("the mount")
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if kwargs:
@@ -201,10 +203,14 @@ class Operations(pyfuse3.Operations):
 
     # --- files ---------------------------------------------------------------------------
 
-    def _new_handle(self, inode: Inode, flags: int) -> pyfuse3.FileInfo:
+    async def _new_handle(self, inode: Inode, flags: int) -> pyfuse3.FileInfo:
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         if writable and inode.flags & InodeFlags.READONLY:
             raise pyfuse3.FUSEError(errno.EROFS)
+        if writable and self.writers[inode.ino] == 0:
+            # The first writer leases the file: the gateway will not replace or delete it
+            # and `vfsd vm start` will not start a second VM on it while it is open here.
+            await self.run(self.store.leases.acquire, inode.ino, self.holder)
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = Handle(inode.ino, writable, bool(inode.flags & InodeFlags.EPHEMERAL))
@@ -219,7 +225,7 @@ class Operations(pyfuse3.Operations):
         node = await self.run(self.store.getattr, inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        info = self._new_handle(node, flags)
+        info = await self._new_handle(node, flags)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and node.size:
             # libfuse negotiates atomic O_TRUNC: the kernel leaves the truncation to us.
             await self.cache.discard(inode)
@@ -231,7 +237,7 @@ class Operations(pyfuse3.Operations):
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         inode = await self.run(self.store.create, parent_inode, name,
                                stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask), ctx.uid, ctx.gid)
-        return self._new_handle(inode, flags), self.attributes(inode)
+        return await self._new_handle(inode, flags), self.attributes(inode)
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> Any:
@@ -260,6 +266,8 @@ class Operations(pyfuse3.Operations):
         self.open_count[ino] -= 1
         if handle.writable:
             self.writers[ino] -= 1
+            if self.writers[ino] == 0:
+                await self.run(self.store.leases.release, ino, self.holder)
         try:
             if handle.ephemeral and self.writers[ino] == 0 and handle.writable:
                 # Swap dies with the VM: drop its contents when the last writer closes.

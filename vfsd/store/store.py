@@ -19,6 +19,7 @@ from .config import DEFAULT_CHUNK_SIZE, StoreConfig, create_config, load_config
 from .env import U64, Environment
 from .errors import Exists, InvalidArgument, NoAttribute, NotADirectory, PermissionDenied
 from .files import FileData, check_file_writable
+from .leases import Leases
 from .records import ROOT_INO, Change, ChangeOp, DirEntry, Inode, InodeFlags, ino_key
 from .segments import LocalSegments
 
@@ -36,6 +37,7 @@ class Store:
         with self.env.write() as tx:
             namespace.ensure_root(tx)
         self.segments = LocalSegments(config.segments_dir, self._allocate_segment)
+        self.leases = Leases(config.path / "run")
         self.data = FileData(self.env, self.segments, config.chunk_size, self.origin,
                              self.capacity_left)
 
@@ -53,6 +55,7 @@ class Store:
 
     def close(self) -> None:
         self.segments.close()
+        self.leases.close()
         self.env.close()
 
     def __enter__(self) -> Store:

@@ -1,0 +1,101 @@
+"""Leases: which live process holds a file open for writing (a running VM's disk).
+
+Leases are runtime state, not data: they live in a second, volatile LMDB environment
+(`run/leases`) opened without fsync, so taking one costs microseconds and a crash forgets it
+together with the process that held it. A holder is a (pid, process start time) pair, so a
+lease left by a dead process (or one whose pid was reused) is recognised as stale and ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from .errors import Busy
+from .records import ino_key
+
+_LEASE = struct.Struct(">IQI")  # pid, process start time (clock ticks since boot), open count
+
+
+@dataclass(frozen=True)
+class Holder:
+    pid: int
+    start_time: int
+    kind: str  # "mount", "vm", …: said in the Busy message
+
+    @classmethod
+    def this_process(cls, kind: str) -> Holder:
+        return cls(os.getpid(), process_start_time(os.getpid()) or 0, kind)
+
+    def alive(self) -> bool:
+        return process_start_time(self.pid) == self.start_time
+
+
+def process_start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Field 22 (starttime); the command name (field 2) may contain spaces, so split after ')'.
+    return int(stat.rsplit(b")", 1)[1].split()[19])
+
+
+class Leases:
+    def __init__(self, run_dir: Path):
+        run_dir.mkdir(exist_ok=True)
+        self.env = lmdb.open(str(run_dir / "leases"), map_size=1 << 28, max_dbs=1,
+                             subdir=True, sync=False, metasync=False, readahead=False)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def _decode(self, raw: bytes) -> tuple[Holder, int]:
+        pid, start, count = _LEASE.unpack_from(raw)
+        return Holder(pid, start, raw[_LEASE.size:].decode()), count
+
+    def acquire(self, ino: int, holder: Holder) -> None:
+        """Take (or re-enter) the lease on `ino`; Busy if another live process holds it."""
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(ino_key(ino))
+            count = 0
+            if raw is not None:
+                current, held = self._decode(raw)
+                if (current.pid, current.start_time) == (holder.pid, holder.start_time):
+                    count = held
+                elif current.alive():
+                    raise Busy(f"in use by {current.kind} (pid {current.pid})")
+            txn.put(ino_key(ino), _LEASE.pack(holder.pid, holder.start_time, count + 1)
+                    + holder.kind.encode())
+
+    def release(self, ino: int, holder: Holder) -> None:
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(ino_key(ino))
+            if raw is None:
+                return
+            current, count = self._decode(raw)
+            if (current.pid, current.start_time) != (holder.pid, holder.start_time):
+                return
+            if count > 1:
+                txn.put(ino_key(ino), _LEASE.pack(holder.pid, holder.start_time, count - 1)
+                        + holder.kind.encode())
+            else:
+                txn.delete(ino_key(ino))
+
+    def holder(self, ino: int) -> Holder | None:
+        """The live holder of `ino`'s lease, if any."""
+        with self.env.begin() as txn:
+            raw = txn.get(ino_key(ino))
+        if raw is None:
+            return None
+        current, _count = self._decode(raw)
+        return current if current.alive() else None
+
+    def check_free(self, ino: int, what: str) -> None:
+        current = self.holder(ino)
+        if current is not None:
+            raise Busy(f"{what} is open for writing by {current.kind} (pid {current.pid})")
