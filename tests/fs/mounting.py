@@ -18,6 +18,13 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
+def is_mounted(path: Path) -> bool:
+    """True for live and for broken (daemon killed) FUSE mounts alike."""
+    target = os.path.realpath(path).encode()
+    with open("/proc/self/mounts", "rb") as f:
+        return any(line.split()[1] == target for line in f)
+
+
 class Mount:
     """`vfsd mount --foreground` in a subprocess, so a test can SIGKILL it and remount."""
 
@@ -61,7 +68,7 @@ class Mount:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if os.path.ismount(self.path):
+        if is_mounted(self.path):  # a dead daemon's mount is not os.path.ismount()
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
         self.log.close()
         self.proc = None

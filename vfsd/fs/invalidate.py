@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +41,30 @@ def _invalidate(changes: list[Change]) -> None:
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ENOTDIR):  # the kernel never cached it
                 log.warning("event=invalidate-failed ino=%d error=%s", change.ino, e)
+
+
+def _invalidate_own(ino: int) -> None:
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only=False)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+            log.warning("event=invalidate-failed ino=%d error=%s", ino, e)
+
+
+class OwnChanges:
+    """Kernel invalidations for changes the mount makes behind the kernel's back (a swap file
+    emptied at last close). Handlers queue them; a separate task sends them, since calling
+    invalidate_inode from a handler for the same inode can deadlock."""
+
+    def __init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[int](math.inf)
+
+    def invalidate(self, ino: int) -> None:
+        self._send.send_nowait(ino)
+
+    async def run(self) -> None:
+        async for ino in self._receive:
+            await trio.to_thread.run_sync(_invalidate_own, ino)
 
 
 async def tail_changes(store: Store, run: Callable[..., Awaitable[Any]],

@@ -117,7 +117,8 @@ def mount(config: MountConfig) -> int:
 async def serve(ops: Operations) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ops.cache.run_flusher)
-        nursery.start_soon(tail_changes, ops.store, ops.run)
+        nursery.start_soon(tail_changes, ops.store, ops.run, ops.foreign_change)
+        nursery.start_soon(ops.own_changes.run)
         nursery.start_soon(_stop_on_signal, ops)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

@@ -24,11 +24,13 @@ from vfsd.store.errors import StoreError
 from vfsd.store.leases import Holder
 
 from .errno_map import errno_for
+from .invalidate import OwnChanges
 from .writeback import WriteBack
 
 log = logging.getLogger("vfsd.fs")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 INTERNAL_XATTR = b"vfsd."
+CAPABILITY_XATTR = b"security.capability"
 ATTR_TIMEOUT = 1.0  # the change-log tail invalidates sooner when another process changes things
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
 
@@ -56,6 +58,7 @@ class Handle:
     writable: bool
     ephemeral: bool
     wrote: bool = False
+    descriptor: bool = False  # writes go through the core's CID-only check, uncached
 
 
 class Operations(pyfuse3.Operations):
@@ -73,11 +76,17 @@ class Operations(pyfuse3.Operations):
         self.writers: Counter[int] = Counter()
         self.next_fh = 1
         self.holder = Holder.this_process("the mount")
+        self.own_changes = OwnChanges()
+        self.capabilities: dict[int, bytes | None] = {}  # security.capability, see getxattr
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if kwargs:
             fn = functools.partial(fn, **kwargs)
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def foreign_change(self, change: Any) -> None:
+        """Another process changed the store: forget what we cache about that inode."""
+        self.capabilities.pop(change.ino, None)
 
     # --- attributes ----------------------------------------------------------------------
 
@@ -205,7 +214,9 @@ class Operations(pyfuse3.Operations):
 
     async def _new_handle(self, inode: Inode, flags: int) -> pyfuse3.FileInfo:
         writable = flags & os.O_ACCMODE != os.O_RDONLY
-        if writable and inode.flags & InodeFlags.READONLY:
+        descriptor = bool(inode.flags & InodeFlags.DESCRIPTOR)
+        if writable and inode.flags & InodeFlags.READONLY and (
+                not descriptor or flags & os.O_TRUNC):
             raise pyfuse3.FUSEError(errno.EROFS)
         if writable and self.writers[inode.ino] == 0:
             # The first writer leases the file: the gateway will not replace or delete it
@@ -213,7 +224,8 @@ class Operations(pyfuse3.Operations):
             await self.run(self.store.leases.acquire, inode.ino, self.holder)
         fh = self.next_fh
         self.next_fh += 1
-        self.handles[fh] = Handle(inode.ino, writable, bool(inode.flags & InodeFlags.EPHEMERAL))
+        self.handles[fh] = Handle(inode.ino, writable, bool(inode.flags & InodeFlags.EPHEMERAL),
+                                  descriptor=descriptor)
         self.open_count[inode.ino] += 1
         if writable:
             self.writers[inode.ino] += 1
@@ -246,6 +258,8 @@ class Operations(pyfuse3.Operations):
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self.handles[fh]
+        if handle.descriptor:
+            return await self.run(self.store.write_descriptor, handle.ino, off, buf)
         handle.wrote = True
         return await self.cache.write(handle.ino, off, buf)
 
@@ -269,11 +283,13 @@ class Operations(pyfuse3.Operations):
             if self.writers[ino] == 0:
                 await self.run(self.store.leases.release, ino, self.holder)
         try:
-            if handle.ephemeral and self.writers[ino] == 0 and handle.writable:
-                # Swap dies with the VM: drop its contents when the last writer closes.
-                await self.cache.discard(ino)
-                size = (await self.run(self.store.getattr, ino)).size
-                await self.run(self.store.punch_hole, ino, 0, max(size, 1))
+            if handle.ephemeral:
+                if self.writers[ino] == 0 and handle.writable:
+                    # Swap dies with the VM: drop its contents when the last writer closes.
+                    await self.cache.discard(ino)
+                    size = (await self.run(self.store.getattr, ino)).size
+                    await self.run(self.store.punch_hole, ino, 0, max(size, 1))
+                    self.own_changes.invalidate(ino)  # the kernel still caches the old pages
             elif handle.wrote:
                 await self.cache.flush(ino)
         finally:
@@ -374,12 +390,26 @@ class Operations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if name.startswith(INTERNAL_XATTR):
             raise pyfuse3.FUSEError(errno.ENODATA)
+        if name == CAPABILITY_XATTR:
+            # The kernel asks before every write (to drop file capabilities); answer from
+            # memory after the first time instead of a thread hop and an LMDB read per write.
+            if inode not in self.capabilities:
+                try:
+                    value = await self.run(self.store.get_xattr, inode, name)
+                except StoreError:
+                    value = None
+                self.capabilities[inode] = value
+            cached = self.capabilities[inode]
+            if cached is None:
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            return cached
         return await self.run(self.store.get_xattr, inode, name)
 
     @handler
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         if name.startswith(INTERNAL_XATTR):
             raise pyfuse3.FUSEError(errno.EPERM)
+        self.capabilities.pop(inode, None)
         await self.run(self.store.set_xattr, inode, name, value)
 
     @handler
@@ -391,4 +421,5 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         if name.startswith(INTERNAL_XATTR):
             raise pyfuse3.FUSEError(errno.EPERM)
+        self.capabilities.pop(inode, None)
         await self.run(self.store.remove_xattr, inode, name)

@@ -219,10 +219,18 @@ class WriteBack:
                 pass  # logged; kept dirty and reported to the file's next fsync
 
     async def discard(self, ino: int) -> None:
-        """Forget dirty data without writing it (swap files at last close, deleted files)."""
-        f = self.files.pop(ino, None)
-        if f is not None:
-            await self._release_held(len(f.dirty))
+        """Forget dirty data without writing it (swap files at last close, deleted files).
+
+        Waits for a flush in flight, so nothing it was writing lands after the caller's next
+        step (the swap file's hole punch)."""
+        f = self.files.get(ino)
+        if f is None:
+            return
+        async with f.lock:
+            if self.files.get(ino) is f:
+                del self.files[ino]
+            dropped, f.dirty = len(f.dirty), {}
+        await self._release_held(dropped)
 
     async def truncated(self, ino: int, size: int) -> None:
         f = self.files.get(ino)

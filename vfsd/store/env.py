@@ -16,6 +16,8 @@ from typing import Any
 
 import lmdb
 
+from .errors import Corrupt
+
 # Sparse: LMDB only reserves address space; the file grows with the data.
 MAP_SIZE = 1 << 40
 U64 = struct.Struct(">Q")
@@ -112,6 +114,12 @@ class Environment:
     """The store's LMDB environment, opened once per process and shared by its threads."""
 
     def __init__(self, path: Path):
+        try:
+            self._open(path)
+        except lmdb.Error as e:
+            raise Corrupt(f"cannot open the index in {path}: {e}") from None
+
+    def _open(self, path: Path) -> None:
         self.lmdb = lmdb.open(
             str(path),
             map_size=MAP_SIZE,

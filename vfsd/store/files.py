@@ -115,6 +115,13 @@ class FileData:
         result.update(zip(nonzero, staged))
         return result
 
+    def rewrite(self, ino: int, data: bytes) -> Inode:
+        """Replace a small file's whole contents, read-only flag notwithstanding (callers have
+        validated the change: descriptor CID updates)."""
+        staged = self.stage_bytes(data)
+        with self.env.write() as tx:
+            return self.install(tx, ino, staged, len(data))
+
     def stage_bytes(self, data: bytes) -> list[StagedChunk | None]:
         """Stage a small whole-file body (descriptors, settings) for `install` in a later tx."""
         cs = self.chunk_size

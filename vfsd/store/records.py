@@ -23,6 +23,7 @@ class InodeFlags(enum.IntFlag):
     EPHEMERAL = 2  # contents dropped when the last writer closes; never snapshotted (swap)
     FIXED_SIZE = 4  # writes past the end fail with EFBIG; only `vm resize` changes the size
     VM_FILE = 8  # belongs to a VM's layout, managed by `vfsd vm`
+    DESCRIPTOR = 16  # a VMDK descriptor: read-only but for QEMU's rewrite of its CID line
 
 
 # mode, flags, uid, gid, size, nlink, rdev, atime, mtime, ctime, parent, version, generation,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from . import changelog, namespace
+from . import changelog, namespace, vmdk
 from .config import DEFAULT_CHUNK_SIZE, StoreConfig, create_config, load_config
 from .env import U64, Environment
 from .errors import Exists, InvalidArgument, NoAttribute, NotADirectory, PermissionDenied
@@ -323,6 +323,21 @@ class Store:
         if offset < 0:
             raise InvalidArgument("negative offset")
         return self.data.write(ino, offset, data)
+
+    def write_descriptor(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
+        """A write to a VMDK descriptor: accepted only if the result differs from the current
+        text in the CID value alone (QEMU's vmdk driver rewrites it), else ReadOnly."""
+        inode = self.getattr(ino)
+        if not inode.flags & InodeFlags.DESCRIPTOR:
+            raise namespace.ReadOnly("the file is read-only")
+        old = bytes(self.read(ino, 0, inode.size))
+        end = offset + len(data)
+        new = bytearray(old) + bytes(max(0, end - len(old)))
+        new[offset:end] = data
+        if not vmdk.same_apart_from_cid(old, bytes(new)):
+            raise namespace.ReadOnly("a VMDK descriptor is read-only (only its CID may change)")
+        self.data.rewrite(ino, bytes(new))
+        return len(data)
 
     def write_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview], *,
                      size: int, mtime_ns: int | None = None) -> Inode:

@@ -7,6 +7,7 @@ import re
 from .errors import InvalidArgument
 
 SECTOR = 512
+_CID = re.compile(rb"^CID=[0-9a-fA-F]+$", re.MULTILINE)
 _EXTENT = re.compile(r'^RW (\d+) FLAT "([^"]+)" 0$', re.MULTILINE)
 
 
@@ -43,3 +44,15 @@ def parse_extent(text: bytes) -> tuple[str, int]:
     if match is None:
         raise InvalidArgument("not a monolithicFlat VMDK descriptor")
     return match.group(2), int(match.group(1)) * SECTOR
+
+
+def same_apart_from_cid(old: bytes, new: bytes) -> bool:
+    """Whether `new` is `old` with only the CID value changed (and NUL/space padding).
+
+    QEMU's vmdk driver rewrites the CID line of the descriptor on the first write after each
+    open; that is the one change a read-only descriptor accepts."""
+
+    def normal(text: bytes) -> bytes:
+        return _CID.sub(b"CID=*", text.rstrip(b"\0 \t\r\n"))
+
+    return normal(old) == normal(new) and _CID.search(new) is not None

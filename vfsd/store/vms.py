@@ -28,6 +28,7 @@ BIOS_NVRAM_SIZE = 8684  # what VMware gives a BIOS VM
 FIRMWARES = ("bios", "uefi")
 FILE_MODE = stat.S_IFREG | 0o644
 DISK_FLAGS = InodeFlags.FIXED_SIZE | InodeFlags.VM_FILE
+DESCRIPTOR_FLAGS = InodeFlags.READONLY | InodeFlags.VM_FILE | InodeFlags.DESCRIPTOR
 
 
 @dataclass
@@ -169,8 +170,7 @@ class Vms:
             if namespace.lookup(tx, vms.ino, raw) is not None:
                 raise Exists(f"VM {name} already exists")
             vm_dir = namespace.make(tx, self.origin, vms.ino, raw, stat.S_IFDIR | 0o755, 0, 0)
-            ro = InodeFlags.READONLY | InodeFlags.VM_FILE
-            self._new_file(tx, vm_dir, f"{name}.vmdk", ro, len(desc), staged_desc)
+            self._new_file(tx, vm_dir, f"{name}.vmdk", DESCRIPTOR_FLAGS, len(desc), staged_desc)
             self._new_file(tx, vm_dir, f"{name}-flat.vmdk", DISK_FLAGS, disk_size)
             self._new_file(tx, vm_dir, f"{name}.vswp", DISK_FLAGS | InodeFlags.EPHEMERAL, memory)
             self._new_file(tx, vm_dir, f"{name}.nvram", DISK_FLAGS, len(nvram), staged_nvram)
@@ -253,8 +253,7 @@ class Vms:
                 raise Exists(f"volume {name} already exists")
             if namespace.lookup(tx, volumes.ino, raw + b"-flat.vmdk") is not None:
                 raise Exists(f"volumes/{name}-flat.vmdk already exists")
-            ro = InodeFlags.READONLY | InodeFlags.VM_FILE
-            self._new_file(tx, volumes, f"{name}.vmdk", ro, len(desc), staged)
+            self._new_file(tx, volumes, f"{name}.vmdk", DESCRIPTOR_FLAGS, len(desc), staged)
             self._new_file(tx, volumes, f"{name}-flat.vmdk", DISK_FLAGS, size)
         return self.show_volume(name)
 
