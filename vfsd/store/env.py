@@ -8,7 +8,7 @@ meta page) when it exits without an exception, and aborts otherwise.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 import lmdb
 
 from .errors import Corrupt
+from .records import SEGMENT_RETIRED, ChunkLocation, SegmentInfo
 
 # Sparse: LMDB only reserves address space; the file grows with the data.
 MAP_SIZE = 1 << 40
@@ -54,9 +55,10 @@ class Tx:
     chunks updates each counter once.
     """
 
-    __slots__ = ("txn", "db", "write", "deltas", "segment_deltas", "version", "changes")
+    __slots__ = ("txn", "db", "write", "deltas", "segment_deltas", "version", "changes", "rescue")
 
-    def __init__(self, txn: lmdb.Transaction, db: Databases, write: bool):
+    def __init__(self, txn: lmdb.Transaction, db: Databases, write: bool,
+                 rescue: Callable[[ChunkLocation], ChunkLocation] | None = None):
         self.txn = txn
         self.db = db
         self.write = write
@@ -64,6 +66,7 @@ class Tx:
         self.segment_deltas: dict[int, int] = {}
         self.version = 0
         self.changes = 0
+        self.rescue = rescue  # see Store._rescue
 
     def get(self, db: Any, key: bytes) -> bytes | None:
         return self.txn.get(key, db=db)
@@ -94,6 +97,10 @@ class Tx:
         self.txn.put(name, U64.pack(value + 1), db=self.db.meta)
         return value
 
+    def segment_retired(self, segment: int) -> bool:
+        raw = self.txn.get(U64.pack(segment), db=self.db.segments)
+        return raw is None or SegmentInfo.unpack(segment, raw).state == SEGMENT_RETIRED
+
     def flush_counters(self) -> None:
         for name, delta in self.deltas.items():
             if delta:
@@ -105,8 +112,9 @@ class Tx:
             if delta:
                 key = U64.pack(seg)
                 raw = self.txn.get(key, db=self.db.segments)
-                live = (U64.unpack(raw)[0] if raw else 0) + delta
-                self.txn.put(key, U64.pack(live), db=self.db.segments)
+                info = SegmentInfo.unpack(seg, raw) if raw else SegmentInfo(seg, 0, 0, 0)
+                info.live += delta
+                self.txn.put(key, info.pack(), db=self.db.segments)
         self.segment_deltas.clear()
 
 
@@ -135,6 +143,7 @@ class Environment:
                 for f in fields(Databases)
             }
         self.db = Databases(**handles)
+        self.rescue: Callable[[ChunkLocation], ChunkLocation] | None = None
 
     def close(self) -> None:
         self.lmdb.close()
@@ -150,7 +159,7 @@ class Environment:
     @contextmanager
     def write(self) -> Iterator[Tx]:
         txn = self.lmdb.begin(write=True)
-        tx = Tx(txn, self.db, write=True)
+        tx = Tx(txn, self.db, write=True, rescue=self.rescue)
         try:
             yield tx
             tx.flush_counters()

@@ -17,7 +17,9 @@ from .chunks import LOGICAL, PHYSICAL, chunk_hash
 from .env import U64, Tx
 from .errors import Corrupt
 from .names import is_bucket_name
-from .records import CHUNK, DIRENT, ROOT_INO, ChunkLocation, Inode
+from .records import (
+    CHUNK, DIRENT, ROOT_INO, SEGMENT_RETIRED, ChunkLocation, Inode, SegmentInfo,
+)
 from .segments import HEADER, MAGIC
 from .store import Store
 
@@ -154,11 +156,16 @@ def check(store: Store, progress: Progress = no_progress) -> FsckReport:
             bad(f"physical byte counter {tx.counter(PHYSICAL)} != {physical}")
         if tx.counter(LOGICAL) != logical:
             bad(f"logical byte counter {tx.counter(LOGICAL)} != {logical}")
-        for key, raw in tx.cursor(tx.db.segments):
-            segment = U64.unpack(key)[0]
-            if U64.unpack(raw)[0] != live.get(segment, 0):
-                bad(f"segment {segment}: live bytes {U64.unpack(raw)[0]} != {live.get(segment, 0)}")
         sizes = store.segments.segment_sizes()
+        for key, raw in tx.cursor(tx.db.segments):
+            info = SegmentInfo.unpack(U64.unpack(key)[0], raw)
+            if info.live != live.get(info.segment, 0):
+                bad(f"segment {info.segment}: live bytes {info.live} != "
+                    f"{live.get(info.segment, 0)}")
+            if info.state == SEGMENT_RETIRED and info.live:
+                bad(f"segment {info.segment} is retired but holds live chunks")
+            if info.state == SEGMENT_RETIRED:
+                sizes.pop(info.segment, None)  # waiting out its grace period: not counted
         report.segments = len(sizes)
         report.segment_bytes = sum(sizes.values())
         report.live_bytes = sum(live.values())

@@ -13,8 +13,8 @@ from . import changelog
 from .chunks import drop_chunks_from
 from .env import U64, Tx
 from .errors import (
-    Exists, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound, PermissionDenied,
-    ReadOnly,
+    Exists, InvalidArgument, IsADirectory, NameTooLong, NotADirectory, NotEmpty, NotFound,
+    PermissionDenied, ReadOnly,
 )
 from .hlc import tick
 from .names import check_name, is_bucket_name
@@ -24,6 +24,7 @@ from .records import (
 
 NEXT_INO = b"next_ino"
 NEXT_COOKIE = b"next_cookie"
+MAX_INDEX_KEY = 511  # LMDB's key size limit: 8 bytes of bucket inode + the object key
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
@@ -114,6 +115,10 @@ def _index_file(tx: Tx, where: tuple[int, bytes] | None, name: bytes, ino: int, 
         return
     key = U64.pack(where[0]) + where[1] + name
     if add:
+        if len(key) > MAX_INDEX_KEY:
+            raise NameTooLong(
+                f"a path inside a bucket can be at most {MAX_INDEX_KEY - 8} bytes (it is an S3 "
+                f"key); this one is {len(key) - 8}")
         tx.put(tx.db.keys, key, U64.pack(ino))
     else:
         tx.delete(tx.db.keys, key)

@@ -132,6 +132,30 @@ class ChunkLocation:
     length: int
 
 
+# segment value: live bytes (records referenced by the chunk index, headers included), the
+# appending process (pid, start time), state, and when it was retired (ms since the epoch)
+SEGMENT = struct.Struct(">QIQBQ")
+SEGMENT_OPEN, SEGMENT_RETIRED = 0, 1
+
+
+@dataclass(slots=True)
+class SegmentInfo:
+    segment: int
+    live: int
+    owner_pid: int
+    owner_start: int
+    state: int = SEGMENT_OPEN
+    retired_ms: int = 0
+
+    def pack(self) -> bytes:
+        return SEGMENT.pack(self.live, self.owner_pid, self.owner_start, self.state,
+                            self.retired_ms)
+
+    @classmethod
+    def unpack(cls, segment: int, raw: bytes) -> SegmentInfo:
+        return cls(segment, *SEGMENT.unpack(raw))
+
+
 class ChangeOp(enum.IntEnum):
     CREATE = 1
     REMOVE = 2  # a name went away (unlink, rmdir, rename source)

@@ -52,6 +52,43 @@ class SegmentStore(Protocol):
     def read_header(self, location: ChunkLocation) -> tuple[bytes, bytes, int, int, int]:
         ...
 
+    def scan(self, segment: int) -> list[tuple[int, bytes, int]]:
+        """(body offset, digest, length) of each whole record, stopping at a torn tail."""
+        out = []
+        with open(self.path(segment), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            offset = 0
+            while offset + HEADER.size <= size:
+                f.seek(offset)
+                magic, digest, length, _codec, _crc = HEADER.unpack(f.read(HEADER.size))
+                if magic != MAGIC or offset + HEADER.size + length > size:
+                    break
+                out.append((offset + HEADER.size, digest, length))
+                offset += HEADER.size + length
+        return out
+
+    def current(self) -> int | None:
+        return self._current
+
+    def remove(self, segment: int) -> int:
+        """Delete a retired segment's file; returns the bytes it held."""
+        with self._open_lock:
+            fd = self._readers.pop(segment, None)
+            if fd is not None:
+                os.close(fd)
+        try:
+            size = self.path(segment).stat().st_size
+            self.path(segment).unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def forget(self, segments: set[int]) -> None:
+        """Close cached read handles of segments others may delete (they pin disk space)."""
+        with self._open_lock:
+            for segment in segments & self._readers.keys():
+                os.close(self._readers.pop(segment))
+
     def segment_sizes(self) -> dict[int, int]:
         ...
 
@@ -60,12 +97,15 @@ class SegmentStore(Protocol):
 
 
 class LocalSegments:
-    """Segment files in a directory. Thread-safe: appends serialise on one lock."""
+    """Segment files in a directory. Thread-safe: appends serialise on one lock.
+
+    `allocate(previous)` returns a new segment id for this process and gives up its claim on
+    `previous` (None at first), so gc may compact the segments a process has moved past."""
 
     def __init__(
         self,
         directory: Path,
-        allocate: Callable[[], int],
+        allocate: Callable[[int | None], int],
         seal_size: int = DEFAULT_SEAL_SIZE,
     ):
         self.directory = Path(directory)
@@ -120,7 +160,7 @@ class LocalSegments:
     def _roll(self) -> None:
         if self._current_fd >= 0:
             os.close(self._current_fd)
-        segment = self._allocate()
+        segment = self._allocate(self._current)
         path = self.path(segment)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         # The new name must survive a crash before any location inside it is committed.
@@ -175,6 +215,43 @@ class LocalSegments:
         if len(raw) != HEADER.size:
             raise Corrupt(f"segment {segment_name(location.segment)} is short at {start}")
         return HEADER.unpack(raw)
+
+    def scan(self, segment: int) -> list[tuple[int, bytes, int]]:
+        """(body offset, digest, length) of each whole record, stopping at a torn tail."""
+        out = []
+        with open(self.path(segment), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            offset = 0
+            while offset + HEADER.size <= size:
+                f.seek(offset)
+                magic, digest, length, _codec, _crc = HEADER.unpack(f.read(HEADER.size))
+                if magic != MAGIC or offset + HEADER.size + length > size:
+                    break
+                out.append((offset + HEADER.size, digest, length))
+                offset += HEADER.size + length
+        return out
+
+    def current(self) -> int | None:
+        return self._current
+
+    def remove(self, segment: int) -> int:
+        """Delete a retired segment's file; returns the bytes it held."""
+        with self._open_lock:
+            fd = self._readers.pop(segment, None)
+            if fd is not None:
+                os.close(fd)
+        try:
+            size = self.path(segment).stat().st_size
+            self.path(segment).unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def forget(self, segments: set[int]) -> None:
+        """Close cached read handles of segments others may delete (they pin disk space)."""
+        with self._open_lock:
+            for segment in segments & self._readers.keys():
+                os.close(self._readers.pop(segment))
 
     def segment_sizes(self) -> dict[int, int]:
         sizes = {}

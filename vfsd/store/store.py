@@ -16,11 +16,14 @@ from pathlib import Path
 
 from . import changelog, namespace, vmdk
 from .config import DEFAULT_CHUNK_SIZE, StoreConfig, create_config, load_config
-from .env import U64, Environment
+from .chunks import chunk_hash
+from .env import U64, Environment, Tx
 from .errors import Exists, InvalidArgument, NoAttribute, NotADirectory, PermissionDenied
 from .files import FileData, check_file_writable
-from .leases import Leases
-from .records import ROOT_INO, Change, ChangeOp, DirEntry, Inode, InodeFlags, ino_key
+from .leases import Holder, Leases
+from .records import (
+    ROOT_INO, Change, ChangeOp, ChunkLocation, DirEntry, Inode, InodeFlags, SegmentInfo, ino_key,
+)
 from .segments import LocalSegments
 
 QUOTA = b"quota"
@@ -37,6 +40,7 @@ class Store:
         with self.env.write() as tx:
             namespace.ensure_root(tx)
         self.segments = LocalSegments(config.segments_dir, self._allocate_segment)
+        self.env.rescue = self._rescue
         self.leases = Leases(config.path / "run")
         self.data = FileData(self.env, self.segments, config.chunk_size, self.origin,
                              self.capacity_left)
@@ -54,7 +58,11 @@ class Store:
         return cls(load_config(Path(path)))
 
     def close(self) -> None:
+        current = self.segments.current()
         self.segments.close()
+        if current is not None:
+            with self.env.write() as tx:
+                self._disown(tx, current)
         self.leases.close()
         self.env.close()
 
@@ -68,11 +76,30 @@ class Store:
     def chunk_size(self) -> int:
         return self.config.chunk_size
 
-    def _allocate_segment(self) -> int:
+    def _allocate_segment(self, previous: int | None) -> int:
+        """A new segment for this process to append to; its owner keeps gc away from it."""
+        owner = Holder.this_process("segment writer")
         with self.env.write() as tx:
+            if previous is not None:
+                self._disown(tx, previous)
             segment = tx.next_id(NEXT_SEGMENT)
-            tx.put(tx.db.segments, U64.pack(segment), U64.pack(0))
+            info = SegmentInfo(segment, 0, owner.pid, owner.start_time)
+            tx.put(tx.db.segments, U64.pack(segment), info.pack())
             return segment
+
+    def _disown(self, tx: Tx, segment: int) -> None:
+        raw = tx.get(tx.db.segments, U64.pack(segment))
+        if raw is not None:
+            info = SegmentInfo.unpack(segment, raw)
+            info.owner_pid = info.owner_start = 0
+            tx.put(tx.db.segments, U64.pack(segment), info.pack())
+
+    def _rescue(self, location: ChunkLocation) -> ChunkLocation:
+        """Copy a body out of a retired segment (still on disk: its grace period) into a live
+        one: a chunk found while staging died and its segment was compacted before the commit
+        that references it again."""
+        body = self.segments.read(location)
+        return self.segments.append([(chunk_hash(body), body)])[0]
 
     # --- the pool ------------------------------------------------------------------------
 

@@ -1,0 +1,140 @@
+"""Garbage collection: give back the disk space of dead chunk bodies.
+
+A chunk whose last reference goes loses its index entry at once, but its body stays in its
+segment. A pass here (1) retires segments nobody appends to any more that hold no live chunk,
+(2) compacts those that are mostly dead — copies their live records to this process's
+segment and repoints the index, in one short transaction per segment — and retires them too,
+and (3) deletes the files of segments retired longer ago than the grace period. The grace
+period is what lets a reader that looked up a location just before the move still read it.
+A body that staging found in a retired segment is copied back out when it is committed
+(Store._rescue), so an upload racing a compaction loses nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from .env import U64
+from .leases import process_start_time
+from .records import CHUNK, SEGMENT_RETIRED, ChunkLocation, SegmentInfo
+from .segments import HEADER
+from .store import Store
+
+T = TypeVar("T")
+DEFAULT_GRACE_SECONDS = 5.0
+DEFAULT_DEAD_RATIO = 0.5
+MOVE_BATCH = 64
+
+
+@dataclass
+class GcReport:
+    retired: int = 0
+    compacted: int = 0
+    moved_bytes: int = 0
+    deleted: int = 0
+    freed_bytes: int = 0
+    waiting: int = 0  # retired, still inside the grace period
+
+    def summary(self) -> str:
+        return (f"retired {self.retired} segments ({self.compacted} compacted, "
+                f"{self.moved_bytes} live bytes moved), deleted {self.deleted} "
+                f"freeing {self.freed_bytes} bytes, {self.waiting} waiting out the grace period")
+
+
+def _owned(info: SegmentInfo) -> bool:
+    return info.owner_pid != 0 and process_start_time(info.owner_pid) == info.owner_start
+
+
+def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
+            dead_ratio: float = DEFAULT_DEAD_RATIO,
+            progress: Callable[[Iterable[T], int, str], Iterable[T]] | None = None) -> GcReport:
+    """One pass. Safe beside other processes using the store (they may read a retired
+    segment until the grace period ends; none appends to a segment it does not own)."""
+    report = GcReport()
+    now_ms = time.time_ns() // 1_000_000
+    with store.env.read() as tx:
+        infos = [SegmentInfo.unpack(U64.unpack(k)[0], v) for k, v in tx.cursor(tx.db.segments)]
+    sizes = store.segments.segment_sizes()
+    current = store.segments.current()
+
+    retired = {i.segment for i in infos if i.state == SEGMENT_RETIRED}
+    store.segments.forget(retired)
+    for info in infos:
+        if info.state != SEGMENT_RETIRED:
+            continue
+        if now_ms - info.retired_ms < grace * 1000:
+            report.waiting += 1
+            continue
+        report.freed_bytes += store.segments.remove(info.segment)
+        with store.env.write() as tx:
+            tx.delete(tx.db.segments, U64.pack(info.segment))
+        report.deleted += 1
+
+    candidates = [
+        info for info in infos
+        if info.state != SEGMENT_RETIRED and info.segment != current and not _owned(info)
+        and (info.live == 0 or
+             sizes.get(info.segment, 0) and 1 - info.live / sizes[info.segment] >= dead_ratio)
+    ]
+    items: Iterable[SegmentInfo] = candidates
+    if progress is not None:
+        items = progress(candidates, len(candidates), "gc")
+    for info in items:
+        if info.live:
+            report.moved_bytes += _move_live_records(store, info.segment)
+            report.compacted += 1
+        if _retire(store, info.segment, time.time_ns() // 1_000_000):
+            report.retired += 1
+            report.waiting += 1
+    return report
+
+
+def _move_live_records(store: Store, segment: int) -> int:
+    """Copy the records of `segment` that the index still points at into a live segment."""
+    try:
+        records = store.segments.scan(segment)
+    except FileNotFoundError:
+        return 0
+    moved = 0
+    for start in range(0, len(records), MOVE_BATCH):
+        batch = records[start:start + MOVE_BATCH]
+        with store.env.read() as tx:
+            live = []
+            for offset, digest, length in batch:
+                raw = tx.get(tx.db.chunks, digest)
+                if raw is not None and CHUNK.unpack(raw)[:2] == (segment, offset):
+                    live.append((digest, ChunkLocation(segment, offset, length)))
+        if not live:
+            continue
+        bodies = [(digest, store.segments.read(location)) for digest, location in live]
+        new_locations = store.segments.append(bodies)
+        with store.env.write() as tx:
+            for (digest, old), new in zip(live, new_locations):
+                raw = tx.get(tx.db.chunks, digest)
+                if raw is None:
+                    continue  # died meanwhile; the copy is an orphan record
+                seg, offset, length, refs = CHUNK.unpack(raw)
+                if (seg, offset) != (old.segment, old.offset):
+                    continue
+                tx.put(tx.db.chunks, digest, CHUNK.pack(new.segment, new.offset, length, refs))
+                size = length + HEADER.size
+                tx.segment_deltas[old.segment] = tx.segment_deltas.get(old.segment, 0) - size
+                tx.segment_deltas[new.segment] = tx.segment_deltas.get(new.segment, 0) + size
+                moved += length
+    return moved
+
+
+def _retire(store: Store, segment: int, now_ms: int) -> bool:
+    with store.env.write() as tx:
+        raw = tx.get(tx.db.segments, U64.pack(segment))
+        if raw is None:
+            return False
+        info = SegmentInfo.unpack(segment, raw)
+        if info.live or info.state == SEGMENT_RETIRED or _owned(info):
+            return False  # something new references it: keep it
+        info.state, info.retired_ms = SEGMENT_RETIRED, now_ms
+        tx.put(tx.db.segments, U64.pack(segment), info.pack())
+        return True
