@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -17,11 +19,13 @@ from vfsd.store import Store, StoreError
 from vfsd.store import fsck as fsck_module
 from vfsd.store import stats as stats_module
 from vfsd.store import users
+from vfsd.store.config import load_config
 from vfsd.store.vms import VmInfo, Vms
 
 T = TypeVar("T")
 OVMF_VARS = (Path("/usr/share/OVMF/OVMF_VARS_4M.fd"), Path("/usr/share/OVMF/OVMF_VARS.fd"))
 EXIT_ERROR, EXIT_USAGE, EXIT_DAMAGE = 1, 2, 3
+DEFAULT_USER = "admin"
 
 
 class UsageError(Exception):
@@ -227,16 +231,71 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from vfsd.fs.mount import mount
+    from vfsd.fs.mount import check_mountpoint, mount
 
     path = store_path(args)
     if not (path / "store.toml").exists():
         Store.init(path).close()
         print(f"initialised store {path}")
+    with open_store(args) as store:
+        user = next((u for u in users.list_users(store) if u.name == DEFAULT_USER), None)
+        if user is None:
+            user = users.add(store, DEFAULT_USER)
+            print(f"created S3 user {DEFAULT_USER}")
     mnt = Path(args.mnt)
     mnt.mkdir(parents=True, exist_ok=True)
+    check_mountpoint(mnt)
+    host, port = args.listen
+    gateway = subprocess.Popen([sys.executable, "-m", "vfsd", "gateway", "--store", str(path),
+                                "--listen", f"{host}:{port}"])
+    print(f"S3 endpoint  http://{host}:{port}   access key {user.access_key}   "
+          f"secret key {user.secret_key}", flush=True)
     print(f"mounting {path} on {mnt} (Ctrl-C to flush, unmount and stop)", flush=True)
-    return mount(_mount_config(args, mnt, foreground=True))
+    try:
+        return mount(_mount_config(args, mnt, foreground=True))
+    finally:
+        if gateway.poll() is None:
+            gateway.terminate()
+        try:
+            gateway.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from vfsd.store import gc
+
+    with open_store(args) as store:
+        report = gc.collect(store, grace=args.grace, progress=tqdm_progress)
+        if report.waiting and args.wait:
+            time.sleep(args.grace)
+            later = gc.collect(store, grace=args.grace, progress=tqdm_progress)
+            report.deleted += later.deleted
+            report.freed_bytes += later.freed_bytes
+            report.waiting = later.waiting
+    print(report.summary())
+    return 0
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    try:
+        if not sep or not host or not 0 <= int(port) < 65536:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid address {text!r} (use HOST:PORT, e.g. 127.0.0.1:9000)") from None
+    return host.strip("[]"), int(port)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.config import GatewayConfig
+    from gateway.server import serve
+
+    load_config(store_path(args))  # one clear line for a missing store, before anything starts
+    host, port = args.listen
+    return serve(GatewayConfig(store=store_path(args), host=host, port=port,
+                               region=args.region))
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
@@ -362,11 +421,30 @@ def build_parser() -> Parser:
     p.add_argument("--foreground", action="store_true", help="stay in the foreground")
     p.set_defaults(func=cmd_mount)
     p = verbs.add_parser("up", parents=[common, mount_opts], help="the main job: init if "
-                         "needed, mount in the foreground",
-                         description="Initialise the store if missing, then mount it in the "
-                         "foreground. Ctrl-C flushes, unmounts and stops.")
+                         "needed, mount in the foreground and serve S3 beside it",
+                         description="Initialise the store if missing, create the S3 user "
+                         f"{DEFAULT_USER!r} on first run, start the S3 gateway and mount the "
+                         "store in the foreground. Ctrl-C flushes, unmounts and stops both.")
     p.add_argument("--mnt", default="./mnt", help="mount point (default ./mnt, created)")
+    p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 9000),
+                   metavar="HOST:PORT", help="the S3 gateway's address (default 127.0.0.1:9000)")
     p.set_defaults(func=cmd_up)
+    p = verb(verbs, "gateway", cmd_gateway, "serve the store over S3 (HTTP)",
+             "Serve the store as S3: top-level directories are buckets, files are objects. "
+             "Requests are signed (SigV4) with keys from `vfsd user add`. Runs until "
+             "SIGTERM/SIGINT.")
+    p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 9000),
+                   metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:9000; "
+                   "binding beyond loopback must be asked for explicitly)")
+    p.add_argument("--region", default="us-east-1", help="the region clients sign for")
+    p = verb(verbs, "gc", cmd_gc, "give back the space of deleted and overwritten data",
+             "Retire segments that hold no live chunk, compact mostly-dead ones, and delete "
+             "retired segment files once their grace period is over. A mounted store does "
+             "this in the background too.")
+    p.add_argument("--grace", type=duration_arg, default=5.0, metavar="SECONDS",
+                   help="how long a retired segment stays readable (default 5s)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait out the grace period and delete what this pass retired")
 
     user = verbs.add_parser("user", help="S3 users: add, list, remove")
     user_verbs = user.add_subparsers(dest="user_verb", metavar="VERB", required=True,

@@ -3,6 +3,7 @@
 import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -15,20 +16,38 @@ from mounting import wait_for
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_up_inits_mounts_and_stops_cleanly_on_ctrl_c(tmp_path):
-    store, mnt = tmp_path / "data", tmp_path / "mnt"
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_up_inits_mounts_serves_s3_and_stops_cleanly_on_ctrl_c(tmp_path):
+    store, mnt, port = tmp_path / "data", tmp_path / "mnt", free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vfsd", "up", "--store", str(store),
-                             "--mnt", str(mnt)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             "--mnt", str(mnt), "--listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, "vfsd up")
         assert proc.poll() is None, proc.stdout.read()
         assert (store / "store.toml").exists()
+        wait_for(lambda: answers(port), 30, "the S3 gateway")
         with open(mnt / "written-before-ctrl-c", "wb") as f:
             f.write(b"kept" * 1000)  # closed but never fsynced
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         assert not os.path.ismount(mnt)
+        assert not answers(port)
+        output = proc.stdout.read()
+        assert f"S3 endpoint  http://127.0.0.1:{port}" in output and "secret key" in output
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from vfsd.store import Store
+from vfsd.store import Store, gc
 from vfsd.store.config import load_config
 from vfsd.store.errors import StoreError
 
@@ -29,6 +29,9 @@ LOG_NAME = "vfsd.log"
 # and `rep movsb` makes some 64 KiB copies 20x slower on these CPUs. Set before start-up.
 GLIBC_TUNABLES = ("glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456:"
                   "glibc.malloc.top_pad=67108864:glibc.cpu.x86_rep_movsb_threshold=2147483647")
+
+
+GC_INTERVAL = 2.0  # seconds between gc passes in the daemon
 
 
 class MountError(StoreError):
@@ -120,10 +123,24 @@ async def serve(ops: Operations) -> None:
         nursery.start_soon(tail_changes, ops.store, ops.run, ops.foreign_change)
         nursery.start_soon(ops.own_changes.run)
         nursery.start_soon(_stop_on_signal, ops)
+        nursery.start_soon(_collect_garbage, ops)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
     # The kernel session is over (unmount or terminate): make everything durable.
     await ops.cache.flush_all()
+
+
+async def _collect_garbage(ops: Operations) -> None:
+    """Give back the space of dead chunks a few seconds after they die (DESIGN.md, gc)."""
+    while True:
+        await trio.sleep(GC_INTERVAL)
+        try:
+            report = await ops.run(gc.collect, ops.store)
+        except StoreError as e:
+            log.warning("event=gc-failed error=%s", e)
+            continue
+        if report.retired or report.deleted:
+            log.info("event=gc %s", report.summary())
 
 
 async def _stop_on_signal(ops: Operations) -> None:
