@@ -75,3 +75,50 @@ class Corrupt(StoreError):
 
 class NoAttribute(StoreError):
     """No such extended attribute (ENODATA)."""
+
+
+# --- S3 object semantics (vfsd/store/objects.py) -------------------------------------------
+
+class NoSuchBucket(NotFound):
+    """No bucket by that name: no top-level directory with a valid bucket name."""
+
+
+class NoSuchKey(NotFound):
+    """No object at that key: no regular file at that path inside the bucket."""
+
+
+class InvalidBucketName(InvalidName):
+    """A bucket name that breaks S3's naming rules."""
+
+
+class BucketExists(Exists):
+    """CreateBucket of a name that is already taken at the top level."""
+
+
+class KeyConflict(Exists):
+    """A key that would need a file and a directory at one path (`a/b` while `a/b/` holds
+    objects, or `a/b/c` while `a/b` is an object)."""
+
+
+class KeyTooLong(NameTooLong):
+    """An object key longer than the store can index (1024 bytes, or LMDB's key limit)."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional request's condition (If-Match, If-None-Match, …) does not hold."""
+
+
+class NotModified(StoreError):
+    """A conditional read whose object has not changed (If-None-Match, If-Modified-Since)."""
+
+
+class BadDigest(StoreError):
+    """The body does not match the digest the client sent with it (Content-MD5)."""
+
+
+class MetadataTooLarge(InvalidArgument):
+    """User metadata over S3's 2 KiB limit."""
+
+
+class ObjectChanged(StoreError):
+    """The object was replaced or changed while it was being read; the read must start over."""

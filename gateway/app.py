@@ -1,0 +1,182 @@
+"""The aiohttp application: factory, middlewares, the store's lifetime, dispatch.
+
+Middlewares, outermost first: `access_log` (request id, one key=value line per request),
+`s3_errors` (every S3Error and core error becomes S3's error XML — the only place that
+happens), `authenticate` (SigV4). Then one catch-all route dispatches through the `Router`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from vfsd.store import Store
+from vfsd.store.errors import StoreError
+from vfsd.store.objects import Objects
+
+from . import auth, buckets, listing, objects, xml
+from .body import CONTINUE_SENT
+from .config import GatewayConfig
+from .context import (
+    CONFIG, EXECUTOR, OBJECTS, S3, STOPPING, STORE, UPLOADS, USERS, S3Request, UserCache,
+)
+from .errors import InternalError, S3Error, from_core
+from .routing import Router, address
+
+log = logging.getLogger("gateway")
+access = logging.getLogger("gateway.access")
+ROUTER = web.AppKey("router", Router)
+
+
+def create_app(config: GatewayConfig) -> web.Application:
+    app = web.Application(middlewares=[access_log, s3_errors, authenticate],
+                          client_max_size=config.max_xml_body)
+    app[CONFIG] = config
+    app[ROUTER] = Router(buckets.ROUTES, listing.ROUTES, objects.ROUTES)
+    app[STOPPING] = threading.Event()
+    app.cleanup_ctx.append(store_context)
+    # aiohttp would answer `Expect: 100-continue` before the middlewares run; handlers do it
+    # themselves once the request is authenticated and its arguments checked (gateway.body).
+    app.router.add_route("*", "/{path:.*}", dispatch, expect_handler=_defer_continue)
+    return app
+
+
+async def _defer_continue(request: web.Request) -> None:
+    return None
+
+
+async def store_context(app: web.Application) -> AsyncIterator[None]:
+    """The store and the thread pool live exactly as long as the app."""
+    config = app[CONFIG]
+    executor = ThreadPoolExecutor(config.workers, thread_name_prefix="vfsd-gateway")
+    uploads = ThreadPoolExecutor(config.upload_workers, thread_name_prefix="vfsd-upload")
+    try:
+        store = Store.open(config.store)
+    except BaseException:
+        executor.shutdown()
+        uploads.shutdown()
+        raise
+    app[EXECUTOR] = executor
+    app[UPLOADS] = uploads
+    app[STORE] = store
+    app[OBJECTS] = Objects(store)
+    app[USERS] = UserCache(app)
+    try:
+        yield
+    finally:
+        app[STOPPING].set()  # body readers waiting on a socket give up
+        uploads.shutdown(wait=True, cancel_futures=True)
+        executor.shutdown(wait=True, cancel_futures=True)
+        store.close()
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    s3 = request[S3]
+    operation = request.app[ROUTER].select(request.method, s3.bucket, s3.key, request.query)
+    s3.operation = operation.name
+    return await operation.handler(request)
+
+
+@web.middleware
+async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    bucket, key, virtual = address(request.host, request.raw_path, config)
+    s3 = S3Request(secrets.token_hex(8).upper(), bucket, key,
+                   virtual_host=bucket if virtual else None)
+    request[S3] = s3
+    status = 500
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except ConnectionError:
+        status = 499  # the connection went away mid-response (nginx's convention)
+        raise
+    finally:
+        if config.access_log:
+            elapsed = (time.monotonic() - s3.started) * 1000
+            user = s3.identity.user.name if s3.identity else "-"
+            sent = (response.content_length or 0) if response is not None else 0
+            access.info(
+                "request_id=%s remote=%s user=%s op=%s method=%s bucket=%s key=%s status=%d "
+                "error=%s bytes_in=%s bytes_out=%d ms=%.1f",
+                s3.request_id, request.remote, user, s3.operation, request.method,
+                s3.bucket or "-", _quote(s3.key_text) if s3.key else "-", status, s3.error,
+                request.content_length if request.content_length is not None else "-", sent,
+                elapsed)
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@web.middleware
+async def s3_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    s3 = request[S3]
+    try:
+        response = await handler(request)
+    except S3Error as e:
+        error = e
+    except StoreError as e:
+        error = from_core(e)
+        if isinstance(error, InternalError):
+            log.error("%s %s: %s", request.method, s3.resource, e, exc_info=e)
+    except (web.HTTPException, ConnectionError):
+        raise
+    except Exception as e:  # a bug: log it, answer InternalError, keep serving
+        log.exception("%s %s failed", request.method, s3.resource)
+        error = InternalError()
+        del e
+    else:
+        response.headers.setdefault("x-amz-request-id", s3.request_id)
+        response.headers.setdefault("x-amz-id-2", s3.request_id)
+        return response
+    s3.error = error.code
+    close = _body_left_unsent(request)
+    body = xml.error_document(error.code, error.message, s3.resource, s3.request_id,
+                              _error_fields(error, s3))
+    headers = {"x-amz-request-id": s3.request_id, "x-amz-id-2": s3.request_id, **error.headers}
+    if request.method == "HEAD":
+        response = web.Response(status=error.status, headers=headers)
+    else:
+        response = web.Response(status=error.status, body=body, content_type=xml.CONTENT_TYPE,
+                                headers=headers)
+    if close:
+        response.force_close()
+    return response
+
+
+def _body_left_unsent(request: web.Request) -> bool:
+    """A client that asked `Expect: 100-continue` and got a final answer instead will not
+    send its body, and one that is not waiting may still be sending it: either way the
+    connection's framing is lost, so the connection closes after the error."""
+    if not request.can_read_body or request.content.at_eof():
+        return False
+    return (request.headers.get("Expect", "").lower() == "100-continue"
+            and not request.get(CONTINUE_SENT))
+
+
+def _error_fields(error: S3Error, s3: S3Request) -> dict[str, str]:
+    fields = dict(error.extra)
+    if error.code == "NoSuchBucket" and s3.bucket:
+        fields.setdefault("BucketName", s3.bucket)
+    if error.code == "NoSuchKey" and s3.key:
+        fields.setdefault("Key", s3.key_text)
+    return fields
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    request[S3].identity = await auth.verify(
+        request.method, request.raw_path, request.headers, request.app[USERS].lookup,
+        config.region, config.max_clock_skew, bucket_host=request[S3].virtual_host)
+    return await handler(request)

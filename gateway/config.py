@@ -1,0 +1,37 @@
+"""The gateway's one frozen configuration, built by `gateway.__main__` (or a test) and passed
+down explicitly: no module-level settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    store: Path
+    host: str = "127.0.0.1"
+    port: int = 9000
+    region: str = "us-east-1"
+    # Host names under which `bucket.<domain>` is virtual-host-style addressing.
+    domains: tuple[str, ...] = ("localhost",)
+    workers: int = 8  # threads running short core calls (metadata, reads, listings)
+    # Threads staging PUT bodies: each waits on its client's socket for as long as the upload
+    # lasts, so uploads get their own pool and cannot starve everything else. It also bounds
+    # concurrent uploads (more wait their turn).
+    upload_workers: int = 32
+    max_put_size: int = 5 * GiB  # single PUT limit (S3's), larger needs multipart
+    body_piece: int = 1 << 20  # request body read from the socket per hop into a worker
+    read_window: int = 1 << 20  # object bytes read per hop when streaming a GET
+    body_idle_timeout: float = 60.0  # seconds without body bytes before RequestTimeout
+    max_clock_skew: float = 15 * 60  # seconds (S3's RequestTimeTooSkewed)
+    max_xml_body: int = 2 << 20  # DeleteObjects (1000 keys) and other XML requests
+    shutdown_timeout: float = 10.0
+    access_log: bool = True
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"

@@ -1,0 +1,246 @@
+"""Object operations: PutObject, GetObject, HeadObject, DeleteObject, CopyObject.
+
+Bodies stream both ways: a PUT's body goes from the socket into the core's staging loop piece
+by piece (gateway.body), a GET's comes out of the core window by window, the next window read
+while the previous one is written to the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+
+from vfsd.store.errors import NotModified, ObjectChanged
+from vfsd.store.objects import Conditions, ObjectInfo
+
+from . import xml
+from .body import BodyStream
+from .buckets import xml_response
+from .context import CONFIG, OBJECTS, S3, STOPPING, run, run_upload
+from .errors import (
+    EntityTooLarge, InvalidArgument, InvalidRequest, MissingContentLength, NotImplementedS3,
+    ServiceUnavailable,
+)
+from .headers import (
+    checksum, conditions, content_headers, content_md5, http_date, parse_etags, parse_range,
+    user_metadata,
+)
+
+log = logging.getLogger("gateway")
+
+DEFAULT_CONTENT_TYPE = "binary/octet-stream"  # what S3 answers for objects stored without one
+UNSUPPORTED_HEADERS = (
+    "x-amz-tagging", "x-amz-object-lock-mode", "x-amz-object-lock-retain-until-date",
+    "x-amz-object-lock-legal-hold", "x-amz-server-side-encryption-customer-algorithm",
+    "x-amz-website-redirect-location",
+)
+RESPONSE_OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+HEADER_NAMES = {
+    "content-type": "Content-Type", "content-encoding": "Content-Encoding",
+    "content-disposition": "Content-Disposition", "content-language": "Content-Language",
+    "cache-control": "Cache-Control", "expires": "Expires",
+}
+
+
+def _refuse_unsupported(request: web.Request) -> None:
+    for name in UNSUPPORTED_HEADERS:
+        if name in request.headers:
+            raise NotImplementedS3(f"the {name} header is not implemented by this gateway")
+
+
+async def put_object(request: web.Request) -> web.Response:
+    s3 = request[S3]
+    config = request.app[CONFIG]
+    headers = request.headers
+    _refuse_unsupported(request)
+    length = request.content_length
+    if length is None:
+        raise MissingContentLength()
+    if length > config.max_put_size:
+        raise EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(config.max_put_size))
+    if_none_match = parse_etags(headers.get("if-none-match"))
+    if if_none_match not in (None, ("*",)):
+        raise NotImplementedS3("If-None-Match on PUT takes only '*'")
+    digest = content_md5(headers)
+    check = checksum(headers)
+    assert s3.identity is not None
+    stream = BodyStream(request, length, s3.identity.payload_sha256, check, config.body_piece,
+                        config.body_idle_timeout, request.app[STOPPING])
+    info = await run_upload(
+        request, request.app[OBJECTS].put_object, s3.bucket, s3.key, stream.pieces(),
+        metadata=user_metadata(headers), headers=content_headers(headers), content_md5=digest,
+        checksum=(check.algorithm, check.expected) if check else None,
+        conditions=Conditions(if_match=parse_etags(headers.get("if-match")),
+                              if_none_match=if_none_match))
+    out = {"ETag": f'"{info.etag}"'}
+    if check is not None:
+        out[check.header] = check.expected
+    return web.Response(status=200, headers=out)
+
+
+def object_headers(request: web.Request, info: ObjectInfo) -> dict[str, str]:
+    out = {
+        "ETag": f'"{info.etag}"',
+        "Last-Modified": http_date(info.mtime_ns),
+        "Accept-Ranges": "bytes",
+        "Content-Type": DEFAULT_CONTENT_TYPE,
+    }
+    for name, value in info.headers.items():
+        out[HEADER_NAMES[name]] = value
+    for name, value in info.metadata.items():
+        out[f"x-amz-meta-{name}"] = value
+    for param, header in RESPONSE_OVERRIDES.items():
+        if param in request.query:
+            out[header] = request.query[param]
+    return out
+
+
+async def get_object(request: web.Request) -> web.StreamResponse:
+    return await _get(request, head=False)
+
+
+async def head_object(request: web.Request) -> web.StreamResponse:
+    return await _get(request, head=True)
+
+
+async def _get(request: web.Request, head: bool) -> web.StreamResponse:
+    s3 = request[S3]
+    objects = request.app[OBJECTS]
+    window = request.app[CONFIG].read_window
+    wanted = conditions(request.headers)
+    if "partNumber" in request.query:
+        raise NotImplementedS3("partNumber is for multipart objects, not implemented yet")
+    first: bytes | bytearray | memoryview = b""
+    for _attempt in range(3):
+        info = await run(request, objects.head_object, s3.bucket, s3.key)
+        try:
+            wanted.check(info.etag, info.mtime_ns, reading=True)
+        except NotModified:
+            return web.Response(status=304, headers={"ETag": f'"{info.etag}"',
+                                                     "Last-Modified": http_date(info.mtime_ns)})
+        span = parse_range(request.headers.get("Range"), info.size)
+        start, end = span or (0, info.size)
+        if head or end == start:
+            break
+        try:  # the first window before any header goes out: a change here is retried
+            first = await run(request, objects.read, info.ino, info.version, start,
+                              min(window, end - start))
+            break
+        except ObjectChanged:
+            continue
+    else:
+        raise ServiceUnavailable("the object kept changing; please retry")
+    headers = object_headers(request, info)
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+    elif (info.checksum is not None
+          and request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"):
+        headers[f"x-amz-checksum-{info.checksum[0]}"] = info.checksum[1]
+        headers["x-amz-checksum-type"] = "FULL_OBJECT"
+    response = web.StreamResponse(status=206 if span else 200, headers=headers)
+    response.content_length = end - start
+    await response.prepare(request)
+    if head:
+        return response
+    await _stream(request, response, info, start + len(first), end, first)
+    return response
+
+
+async def _stream(request: web.Request, response: web.StreamResponse, info: ObjectInfo,
+                  offset: int, end: int, first: bytes | bytearray | memoryview) -> None:
+    """Write `first`, then the rest window by window, reading the next while writing one.
+    Headers are out: a failure here can only cut the connection (the client sees a short
+    body, as S3 clients expect when an object changes under a GET)."""
+    objects = request.app[OBJECTS]
+    window = request.app[CONFIG].read_window
+    pending: asyncio.Future[bytes | bytearray | memoryview] | None = None
+    try:
+        piece = first
+        while True:
+            if offset < end:
+                pending = asyncio.ensure_future(run(request, objects.read, info.ino,
+                                                    info.version, offset,
+                                                    min(window, end - offset)))
+            if piece:
+                await response.write(piece)
+            if pending is None:
+                break
+            piece = await pending
+            pending = None
+            offset += len(piece)
+            if not piece:
+                raise ObjectChanged("the object is shorter than it was")
+        await response.write_eof()
+    except ConnectionError:
+        request[S3].error = "ClientDisconnected"
+    except Exception as e:
+        # aiohttp finds the transport closed when it finishes the response, and lets it be.
+        log.warning("GET %s cut off after headers: %s", request[S3].resource, e)
+        request[S3].error = type(e).__name__
+        if request.transport is not None:
+            request.transport.close()
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
+async def delete_object(request: web.Request) -> web.Response:
+    s3 = request[S3]
+    await run(request, request.app[OBJECTS].delete_object, s3.bucket, s3.key)
+    return web.Response(status=204)
+
+
+async def copy_object(request: web.Request) -> web.Response:
+    s3 = request[S3]
+    headers = request.headers
+    _refuse_unsupported(request)
+    source, _, source_query = headers["x-amz-copy-source"].partition("?")
+    if source_query and source_query not in ("versionId=null", "versionId="):
+        raise NotImplementedS3("versioned copy sources are not implemented")
+    raw = unquote_to_bytes(source).lstrip(b"/")
+    src_bucket, slash, src_key = raw.partition(b"/")
+    if not slash or not src_key or not src_bucket:
+        raise InvalidArgument("Copy Source must mention the source bucket and key: "
+                              "sourcebucket/sourcekey", ArgumentName="x-amz-copy-source",
+                              ArgumentValue=headers["x-amz-copy-source"])
+    directive = headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise InvalidArgument("Unknown metadata directive.",
+                              ArgumentName="x-amz-metadata-directive", ArgumentValue=directive)
+    bucket = src_bucket.decode(errors="replace")
+    if (bucket, src_key) == (s3.bucket, s3.key) and directive == "COPY":
+        raise InvalidRequest("This copy request is illegal because it is trying to copy an "
+                             "object to itself without changing the object's metadata, storage "
+                             "class, website redirect location or encryption attributes.")
+    info = await run(request, request.app[OBJECTS].copy_object, bucket, src_key, s3.bucket,
+                     s3.key, replace_metadata=directive == "REPLACE",
+                     metadata=user_metadata(headers), headers=content_headers(headers),
+                     source_conditions=conditions(headers, "x-amz-copy-source-"))
+    doc = xml.Node("CopyObjectResult", xmlns=xml.NS)
+    doc.add("LastModified", xml.timestamp(info.mtime_ns)).add("ETag", f'"{info.etag}"')
+    return xml_response(doc.render())
+
+
+async def put_or_copy(request: web.Request) -> web.Response:
+    if "x-amz-copy-source" in request.headers:
+        request[S3].operation = "CopyObject"
+        return await copy_object(request)
+    return await put_object(request)
+
+
+ROUTES = [
+    ("object", "PUT", "", "PutObject", put_or_copy),
+    ("object", "GET", "", "GetObject", get_object),
+    ("object", "HEAD", "", "HeadObject", head_object),
+    ("object", "DELETE", "", "DeleteObject", delete_object),
+]

@@ -1,0 +1,214 @@
+"""Helpers for the gateway tests: a gateway subprocess, boto3 clients, raw signed requests."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+
+from vfsd.store import Store, users
+
+ROOT = Path(__file__).resolve().parents[2]
+REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition"
+             ) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Keys:
+    access_key: str
+    secret_key: str
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, however it dies (no stray gateway)."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class GatewayProcess:
+    """`python -m gateway` on a store; start, stop (SIGTERM), kill (SIGKILL), restart."""
+
+    def __init__(self, store: Path, log: Path):
+        self.store = store
+        self.log_path = log
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GatewayProcess:
+        self.port = free_port()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--store", str(self.store), "--host", "127.0.0.1",
+             "--port", str(self.port)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        log.close()
+        wait_for(self._answers, what=f"the gateway on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            conn.request("GET", "/")
+            conn.getresponse().read()
+            conn.close()
+            return True
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def status(self, field: str) -> int:
+        """A /proc/PID/status field in bytes (VmRSS, VmHWM)."""
+        assert self.proc is not None
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1)) * 1024
+
+
+def client(endpoint: str, keys: Keys, **config: Any):
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name=REGION, aws_access_key_id=keys.access_key,
+        aws_secret_access_key=keys.secret_key,
+        config=Config(s3={"addressing_style": "path"}, **config))
+
+
+def make_store(path: Path) -> Keys:
+    with Store.init(path) as store:
+        user = users.add(store, "test")
+    return Keys(user.access_key, user.secret_key)
+
+
+@dataclass
+class Gateway:
+    store: Path
+    keys: Keys
+    process: GatewayProcess
+
+    @property
+    def endpoint(self) -> str:
+        return self.process.endpoint
+
+    @property
+    def port(self) -> int:
+        return self.process.port
+
+    def client(self, **config: Any):
+        return client(self.endpoint, self.keys, **config)
+
+
+# --- raw HTTP, for what boto3 will not send -----------------------------------------------------
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def code(self) -> str | None:
+        found = re.search(rb"<Code>(.*?)</Code>", self.body)
+        return found.group(1).decode() if found else None
+
+
+def raw(endpoint: str, method: str, path: str, headers: dict[str, str] | None = None,
+        body: bytes | None = None) -> Reply:
+    port = int(endpoint.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()},
+                     response.read())
+    finally:
+        conn.close()
+
+
+def signed(gateway: Gateway, method: str, path: str, headers: dict[str, str] | None = None,
+           body: bytes = b"", *, secret: str | None = None, access_key: str | None = None,
+           when=None, payload: str | None = None, region: str = REGION) -> Reply:
+    """A request signed by botocore's own SigV4 signer (not ours), with knobs to break it."""
+    from unittest import mock
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.credentials import Credentials
+
+    url = gateway.endpoint + path
+    request = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
+    credentials = Credentials(access_key or gateway.keys.access_key,
+                              secret or gateway.keys.secret_key)
+    signer = S3SigV4Auth(credentials, "s3", region)
+    if payload is not None:
+        signer.payload = lambda _request: payload  # type: ignore[method-assign]
+    if when is not None:
+        with mock.patch("botocore.auth.get_current_datetime", return_value=when):
+            signer.add_auth(request)
+    else:
+        signer.add_auth(request)
+    prepared = request.prepare()
+    sent_headers = {k: v.decode() if isinstance(v, bytes) else v
+                    for k, v in prepared.headers.items()}
+    parts = urlsplit(prepared.url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    return raw(gateway.endpoint, method, target, sent_headers, body or None)
+
+
+def env_with_keys(gateway: Gateway) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(AWS_ACCESS_KEY_ID=gateway.keys.access_key,
+               AWS_SECRET_ACCESS_KEY=gateway.keys.secret_key, AWS_DEFAULT_REGION=REGION,
+               AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+    return env

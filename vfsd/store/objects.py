@@ -1,0 +1,762 @@
+"""S3 object semantics over the tree (DESIGN.md, "The namespace").
+
+A bucket is a top-level directory with a valid bucket name; an object is a regular file below
+it, keyed by its path inside the bucket. Keys are bytes (S3 sends UTF-8; the mount may have
+written anything). Each public call is one transaction, except that object bodies are staged
+(hashed, appended, fdatasync'd) before the one write transaction that makes them visible, and
+that reads of bodies happen outside any transaction, window by window, each window checked
+against the version the read started from.
+
+User metadata and content headers are `user.s3.*` xattrs (visible on the mount). The ETag is
+kept in the internal xattr `vfsd.s3.etag` together with the inode version it was computed for
+and a fingerprint of the chunk map; a file changed through the mount gets a new version, and
+its ETag is recomputed (or revalidated by fingerprint) on the next request that needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+import struct
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import blake3
+
+from . import changelog, chunks, namespace
+from .chunks import StagedChunk
+from .env import U64, Tx
+from .errors import (
+    BadDigest, BucketExists, Busy, InvalidArgument, InvalidBucketName, InvalidName,
+    IsADirectory, KeyConflict, KeyTooLong, MetadataTooLarge, NameTooLong, NoSuchBucket,
+    NoSuchKey, NotADirectory, NotEmpty, NotFound, NotModified, ObjectChanged, PermissionDenied,
+    PreconditionFailed, ReadOnly,
+)
+from .files import check_file_writable
+from .names import is_bucket_name, split_key
+from .records import ROOT_INO, ChangeOp, Inode, InodeFlags, chunk_key, ino_key
+from .store import Store
+
+ETAG_XATTR = b"vfsd.s3.etag"
+CREATED_XATTR = b"vfsd.s3.created"
+USER_PREFIX = b"user."
+S3_PREFIX = b"user.s3."
+META_PREFIX = b"user.s3.meta."
+# Stored per object and returned on GET/HEAD when set.
+CONTENT_HEADERS = ("content-type", "content-encoding", "content-disposition",
+                   "content-language", "cache-control", "expires")
+MAX_KEY = 1024
+MAX_METADATA = 2048  # S3: user metadata (names + values) is at most 2 KiB
+STAGE_BATCH_BYTES = 4 << 20  # bytes staged per fdatasync
+READ_WINDOW = 1 << 20
+FILE_MODE = stat.S_IFREG | 0o644
+DIR_MODE = stat.S_IFDIR | 0o755
+_RECORD = struct.Struct(">Q32s")  # inode version, chunk-map fingerprint; then etag [" " checksum]
+_RETRIES = 5
+
+
+# --- values --------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    name: str
+    ino: int
+    created_ns: int
+
+
+@dataclass(slots=True)
+class ObjectInfo:
+    bucket: str
+    key: bytes
+    ino: int
+    size: int
+    mtime_ns: int
+    version: int
+    etag: str  # MD5 hex, unquoted
+    metadata: dict[str, str] = field(default_factory=dict)  # x-amz-meta-<name> -> value
+    headers: dict[str, str] = field(default_factory=dict)  # Content-Type & co, lower-case
+    checksum: tuple[str, str] | None = None  # (algorithm, base64), as the client sent it
+
+
+@dataclass(frozen=True, slots=True)
+class ListEntry:
+    key: bytes
+    size: int
+    mtime_ns: int
+    etag: str
+
+
+@dataclass(slots=True)
+class Listing:
+    objects: list[ListEntry]
+    prefixes: list[bytes]
+    truncated: bool
+    last: bytes | None  # the last key or common prefix returned: where the next page starts
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """HTTP conditional headers, parsed: ETags unquoted ('*' allowed), times in unix seconds."""
+
+    if_match: tuple[str, ...] | None = None
+    if_none_match: tuple[str, ...] | None = None
+    if_modified_since: float | None = None
+    if_unmodified_since: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.if_match, self.if_none_match,
+                                            self.if_modified_since, self.if_unmodified_since))
+
+    def check(self, etag: str | None, mtime_ns: int, *, reading: bool = True) -> None:
+        """RFC 7232 order. `etag` None means no object. A failed If-None-Match or
+        If-Modified-Since is NotModified for a read, PreconditionFailed otherwise (writes,
+        and CopyObject's x-amz-copy-source-if-* conditions)."""
+        mtime = mtime_ns // 1_000_000_000  # HTTP dates have whole seconds
+        if self.if_match is not None:
+            if etag is None:
+                raise NoSuchKey("the object does not exist")
+            if not _etag_in(etag, self.if_match):
+                raise PreconditionFailed("If-Match does not match the object's ETag")
+        elif (self.if_unmodified_since is not None and etag is not None
+              and mtime > self.if_unmodified_since):
+            raise PreconditionFailed("the object was modified since If-Unmodified-Since")
+        if self.if_none_match is not None:
+            if etag is not None and _etag_in(etag, self.if_none_match):
+                if reading:
+                    raise NotModified("If-None-Match matches the object's ETag")
+                raise PreconditionFailed("If-None-Match matches the object's ETag")
+        elif (self.if_modified_since is not None and etag is not None
+              and mtime <= self.if_modified_since):
+            if reading:
+                raise NotModified("the object was not modified since If-Modified-Since")
+            raise PreconditionFailed("the object was not modified since If-Modified-Since")
+
+
+def _needs_etag(conditions: Conditions) -> bool:
+    return conditions.if_match is not None or conditions.if_none_match not in (None, ("*",))
+
+
+def _etag_in(etag: str, candidates: tuple[str, ...]) -> bool:
+    return any(c == "*" or c == etag for c in candidates)
+
+
+class _NeedEtag(Exception):
+    """Inside a transaction: an ETag is stale; compute it outside and start over."""
+
+    def __init__(self, ino: int):
+        self.ino = ino
+
+
+# --- key and name checks ---------------------------------------------------------------------
+
+def check_bucket_name(name: str) -> bytes:
+    raw = name.encode()
+    if not is_bucket_name(raw):
+        raise InvalidBucketName(f"invalid bucket name {name!r}: 3-63 of a-z 0-9 . -, starting "
+                                "and ending with a letter or digit, no '..', not an IP address")
+    return raw
+
+
+def successor(prefix: bytes) -> bytes | None:
+    """The least byte string greater than every string starting with `prefix` (None: none)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+# --- the object store over the tree ----------------------------------------------------------
+
+class Objects:
+    """Buckets and objects of one store. Thread-safe: every call opens its own transactions."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.env = store.env
+        self.origin = store.origin
+        self.chunk_size = store.chunk_size
+        # The key index is keyed by bucket inode (8 bytes) + key; LMDB caps keys (511 bytes).
+        self.max_key = min(MAX_KEY, store.env.lmdb.max_key_size() - 8)
+
+    def check_key(self, key: bytes) -> list[bytes]:
+        """A key's path components, or InvalidName/KeyTooLong for keys that cannot be a path."""
+        if not key:
+            raise InvalidName("the object key is empty")
+        if len(key) > self.max_key:
+            raise KeyTooLong(f"the key is {len(key)} bytes; this store takes keys of at most "
+                             f"{self.max_key} bytes")
+        try:
+            return split_key(key)
+        except NameTooLong:
+            raise KeyTooLong("each '/'-separated part of a key is at most 255 bytes") from None
+        except InvalidName:
+            raise InvalidName(f"key {key.decode(errors='replace')!r} cannot be a path: no empty "
+                              "parts ('//', leading or trailing '/'), no '.' or '..' parts, "
+                              "no NUL") from None
+
+    # --- buckets ---------------------------------------------------------------------------
+
+    def _bucket(self, tx: Tx, name: str) -> Inode:
+        raw = name.encode()
+        entry = namespace.lookup(tx, ROOT_INO, raw) if is_bucket_name(raw) else None
+        if entry is None or not stat.S_ISDIR(entry.mode_type):
+            raise NoSuchBucket(f"no bucket {name}")
+        return namespace.get_inode(tx, entry.ino)
+
+    def _bucket_info(self, tx: Tx, inode: Inode) -> Bucket:
+        raw = tx.get(tx.db.xattrs, namespace.xattr_key(inode.ino, CREATED_XATTR))
+        created = U64.unpack(raw)[0] if raw and len(raw) == 8 else inode.mtime_ns
+        return Bucket(inode.name.decode(), inode.ino, created)
+
+    def list_buckets(self) -> list[Bucket]:
+        """Top-level directories with valid bucket names, by name. One read transaction."""
+        out = []
+        with self.env.read() as tx:
+            for entry in namespace.readdir(tx, ROOT_INO, 0, 1 << 62):
+                if stat.S_ISDIR(entry.mode_type) and is_bucket_name(entry.name):
+                    out.append(self._bucket_info(tx, namespace.get_inode(tx, entry.ino)))
+        return sorted(out, key=lambda b: b.name)
+
+    def head_bucket(self, name: str) -> Bucket:
+        with self.env.read() as tx:
+            return self._bucket_info(tx, self._bucket(tx, name))
+
+    def create_bucket(self, name: str) -> Bucket:
+        """mkdir at the top level, recording the creation time. One write transaction."""
+        raw = check_bucket_name(name)
+        with self.env.write() as tx:
+            if namespace.lookup(tx, ROOT_INO, raw) is not None:
+                raise BucketExists(f"bucket {name} already exists")
+            inode = namespace.make(tx, self.origin, ROOT_INO, raw, DIR_MODE, 0, 0)
+            tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, CREATED_XATTR),
+                   U64.pack(time.time_ns()))
+            return self._bucket_info(tx, inode)
+
+    def delete_bucket(self, name: str) -> None:
+        """Remove a bucket that holds no objects (empty directories below it go with it);
+        NotEmpty if it holds objects or anything that is not a directory. One transaction."""
+        with self.env.write() as tx:
+            bucket = self._bucket(tx, name)
+            prefix = U64.pack(bucket.ino)
+            cursor = tx.cursor(tx.db.keys)
+            if cursor.set_range(prefix) and cursor.key()[:8] == prefix:
+                raise NotEmpty(f"bucket {name} is not empty")
+            if not self._only_directories(tx, bucket.ino):
+                raise NotEmpty(f"bucket {name} holds symlinks or special files")
+            namespace.remove_tree(tx, self.origin, namespace.get_inode(tx, ROOT_INO),
+                                  name.encode())
+
+    def _only_directories(self, tx: Tx, ino: int) -> bool:
+        for entry in namespace.readdir(tx, ino, 0, 1 << 62):
+            if not stat.S_ISDIR(entry.mode_type) or not self._only_directories(tx, entry.ino):
+                return False
+        return True
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _lookup(self, tx: Tx, bucket: Inode, key: bytes) -> Inode | None:
+        if not key or len(key) > self.max_key:
+            return None
+        raw = tx.get(tx.db.keys, U64.pack(bucket.ino) + key)
+        return namespace.get_inode(tx, U64.unpack(raw)[0]) if raw else None
+
+    def _info(self, tx: Tx, bucket: str, key: bytes, inode: Inode) -> tuple[ObjectInfo, bool]:
+        """The object's attributes and xattrs; the flag says whether its ETag is current."""
+        info = ObjectInfo(bucket, key, inode.ino, inode.size, inode.mtime_ns, inode.version, "")
+        fresh = False
+        cursor = tx.cursor(tx.db.xattrs)
+        prefix = ino_key(inode.ino)
+        if cursor.set_range(prefix):
+            for name, value in cursor:
+                if name[:8] != prefix:
+                    break
+                name = bytes(name[8:])
+                if name.startswith(META_PREFIX):
+                    info.metadata[name[len(META_PREFIX):].decode(errors="surrogateescape")] = (
+                        bytes(value).decode(errors="surrogateescape"))
+                elif name.startswith(S3_PREFIX):
+                    header = name[len(S3_PREFIX):].decode(errors="replace")
+                    if header in CONTENT_HEADERS:
+                        info.headers[header] = bytes(value).decode(errors="surrogateescape")
+                elif name == ETAG_XATTR:
+                    version, _fp, etag, checksum = _unpack_record(value)
+                    if version == inode.version:
+                        info.etag, info.checksum, fresh = etag, checksum, True
+        return info, fresh
+
+    def head_object(self, bucket: str, key: bytes) -> ObjectInfo:
+        """The object's attributes, metadata and ETag (recomputed first if the file changed
+        through the mount since the ETag was stored)."""
+        for _attempt in range(_RETRIES):
+            with self.env.read() as tx:
+                b = self._bucket(tx, bucket)
+                inode = self._lookup(tx, b, key)
+                if inode is None:
+                    raise NoSuchKey(f"no object {key.decode(errors='replace')!r} in {bucket}")
+                info, fresh = self._info(tx, bucket, key, inode)
+            if fresh:
+                return info
+            etag, version = self.etag(info.ino)
+            if version == info.version:
+                info.etag = etag
+                return info
+        raise ObjectChanged("the object kept changing while its ETag was computed")
+
+    def read(self, ino: int, version: int, offset: int, size: int
+             ) -> bytes | bytearray | memoryview:
+        """Bytes [offset, offset+size) of the object as it was at `version`; ObjectChanged if
+        it has changed since (a GET must never mix two versions). Versions only grow, so a
+        version check after the read covers the read's own transaction."""
+        try:
+            data = self.store.read(ino, offset, size) if size > 0 else b""
+        except NotFound:
+            raise ObjectChanged("the object was deleted while it was being read") from None
+        with self.env.read() as tx:
+            raw = tx.get(tx.db.inodes, ino_key(ino))
+            if raw is None or Inode.unpack(ino, raw).version != version:
+                raise ObjectChanged("the object changed while it was being read")
+        return data
+
+    def iter_read(self, ino: int, version: int, offset: int, length: int,
+                  window: int = READ_WINDOW) -> Iterator[bytes | bytearray | memoryview]:
+        end = offset + length
+        while offset < end:
+            piece = self.read(ino, version, offset, min(window, end - offset))
+            if not piece:
+                raise ObjectChanged("the object is shorter than it was")
+            offset += len(piece)
+            yield piece
+
+    # --- ETags -----------------------------------------------------------------------------
+
+    def etag(self, ino: int) -> tuple[str, int]:
+        """(ETag, the inode version it belongs to). The stored one when its version is the
+        inode's; else revalidated by chunk-map fingerprint (metadata-only change) or
+        recomputed by reading the file, and stored again for next time."""
+        for _attempt in range(_RETRIES):
+            with self.env.read() as tx:
+                inode = namespace.get_inode(tx, ino)
+                raw = tx.get(tx.db.xattrs, namespace.xattr_key(ino, ETAG_XATTR))
+                record = _unpack_record(raw) if raw else None
+                if record is not None and record[0] == inode.version:
+                    return record[2], inode.version
+                fingerprint = _fingerprint(tx, ino, inode.size)
+            if record is not None and record[1] == fingerprint:
+                etag, checksum = record[2], record[3]
+            else:
+                md5 = hashlib.md5()
+                try:
+                    for piece in self.iter_read(ino, inode.version, 0, inode.size):
+                        md5.update(piece)
+                except ObjectChanged:
+                    continue
+                etag, checksum = md5.hexdigest(), None
+            with self.env.write() as tx:
+                current = namespace.get_inode(tx, ino)
+                if current.version != inode.version:
+                    continue
+                # A cache entry, not a change: no version tick, no change-log entry.
+                tx.put(tx.db.xattrs, namespace.xattr_key(ino, ETAG_XATTR),
+                       _pack_record(inode.version, fingerprint, etag, checksum))
+            return etag, inode.version
+        raise ObjectChanged("the object kept changing while its ETag was computed")
+
+    def _etag_in_tx(self, tx: Tx, inode: Inode) -> tuple[str, bytes, tuple[str, str] | None]:
+        """(ETag, fingerprint, checksum) of `inode` if current; else _NeedEtag."""
+        raw = tx.get(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR))
+        if raw:
+            version, fingerprint, etag, checksum = _unpack_record(raw)
+            if version == inode.version:
+                return etag, fingerprint, checksum
+        raise _NeedEtag(inode.ino)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _stage(self, bodies: Iterable[bytes | bytearray | memoryview]
+               ) -> tuple[list[StagedChunk | None], int, bytes]:
+        """Cut `bodies` (pieces of any size) into chunks and make them durable in batches.
+        Returns (chunks, size, MD5 digest). No transaction is held meanwhile. Whole chunks
+        are kept as views of the caller's buffers until staged: don't reuse a buffer."""
+        cs = self.chunk_size
+        is_zero = self.store.data.is_zero
+        md5 = hashlib.md5()
+        staged: list[StagedChunk | None] = []
+        batch: list[bytes | memoryview] = []
+        size = 0
+        pending = bytearray()
+
+        def flush() -> None:
+            if not batch:
+                return
+            nonzero = [b for b in batch if not is_zero(b)]
+            found = iter(chunks.stage(self.env, self.store.segments, nonzero,
+                                      self.store.capacity_left()))
+            staged.extend(None if is_zero(b) else next(found) for b in batch)
+            batch.clear()
+
+        for piece in bodies:
+            view = memoryview(piece).cast("B")
+            md5.update(view)
+            size += len(view)
+            if pending:
+                take = min(cs - len(pending), len(view))
+                pending += view[:take]
+                view = view[take:]
+                if len(pending) == cs:
+                    batch.append(bytes(pending))
+                    pending.clear()
+            while len(view) >= cs:  # whole chunks of the caller's buffer: no copy
+                batch.append(view[:cs])
+                view = view[cs:]
+            if len(view):
+                pending += view
+            if len(batch) * cs >= STAGE_BATCH_BYTES:
+                flush()
+        if pending:
+            batch.append(bytes(pending))
+        flush()
+        return staged, size, md5.digest()
+
+    def _place(self, tx: Tx, bucket: Inode, parts: list[bytes]) -> tuple[Inode, Inode | None]:
+        """Inside a write transaction: make the key's implicit parent directories and return
+        (parent directory, existing file or None). Refuses paths that need a file and a
+        directory at one place; an empty directory where the file goes is replaced."""
+        parent = bucket
+        for depth, part in enumerate(parts[:-1]):
+            entry = namespace.lookup(tx, parent.ino, part)
+            if entry is None:
+                parent = namespace.make(tx, self.origin, parent.ino, part, DIR_MODE, 0, 0)
+                continue
+            child = namespace.get_inode(tx, entry.ino)
+            if not child.is_dir:
+                path = b"/".join(parts[:depth + 1]).decode(errors="replace")
+                raise KeyConflict(f"{path!r} is an object (or not a directory), so it cannot "
+                                  "hold other objects")
+            parent = child
+        name = parts[-1]
+        entry = namespace.lookup(tx, parent.ino, name)
+        if entry is None:
+            return parent, None
+        existing = namespace.get_inode(tx, entry.ino)
+        key = b"/".join(parts).decode(errors="replace")
+        if existing.is_dir:
+            if namespace.readdir(tx, existing.ino, 0, 1):
+                raise KeyConflict(f"{key + '/'!r} is a directory holding objects, so {key!r} "
+                                  "cannot be an object")
+            namespace.rmdir(tx, self.origin, parent.ino, name)
+            return namespace.get_inode(tx, parent.ino), None
+        if not existing.is_file:
+            raise KeyConflict(f"{key!r} is a symlink or special file")
+        return parent, existing
+
+    def _check_replaceable(self, inode: Inode, key: bytes) -> None:
+        check_file_writable(inode)
+        if inode.flags & (InodeFlags.VM_FILE | InodeFlags.FIXED_SIZE):
+            raise PermissionDenied(f"{key.decode(errors='replace')!r} belongs to a VM or "
+                                   "volume; use `vfsd vm` / `vfsd volume`")
+        self.store.leases.check_free(inode.ino, key.decode(errors="replace"))
+
+    def _set_s3_xattrs(self, tx: Tx, ino: int, metadata: Mapping[str, str],
+                       headers: Mapping[str, str]) -> None:
+        for old in namespace.list_xattrs(tx, ino):
+            if old.startswith(USER_PREFIX) or old == ETAG_XATTR:
+                tx.delete(tx.db.xattrs, namespace.xattr_key(ino, old))
+        for name, value in _s3_xattrs(metadata, headers).items():
+            tx.put(tx.db.xattrs, namespace.xattr_key(ino, name), value)
+
+    def put_object(self, bucket: str, key: bytes,
+                   bodies: Iterable[bytes | bytearray | memoryview], *,
+                   metadata: Mapping[str, str] | None = None,
+                   headers: Mapping[str, str] | None = None,
+                   content_md5: bytes | None = None,
+                   checksum: tuple[str, str] | None = None,
+                   conditions: Conditions | None = None) -> ObjectInfo:
+        """Create or replace an object. Bodies are staged first (an exception raised by the
+        `bodies` iterator aborts the PUT with nothing visible); then one write transaction
+        makes missing parent directories, creates the file or swaps its chunk map, and sets
+        metadata and the ETag. After a crash the old object (or none) is there, never a mix.
+        `checksum` is an (algorithm, value) pair the caller has verified; it is stored."""
+        metadata, headers = dict(metadata or {}), dict(headers or {})
+        _check_metadata(metadata)
+        parts = self.check_key(key)
+        with self.env.read() as tx:  # fail fast, before reading a body
+            existing = self._lookup(tx, self._bucket(tx, bucket), key)
+        if conditions and conditions.if_none_match == ("*",) and existing is not None:
+            raise PreconditionFailed("the object exists (If-None-Match: *)")
+        staged, size, md5 = self._stage(bodies)
+        if content_md5 is not None and content_md5 != md5:
+            raise BadDigest("the Content-MD5 you specified did not match what was received")
+        etag = md5.hex()
+        fingerprint = _staged_fingerprint(staged, size)
+        for _attempt in range(_RETRIES):
+            try:
+                with self.env.write() as tx:
+                    b = self._bucket(tx, bucket)
+                    parent, existing = self._place(tx, b, parts)
+                    if conditions:
+                        current = None
+                        if existing is not None:
+                            current = (self._etag_in_tx(tx, existing)[0]
+                                       if _needs_etag(conditions) else "")
+                        conditions.check(current, existing.mtime_ns if existing else 0,
+                                         reading=False)
+                    if existing is None:
+                        inode = namespace.make(tx, self.origin, parent.ino, parts[-1],
+                                               FILE_MODE, 0, 0)
+                    else:
+                        self._check_replaceable(existing, key)
+                        inode = existing
+                    self._set_s3_xattrs(tx, inode.ino, metadata, headers)
+                    inode = self.store.data.install(tx, inode.ino, staged, size)
+                    tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR),
+                           _pack_record(inode.version, fingerprint, etag, checksum))
+                    return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
+                                      inode.version, etag, metadata,
+                                      _lower(headers), checksum)
+            except _NeedEtag as need:
+                self.etag(need.ino)
+        raise ObjectChanged("the object kept changing while its ETag was checked")
+
+    def copy_object(self, src_bucket: str, src_key: bytes, dst_bucket: str, dst_key: bytes, *,
+                    replace_metadata: bool = False,
+                    metadata: Mapping[str, str] | None = None,
+                    headers: Mapping[str, str] | None = None,
+                    source_conditions: Conditions | None = None) -> ObjectInfo:
+        """CopyObject: the destination gets the source's chunk map by reference (no bytes
+        move) and the source's metadata (COPY) or the given one (REPLACE), in one write
+        transaction. Copying an object onto itself only changes its metadata."""
+        metadata, headers = dict(metadata or {}), dict(headers or {})
+        if replace_metadata:
+            _check_metadata(metadata)
+        parts = self.check_key(dst_key)
+        for _attempt in range(_RETRIES):
+            try:
+                with self.env.write() as tx:
+                    return self._copy(tx, src_bucket, src_key, dst_bucket, dst_key, parts,
+                                      replace_metadata, metadata, headers, source_conditions)
+            except _NeedEtag as need:
+                self.etag(need.ino)
+        raise ObjectChanged("the source kept changing while its ETag was computed")
+
+    def _copy(self, tx: Tx, src_bucket: str, src_key: bytes, dst_bucket: str, dst_key: bytes,
+              parts: list[bytes], replace_metadata: bool, metadata: dict[str, str],
+              headers: dict[str, str], source_conditions: Conditions | None) -> ObjectInfo:
+        src = self._lookup(tx, self._bucket(tx, src_bucket), src_key)
+        if src is None:
+            raise NoSuchKey(f"no object {src_key.decode(errors='replace')!r} in {src_bucket}")
+        etag, fingerprint, checksum = self._etag_in_tx(tx, src)
+        if source_conditions:
+            source_conditions.check(etag, src.mtime_ns, reading=False)
+        if not replace_metadata:
+            info, _fresh = self._info(tx, src_bucket, src_key, src)
+            metadata, headers = info.metadata, info.headers
+            user = {n: tx.get(tx.db.xattrs, namespace.xattr_key(src.ino, n))
+                    for n in namespace.list_xattrs(tx, src.ino)
+                    if n.startswith(USER_PREFIX) and not n.startswith(S3_PREFIX)}
+        else:
+            user = {}
+        parent, existing = self._place(tx, self._bucket(tx, dst_bucket), parts)
+        if existing is not None and existing.ino == src.ino:
+            if not replace_metadata:
+                raise InvalidArgument("this copy request is illegal because it is trying to "
+                                      "copy an object to itself without changing its metadata")
+            self._check_replaceable(existing, dst_key)
+            inode = existing
+        else:
+            if existing is None:
+                inode = namespace.make(tx, self.origin, parent.ino, parts[-1], FILE_MODE, 0, 0)
+            else:
+                self._check_replaceable(existing, dst_key)
+                inode = existing
+            inode.stored = chunks.copy_chunks(tx, src.ino, inode.ino)
+            inode.size = src.size
+            changelog.record(tx, self.origin, ChangeOp.DATA, inode.ino)
+        self._set_s3_xattrs(tx, inode.ino, metadata, headers)
+        for name, value in user.items():
+            if value is not None:
+                tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, name), value)
+        now = time.time_ns()
+        inode.mtime_ns = inode.ctime_ns = now
+        namespace.put_inode(tx, inode)
+        if existing is not None and existing.ino == src.ino:
+            changelog.record(tx, self.origin, ChangeOp.ATTR, inode.ino)
+        tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR),
+               _pack_record(inode.version, fingerprint, etag, checksum))
+        return ObjectInfo(dst_bucket, dst_key, inode.ino, inode.size, inode.mtime_ns,
+                          inode.version, etag, dict(metadata), _lower(headers), checksum)
+
+    # --- deleting --------------------------------------------------------------------------
+
+    def delete_object(self, bucket: str, key: bytes) -> bool:
+        """Remove the object and the parent directories it leaves empty (not the bucket).
+        True if there was an object. One write transaction."""
+        with self.env.write() as tx:
+            return self._delete(tx, self._bucket(tx, bucket), key)
+
+    def delete_objects(self, bucket: str, keys: Iterable[bytes]
+                       ) -> list[tuple[bytes, Exception | None]]:
+        """DeleteObjects: each key's outcome (None, or the error that kept it), in one write
+        transaction; a key that fails changes nothing, the others still go."""
+        out: list[tuple[bytes, Exception | None]] = []
+        with self.env.write() as tx:
+            b = self._bucket(tx, bucket)
+            for key in keys:
+                try:
+                    self._delete(tx, b, key)
+                    out.append((key, None))
+                except (KeyConflict, PermissionDenied, ReadOnly, Busy, IsADirectory,
+                        NotADirectory) as e:  # raised before anything changed
+                    out.append((key, e))
+        return out
+
+    def _delete(self, tx: Tx, bucket: Inode, key: bytes) -> bool:
+        # Every check comes before the first change, so a refusal leaves the tx clean.
+        inode = self._lookup(tx, bucket, key)
+        if inode is None:
+            return False
+        parts = key.split(b"/")
+        chain = [bucket]
+        for part in parts[:-1]:
+            entry = namespace.lookup(tx, chain[-1].ino, part)
+            if entry is None:
+                raise KeyConflict("the key index and the tree disagree")  # fsck would say
+            chain.append(namespace.get_inode(tx, entry.ino))
+        self._check_replaceable(inode, key)
+        namespace.check_writable_dir(chain[-1])
+        namespace.unlink(tx, self.origin, chain[-1].ino, parts[-1], still_open=False)
+        for depth in range(len(chain) - 1, 0, -1):
+            directory = namespace.get_inode(tx, chain[depth].ino)
+            if directory.flags & InodeFlags.READONLY or namespace.readdir(tx, directory.ino, 0, 1):
+                break
+            namespace.rmdir(tx, self.origin, chain[depth - 1].ino, parts[depth - 1])
+        return True
+
+    # --- listing ---------------------------------------------------------------------------
+
+    def list_objects(self, bucket: str, prefix: bytes = b"", delimiter: bytes = b"",
+                     start_after: bytes = b"", max_keys: int = 1000) -> Listing:
+        """Keys of `bucket` in binary order after `start_after`, from the key index in
+        O(page): with a delimiter, keys sharing a prefix up to the delimiter roll up into one
+        common prefix, and the cursor jumps past the whole prefix in one seek. A common prefix
+        not greater than `start_after` is skipped (so a page ending on one goes on after it).
+        One read transaction (plus ETag recomputation for files changed through the mount)."""
+        objects: list[ListEntry] = []
+        prefixes: list[bytes] = []
+        stale: list[int] = []
+        truncated = False
+        last: bytes | None = None
+        with self.env.read() as tx:
+            base = U64.pack(self._bucket(tx, bucket).ino)
+            full_prefix = base + prefix
+            cursor = tx.cursor(tx.db.keys)
+            if start_after and start_after >= prefix:
+                found = cursor.set_range(base + start_after)
+                if found and bytes(cursor.key()) == base + start_after:
+                    found = cursor.next()
+            else:
+                found = cursor.set_range(full_prefix)
+            count = 0
+            while found:
+                raw_key = bytes(cursor.key())
+                if not raw_key.startswith(full_prefix):
+                    break
+                key = raw_key[8:]
+                cut = key.find(delimiter, len(prefix)) if delimiter else -1
+                if cut >= 0:
+                    common = key[:cut + len(delimiter)]
+                    if not (start_after and common <= start_after):
+                        if count == max_keys:
+                            truncated = True
+                            break
+                        prefixes.append(common)
+                        count += 1
+                        last = common
+                    after = successor(common)
+                    found = after is not None and cursor.set_range(base + after)
+                    continue
+                if count == max_keys:
+                    truncated = True
+                    break
+                inode = namespace.get_inode(tx, U64.unpack(cursor.value())[0])
+                raw = tx.get(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR))
+                record = _unpack_record(raw) if raw else None
+                etag = record[2] if record and record[0] == inode.version else ""
+                if not etag:
+                    stale.append(len(objects))
+                objects.append(ListEntry(key, inode.size, inode.mtime_ns, etag))
+                count += 1
+                last = key
+                found = cursor.next()
+        for index in stale:
+            entry = objects[index]
+            try:
+                info = self.head_object(bucket, entry.key)
+            except NoSuchKey:
+                continue  # deleted since: it was there when the page was read
+            objects[index] = ListEntry(entry.key, info.size, info.mtime_ns, info.etag)
+        return Listing(objects, prefixes, truncated, last)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> None:
+    total = sum(len(k.encode(errors="surrogateescape")) + len(v.encode(errors="surrogateescape"))
+                for k, v in metadata.items())
+    if total > MAX_METADATA:
+        raise MetadataTooLarge(f"user metadata is {total} bytes; the limit is {MAX_METADATA}")
+    for name in metadata:
+        if not name or len(name) > 200 or "\0" in name:
+            raise InvalidArgument(f"invalid metadata name {name!r}")
+
+
+def _s3_xattrs(metadata: Mapping[str, str], headers: Mapping[str, str]) -> dict[bytes, bytes]:
+    out = {}
+    for name, value in headers.items():
+        if name.lower() in CONTENT_HEADERS and value:
+            out[S3_PREFIX + name.lower().encode()] = value.encode(errors="surrogateescape")
+    for name, value in metadata.items():
+        out[META_PREFIX + name.lower().encode(errors="surrogateescape")] = value.encode(
+            errors="surrogateescape")
+    return out
+
+
+def _pack_record(version: int, fingerprint: bytes, etag: str,
+                 checksum: tuple[str, str] | None) -> bytes:
+    tail = etag if checksum is None else f"{etag} {checksum[0]}:{checksum[1]}"
+    return _RECORD.pack(version, fingerprint) + tail.encode()
+
+
+def _unpack_record(raw: bytes | memoryview) -> tuple[int, bytes, str, tuple[str, str] | None]:
+    version, fingerprint = _RECORD.unpack_from(raw)
+    tail = bytes(raw[_RECORD.size:]).decode()
+    etag, _, checksum = tail.partition(" ")
+    algorithm, _, value = checksum.partition(":")
+    return version, fingerprint, etag, (algorithm, value) if checksum else None
+
+
+def _fingerprint(tx: Tx, ino: int, size: int) -> bytes:
+    """BLAKE3 over the size and the chunk map: equal exactly when the contents are equal."""
+    h = blake3.blake3(U64.pack(size))
+    cursor = tx.cursor(tx.db.chunkmap)
+    prefix = chunk_key(ino, 0)[:8]
+    if cursor.set_range(prefix):
+        for key, digest in cursor:
+            if key[:8] != prefix:
+                break
+            h.update(key[8:])
+            h.update(digest)
+    return h.digest()
+
+
+def _staged_fingerprint(staged: list[StagedChunk | None], size: int) -> bytes:
+    h = blake3.blake3(U64.pack(size))
+    for index, chunk in enumerate(staged):
+        if chunk is not None:
+            h.update(U64.pack(index))
+            h.update(chunk.digest)
+    return h.digest()
