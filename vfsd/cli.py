@@ -176,6 +176,35 @@ def cmd_vm_resize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vm_qemu_args(args: argparse.Namespace) -> int:
+    from vfsd import vmctl
+
+    with open_store(args) as store:
+        print(vmctl.shell_command(vmctl.command(store, args.name, args.accel, args.console)))
+    return 0
+
+
+def cmd_vm_start(args: argparse.Namespace) -> int:
+    from vfsd import vmctl
+
+    with open_store(args) as store:
+        result = vmctl.start(store, args.name, args.accel, args.console)
+    if args.console:
+        return result
+    print(f"started VM {args.name} (QEMU pid {result}); console: "
+          f"{store_path(args) / 'run' / 'vms' / (args.name + '.console')}")
+    return 0
+
+
+def cmd_vm_stop(args: argparse.Namespace) -> int:
+    from vfsd import vmctl
+
+    with open_store(args) as store:
+        vmctl.stop(store, args.name, args.timeout)
+    print(f"stopped VM {args.name}")
+    return 0
+
+
 def cmd_volume_create(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         info = Vms(store).create_volume(args.name, args.size)
@@ -387,6 +416,29 @@ def build_parser() -> Parser:
     p.add_argument("name")
     p.add_argument("--disk", type=size_arg, required=True, metavar="SIZE",
                    help="the new size; shrinking is refused")
+
+    accel_opts = Parser(add_help=False)
+    accel_opts.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                            help="kvm, tcg, or auto: a bounded probe picks kvm only if it "
+                                 "really runs guests (default auto)")
+    accel_opts.add_argument("--console", action="store_true",
+                            help="serial console on this terminal (QEMU runs attached)")
+    p = vm_verbs.add_parser("qemu-args", parents=[common, accel_opts],
+                            help="print the QEMU command line `vm start` would run",
+                            description="Print the QEMU command that runs the VM from its files "
+                            "on the store's live mount (descriptors as vmdk with cache=none "
+                            "and discard=unmap, the swap file as an extra disk).")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_vm_qemu_args)
+    p = vm_verbs.add_parser("start", parents=[common, accel_opts], help="start a VM in QEMU",
+                            description="Start QEMU on the VM's files on the mount. Refused if "
+                            "the VM runs already or its disk is open for writing elsewhere.")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_vm_start)
+    p = verb(vm_verbs, "stop", cmd_vm_stop, "power a VM off (ACPI, then hard after --timeout)")
+    p.add_argument("name")
+    p.add_argument("--timeout", type=duration_arg, default=30.0, metavar="SECONDS",
+                   help="how long to wait for the guest to power off (default 30s)")
 
     volume = verbs.add_parser("volume", help="detachable disks: create, attach, detach, remove",
                               description="Volumes live in volumes/ and outlive the VMs they "

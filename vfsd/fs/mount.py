@@ -16,6 +16,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from vfsd.mounts import register
 from vfsd.store import Store, gc
 from vfsd.store.config import load_config
 from vfsd.store.errors import StoreError
@@ -74,6 +75,7 @@ def mount(config: MountConfig) -> int:
     StoreError (one line for the CLI); in daemon mode the parent reports them."""
     load_config(config.store)  # fail fast, before forking, on a path that is not a store
     check_mountpoint(config.mountpoint)
+    mountpoint = config.mountpoint.resolve()  # now: once mounted, stat would ask ourselves
     ready_w = None
     if not config.foreground:
         ready_r, ready_w = os.pipe()
@@ -103,6 +105,7 @@ def mount(config: MountConfig) -> int:
             os.write(ready_w, f"cannot mount: {e}\n".encode())
             os._exit(1)
         raise
+    registration = register(config.store, mountpoint)
     log.info("event=mounted store=%s mountpoint=%s orphans_purged=%d cache=%d interval=%.1f",
              config.store, config.mountpoint, purged, config.cache_size, config.commit_interval)
     if ready_w is not None:
@@ -111,6 +114,7 @@ def mount(config: MountConfig) -> int:
     try:
         trio.run(serve, ops)
     finally:
+        registration.unlink(missing_ok=True)
         pyfuse3.close(unmount=True)
         store.close()
         log.info("event=unmounted mountpoint=%s", config.mountpoint)

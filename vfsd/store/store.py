@@ -18,7 +18,9 @@ from . import changelog, namespace, vmdk
 from .config import DEFAULT_CHUNK_SIZE, StoreConfig, create_config, load_config
 from .chunks import chunk_hash
 from .env import U64, Environment, Tx
-from .errors import Exists, InvalidArgument, NoAttribute, NotADirectory, PermissionDenied
+from .errors import (
+    Exists, FileTooBig, InvalidArgument, NoAttribute, NotADirectory, PermissionDenied,
+)
 from .files import FileData, check_file_writable
 from .leases import Holder, Leases
 from .records import (
@@ -27,6 +29,7 @@ from .records import (
 from .segments import LocalSegments
 
 QUOTA = b"quota"
+MAX_FILE_SIZE = (1 << 63) - 1  # Linux's MAX_LFS_FILESIZE
 NEXT_SEGMENT = b"next_segment"
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
@@ -340,7 +343,11 @@ class Store:
     # --- contents ------------------------------------------------------------------------
 
     def read(self, ino: int, offset: int, size: int) -> bytes | bytearray | memoryview:
-        return self.data.read(ino, offset, size)
+        if offset < 0 or size < 0:
+            raise InvalidArgument("negative offset or size")
+        if offset >= MAX_FILE_SIZE:
+            return b""
+        return self.data.read(ino, offset, min(size, MAX_FILE_SIZE - offset))
 
     def read_chunk(self, ino: int, index: int) -> bytes:
         return self.data.read_chunk(ino, index)
@@ -349,6 +356,8 @@ class Store:
         """pwrite(2), durable on return (segment fdatasync, then LMDB commit)."""
         if offset < 0:
             raise InvalidArgument("negative offset")
+        if offset + len(data) > MAX_FILE_SIZE:
+            raise FileTooBig("a file can hold at most 2**63 - 1 bytes")
         return self.data.write(ino, offset, data)
 
     def write_descriptor(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
@@ -373,21 +382,28 @@ class Store:
     def truncate(self, ino: int, size: int) -> Inode:
         if size < 0:
             raise InvalidArgument("negative size")
+        if size > MAX_FILE_SIZE:
+            raise FileTooBig("a file can hold at most 2**63 - 1 bytes")
         return self.data.truncate(ino, size)
 
     def punch_hole(self, ino: int, offset: int, length: int) -> Inode:
-        if offset < 0 or length <= 0:
+        if offset < 0 or length <= 0 or offset >= MAX_FILE_SIZE:
             raise InvalidArgument("invalid range")
-        return self.data.punch_hole(ino, offset, length)
+        return self.data.punch_hole(ino, offset, min(length, MAX_FILE_SIZE - offset))
 
     def seek(self, ino: int, offset: int, data: bool) -> int | None:
         """SEEK_DATA / SEEK_HOLE: the offset, or None when there is none (ENXIO)."""
+        if offset < 0 or offset >= MAX_FILE_SIZE:
+            return None
         return self.data.seek(ino, offset, data)
 
     def copy_range(self, src: int, src_offset: int, dst: int, dst_offset: int,
                    length: int) -> int:
         if min(src_offset, dst_offset, length) < 0:
             raise InvalidArgument("negative offset or length")
+        if max(src_offset, dst_offset) >= MAX_FILE_SIZE:
+            raise FileTooBig("offset past the largest file size")
+        length = min(length, MAX_FILE_SIZE - dst_offset)
         if src == dst and src_offset < dst_offset + length and dst_offset < src_offset + length:
             raise InvalidArgument("overlapping copy within one file")
         return self.data.copy_range(src, src_offset, dst, dst_offset, length)
