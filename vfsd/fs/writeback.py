@@ -40,6 +40,7 @@ class FileCache:
     first_dirty: float = 0.0
     lock: trio.Lock = field(default_factory=trio.Lock)
     error: StoreError | None = None
+    pins: int = 0  # writes in progress: they may await, and must not find the cache forgotten
 
     @property
     def held(self) -> int:
@@ -96,6 +97,15 @@ class WriteBack:
 
     async def write(self, ino: int, offset: int, data: bytes) -> int:
         f = await self._file(ino)
+        # Pinned: while this write awaits room or a base chunk, a flush may empty the cache;
+        # it must not forget it, or these chunks would land in an orphan and never be flushed.
+        f.pins += 1
+        try:
+            return await self._write(f, offset, data)
+        finally:
+            f.pins -= 1
+
+    async def _write(self, f: FileCache, offset: int, data: bytes) -> int:
         if f.error is not None:
             error, f.error = f.error, None
             raise error
@@ -208,7 +218,8 @@ class WriteBack:
             self._forget_if_clean(f)
 
     def _forget_if_clean(self, f: FileCache) -> None:
-        if not f.dirty and not f.flushing and f.error is None and self.files.get(f.ino) is f:
+        if (not f.dirty and not f.flushing and f.error is None and not f.pins
+                and self.files.get(f.ino) is f):
             del self.files[f.ino]
 
     async def flush_all(self) -> None:
