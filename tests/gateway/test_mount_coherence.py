@@ -1,0 +1,82 @@
+"""The gateway and the mount on one store: one namespace, no copies, no stale caches."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+from s3gateway import client, make_store, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fs"))
+from mounting import Mount  # noqa: E402  (tests/fs/mounting.py)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def both(tmp_path, gateway_process):
+    store = tmp_path / "store"
+    keys = make_store(store)
+    mount = Mount(store, tmp_path / "mnt").start()
+    try:
+        gw = gateway_process(store)
+        yield client(gw.endpoint, keys), mount.path, store
+    finally:
+        mount.stop()
+
+
+def test_mount_writes_are_objects_and_puts_are_files(both):
+    s3, mnt, _store = both
+    (mnt / "media").mkdir()
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    (mnt / "media" / "clip.bin").write_bytes(data)  # closed: visible to the gateway
+    got = s3.get_object(Bucket="media", Key="clip.bin")
+    assert got["Body"].read() == data
+    assert got["ETag"].strip('"') == hashlib.md5(data).hexdigest()
+
+    body = b"from S3 " * 1000
+    s3.put_object(Bucket="media", Key="docs/readme.txt", Body=body)
+    wait_for(lambda: (mnt / "media" / "docs" / "readme.txt").exists(), 1, "the PUT on the mount")
+    assert (mnt / "media" / "docs" / "readme.txt").read_bytes() == body
+
+    # Replace an object the kernel has cached: the mount shows the new bytes within 1 s.
+    s3.put_object(Bucket="media", Key="docs/readme.txt", Body=b"second version")
+    wait_for(lambda: (mnt / "media" / "docs" / "readme.txt").read_bytes() == b"second version",
+             1, "the new bytes on the mount")
+
+    s3.delete_object(Bucket="media", Key="docs/readme.txt")
+    wait_for(lambda: not (mnt / "media" / "docs").exists(), 1, "the DELETE on the mount")
+
+
+def test_open_writer_leases_the_object(both):
+    s3, mnt, _store = both
+    (mnt / "disks").mkdir()
+    (mnt / "disks" / "busy.raw").write_bytes(b"v1")
+    with open(mnt / "disks" / "busy.raw", "r+b"):
+        for call in (lambda: s3.put_object(Bucket="disks", Key="busy.raw", Body=b"v2"),
+                     lambda: s3.delete_object(Bucket="disks", Key="busy.raw")):
+            with pytest.raises(ClientError) as info:
+                call()
+            assert info.value.response["Error"]["Code"] == "OperationAborted"
+    assert (mnt / "disks" / "busy.raw").read_bytes() == b"v1"
+
+
+def test_stopped_vm_disk_downloads_as_an_object(both, tmp_path):
+    s3, mnt, store = both
+    subprocess.run([sys.executable, "-m", "vfsd", "vm", "create", "web", "--disk", "64M",
+                    "--memory", "64M", "--store", str(store)], check=True, capture_output=True)
+    flat = mnt / "vms" / "web" / "web-flat.vmdk"
+    wait_for(flat.exists, 1, "the VM on the mount")
+    with open(flat, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"\x5a" * 65536)
+    s3.download_file("vms", "web/web-flat.vmdk", str(tmp_path / "disk.raw"))
+    raw = (tmp_path / "disk.raw").read_bytes()
+    assert len(raw) == 64 << 20
+    assert raw[1 << 20:(1 << 20) + 65536] == b"\x5a" * 65536
+    assert raw[:1 << 20] == bytes(1 << 20)
