@@ -108,12 +108,22 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_fsck(args: argparse.Namespace) -> int:
     with open_store(args) as store:
+        if args.repair:
+            from vfsd.store import repair
+
+            repaired = repair.repair(store, tqdm_progress, grace=args.grace)
+            print(repaired.summary())
+            if repaired.data_lost:
+                for damaged in repaired.damaged:
+                    print(f"lost: {damaged.describe()}")
         report = fsck_module.check(store, tqdm_progress)
     for problem in report.damage[:200]:
         print(f"damage: {problem}")
     if len(report.damage) > 200:
         print(f"… and {len(report.damage) - 200} more")
     print(report.summary())
+    if args.repair and repaired.data_lost:
+        return EXIT_DAMAGE
     return 0 if report.clean else EXIT_DAMAGE
 
 
@@ -202,6 +212,134 @@ def cmd_vm_stop(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         vmctl.stop(store, args.name, args.timeout)
     print(f"stopped VM {args.name}")
+    return 0
+
+
+def flush_through_mount(store: Store, paths: list[str]) -> None:
+    """fsync the files through the store's live mount, if any: the daemon then commits their
+    dirty data, so a snapshot taken next is crash-consistent with what the guest wrote."""
+    from vfsd.mounts import find_mountpoint
+
+    mountpoint = find_mountpoint(store.config.path)
+    if mountpoint is None:
+        return
+    for path in paths:
+        try:
+            fd = os.open(mountpoint / path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def vm_file_paths(store: Store, vm: str) -> list[str]:
+    vm_dir = store.resolve(f"vms/{vm}")
+    return [f"vms/{vm}/{e.name.decode()}" for e in store.readdir(vm_dir.ino, 0, 1 << 20)
+            if not e.name.startswith(b".")]
+
+
+def describe_snapshots(infos: list) -> str:
+    return "\n".join(f"{i.name:24} {format_size(i.size):>10} ({format_size(i.stored)} stored)"
+                     for i in infos) or "no snapshots"
+
+
+def cmd_vm_snapshot(args: argparse.Namespace) -> int:
+    from vfsd.store.snapshots import Snapshots
+
+    with open_store(args) as store:
+        flush_through_mount(store, vm_file_paths(store, args.name))
+        info = Snapshots(store).create(args.name, args.snap)
+    emit(args, info.as_dict(), f"snapshot {args.snap} of VM {args.name}: "
+                               f"{format_size(info.size)}")
+    return 0
+
+
+def cmd_vm_snapshots(args: argparse.Namespace) -> int:
+    from vfsd.store.snapshots import Snapshots
+
+    with open_store(args) as store:
+        infos = Snapshots(store).list(args.name)
+    emit(args, [i.as_dict() for i in infos], describe_snapshots(infos))
+    return 0
+
+
+def cmd_vm_revert(args: argparse.Namespace) -> int:
+    from vfsd.store.snapshots import Snapshots
+
+    with open_store(args) as store:
+        Snapshots(store).revert(args.name, args.snap)
+    print(f"reverted VM {args.name} to snapshot {args.snap}")
+    return 0
+
+
+def cmd_vm_snapshot_rm(args: argparse.Namespace) -> int:
+    from vfsd.store.snapshots import Snapshots
+
+    with open_store(args) as store:
+        Snapshots(store).remove(args.name, args.snap)
+    print(f"removed snapshot {args.snap} of VM {args.name}")
+    return 0
+
+
+def cmd_vm_clone(args: argparse.Namespace) -> int:
+    from vfsd.store.snapshots import Snapshots
+
+    with open_store(args) as store:
+        if args.snapshot is None:
+            flush_through_mount(store, vm_file_paths(store, args.src))
+        info = Snapshots(store).clone(args.src, args.dst, args.snapshot)
+    emit(args, info.as_dict(), describe_vm(info))
+    return 0
+
+
+def cmd_volume_snapshot(args: argparse.Namespace) -> int:
+    from vfsd.store.snapshots import Snapshots
+
+    with open_store(args) as store:
+        flush_through_mount(store, [f"volumes/{args.name}-flat.vmdk"])
+        info = Snapshots(store).create_volume_snapshot(args.name, args.snap)
+    emit(args, info.as_dict(), f"snapshot {args.snap} of volume {args.name}: "
+                               f"{format_size(info.size)}")
+    return 0
+
+
+def cmd_volume_snapshots(args: argparse.Namespace) -> int:
+    from vfsd.store.snapshots import Snapshots
+
+    with open_store(args) as store:
+        infos = Snapshots(store).list_volume_snapshots(args.name)
+    emit(args, [i.as_dict() for i in infos], describe_snapshots(infos))
+    return 0
+
+
+def cmd_volume_revert(args: argparse.Namespace) -> int:
+    from vfsd.store.snapshots import Snapshots
+
+    with open_store(args) as store:
+        Snapshots(store).revert_volume(args.name, args.snap)
+    print(f"reverted volume {args.name} to snapshot {args.snap}")
+    return 0
+
+
+def cmd_volume_snapshot_rm(args: argparse.Namespace) -> int:
+    from vfsd.store.snapshots import Snapshots
+
+    with open_store(args) as store:
+        Snapshots(store).remove_volume_snapshot(args.name, args.snap)
+    print(f"removed snapshot {args.snap} of volume {args.name}")
+    return 0
+
+
+def cmd_volume_clone(args: argparse.Namespace) -> int:
+    from vfsd.store.snapshots import Snapshots
+
+    with open_store(args) as store:
+        if args.snapshot is None:
+            flush_through_mount(store, [f"volumes/{args.src}-flat.vmdk"])
+        info = Snapshots(store).clone_volume(args.src, args.dst, args.snapshot)
+    emit(args, info.as_dict(), f"volume {info.name}: {format_size(info.size)}")
     return 0
 
 
@@ -322,9 +460,17 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.server import serve
 
     load_config(store_path(args))  # one clear line for a missing store, before anything starts
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("vfsd gateway: --tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key):
+        if path is not None and not path.is_file():
+            raise StoreError(f"cannot read {path}")
     host, port = args.listen
+    metrics_host, metrics_port = args.metrics_listen or ("127.0.0.1", None)
     return serve(GatewayConfig(store=store_path(args), host=host, port=port,
-                               region=args.region))
+                               region=args.region, tls_cert=args.tls_cert,
+                               tls_key=args.tls_key, metrics_host=metrics_host,
+                               metrics_port=metrics_port))
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
@@ -388,9 +534,16 @@ def build_parser() -> Parser:
                    help="pool capacity (default: the backing disk's free space)")
     verb(verbs, "stats", cmd_stats, "show space use: logical, physical, dedup, thin overcommit",
          json=True)
-    verb(verbs, "fsck", cmd_fsck, "check every invariant of the store (read-only)",
-         "Check that chunk maps, refcounts, segment records (CRC and hash), directory "
-         "entries, link counts and the S3 key index agree. Exits 3 if anything is damaged.")
+    p = verb(verbs, "fsck", cmd_fsck, "check every invariant of the store (read-only)",
+             "Check that chunk maps, refcounts, segment records (CRC and hash), directory "
+             "entries, link counts and the S3 key index agree. Exits 3 if anything is "
+             "damaged. With --repair, first rebuild what can be derived from the chunk maps "
+             "(refcounts, counters, the S3 key index, directory cookies), re-index chunks "
+             "found intact in segments, turn lost chunks into holes (reporting the files), "
+             "and reclaim orphan bytes.")
+    p.add_argument("--repair", action="store_true", help="repair, then check")
+    p.add_argument("--grace", type=duration_arg, default=5.0, metavar="SECONDS",
+                   help="with --repair: gc grace period for retired segments (default 5s)")
 
     vm = verbs.add_parser("vm", help="virtual machines: create, list, show, resize, remove",
                           description="VMs live in vms/NAME/ as VMware-style files: NAME.vmdk "
@@ -440,6 +593,29 @@ def build_parser() -> Parser:
     p.add_argument("--timeout", type=duration_arg, default=30.0, metavar="SECONDS",
                    help="how long to wait for the guest to power off (default 30s)")
 
+    p = verb(vm_verbs, "snapshot", cmd_vm_snapshot, "snapshot a VM's files (not its swap)",
+             "Copy the chunk maps (no data) of the VM's files, except the swap file, into "
+             "vms/NAME/.snapshots/SNAP/, read-only. A mounted VM's dirty data is flushed "
+             "first, so the snapshot is crash-consistent.", json=True)
+    p.add_argument("name")
+    p.add_argument("snap")
+    p = verb(vm_verbs, "snapshots", cmd_vm_snapshots, "list a VM's snapshots", json=True)
+    p.add_argument("name")
+    p = verb(vm_verbs, "revert", cmd_vm_revert, "give a stopped VM a snapshot's disks and nvram",
+             "Refused while the VM's disks are open for writing (running).")
+    p.add_argument("name")
+    p.add_argument("snap")
+    p = verb(vm_verbs, "snapshot-rm", cmd_vm_snapshot_rm,
+             "delete a snapshot (clones made from it stay intact)")
+    p.add_argument("name")
+    p.add_argument("snap")
+    p = verb(vm_verbs, "clone", cmd_vm_clone, "make a new VM sharing a VM's (or snapshot's) data",
+             "Metadata only: the clone references the same chunks until either side writes. "
+             "Attached volumes become instance disks of the clone.", json=True)
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--snapshot", metavar="SNAP", help="clone this snapshot of SRC instead")
+
     volume = verbs.add_parser("volume", help="detachable disks: create, attach, detach, remove",
                               description="Volumes live in volumes/ and outlive the VMs they "
                               "are attached to (a hard link into the VM's directory).")
@@ -456,6 +632,23 @@ def build_parser() -> Parser:
     p.add_argument("name")
     p = verb(vol_verbs, "rm", cmd_volume_rm, "delete a detached volume")
     p.add_argument("name")
+    p = verb(vol_verbs, "snapshot", cmd_volume_snapshot, "snapshot a volume (metadata only)",
+             json=True)
+    p.add_argument("name")
+    p.add_argument("snap")
+    p = verb(vol_verbs, "snapshots", cmd_volume_snapshots, "list a volume's snapshots", json=True)
+    p.add_argument("name")
+    p = verb(vol_verbs, "revert", cmd_volume_revert, "give a detached volume a snapshot's data")
+    p.add_argument("name")
+    p.add_argument("snap")
+    p = verb(vol_verbs, "snapshot-rm", cmd_volume_snapshot_rm, "delete a volume snapshot")
+    p.add_argument("name")
+    p.add_argument("snap")
+    p = verb(vol_verbs, "clone", cmd_volume_clone, "make a new volume sharing a volume's data",
+             json=True)
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--snapshot", metavar="SNAP", help="clone this snapshot of SRC instead")
 
     mount_opts = Parser(add_help=False)
     mount_opts.add_argument("--cache-size", type=size_arg, default=256 << 20, metavar="SIZE",
@@ -489,6 +682,12 @@ def build_parser() -> Parser:
                    metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:9000; "
                    "binding beyond loopback must be asked for explicitly)")
     p.add_argument("--region", default="us-east-1", help="the region clients sign for")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this "
+                   "certificate (with --tls-key); clients then send aws-chunked bodies")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
+    p.add_argument("--metrics-listen", type=parse_listen, metavar="HOST:PORT",
+                   help="serve Prometheus /metrics here (off by default; unauthenticated, "
+                        "keep it private)")
     p = verb(verbs, "gc", cmd_gc, "give back the space of deleted and overwritten data",
              "Retire segments that hold no live chunk, compact mostly-dead ones, and delete "
              "retired segment files once their grace period is over. A mounted store does "

@@ -18,6 +18,7 @@ from .segments import HEADER, SegmentStore
 
 PHYSICAL = b"physical_bytes"  # bodies stored once each (after dedup)
 LOGICAL = b"logical_bytes"  # bodies as referenced by files (before dedup)
+QUOTA = b"quota"  # meta: the pool's configured size (Store.set_quota)
 
 
 def chunk_hash(data: bytes | bytearray | memoryview) -> bytes:
@@ -90,6 +91,18 @@ def stage(
     for digest, location in zip(missing, locations):
         staged[digest] = StagedChunk(digest, location)
     return [staged[digest] for digest, _ in digests]
+
+
+def check_pool(tx: Tx) -> None:
+    """Inside a write transaction, before it commits: NoSpace if it indexes new bodies past
+    the quota. Staging checks each batch against the quota, but a call staging several batches
+    (replace, PUT) or racing another writer can only be judged at commit; raising here aborts
+    the transaction, so nothing becomes visible (the staged bodies are orphans for gc)."""
+    if tx.deltas.get(PHYSICAL, 0) <= 0:
+        return
+    raw = tx.get(tx.db.meta, QUOTA)
+    if raw is not None and tx.counter(PHYSICAL) > int.from_bytes(raw, "big"):
+        raise NoSpace("the storage pool is full")
 
 
 def incref(tx: Tx, chunk: StagedChunk) -> None:
@@ -165,25 +178,35 @@ def drop_chunks_from(tx: Tx, ino: int, first_index: int, stop_index: int | None 
 
 
 def copy_chunks(tx: Tx, src: int, dst: int) -> int:
-    """Give `dst` the chunk map of `src` by reference (clones, CopyObject): no bytes move.
+    """Give `dst` the chunk map of `src` by reference (clones, snapshots, CopyObject): no
+    bytes move. One index update per distinct chunk, the map written in key order (appended
+    when `dst` is the newest inode): snapshots and clones cost ~0.1-0.2 s per GiB mapped.
 
     Returns the bytes `dst`'s chunks now hold."""
     drop_chunks_from(tx, dst, 0)
-    stored = 0
     cursor = tx.cursor(tx.db.chunkmap)
     prefix = chunk_key(src, 0)[:8]
-    pending = []
+    dst_prefix = chunk_key(dst, 0)[:8]
+    entries: list[tuple[bytes, bytes]] = []
+    uses: dict[bytes, int] = {}
     if cursor.set_range(prefix):
         for key, digest in cursor:
             if key[:8] != prefix:
                 break
-            pending.append((key[8:], digest))
-    for index_bytes, digest in pending:
-        raw = tx.get(tx.db.chunks, digest)
+            entries.append((dst_prefix + key[8:], digest))
+            uses[digest] = uses.get(digest, 0) + 1
+    if not entries:
+        return 0
+    get, put, db = tx.txn.get, tx.txn.put, tx.db.chunks
+    stored = 0
+    for digest in sorted(uses):  # key order: neighbouring pages, fewer dirtied
+        raw = get(digest, db=db)
         if raw is None:
             raise Corrupt(f"chunk {digest.hex()} is referenced but not indexed")
-        segment, offset, length, _refs = CHUNK.unpack(raw)
-        incref(tx, StagedChunk(digest, ChunkLocation(segment, offset, length)))
-        tx.put(tx.db.chunkmap, chunk_key(dst, 0)[:8] + index_bytes, digest)
-        stored += length
+        segment, offset, length, refs = CHUNK.unpack(raw)
+        put(digest, CHUNK.pack(segment, offset, length, refs + uses[digest]), db=db)
+        stored += length * uses[digest]
+    tx.add(LOGICAL, stored)
+    append = not cursor.last() or cursor.key()[:8] < dst_prefix
+    cursor.putmulti(entries, append=append)
     return stored

@@ -122,3 +122,19 @@ class MetadataTooLarge(InvalidArgument):
 
 class ObjectChanged(StoreError):
     """The object was replaced or changed while it was being read; the read must start over."""
+
+
+class NoSuchUpload(NotFound):
+    """A multipart upload id that does not exist (never did, completed, or aborted)."""
+
+
+class InvalidPart(StoreError):
+    """CompleteMultipartUpload names a part that was not uploaded, or with another ETag."""
+
+
+class InvalidPartOrder(StoreError):
+    """CompleteMultipartUpload's part list is not in ascending part-number order."""
+
+
+class EntityTooSmall(StoreError):
+    """A multipart part other than the last is smaller than the minimum part size."""

@@ -132,6 +132,7 @@ class FileData:
         """Inside a caller's transaction: make `ino` hold exactly the staged chunks."""
         delta = sum(chunks.set_chunk(tx, ino, index, chunk) for index, chunk in enumerate(staged))
         delta += chunks.drop_chunks_from(tx, ino, len(staged))
+        chunks.check_pool(tx)
         inode = namespace.get_inode(tx, ino)
         inode.stored += delta
         now = time.time_ns()
@@ -160,6 +161,7 @@ class FileData:
                 inode.stored += chunks.set_chunk(tx, ino, index, chunk)
             if drop_from is not None:
                 inode.stored += chunks.drop_chunks_from(tx, ino, drop_from, drop_stop)
+            chunks.check_pool(tx)
             now = time.time_ns()
             inode.size = new_size
             inode.mtime_ns = mtime_ns if mtime_ns is not None else now

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from . import namespace
+from . import multipart, namespace
 from .chunks import LOGICAL, PHYSICAL, chunk_hash
 from .env import U64, Tx
 from .errors import Corrupt
@@ -129,6 +129,9 @@ def check(store: Store, progress: Progress = no_progress) -> FsckReport:
             refs[bytes(digest)] += 1
             raw = tx.get(tx.db.chunks, digest)
             stored[ino] += CHUNK.unpack(raw)[2] if raw else 0
+        # Parts of unfinished multipart uploads hold references too.
+        for digest in multipart.chunk_references(tx):
+            refs[digest] += 1
         for ino, inode in inodes.items():
             if inode.stored != stored.get(ino, 0):
                 bad(f"inode {ino} counts {inode.stored} stored bytes, its chunks hold "
@@ -139,6 +142,7 @@ def check(store: Store, progress: Progress = no_progress) -> FsckReport:
         physical = logical = 0
         total_chunks = tx.entries(tx.db.chunks)
         report.chunks = total_chunks
+        unreadable: dict[bytes, str] = {}
         for digest, raw in progress(tx.cursor(tx.db.chunks), total_chunks, "chunks"):
             digest = bytes(digest)
             segment, offset, length, count = CHUNK.unpack(raw)
@@ -149,9 +153,15 @@ def check(store: Store, progress: Progress = no_progress) -> FsckReport:
             live[segment] += length + HEADER.size
             physical += length
             logical += length * count
-            _check_body(store, digest, ChunkLocation(segment, offset, length), bad)
+            problem = _check_body(store, digest, ChunkLocation(segment, offset, length))
+            if problem is not None:
+                unreadable[digest] = problem
         for digest in refs:
-            bad(f"chunk {digest.hex()[:16]} is referenced but not indexed")
+            unreadable[digest] = "is referenced but not indexed"
+        users = files_using(tx, set(unreadable)) if unreadable else {}
+        for digest, problem in unreadable.items():
+            paths = ", ".join(users.get(digest, [])) or "no file"
+            bad(f"chunk {digest.hex()[:16]} {problem}; used by {paths}")
         if tx.counter(PHYSICAL) != physical:
             bad(f"physical byte counter {tx.counter(PHYSICAL)} != {physical}")
         if tx.counter(LOGICAL) != logical:
@@ -188,16 +198,54 @@ def key_of(ino: int) -> bytes:
     return U64.pack(ino)
 
 
-def _check_body(store: Store, digest: bytes, location: ChunkLocation,
-                bad: Callable[[str], None]) -> None:
+def _check_body(store: Store, digest: bytes, location: ChunkLocation) -> str | None:
+    """What is wrong with a chunk's stored record, or None if it reads back as its name."""
     try:
         body = store.segments.read(location)
         magic, header_digest, _length, _codec, _crc = store.segments.read_header(location)
     except Corrupt as e:
-        bad(f"chunk {digest.hex()[:16]}: {e}")
-        return
+        return f"is unreadable: {e}"
     if magic != MAGIC or header_digest != digest or chunk_hash(body) != digest:
-        bad(f"chunk {digest.hex()[:16]}: the stored body does not hash to its name")
+        return "is unreadable: the stored body does not hash to its name"
+    return None
+
+
+def paths_of(tx: Tx, inos: set[int]) -> dict[int, list[str]]:
+    """Every path of each inode in `inos` (one scan of the directory entries)."""
+    found: dict[int, list[str]] = {ino: [] for ino in inos}
+    for key, raw in tx.cursor(tx.db.dirents):
+        ino = DIRENT.unpack(raw)[0]
+        if ino in found:
+            parent, name = U64.unpack(key[:8])[0], bytes(key[8:])
+            found[ino].append(_dir_path(tx, parent) + name.decode(errors="replace"))
+    return found
+
+
+def _dir_path(tx: Tx, ino: int) -> str:
+    parts = []
+    for _depth in range(4096):
+        if ino == ROOT_INO:
+            break
+        raw = tx.get(tx.db.inodes, U64.pack(ino))
+        if raw is None:
+            parts.append(f"<lost directory {ino}>")
+            break
+        inode = Inode.unpack(ino, raw)
+        parts.append(inode.name.decode(errors="replace"))
+        ino = inode.parent
+    return "/" + "".join(p + "/" for p in reversed(parts))
+
+
+def files_using(tx: Tx, digests: set[bytes]) -> dict[bytes, list[str]]:
+    """The paths of the files whose chunk maps reference each digest (one chunk-map scan)."""
+    users: dict[bytes, set[int]] = {}
+    for key, digest in tx.cursor(tx.db.chunkmap):
+        digest = bytes(digest)
+        if digest in digests:
+            users.setdefault(digest, set()).add(U64.unpack(key[:8])[0])
+    paths = paths_of(tx, set().union(*users.values())) if users else {}
+    return {d: sorted(p for ino in inos for p in paths[ino] or [f"<inode {ino}>"])
+            for d, inos in users.items()}
 
 
 def _expected_keys(tx: Tx, inodes: dict[int, Inode]) -> Iterator[tuple[bytes, int]]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .env import U64
+from .errors import Corrupt
 from .leases import process_start_time
 from .records import CHUNK, SEGMENT_RETIRED, ChunkLocation, SegmentInfo
 from .segments import HEADER
@@ -109,7 +110,16 @@ def _move_live_records(store: Store, segment: int) -> int:
                     live.append((digest, ChunkLocation(segment, offset, length)))
         if not live:
             continue
-        bodies = [(digest, store.segments.read(location)) for digest, location in live]
+        bodies = []
+        for digest, location in list(live):
+            try:
+                bodies.append((digest, store.segments.read(location)))
+            except Corrupt:
+                # left in place (its segment keeps live bytes, so it is not retired);
+                # fsck reports it and `repair` repoints it if an intact copy exists
+                live.remove((digest, location))
+        if not live:
+            continue
         new_locations = store.segments.append(bodies)
         with store.env.write() as tx:
             for (digest, old), new in zip(live, new_locations):
