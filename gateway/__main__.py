@@ -1,4 +1,5 @@
-"""`python -m gateway --store PATH [--host H] [--port P]`: the S3 gateway over a vfsd store."""
+"""`python -m gateway --store PATH [--host H] [--port P] [--tls-cert PEM --tls-key PEM]
+[--metrics-listen HOST:PORT]`: the S3 gateway over a vfsd store."""
 
 from __future__ import annotations
 
@@ -24,10 +25,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(repeatable; default: localhost)")
     parser.add_argument("--workers", default=8, type=int, help="threads for store calls (8)")
     parser.add_argument("--no-access-log", action="store_true", help="no per-request log line")
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM",
+                        help="serve HTTPS with this certificate (chain) file")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM",
+                        help="the certificate's private key (if not in --tls-cert)")
+    parser.add_argument("--metrics-listen", metavar="HOST:PORT",
+                        help="serve Prometheus /metrics here (off by default; no auth, so "
+                             "keep it on a private address)")
     args = parser.parse_args(argv)
+    metrics_host, metrics_port = "127.0.0.1", None
+    if args.metrics_listen:
+        host, _, port = args.metrics_listen.rpartition(":")
+        if not port.isdigit() or int(port) > 65535:
+            parser.error(f"--metrics-listen {args.metrics_listen}: expected HOST:PORT")
+        metrics_host, metrics_port = host.strip("[]") or "127.0.0.1", int(port)
+    if args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert")
     config = GatewayConfig(store=args.store, host=args.host, port=args.port, region=args.region,
                            domains=tuple(args.domains or ("localhost",)), workers=args.workers,
-                           access_log=not args.no_access_log)
+                           access_log=not args.no_access_log, tls_cert=args.tls_cert,
+                           tls_key=args.tls_key, metrics_host=metrics_host,
+                           metrics_port=metrics_port)
     return serve(config)
 
 

@@ -19,15 +19,18 @@ from aiohttp.typedefs import Handler
 
 from vfsd.store import Store
 from vfsd.store.errors import StoreError
+from vfsd.store.multipart import Uploads
 from vfsd.store.objects import Objects
 
-from . import auth, buckets, listing, objects, xml
+from . import auth, buckets, listing, multipart, objects, xml
 from .body import CONTINUE_SENT
 from .config import GatewayConfig
 from .context import (
-    CONFIG, EXECUTOR, OBJECTS, S3, STOPPING, STORE, UPLOADS, USERS, S3Request, UserCache,
+    CONFIG, EXECUTOR, MULTIPART, OBJECTS, S3, STOPPING, STORE, UPLOADS, USERS, S3Request,
+    UserCache,
 )
 from .errors import InternalError, S3Error, from_core
+from .metrics import METRICS, Metrics
 from .routing import Router, address
 
 log = logging.getLogger("gateway")
@@ -35,11 +38,13 @@ access = logging.getLogger("gateway.access")
 ROUTER = web.AppKey("router", Router)
 
 
-def create_app(config: GatewayConfig) -> web.Application:
+def create_app(config: GatewayConfig, metrics: Metrics | None = None) -> web.Application:
+    """The S3 app; `metrics` collects per-request series (the /metrics listener renders it)."""
     app = web.Application(middlewares=[access_log, s3_errors, authenticate],
                           client_max_size=config.max_xml_body)
     app[CONFIG] = config
-    app[ROUTER] = Router(buckets.ROUTES, listing.ROUTES, objects.ROUTES)
+    app[METRICS] = metrics if metrics is not None else Metrics()
+    app[ROUTER] = Router(buckets.ROUTES, listing.ROUTES, objects.ROUTES, multipart.ROUTES)
     app[STOPPING] = threading.Event()
     app.cleanup_ctx.append(store_context)
     # aiohttp would answer `Expect: 100-continue` before the middlewares run; handlers do it
@@ -67,6 +72,7 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
     app[UPLOADS] = uploads
     app[STORE] = store
     app[OBJECTS] = Objects(store)
+    app[MULTIPART] = Uploads(app[OBJECTS])
     app[USERS] = UserCache(app)
     try:
         yield
@@ -93,6 +99,8 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
     request[S3] = s3
     status = 500
     response: web.StreamResponse | None = None
+    metrics = request.app[METRICS]
+    metrics.in_flight += 1
     try:
         response = await handler(request)
         status = response.status
@@ -101,17 +109,28 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         status = 499  # the connection went away mid-response (nginx's convention)
         raise
     finally:
+        metrics.in_flight -= 1
+        elapsed = (time.monotonic() - s3.started) * 1000
+        sent = _sent(response, s3)
+        received = getattr(request.content, "total_bytes", 0)  # bytes read off the wire
+        metrics.observe(s3.operation if s3.operation != "-" else "Unknown", status, received,
+                        sent, elapsed / 1000)
         if config.access_log:
-            elapsed = (time.monotonic() - s3.started) * 1000
             user = s3.identity.user.name if s3.identity else "-"
-            sent = (response.content_length or 0) if response is not None else 0
             access.info(
                 "request_id=%s remote=%s user=%s op=%s method=%s bucket=%s key=%s status=%d "
-                "error=%s bytes_in=%s bytes_out=%d ms=%.1f",
+                "error=%s bytes_in=%d bytes_out=%d ms=%.1f",
                 s3.request_id, request.remote, user, s3.operation, request.method,
                 s3.bucket or "-", _quote(s3.key_text) if s3.key else "-", status, s3.error,
-                request.content_length if request.content_length is not None else "-", sent,
-                elapsed)
+                received, sent, elapsed)
+
+
+def _sent(response: web.StreamResponse | None, s3: S3Request) -> int:
+    """Body bytes of the response: a whole body (sent after this middleware returns), or
+    what a streamed one wrote."""
+    if isinstance(response, web.Response) and response.body is not None:
+        return response.content_length or 0
+    return s3.streamed
 
 
 def _quote(text: str) -> str:

@@ -5,7 +5,9 @@ default (AWSAccessKeyId/Signature/Expires in the query).
 `verify` checks everything about a request's signature that can be checked before its body is
 read. A signed payload hash (x-amz-content-sha256 with a hex value) is returned to the caller,
 which compares it with the body as the body streams by (XAmzContentSHA256Mismatch).
-aws-chunked bodies (STREAMING-*) are for later; they are refused with NotImplemented.
+An aws-chunked body (STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER],
+STREAMING-UNSIGNED-PAYLOAD-TRAILER) gets a `Streaming` with the signing key and the seed
+signature; `gateway.body` checks each chunk's signature against it as the body arrives.
 """
 
 from __future__ import annotations
@@ -44,6 +46,43 @@ _ISO = "%Y-%m-%dT%H:%M:%SZ"
 UserLookup = Callable[[str], Awaitable[User | None]]
 
 
+STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+STREAMING = (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER)
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """An aws-chunked body (x-amz-content-sha256: STREAMING-*): what it takes to check the
+    chain of chunk signatures that starts at the request's own signature."""
+
+    mode: str  # one of STREAMING
+    key: bytes  # the SigV4 signing key
+    amz_date: str
+    scope: str
+    seed: str  # the request's signature: the first chunk's "previous signature"
+
+    @property
+    def signed(self) -> bool:
+        return self.mode != STREAMING_UNSIGNED_TRAILER
+
+    @property
+    def trailer(self) -> bool:
+        return self.mode != STREAMING_SIGNED
+
+    def chunk_signature(self, previous: str, data_sha256: str) -> str:
+        to_sign = (f"AWS4-HMAC-SHA256-PAYLOAD\n{self.amz_date}\n{self.scope}\n{previous}\n"
+                   f"{EMPTY_SHA256}\n{data_sha256}")
+        return hmac.new(self.key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+    def trailer_signature(self, previous: str, trailers: bytes) -> str:
+        to_sign = "\n".join(["AWS4-HMAC-SHA256-TRAILER", self.amz_date, self.scope, previous,
+                             hashlib.sha256(trailers).hexdigest()])
+        return hmac.new(self.key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who signed the request, and what its signature says about the body."""
@@ -51,6 +90,7 @@ class Identity:
     user: User
     payload_sha256: str | None  # hex digest the body must have; None when unsigned
     presigned: bool
+    streaming: Streaming | None = None  # set for aws-chunked bodies
 
 
 @dataclass(frozen=True)
@@ -123,7 +163,11 @@ async def verify(method: str, raw_path: str, headers: CIMultiDictProxy[str],
             expected = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
             if hmac.compare_digest(expected, parsed.signature):
                 payload = parsed.payload if _HEX64.match(parsed.payload) else None
-                return Identity(user, payload, presigned)
+                streaming = None
+                if parsed.payload in STREAMING:
+                    streaming = Streaming(parsed.payload, key, parsed.amz_date, scope,
+                                          parsed.signature)
+                return Identity(user, payload, presigned, streaming)
             attempts.append((canonical, to_sign))
     canonical, to_sign = attempts[0]
     raise SignatureDoesNotMatch(AWSAccessKeyId=parsed.access_key, StringToSign=to_sign,
@@ -188,7 +232,9 @@ def _malformed(presigned: bool, message: str, region: str | None = None) -> Exce
     return cls(message, Region=region) if region else cls(message)
 
 
-def _check_payload(value: str) -> str:
+def _check_payload(value: str, presigned: bool = False) -> str:
+    if value in STREAMING and not presigned:
+        return value
     if value.startswith("STREAMING-"):
         raise NotImplementedS3("aws-chunked request bodies (x-amz-content-sha256: "
                                f"{value}) are not supported yet")
@@ -269,7 +315,7 @@ def _parse_query(params: list[tuple[str, str]], headers: CIMultiDictProxy[str],
                            ServerTime=now.strftime(_ISO))
     if (moment - now).total_seconds() > max_skew:
         raise AccessDenied("Request is not valid yet")
-    payload = _check_payload(headers.get("x-amz-content-sha256", UNSIGNED))
+    payload = _check_payload(headers.get("x-amz-content-sha256", UNSIGNED), presigned=True)
     return _Parsed(access_key, date, region, service,
                    _signed_headers(q["X-Amz-SignedHeaders"], True), q["X-Amz-Signature"].lower(),
                    q["X-Amz-Date"], payload)

@@ -20,10 +20,13 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
+from .auth import Streaming
+from .context import CONFIG, S3, STOPPING
 from .errors import (
-    BadDigest, IncompleteBody, MalformedXML, RequestTimeout, XAmzContentSHA256Mismatch,
+    BadDigest, EntityTooLarge, IncompleteBody, InvalidArgument, InvalidRequest, MalformedXML,
+    MissingContentLength, RequestTimeout, SignatureDoesNotMatch, XAmzContentSHA256Mismatch,
 )
-from .headers import Checksum, content_md5
+from .headers import Checksum, checksum, content_md5, trailing_checksum
 
 CONTINUE_SENT = web.RequestKey("continue_sent", bool)
 
@@ -131,3 +134,152 @@ async def read_small(request: web.Request, payload_sha256: str | None,
             raise BadDigest(f"The {checksum.algorithm.upper()} you specified did not match "
                             "the calculated checksum.")
     return body
+
+
+MAX_AWS_CHUNK = 16 << 20  # one aws-chunked chunk is held whole until its signature checks
+
+
+class ChunkedBodyStream(BodyStream):
+    """An aws-chunked body (Content-Encoding: aws-chunked), decoded as it streams:
+
+        hex-size[;chunk-signature=SIG]\r\n DATA \r\n ... 0[;chunk-signature=SIG]\r\n
+        [trailer-name:value\r\n ... [x-amz-trailer-signature:SIG\r\n]] \r\n
+
+    With a signed mode each chunk's signature is checked, chained from the request's own
+    signature, before its data goes on to the core (SignatureDoesNotMatch otherwise); the
+    trailing checksum, when announced in x-amz-trailer, is checked after the last byte, and
+    the decoded length against x-amz-decoded-content-length. Any failure raises inside the
+    core's staging loop, so nothing becomes visible."""
+
+    def __init__(self, request: web.Request, length: int, streaming: Streaming,
+                 checksum: Checksum | None, trailing: Checksum | None, piece: int,
+                 idle_timeout: float, stopping: threading.Event):
+        super().__init__(request, length, None, checksum, piece, idle_timeout, stopping)
+        self.streaming = streaming
+        self.trailing = trailing
+
+    async def _readline(self) -> bytes:
+        await send_continue(self.request)
+        line = await self.request.content.readuntil(b"\n")
+        if not line.endswith(b"\n"):
+            raise ValueError("the body ended inside a chunk header")
+        return line.rstrip(b"\r\n")
+
+    def _line(self) -> bytes:
+        return self._wait(asyncio.run_coroutine_threadsafe(self._readline(), self.loop))
+
+    def _exactly(self, size: int) -> bytes:
+        return self._wait(asyncio.run_coroutine_threadsafe(self._read(size), self.loop))
+
+    def pieces(self) -> Iterator[bytes]:
+        streaming = self.streaming
+        previous = streaming.seed
+        while True:
+            size_text, _, extension = self._line().partition(b";")
+            try:
+                size = int(size_text.strip(), 16)
+            except ValueError:
+                raise IncompleteBody("The aws-chunked body is malformed.") from None
+            if size > MAX_AWS_CHUNK or self.received + size > self.length:
+                raise IncompleteBody("An aws-chunked chunk is larger than the decoded length "
+                                     "or the largest chunk this gateway takes.")
+            data = self._exactly(size) if size else b""
+            if size and self._exactly(2) != b"\r\n":
+                raise IncompleteBody("The aws-chunked body is malformed.")
+            if streaming.signed:
+                name, _, sent = extension.decode(errors="replace").partition("=")
+                expected = streaming.chunk_signature(previous, hashlib.sha256(data).hexdigest())
+                if name.strip() != "chunk-signature" or not hmac.compare_digest(
+                        expected, sent.strip().lower()):
+                    raise SignatureDoesNotMatch(
+                        "The request signature we calculated does not match the signature "
+                        "you provided. Check your key and signing method.")
+                previous = expected
+            if not size:
+                break
+            self.received += size
+            if self.checksum is not None:
+                self.checksum.update(data)
+            if self.trailing is not None:
+                self.trailing.update(data)
+            yield data
+        self._read_trailer(previous)
+        if self.received != self.length:
+            raise IncompleteBody(f"The body held {self.received} bytes; "
+                                 f"x-amz-decoded-content-length said {self.length}.")
+        self.verify()
+        if self.trailing is not None:
+            if not self.trailing.expected:
+                raise InvalidRequest(f"The {self.trailing.header} trailer announced in "
+                                     "x-amz-trailer was not sent.")
+            if not self.trailing.matches():
+                raise BadDigest(f"The {self.trailing.algorithm.upper()} you specified did "
+                                "not match the calculated checksum.")
+
+    def _read_trailer(self, previous: str) -> None:
+        trailers: list[tuple[str, str]] = []
+        signature = None
+        if self.streaming.trailer:
+            while True:
+                line = self._line()
+                if not line.strip():
+                    break
+                name, colon, value = line.decode(errors="replace").partition(":")
+                if not colon:
+                    raise IncompleteBody("The aws-chunked trailer is malformed.")
+                name, value = name.strip().lower(), value.strip()
+                if name == "x-amz-trailer-signature":
+                    signature = value.lower()
+                else:
+                    trailers.append((name, value))
+        elif self._line().strip():
+            raise IncompleteBody("The aws-chunked body has bytes after its last chunk.")
+        if self.streaming.signed and self.streaming.trailer:
+            canonical = "".join(f"{n}:{v}\n" for n, v in trailers).encode()
+            expected = self.streaming.trailer_signature(previous, canonical)
+            if signature is None or not hmac.compare_digest(expected, signature):
+                raise SignatureDoesNotMatch("The trailer signature does not match.")
+        for name, value in trailers:
+            if self.trailing is not None and name == self.trailing.header:
+                self.trailing.set_trailer(value)
+
+
+def open_body(request: web.Request, max_size: int) -> tuple[BodyStream, Checksum | None]:
+    """The body of a PUT or UploadPart as a stream, and the checksum it must match: an
+    x-amz-checksum-* header, or the trailer x-amz-trailer announces (aws-chunked bodies).
+    The checksum's value is known once the stream has been consumed."""
+    config = request.app[CONFIG]
+    identity = request[S3].identity
+    assert identity is not None
+    check = checksum(request.headers)
+    streaming = identity.streaming
+    if streaming is None:
+        length = request.content_length
+        if length is None:
+            raise MissingContentLength()
+        if length > max_size:
+            raise EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(max_size))
+        stream = BodyStream(request, length, identity.payload_sha256, check, config.body_piece,
+                            config.body_idle_timeout, request.app[STOPPING])
+        return stream, check
+    decoded = request.headers.get("x-amz-decoded-content-length")
+    if decoded is None:
+        raise MissingContentLength("You must provide x-amz-decoded-content-length with an "
+                                   "aws-chunked body.")
+    try:
+        length = int(decoded)
+    except ValueError:
+        raise InvalidArgument("x-amz-decoded-content-length is not a number",
+                              ArgumentName="x-amz-decoded-content-length",
+                              ArgumentValue=decoded) from None
+    if length < 0:
+        raise InvalidArgument("x-amz-decoded-content-length is negative")
+    if length > max_size:
+        raise EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(max_size))
+    trailing = trailing_checksum(request.headers) if streaming.trailer else None
+    if trailing is not None and check is not None:
+        raise InvalidRequest("Expecting a single x-amz-checksum- header. Multiple checksum "
+                             "Types are not allowed.")
+    stream = ChunkedBodyStream(request, length, streaming, check, trailing, config.body_piece,
+                               config.body_idle_timeout, request.app[STOPPING])
+    return stream, check or trailing

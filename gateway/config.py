@@ -30,8 +30,19 @@ class GatewayConfig:
     max_xml_body: int = 2 << 20  # DeleteObjects (1000 keys) and other XML requests
     shutdown_timeout: float = 10.0
     access_log: bool = True
+    # TLS: both set, or neither (plain HTTP). PEM files; the key may be in the cert file.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Prometheus /metrics on a listener of its own (unauthenticated: keep it private); off
+    # unless metrics_port is set (0 picks a free port).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
 
     @property
     def endpoint(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from vfsd.store import Store, users
+from vfsd.store.multipart import Uploads
 from vfsd.store.objects import Objects
 from vfsd.store.users import User
 
@@ -26,6 +27,7 @@ T = TypeVar("T")
 CONFIG = web.AppKey("config", GatewayConfig)
 STORE = web.AppKey("store", Store)
 OBJECTS = web.AppKey("objects", Objects)
+MULTIPART = web.AppKey("multipart", Uploads)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 UPLOADS = web.AppKey("uploads", ThreadPoolExecutor)  # for calls that stream request bodies
 STOPPING = web.AppKey("stopping", threading.Event)  # set at shutdown: body readers give up
@@ -43,6 +45,7 @@ class S3Request:
     operation: str = "-"
     identity: Identity | None = None
     error: str = "-"
+    streamed: int = 0  # body bytes a streamed response (GET) has written so far
 
     @property
     def resource(self) -> str:

@@ -262,6 +262,37 @@ class InsufficientStorage(S3Error):
     status = 507
 
 
+class NoSuchUpload(S3Error):
+    """The specified upload does not exist. The upload ID may be invalid, or the upload may
+    have been aborted or completed."""
+
+    code = "NoSuchUpload"
+    status = 404
+
+
+class InvalidPart(S3Error):
+    """One or more of the specified parts could not be found. The part may not have been
+    uploaded, or the specified entity tag may not match the part's entity tag."""
+
+    code = "InvalidPart"
+    status = 400
+
+
+class InvalidPartOrder(S3Error):
+    """The list of parts was not in ascending order. The parts list must be specified in
+    order by part number."""
+
+    code = "InvalidPartOrder"
+    status = 400
+
+
+class EntityTooSmall(S3Error):
+    """Your proposed upload is smaller than the minimum allowed object size."""
+
+    code = "EntityTooSmall"
+    status = 400
+
+
 # The one table: core error class -> S3 error class. Looked up along the exception's MRO, so
 # the most specific entry wins.
 FROM_CORE: dict[type[core.StoreError], type[S3Error]] = {
@@ -288,6 +319,10 @@ FROM_CORE: dict[type[core.StoreError], type[S3Error]] = {
     core.NoSpace: InsufficientStorage,
     core.FileTooBig: EntityTooLarge,
     core.ObjectChanged: ServiceUnavailable,
+    core.NoSuchUpload: NoSuchUpload,
+    core.InvalidPart: InvalidPart,
+    core.InvalidPartOrder: InvalidPartOrder,
+    core.EntityTooSmall: EntityTooSmall,
 }
 
 

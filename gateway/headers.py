@@ -12,6 +12,11 @@ from typing import Protocol
 
 import crc32c as _crc32c
 
+try:  # CRC64NVME: the AWS common runtime (what botocore[crt] uses), when installed
+    from awscrt import checksums as _crt_checksums
+except ImportError:  # pragma: no cover - then x-amz-checksum-crc64nvme is NotImplemented
+    _crt_checksums = None
+
 from vfsd.store.objects import CONTENT_HEADERS, Conditions
 
 from .errors import InvalidDigest, InvalidRange, InvalidRequest, NotImplementedS3
@@ -105,7 +110,17 @@ def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def content_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {name: headers[name] for name in CONTENT_HEADERS if headers.get(name)}
+    """The content headers to store. `aws-chunked` in Content-Encoding describes the request's
+    framing, not the object, so it is dropped (as S3 does)."""
+    out = {name: headers[name] for name in CONTENT_HEADERS if headers.get(name)}
+    if "content-encoding" in out:
+        kept = [c.strip() for c in out["content-encoding"].split(",")
+                if c.strip() and c.strip().lower() != "aws-chunked"]
+        if kept:
+            out["content-encoding"] = ", ".join(kept)
+        else:
+            del out["content-encoding"]
+    return out
 
 
 def content_md5(headers: Mapping[str, str]) -> bytes | None:
@@ -140,6 +155,18 @@ class _Crc:
         return self.crc.to_bytes(4, "big")
 
 
+class _Crc64Nvme:
+    def __init__(self) -> None:
+        self.crc = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        assert _crt_checksums is not None
+        self.crc = _crt_checksums.crc64nvme(data, self.crc)
+
+    def value(self) -> bytes:
+        return self.crc.to_bytes(8, "big")
+
+
 class _Hash:
     def __init__(self, name: str):
         self.h = hashlib.new(name)
@@ -159,23 +186,43 @@ CHECKSUMS: dict[str, tuple[Callable[[], Hasher], int]] = {
     "sha512": (lambda: _Hash("sha512"), 64),
     "md5": (lambda: _Hash("md5"), 16),
 }
-UNSUPPORTED_CHECKSUMS = ("crc64nvme", "xxhash64", "xxhash3", "xxhash128")
+UNSUPPORTED_CHECKSUMS: tuple[str, ...] = ("xxhash64", "xxhash3", "xxhash128")
+if _crt_checksums is not None:
+    CHECKSUMS["crc64nvme"] = (_Crc64Nvme, 8)
+else:  # pragma: no cover
+    UNSUPPORTED_CHECKSUMS += ("crc64nvme",)
 
 
 class Checksum:
     """A body checksum the client sent (x-amz-checksum-<algorithm>: base64), checked as the
     body streams by."""
 
-    def __init__(self, algorithm: str, expected: str):
-        factory, length = CHECKSUMS[algorithm]
-        self.algorithm, self.expected = algorithm, expected
+    def __init__(self, algorithm: str, expected: str | None):
+        """`expected` None: the value comes later, in the body's trailer (`set_trailer`)."""
+        factory, self.length = CHECKSUMS[algorithm]
+        self.algorithm, self.expected = algorithm, ""
+        self.trailing = expected is None
+        if expected is not None:
+            self._set(expected, "header")
+        self.hasher: Hasher = factory()
+
+    def _set(self, value: str, where: str) -> None:
         try:
-            raw = base64.b64decode(expected, validate=True)
+            raw = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raw = b""
-        if len(raw) != length:
-            raise InvalidRequest(f"Value for x-amz-checksum-{algorithm} header is invalid.")
-        self.hasher: Hasher = factory()
+        if len(raw) != self.length:
+            raise InvalidRequest(f"Value for x-amz-checksum-{self.algorithm} {where} is "
+                                 "invalid.")
+        self.expected = value
+
+    def set_trailer(self, value: str) -> None:
+        self._set(value.strip(), "trailing header")
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        """(algorithm, value) as stored with the object (after the body, for a trailer)."""
+        return self.algorithm, self.expected
 
     def update(self, data: bytes | memoryview) -> None:
         self.hasher.update(data)
@@ -186,6 +233,22 @@ class Checksum:
     @property
     def header(self) -> str:
         return f"x-amz-checksum-{self.algorithm}"
+
+
+def trailing_checksum(headers: Mapping[str, str]) -> Checksum | None:
+    """The checksum an aws-chunked body announces in x-amz-trailer, to come after the body."""
+    value = headers.get("x-amz-trailer")
+    if value is None:
+        return None
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    if len(names) != 1 or not names[0].startswith("x-amz-checksum-"):
+        raise InvalidRequest("x-amz-trailer must name one x-amz-checksum-* header")
+    algorithm = names[0][len("x-amz-checksum-"):]
+    if algorithm in UNSUPPORTED_CHECKSUMS:
+        raise NotImplementedS3(f"x-amz-checksum-{algorithm} is not supported here")
+    if algorithm not in CHECKSUMS:
+        raise InvalidRequest(f"x-amz-checksum-{algorithm} is not a checksum algorithm")
+    return Checksum(algorithm, None)
 
 
 def checksum(headers: Mapping[str, str]) -> Checksum | None:
@@ -200,7 +263,7 @@ def checksum(headers: Mapping[str, str]) -> Checksum | None:
     algorithm, value = found[0][0].lower(), found[0][1]
     if algorithm in UNSUPPORTED_CHECKSUMS:
         raise NotImplementedS3(f"x-amz-checksum-{algorithm} is not supported here; use CRC32, "
-                               "CRC32C, SHA1 or SHA256")
+                               "CRC32C, CRC64NVME, SHA1 or SHA256")
     if algorithm not in CHECKSUMS:
         raise InvalidRequest(f"x-amz-checksum-{algorithm} is not a checksum algorithm")
     return Checksum(algorithm, value.strip())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
@@ -17,15 +18,14 @@ from vfsd.store.errors import NotModified, ObjectChanged
 from vfsd.store.objects import Conditions, ObjectInfo
 
 from . import xml
-from .body import BodyStream
+from .body import open_body
 from .buckets import xml_response
-from .context import CONFIG, OBJECTS, S3, STOPPING, run, run_upload
+from .context import CONFIG, OBJECTS, S3, run, run_upload
 from .errors import (
-    EntityTooLarge, InvalidArgument, InvalidRequest, MissingContentLength, NotImplementedS3,
-    ServiceUnavailable,
+    InvalidArgument, InvalidRequest, NotImplementedS3, ServiceUnavailable,
 )
 from .headers import (
-    checksum, conditions, content_headers, content_md5, http_date, parse_etags, parse_range,
+    conditions, content_headers, content_md5, http_date, parse_etags, parse_range,
     user_metadata,
 )
 
@@ -63,23 +63,15 @@ async def put_object(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     headers = request.headers
     _refuse_unsupported(request)
-    length = request.content_length
-    if length is None:
-        raise MissingContentLength()
-    if length > config.max_put_size:
-        raise EntityTooLarge(ProposedSize=str(length), MaxSizeAllowed=str(config.max_put_size))
     if_none_match = parse_etags(headers.get("if-none-match"))
     if if_none_match not in (None, ("*",)):
         raise NotImplementedS3("If-None-Match on PUT takes only '*'")
     digest = content_md5(headers)
-    check = checksum(headers)
-    assert s3.identity is not None
-    stream = BodyStream(request, length, s3.identity.payload_sha256, check, config.body_piece,
-                        config.body_idle_timeout, request.app[STOPPING])
+    stream, check = open_body(request, config.max_put_size)
     info = await run_upload(
         request, request.app[OBJECTS].put_object, s3.bucket, s3.key, stream.pieces(),
         metadata=user_metadata(headers), headers=content_headers(headers), content_md5=digest,
-        checksum=(check.algorithm, check.expected) if check else None,
+        checksum=(lambda: check.pair) if check is not None else None,
         conditions=Conditions(if_match=parse_etags(headers.get("if-match")),
                               if_none_match=if_none_match))
     out = {"ETag": f'"{info.etag}"'}
@@ -173,6 +165,7 @@ async def _stream(request: web.Request, response: web.StreamResponse, info: Obje
                                                     min(window, end - offset)))
             if piece:
                 await response.write(piece)
+                request[S3].streamed += len(piece)
             if pending is None:
                 break
             piece = await pending
@@ -200,10 +193,8 @@ async def delete_object(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def copy_object(request: web.Request) -> web.Response:
-    s3 = request[S3]
-    headers = request.headers
-    _refuse_unsupported(request)
+def copy_source(headers: Mapping[str, str]) -> tuple[str, bytes]:
+    """(bucket, key) of x-amz-copy-source (CopyObject, UploadPartCopy)."""
     source, _, source_query = headers["x-amz-copy-source"].partition("?")
     if source_query and source_query not in ("versionId=null", "versionId="):
         raise NotImplementedS3("versioned copy sources are not implemented")
@@ -213,11 +204,18 @@ async def copy_object(request: web.Request) -> web.Response:
         raise InvalidArgument("Copy Source must mention the source bucket and key: "
                               "sourcebucket/sourcekey", ArgumentName="x-amz-copy-source",
                               ArgumentValue=headers["x-amz-copy-source"])
+    return src_bucket.decode(errors="replace"), src_key
+
+
+async def copy_object(request: web.Request) -> web.Response:
+    s3 = request[S3]
+    headers = request.headers
+    _refuse_unsupported(request)
+    bucket, src_key = copy_source(headers)
     directive = headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive not in ("COPY", "REPLACE"):
         raise InvalidArgument("Unknown metadata directive.",
                               ArgumentName="x-amz-metadata-directive", ArgumentValue=directive)
-    bucket = src_bucket.decode(errors="replace")
     if (bucket, src_key) == (s3.bucket, s3.key) and directive == "COPY":
         raise InvalidRequest("This copy request is illegal because it is trying to copy an "
                              "object to itself without changing the object's metadata, storage "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from vfsd.store.errors import StoreError
 
 from .app import create_app
 from .config import GatewayConfig
+from .metrics import Metrics, metrics_app
 
 
 def serve(config: GatewayConfig) -> int:
@@ -27,15 +29,39 @@ def serve(config: GatewayConfig) -> int:
         return 0
 
 
+def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    """The server's TLS context from config.tls_cert/tls_key (PEM), or None for plain HTTP."""
+    if config.tls_cert is None and config.tls_key is None:
+        return None
+    if config.tls_cert is None:
+        raise ValueError("a TLS key needs a TLS certificate (tls_cert)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
 async def _serve(config: GatewayConfig) -> int:
-    runner = web.AppRunner(create_app(config), access_log=None, handle_signals=False,
+    metrics = Metrics()
+    runner = web.AppRunner(create_app(config, metrics), access_log=None, handle_signals=False,
                            shutdown_timeout=config.shutdown_timeout)
+    metrics_runner: web.AppRunner | None = None
     try:
+        context = ssl_context(config)
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        site = web.TCPSite(runner, config.host, config.port, reuse_address=True,
+                           ssl_context=context)
         await site.start()
-    except (StoreError, OSError) as e:
+        if config.metrics_port is not None:
+            metrics_runner = web.AppRunner(metrics_app(metrics), access_log=None,
+                                           handle_signals=False)
+            await metrics_runner.setup()
+            await web.TCPSite(metrics_runner, config.metrics_host, config.metrics_port,
+                              reuse_address=True).start()
+    except (StoreError, OSError, ValueError, ssl.SSLError) as e:
         print(f"vfsd gateway: cannot start: {e}", file=sys.stderr, flush=True)
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()
         return 1
     stop = asyncio.Event()
@@ -44,11 +70,17 @@ async def _serve(config: GatewayConfig) -> int:
         loop.add_signal_handler(signum, stop.set)
     host, port = runner.addresses[0][:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"vfsd gateway: serving {config.store} at http://{shown}:{port} "
+    print(f"vfsd gateway: serving {config.store} at {config.scheme}://{shown}:{port} "
           f"(region {config.region})", flush=True)
+    if metrics_runner is not None:
+        host, port = metrics_runner.addresses[0][:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"vfsd gateway: metrics at http://{shown}:{port}/metrics", flush=True)
     try:
         await stop.wait()
     finally:
         print("vfsd gateway: stopping", flush=True)
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()
     return 0

@@ -7,10 +7,11 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,22 +61,24 @@ def _die_with_parent() -> None:
 class GatewayProcess:
     """`python -m gateway` on a store; start, stop (SIGTERM), kill (SIGKILL), restart."""
 
-    def __init__(self, store: Path, log: Path):
+    def __init__(self, store: Path, log: Path, args: Sequence[str] = (), tls: bool = False):
         self.store = store
         self.log_path = log
         self.port = 0
+        self.args = list(args)  # more command-line flags (--tls-cert, --metrics-listen, ...)
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> GatewayProcess:
         self.port = free_port()
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--store", str(self.store), "--host", "127.0.0.1",
-             "--port", str(self.port)],
+             "--port", str(self.port), *self.args],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         log.close()
         wait_for(self._answers, what=f"the gateway on port {self.port}")
@@ -86,7 +89,12 @@ class GatewayProcess:
         if self.proc.poll() is not None:
             raise RuntimeError(f"the gateway exited with {self.proc.returncode}:\n{self.log()}")
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            if self.tls:
+                conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                    "127.0.0.1", self.port, timeout=2,
+                    context=ssl._create_unverified_context())
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
             conn.request("GET", "/")
             conn.getresponse().read()
             conn.close()
@@ -119,10 +127,10 @@ class GatewayProcess:
         return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1)) * 1024
 
 
-def client(endpoint: str, keys: Keys, **config: Any):
+def client(endpoint: str, keys: Keys, verify: str | bool | None = None, **config: Any):
     return boto3.client(
         "s3", endpoint_url=endpoint, region_name=REGION, aws_access_key_id=keys.access_key,
-        aws_secret_access_key=keys.secret_key,
+        aws_secret_access_key=keys.secret_key, verify=verify,
         config=Config(s3={"addressing_style": "path"}, **config))
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import os
 import zlib
 
+import botocore.compat
 import pytest
 from botocore.exceptions import ClientError
 from s3gateway import signed, wait_for
@@ -294,14 +296,11 @@ def test_unsupported_features_answer_not_implemented(gateway, s3, bucket):
     s3.put_object(Bucket=bucket, Key="o", Body=b"x")
     for path in (f"/{bucket}?acl", f"/{bucket}?versioning", f"/{bucket}?policy",
                  f"/{bucket}?lifecycle", f"/{bucket}?cors", f"/{bucket}?tagging",
-                 f"/{bucket}?website", f"/{bucket}?uploads", f"/{bucket}/o?acl",
+                 f"/{bucket}?website", f"/{bucket}/o?acl",
                  f"/{bucket}/o?tagging"):
         r = signed(gateway, "GET", path)
         assert (r.status, r.code) == (501, "NotImplemented"), path
         assert r.headers["content-type"] == "application/xml"
-    with pytest.raises(ClientError) as e:
-        s3.create_multipart_upload(Bucket=bucket, Key="mp")
-    assert error_of(e) == (501, "NotImplemented")
     with pytest.raises(ClientError) as e:
         s3.put_object(Bucket=bucket, Key="t", Body=b"x", Tagging="a=b")
     assert error_of(e) == (501, "NotImplemented")
@@ -347,8 +346,16 @@ def test_presigned_get_and_put(gateway, bucket, signature):
         urllib.request.urlopen(tampered, timeout=10)
     assert e.value.code == 403 and b"SignatureDoesNotMatch" in e.value.read()
     an_hour_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
-    with mock.patch("botocore.auth.get_current_datetime", return_value=an_hour_ago), \
-            mock.patch("botocore.auth.time.time", return_value=an_hour_ago.timestamp()):
+    # botocore signs with the AWS CRT's signer instead of its own when awscrt is installed
+    # (the gateway uses awscrt for CRC64NVME): make both think it is an hour ago.
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch("botocore.auth.get_current_datetime",
+                                       return_value=an_hour_ago))
+        stack.enter_context(mock.patch("botocore.auth.time.time",
+                                       return_value=an_hour_ago.timestamp()))
+        if botocore.compat.HAS_CRT:
+            stack.enter_context(mock.patch("botocore.crt.auth.get_current_datetime",
+                                           return_value=an_hour_ago))
         expired = s3.generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": "pre/sig"}, ExpiresIn=60)
     with pytest.raises(urllib.error.HTTPError) as e:

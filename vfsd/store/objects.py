@@ -19,7 +19,7 @@ import hashlib
 import stat
 import struct
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import blake3
@@ -235,7 +235,8 @@ class Objects:
 
     def delete_bucket(self, name: str) -> None:
         """Remove a bucket that holds no objects (empty directories below it go with it);
-        NotEmpty if it holds objects or anything that is not a directory. One transaction."""
+        NotEmpty if it holds objects or anything that is not a directory. Its unfinished
+        multipart uploads go with it (as in S3). One transaction."""
         with self.env.write() as tx:
             bucket = self._bucket(tx, name)
             prefix = U64.pack(bucket.ino)
@@ -246,6 +247,8 @@ class Objects:
                 raise NotEmpty(f"bucket {name} holds symlinks or special files")
             namespace.remove_tree(tx, self.origin, namespace.get_inode(tx, ROOT_INO),
                                   name.encode())
+            from .multipart import drop_bucket_uploads  # multipart builds on this module
+            drop_bucket_uploads(tx, name)
 
     def _only_directories(self, tx: Tx, ino: int) -> bool:
         for entry in namespace.readdir(tx, ino, 0, 1 << 62):
@@ -470,13 +473,14 @@ class Objects:
                    metadata: Mapping[str, str] | None = None,
                    headers: Mapping[str, str] | None = None,
                    content_md5: bytes | None = None,
-                   checksum: tuple[str, str] | None = None,
+                   checksum: tuple[str, str] | Callable[[], tuple[str, str]] | None = None,
                    conditions: Conditions | None = None) -> ObjectInfo:
         """Create or replace an object. Bodies are staged first (an exception raised by the
         `bodies` iterator aborts the PUT with nothing visible); then one write transaction
         makes missing parent directories, creates the file or swaps its chunk map, and sets
         metadata and the ETag. After a crash the old object (or none) is there, never a mix.
-        `checksum` is an (algorithm, value) pair the caller has verified; it is stored."""
+        `checksum` is an (algorithm, value) pair the caller has verified; it is stored. It
+        may be a callable giving the pair once the body is consumed (a trailing checksum)."""
         metadata, headers = dict(metadata or {}), dict(headers or {})
         _check_metadata(metadata)
         parts = self.check_key(key)
@@ -487,6 +491,8 @@ class Objects:
         staged, size, md5 = self._stage(bodies)
         if content_md5 is not None and content_md5 != md5:
             raise BadDigest("the Content-MD5 you specified did not match what was received")
+        if callable(checksum):
+            checksum = checksum()
         etag = md5.hex()
         fingerprint = _staged_fingerprint(staged, size)
         for _attempt in range(_RETRIES):

@@ -1,0 +1,444 @@
+"""S3 multipart uploads over the chunk store.
+
+An upload lives in the `uploads` db until it is completed or aborted:
+
+    upload id (32 ASCII hex bytes) + part number (u32 BE)  ->  record
+
+Part number 0 is the upload's header (bucket, key, metadata, content headers, initiation
+time) as JSON; parts 1..10000 are part manifests: size, mtime, MD5, an optional client
+checksum and the part's chunk digests (an all-zero digest is a hole). A part's chunks are
+staged like a PUT's (durable in segments before the transaction that records the part) and
+the manifest holds one reference on each, so garbage collection keeps them; `fsck` counts
+these references (`chunk_references`).
+
+CompleteMultipartUpload stitches the parts' chunk lists into the object's chunk map in one
+write transaction. Where every part before a given one is a multiple of the chunk size, that
+part's chunks are reused as they are (no body is read or written); after a part that is not,
+the rest of the object's bytes sit at other offsets in its fixed-size chunks, so from there on
+bodies are read back and re-chunked (staged before the final transaction).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import secrets
+import struct
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from . import chunks, namespace
+from .chunks import StagedChunk
+from .env import Tx
+from .errors import (
+    BadDigest, EntityTooSmall, InvalidArgument, InvalidPart, InvalidPartOrder, NoSuchUpload,
+    ObjectChanged,
+)
+from .objects import (
+    ETAG_XATTR, FILE_MODE, STAGE_BATCH_BYTES, Conditions, ObjectInfo, Objects, _check_metadata,
+    _lower, _NeedEtag, _pack_record, _staged_fingerprint,
+)
+from .records import ChunkLocation
+
+MIN_PART_SIZE = 5 << 20  # S3's: every part but the last is at least 5 MiB
+MAX_PART_NUMBER = 10_000
+_PART = struct.Struct(">QQ16sIH")  # size, mtime ns, md5, chunk count, checksum text length
+_U32 = struct.Struct(">I")
+_ZERO = bytes(32)
+_ID_LENGTH = 32
+
+
+@dataclass(slots=True)
+class Upload:
+    upload_id: str
+    bucket: str
+    key: bytes
+    initiated_ns: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    checksum_algorithm: str | None = None
+
+
+@dataclass(slots=True)
+class Part:
+    number: int
+    size: int
+    mtime_ns: int
+    md5: bytes
+    digests: list[bytes | None]  # None: a hole (all-zero chunk)
+    checksum: tuple[str, str] | None = None
+
+    @property
+    def etag(self) -> str:
+        return self.md5.hex()
+
+
+def _key(upload_id: str, number: int) -> bytes:
+    return upload_id.encode() + _U32.pack(number)
+
+
+def _check_id(upload_id: str) -> None:
+    if len(upload_id) != _ID_LENGTH or any(c not in "0123456789abcdef" for c in upload_id):
+        raise NoSuchUpload("The specified upload does not exist. The upload ID may be invalid, "
+                           "or the upload may have been aborted or completed.")
+
+
+def _pack_header(upload: Upload) -> bytes:
+    return json.dumps({
+        "bucket": upload.bucket, "key": upload.key.hex(), "initiated": upload.initiated_ns,
+        "metadata": upload.metadata, "headers": upload.headers,
+        "checksum": upload.checksum_algorithm}, ensure_ascii=False,
+        ).encode("utf-8", errors="surrogateescape")
+
+
+def _unpack_header(upload_id: str, raw: bytes | memoryview) -> Upload:
+    d = json.loads(bytes(raw).decode("utf-8", errors="surrogateescape"))
+    return Upload(upload_id, d["bucket"], bytes.fromhex(d["key"]), d["initiated"],
+                  d["metadata"], d["headers"], d["checksum"])
+
+
+def _pack_part(part: Part) -> bytes:
+    checksum = f"{part.checksum[0]}:{part.checksum[1]}".encode() if part.checksum else b""
+    return (_PART.pack(part.size, part.mtime_ns, part.md5, len(part.digests), len(checksum))
+            + checksum + b"".join(d or _ZERO for d in part.digests))
+
+
+def _unpack_part(number: int, raw: bytes | memoryview) -> Part:
+    raw = bytes(raw)
+    size, mtime, md5, count, clen = _PART.unpack_from(raw)
+    at = _PART.size
+    checksum_text = raw[at:at + clen].decode()
+    at += clen
+    digests: list[bytes | None] = []
+    for i in range(count):
+        d = raw[at + 32 * i: at + 32 * (i + 1)]
+        digests.append(None if d == _ZERO else d)
+    algorithm, _, value = checksum_text.partition(":")
+    return Part(number, size, mtime, md5, digests, (algorithm, value) if clen else None)
+
+
+def _part_digests(raw: bytes | memoryview) -> Iterator[bytes]:
+    raw = bytes(raw)
+    _size, _mtime, _md5, count, clen = _PART.unpack_from(raw)
+    at = _PART.size + clen
+    for i in range(count):
+        d = raw[at + 32 * i: at + 32 * (i + 1)]
+        if d != _ZERO:
+            yield d
+
+
+def chunk_references(tx: Tx) -> Iterator[bytes]:
+    """Every chunk reference held by parts of unfinished uploads (for fsck)."""
+    for key, raw in tx.cursor(tx.db.uploads):
+        if _U32.unpack(bytes(key[-4:]))[0] != 0:
+            yield from _part_digests(raw)
+
+
+def drop_bucket_uploads(tx: Tx, bucket: str) -> int:
+    """Inside a write transaction deleting `bucket`: drop its unfinished uploads and their
+    references (S3 deletes a bucket with uploads in progress; they go with it)."""
+    doomed = []
+    for key, raw in tx.cursor(tx.db.uploads):
+        if _U32.unpack(bytes(key[-4:]))[0] == 0:
+            upload_id = bytes(key[:_ID_LENGTH]).decode()
+            if _unpack_header(upload_id, raw).bucket == bucket:
+                doomed.append(upload_id)
+    for upload_id in doomed:
+        _drop(tx, upload_id)
+    return len(doomed)
+
+
+def _records(tx: Tx, upload_id: str) -> Iterator[tuple[int, bytes]]:
+    """The part records of an upload (not its header), by part number."""
+    prefix = upload_id.encode()
+    cursor = tx.cursor(tx.db.uploads)
+    if cursor.set_range(_key(upload_id, 1)):
+        for key, raw in cursor:
+            if bytes(key[:_ID_LENGTH]) != prefix:
+                break
+            yield _U32.unpack(bytes(key[_ID_LENGTH:]))[0], bytes(raw)
+
+
+def _drop(tx: Tx, upload_id: str) -> None:
+    """Delete an upload's records and the chunk references its parts hold."""
+    for number, raw in list(_records(tx, upload_id)):
+        for digest in _part_digests(raw):
+            chunks.decref(tx, digest)
+        tx.delete(tx.db.uploads, _key(upload_id, number))
+    tx.delete(tx.db.uploads, _key(upload_id, 0))
+
+
+def multipart_etag(md5s: Iterable[bytes]) -> str:
+    """S3's ETag of a multipart object: MD5 of the parts' binary MD5s, then -<part count>."""
+    md5s = list(md5s)
+    return f"{hashlib.md5(b''.join(md5s)).hexdigest()}-{len(md5s)}"
+
+
+class Uploads:
+    """Multipart uploads of one store. Thread-safe: every call opens its own transactions."""
+
+    def __init__(self, objects: Objects, min_part_size: int = MIN_PART_SIZE):
+        self.objects = objects
+        self.store = objects.store
+        self.env = objects.env
+        self.chunk_size = objects.chunk_size
+        self.min_part_size = min_part_size
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    def _upload(self, tx: Tx, bucket: str, key: bytes, upload_id: str) -> Upload:
+        _check_id(upload_id)
+        raw = tx.get(tx.db.uploads, _key(upload_id, 0))
+        upload = _unpack_header(upload_id, raw) if raw is not None else None
+        if upload is None or upload.bucket != bucket or upload.key != key:
+            raise NoSuchUpload("The specified upload does not exist. The upload ID may be "
+                               "invalid, or the upload may have been aborted or completed.")
+        return upload
+
+    # --- create, parts, abort --------------------------------------------------------------
+
+    def create(self, bucket: str, key: bytes, *, metadata: Mapping[str, str] | None = None,
+               headers: Mapping[str, str] | None = None,
+               checksum_algorithm: str | None = None) -> Upload:
+        """CreateMultipartUpload: one write transaction recording the upload's header."""
+        metadata = dict(metadata or {})
+        _check_metadata(metadata)
+        self.objects.check_key(key)
+        upload = Upload(secrets.token_hex(_ID_LENGTH // 2), bucket, key, time.time_ns(),
+                        metadata, _lower(headers or {}), checksum_algorithm)
+        with self.env.write() as tx:
+            self.objects._bucket(tx, bucket)
+            tx.put(tx.db.uploads, _key(upload.upload_id, 0), _pack_header(upload))
+        return upload
+
+    def upload_part(self, bucket: str, key: bytes, upload_id: str, number: int,
+                    bodies: Iterable[bytes | bytearray | memoryview], *,
+                    content_md5: bytes | None = None,
+                    checksum: tuple[str, str] | Callable[[], tuple[str, str]] | None = None
+                    ) -> Part:
+        """UploadPart: stage the body's chunks (durable before anything refers to them), then
+        one write transaction records the part, taking a reference on each chunk and dropping
+        those of a part it replaces. A crash before the commit leaves only orphan bodies."""
+        if not 1 <= number <= MAX_PART_NUMBER:
+            raise InvalidArgument(f"Part number must be an integer between 1 and "
+                                  f"{MAX_PART_NUMBER}, inclusive")
+        with self.env.read() as tx:  # fail fast, before reading a body
+            self._upload(tx, bucket, key, upload_id)
+        staged, size, md5 = self.objects._stage(bodies)
+        if content_md5 is not None and content_md5 != md5:
+            raise BadDigest("The Content-MD5 you specified did not match what was received.")
+        if callable(checksum):  # a trailing checksum, known once the body is consumed
+            checksum = checksum()
+        return self._record_part(bucket, key, upload_id, number, staged, size, md5, checksum)
+
+    def _record_part(self, bucket: str, key: bytes, upload_id: str, number: int,
+                     staged: list[StagedChunk | None], size: int, md5: bytes,
+                     checksum: tuple[str, str] | None) -> Part:
+        part = Part(number, size, time.time_ns(), md5,
+                    [c.digest if c is not None else None for c in staged], checksum)
+        with self.env.write() as tx:
+            self._upload(tx, bucket, key, upload_id)
+            old = tx.get(tx.db.uploads, _key(upload_id, number))
+            for chunk in staged:
+                if chunk is not None:
+                    chunks.incref(tx, chunk)
+            if old is not None:
+                for digest in _part_digests(old):
+                    chunks.decref(tx, digest)
+            tx.put(tx.db.uploads, _key(upload_id, number), _pack_part(part))
+        return part
+
+    def upload_part_copy(self, bucket: str, key: bytes, upload_id: str, number: int,
+                         src_bucket: str, src_key: bytes, span: tuple[int, int] | None = None,
+                         source_conditions: Conditions | None = None) -> Part:
+        """UploadPartCopy: a range [start, end) of an existing object becomes a part. The
+        bytes are read and staged again (dedup makes that cost no space)."""
+        if not 1 <= number <= MAX_PART_NUMBER:
+            raise InvalidArgument(f"Part number must be an integer between 1 and "
+                                  f"{MAX_PART_NUMBER}, inclusive")
+        with self.env.read() as tx:
+            self._upload(tx, bucket, key, upload_id)
+        for _attempt in range(5):
+            info = self.objects.head_object(src_bucket, src_key)
+            if source_conditions:
+                source_conditions.check(info.etag, info.mtime_ns, reading=False)
+            start, end = span if span is not None else (0, info.size)
+            if end > info.size or start > end:
+                raise InvalidArgument("The x-amz-copy-source-range value must be of the form "
+                                      "bytes=first-last where first and last are the zero-based "
+                                      "offsets of the first and last bytes to copy")
+            try:
+                staged, size, md5 = self.objects._stage(
+                    self.objects.iter_read(info.ino, info.version, start, end - start))
+            except ObjectChanged:
+                continue
+            return self._record_part(bucket, key, upload_id, number, staged, size, md5, None)
+        raise ObjectChanged("the source kept changing while it was copied")
+
+    def abort(self, bucket: str, key: bytes, upload_id: str) -> None:
+        """AbortMultipartUpload: one write transaction dropping the upload and every reference
+        its parts hold (their bodies become garbage for gc)."""
+        with self.env.write() as tx:
+            self._upload(tx, bucket, key, upload_id)
+            _drop(tx, upload_id)
+
+    # --- listing ---------------------------------------------------------------------------
+
+    def list_parts(self, bucket: str, key: bytes, upload_id: str, marker: int = 0,
+                   max_parts: int = 1000) -> tuple[Upload, list[Part], bool]:
+        """(upload, parts after `marker` in number order, truncated?). One read transaction."""
+        with self.env.read() as tx:
+            upload = self._upload(tx, bucket, key, upload_id)
+            parts: list[Part] = []
+            for number, raw in _records(tx, upload_id):
+                if number <= marker:
+                    continue
+                if len(parts) == max_parts:
+                    return upload, parts, True
+                parts.append(_unpack_part(number, raw))
+        return upload, parts, False
+
+    def list_uploads(self, bucket: str, prefix: bytes = b"", key_marker: bytes = b"",
+                     upload_id_marker: str = "", max_uploads: int = 1000
+                     ) -> tuple[list[Upload], bool]:
+        """Unfinished uploads of `bucket` by (key, initiation time). One read transaction;
+        scans every upload header (uploads are few)."""
+        found = []
+        with self.env.read() as tx:
+            self.objects._bucket(tx, bucket)
+            for raw_key, raw in tx.cursor(tx.db.uploads):
+                if _U32.unpack(bytes(raw_key[-4:]))[0] != 0:
+                    continue
+                upload = _unpack_header(bytes(raw_key[:_ID_LENGTH]).decode(), raw)
+                if upload.bucket == bucket and upload.key.startswith(prefix):
+                    found.append(upload)
+        found.sort(key=lambda u: (u.key, u.initiated_ns, u.upload_id))
+        if key_marker:
+            if upload_id_marker:
+                marker = next((u for u in found if u.key == key_marker
+                               and u.upload_id == upload_id_marker), None)
+                found = [u for u in found if u.key > key_marker or (
+                    u.key == key_marker and marker is not None
+                    and (u.initiated_ns, u.upload_id) > (marker.initiated_ns, marker.upload_id))]
+            else:
+                found = [u for u in found if u.key > key_marker]
+        return found[:max_uploads], len(found) > max_uploads
+
+    # --- complete --------------------------------------------------------------------------
+
+    def complete(self, bucket: str, key: bytes, upload_id: str,
+                 wanted: list[tuple[int, str]]) -> ObjectInfo:
+        """CompleteMultipartUpload. Checks the part list (InvalidPartOrder, InvalidPart,
+        EntityTooSmall), re-chunks what follows a part that is not a chunk multiple (staged
+        outside any write transaction), then one write transaction makes the object (as a
+        PUT does) and drops the upload and the references its parts held. A crash before that
+        commit leaves the upload as it was; after it, the object."""
+        parts_key = self.objects.check_key(key)
+        if not wanted:
+            raise InvalidArgument("You must specify at least one part")
+        numbers = [n for n, _ in wanted]
+        if any(b <= a for a, b in itertools.pairwise(numbers)):
+            raise InvalidPartOrder("The list of parts was not in ascending order. The parts "
+                                   "list must be specified in order by part number.")
+        with self.env.read() as tx:
+            self._upload(tx, bucket, key, upload_id)
+            raws: dict[int, bytes] = {}
+            for number, etag in wanted:
+                raw = tx.get(tx.db.uploads, _key(upload_id, number))
+                if raw is None or _unpack_part(number, raw).etag != etag.strip('"').lower():
+                    raise InvalidPart("One or more of the specified parts could not be found. "
+                                      "The part may not have been uploaded, or the specified "
+                                      "entity tag may not match the part's entity tag.")
+                raws[number] = bytes(raw)
+            parts = [_unpack_part(n, raws[n]) for n in numbers]
+            locations = {}
+            for part in parts:
+                for digest in part.digests:
+                    if digest is not None and digest not in locations:
+                        found = chunks.lookup(tx, digest)
+                        if found is None:
+                            raise NoSuchUpload("a part's chunk is missing")
+                        locations[digest] = found[0]
+        for part in parts[:-1]:
+            if part.size < self.min_part_size:
+                raise EntityTooSmall("Your proposed upload is smaller than the minimum allowed "
+                                     "object size.")
+        staged, size = self._stitch(parts, locations)
+        etag = multipart_etag(p.md5 for p in parts)
+        fingerprint = _staged_fingerprint(staged, size)
+        objects = self.objects
+        for _attempt in range(5):
+            try:
+                with self.env.write() as tx:
+                    current = self._upload(tx, bucket, key, upload_id)
+                    for number, raw in raws.items():
+                        if tx.get(tx.db.uploads, _key(upload_id, number)) != raw:
+                            raise ObjectChanged("a part was replaced while the upload was "
+                                                "being completed")
+                    b = objects._bucket(tx, bucket)
+                    parent, existing = objects._place(tx, b, parts_key)
+                    if existing is None:
+                        inode = namespace.make(tx, objects.origin, parent.ino, parts_key[-1],
+                                               FILE_MODE, 0, 0)
+                    else:
+                        objects._check_replaceable(existing, key)
+                        inode = existing
+                    objects._set_s3_xattrs(tx, inode.ino, current.metadata, current.headers)
+                    inode = self.store.data.install(tx, inode.ino, staged, size)
+                    tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR),
+                           _pack_record(inode.version, fingerprint, etag, None))
+                    _drop(tx, upload_id)
+                    return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
+                                      inode.version, etag, dict(current.metadata),
+                                      dict(current.headers), None)
+            except _NeedEtag as need:
+                objects.etag(need.ino)
+        raise ObjectChanged("the object kept changing while the upload was completed")
+
+    def _stitch(self, parts: list[Part], locations: dict[bytes, ChunkLocation]
+                ) -> tuple[list[StagedChunk | None], int]:
+        """The object's chunk list. Chunks of parts that start on a chunk boundary and are
+        whole are reused; from the first unaligned byte on, bodies are read and re-chunked."""
+        cs = self.chunk_size
+        is_zero = self.store.data.is_zero
+        staged: list[StagedChunk | None] = []
+        tail = bytearray()  # bytes read back, not yet cut into chunks
+        batch: list[bytes] = []
+        size = 0
+        realigned = False
+
+        def flush() -> None:
+            nonzero = [b for b in batch if not is_zero(b)]
+            found = iter(chunks.stage(self.env, self.store.segments, nonzero,
+                                      self.store.capacity_left()))
+            staged.extend(None if is_zero(b) else next(found) for b in batch)
+            batch.clear()
+
+        for part in parts:
+            for index, digest in enumerate(part.digests):
+                length = min(cs, part.size - index * cs)
+                if not realigned and length == cs:
+                    staged.append(None if digest is None
+                                  else StagedChunk(digest, locations[digest]))
+                    continue
+                realigned = True
+                if digest is None:
+                    tail += bytes(length)
+                else:
+                    body = self.store.segments.read(locations[digest])
+                    tail += body
+                    if len(body) < length:
+                        tail += bytes(length - len(body))
+                while len(tail) >= cs:
+                    batch.append(bytes(tail[:cs]))
+                    del tail[:cs]
+                if len(batch) * cs >= STAGE_BATCH_BYTES:
+                    flush()
+            size += part.size
+        if tail:
+            batch.append(bytes(tail))
+        if batch:
+            flush()
+        return staged, size
