@@ -86,8 +86,9 @@ def stage(
         needed = sum(len(b) + HEADER.size for b in missing.values())
         if needed > capacity_left:
             raise NoSpace("the storage pool is full")
-    locations = segments.append([(d, bytes(b) if isinstance(b, bytearray) else b)
-                                 for d, b in missing.items()])
+    # Bodies are written as given (no copy): callers hand over buffers they no longer change
+    # (the mount's flush snapshot, a write's own read-modify-write buffers).
+    locations = segments.append(list(missing.items()))
     for digest, location in zip(missing, locations):
         staged[digest] = StagedChunk(digest, location)
     return [staged[digest] for digest, _ in digests]

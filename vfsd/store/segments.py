@@ -28,6 +28,7 @@ from .records import ChunkLocation
 MAGIC = b"VCK1"
 HEADER = struct.Struct(">4s32sIBI")  # magic, blake3 hash, body length, codec, crc32c of body
 CODEC_RAW = 0
+Body = bytes | bytearray | memoryview
 DEFAULT_SEAL_SIZE = 64 * 1024 * 1024
 
 
@@ -36,7 +37,7 @@ def segment_name(segment: int) -> str:
 
 
 class SegmentStore(Protocol):
-    def append(self, bodies: Sequence[tuple[bytes, bytes | memoryview]]) -> list[ChunkLocation]:
+    def append(self, bodies: Sequence[tuple[bytes, Body]]) -> list[ChunkLocation]:
         """Append (hash, body) records and make them durable before returning their places."""
         ...
 
@@ -121,7 +122,7 @@ class LocalSegments:
     def path(self, segment: int) -> Path:
         return self.directory / segment_name(segment)
 
-    def append(self, bodies: Sequence[tuple[bytes, bytes | memoryview]]) -> list[ChunkLocation]:
+    def append(self, bodies: Sequence[tuple[bytes, Body]]) -> list[ChunkLocation]:
         if not bodies:
             return []
         with self._append_lock:
