@@ -186,6 +186,30 @@ def cmd_vm_resize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vm_import(args: argparse.Namespace) -> int:
+    from vfsd import vmimage
+
+    uefi_vars = read_uefi_vars() if args.firmware == "uefi" else None
+    if args.firmware == "uefi" and uefi_vars is None:
+        raise StoreError("--firmware uefi needs OVMF's variable store: apt-get install ovmf")
+    with open_store(args) as store:
+        info = vmimage.import_image(store, args.name, Path(args.image), args.memory,
+                                    args.firmware, progress=True, uefi_vars=uefi_vars)
+    emit(args, info.as_dict(), describe_vm(info))
+    return 0
+
+
+def cmd_vm_export(args: argparse.Namespace) -> int:
+    from vfsd import vmimage
+
+    dest = Path(args.dest)
+    fmt = args.format or vmimage.format_for(dest)
+    with open_store(args) as store:
+        vmimage.export_image(store, args.name, dest, fmt, progress=True)
+    print(f"exported VM {args.name}'s disk to {dest} ({fmt})")
+    return 0
+
+
 def cmd_vm_qemu_args(args: argparse.Namespace) -> int:
     from vfsd import vmctl
 
@@ -569,6 +593,23 @@ def build_parser() -> Parser:
     p.add_argument("name")
     p.add_argument("--disk", type=size_arg, required=True, metavar="SIZE",
                    help="the new size; shrinking is refused")
+
+    p = verb(vm_verbs, "import", cmd_vm_import, "create a VM from a disk image",
+             "Create a VM from a qcow2, vmdk or raw image: its disk gets the image's virtual "
+             "size and zero areas stay holes. Uses qemu-img, through the live mount if there "
+             "is one; shows progress on a terminal.", json=True)
+    p.add_argument("name")
+    p.add_argument("image", help="the image file (qcow2, vmdk, raw, ...)")
+    p.add_argument("--memory", type=size_arg, required=True, metavar="SIZE",
+                   help="guest memory, e.g. 2G; also the size of the swap file")
+    p.add_argument("--firmware", choices=("bios", "uefi"), default="bios",
+                   help="uefi copies OVMF's variable store into NAME.nvram (default bios)")
+    p = verb(vm_verbs, "export", cmd_vm_export, "write a VM's disk to a qcow2 or vmdk image",
+             "Write the VM's first disk to DEST (refused while the VM runs). The format "
+             "follows DEST's suffix (.vmdk: vmdk, else qcow2) unless --format says.")
+    p.add_argument("name")
+    p.add_argument("dest")
+    p.add_argument("--format", choices=("qcow2", "vmdk"), help="the image format")
 
     accel_opts = Parser(add_help=False)
     accel_opts.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",

@@ -94,11 +94,11 @@ def start(store: Store, name: str, accel: str = "auto", console: bool = False) -
                    "(a running VM?); refusing to start it twice")
     args = command(store, name, accel, console)
     if console:
-        return subprocess.run(args).returncode
+        return subprocess.run(args, check=False).returncode
     runtime.qmp.unlink(missing_ok=True)
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=open(runtime.console.with_suffix(".log"), "ab"),
-                            start_new_session=True)
+    with open(runtime.console.with_suffix(".log"), "ab") as log:  # QEMU keeps its own copy
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=log, start_new_session=True)
     runtime.pidfile.write_text(f"{proc.pid} {process_start_time(proc.pid)}\n")
     deadline = time.monotonic() + 10
     while not runtime.qmp.exists():
