@@ -51,13 +51,11 @@ sync
 GUEST_SCRIPT
 
 # `vfsd vm qemu-args` prints QEMU's command line for the VM's files on the mount;
-# --console puts the serial console here. We add the kernel, initramfs and script.
-# The disks carry bootindex=N for firmware boot; QEMU refuses those next to -kernel (its
-# kernel loader takes boot index 0), so they are dropped here.
-QEMU_CMD=$($VFSD vm qemu-args web --accel tcg --console --store "$STORE")
-QEMU_CMD=${QEMU_CMD//,bootindex=[0-9]/}
-eval "$QEMU_CMD" -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initrd.gz" \
-    -append "'console=ttyS0 panic=-1 quiet'" -no-reboot \
+# --console puts the serial console here, --kernel/--initrd/--append boot the test guest.
+# We add the script the guest runs.
+QEMU_CMD=$($VFSD vm qemu-args web --accel tcg --console --store "$STORE" \
+    --kernel "$GUEST/vmlinuz" --initrd "$GUEST/initrd.gz" --append "console=ttyS0 panic=-1 quiet")
+eval "$QEMU_CMD" -no-reboot \
     -fw_cfg "name=opt/vfsd/script,file=$WORK/script.sh" | grep --line-buffered VFSD-
 
 # The guest has powered off: read its file from the host (debugfs: no loop mount needed).

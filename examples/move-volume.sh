@@ -30,11 +30,11 @@ trap cleanup EXIT
 # /dev/vda first, then attached volumes, then swap) and SCRIPT; print its marker lines.
 boot() {
     local cmd
-    cmd=$($VFSD vm qemu-args "$1" --accel tcg --console --store "$STORE")
-    cmd=${cmd//,bootindex=[0-9]/}   # firmware boot order; QEMU refuses it next to -kernel
+    cmd=$($VFSD vm qemu-args "$1" --accel tcg --console --store "$STORE" \
+        --kernel "$GUEST/vmlinuz" --initrd "$GUEST/initrd.gz" \
+        --append "console=ttyS0 panic=-1 quiet")
     printf '%s\n' "$2" >"$WORK/script.sh"
-    eval "$cmd" -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initrd.gz" \
-        -append "'console=ttyS0 panic=-1 quiet'" -no-reboot \
+    eval "$cmd" -no-reboot \
         -fw_cfg "name=opt/vfsd/script,file=$WORK/script.sh" | grep --line-buffered VFSD-
 }
 

@@ -214,7 +214,8 @@ def cmd_vm_qemu_args(args: argparse.Namespace) -> int:
     from vfsd import vmctl
 
     with open_store(args) as store:
-        print(vmctl.shell_command(vmctl.command(store, args.name, args.accel, args.console)))
+        print(vmctl.shell_command(vmctl.command(store, args.name, args.accel, args.console,
+                                                args.kernel, args.initrd, args.append)))
     return 0
 
 
@@ -222,7 +223,8 @@ def cmd_vm_start(args: argparse.Namespace) -> int:
     from vfsd import vmctl
 
     with open_store(args) as store:
-        result = vmctl.start(store, args.name, args.accel, args.console)
+        result = vmctl.start(store, args.name, args.accel, args.console, args.kernel,
+                             args.initrd, args.append)
     if args.console:
         return result
     print(f"started VM {args.name} (QEMU pid {result}); console: "
@@ -617,6 +619,10 @@ def build_parser() -> Parser:
                                  "really runs guests (default auto)")
     accel_opts.add_argument("--console", action="store_true",
                             help="serial console on this terminal (QEMU runs attached)")
+    accel_opts.add_argument("--kernel", type=Path, metavar="FILE",
+                            help="boot this kernel directly instead of from the disk")
+    accel_opts.add_argument("--initrd", type=Path, metavar="FILE", help="with --kernel")
+    accel_opts.add_argument("--append", metavar="CMDLINE", help="with --kernel: its command line")
     p = vm_verbs.add_parser("qemu-args", parents=[common, accel_opts],
                             help="print the QEMU command line `vm start` would run",
                             description="Print the QEMU command that runs the VM from its files "

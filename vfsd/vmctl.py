@@ -52,7 +52,9 @@ class VmRuntime:
         return pid if process_start_time(pid) == start else None
 
 
-def command(store: Store, name: str, accel: str = "auto", console: bool = False) -> list[str]:
+def command(store: Store, name: str, accel: str = "auto", console: bool = False,
+            kernel: Path | None = None, initrd: Path | None = None,
+            append: str | None = None) -> list[str]:
     """The QEMU command line for VM `name`, on the store's live mount."""
     mountpoint = find_mountpoint(store.config.path)
     if mountpoint is None:
@@ -70,6 +72,7 @@ def command(store: Store, name: str, accel: str = "auto", console: bool = False)
         cache="none", discard="unmap", detect_zeroes="unmap",
         serial="stdio" if console else runtime.console, qmp_socket=runtime.qmp,
         formats=[None] * len(info.disks) + ["raw"],
+        kernel=kernel, initrd=initrd, append=append,
     )
 
 
@@ -83,7 +86,9 @@ def leased_disks(store: Store, name: str) -> list[str]:
     return busy
 
 
-def start(store: Store, name: str, accel: str = "auto", console: bool = False) -> int:
+def start(store: Store, name: str, accel: str = "auto", console: bool = False,
+          kernel: Path | None = None, initrd: Path | None = None,
+          append: str | None = None) -> int:
     """Start QEMU; returns its pid (with `console`, runs attached and returns its status)."""
     runtime = VmRuntime.of(store, name)
     if runtime.running_pid() is not None:
@@ -92,7 +97,7 @@ def start(store: Store, name: str, accel: str = "auto", console: bool = False) -
     if busy:
         raise Busy(f"VM {name}'s disk {busy[0]} is open for writing elsewhere "
                    "(a running VM?); refusing to start it twice")
-    args = command(store, name, accel, console)
+    args = command(store, name, accel, console, kernel, initrd, append)
     if console:
         return subprocess.run(args, check=False).returncode
     runtime.qmp.unlink(missing_ok=True)
