@@ -81,7 +81,7 @@ def leased_disks(store: Store, name: str) -> list[str]:
     busy = []
     for disk in info.disks:
         inode = store.resolve(f"vms/{name}/{disk.extent}")
-        if store.leases.holder(inode.ino) is not None:
+        if store.leases.settled_holder(inode.ino) is not None:
             busy.append(disk.extent)
     return busy
 

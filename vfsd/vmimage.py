@@ -218,7 +218,7 @@ def export_image(store: Store, name: str, dest: Path | str, fmt: str = "qcow2",
     qemu_img()
     extent = Vms(store).show(name).disks[0].extent
     inode = store.resolve(f"vms/{name}/{extent}")
-    holder = store.leases.holder(inode.ino)
+    holder = store.leases.settled_holder(inode.ino)
     if holder is not None:
         raise Busy(f"VM {name}'s disk is open for writing by {holder.kind} (pid {holder.pid}): "
                    "stop the VM first")

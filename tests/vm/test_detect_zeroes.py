@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import VM
+from vmtools import VM
 from qemu_guest import Guest, run_guest
 
 pytestmark = pytest.mark.timeout(240)

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import create_vm
+from vmtools import create_vm
 from mounting import Mount, wait_for
 from qemu_guest import Guest, GuestRun
 

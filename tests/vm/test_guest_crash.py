@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import VM, debugfs_dump, e2fsck, mkfs_ext4
+from vmtools import VM, debugfs_dump, e2fsck, mkfs_ext4
 from mounting import Mount
 from qemu_guest import Guest, GuestRun
 

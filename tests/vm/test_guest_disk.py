@@ -9,7 +9,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import VM, debugfs_dump, e2fsck, mkfs_ext4
+from vmtools import VM, debugfs_dump, e2fsck, mkfs_ext4
 from qemu_guest import Guest, run_guest
 
 pytestmark = pytest.mark.timeout(240)

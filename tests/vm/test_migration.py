@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import VM
+from vmtools import VM
 from qemu_guest import Guest, GuestRun
 
 qmp = pytest.importorskip("qemu.qmp", reason="needs the qemu.qmp package (pip install qemu.qmp)")

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import VM
+from vmtools import VM
 
 pytestmark = [
     pytest.mark.timeout(120),

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QEMU, VM
+from vmtools import QEMU, VM
 from mounting import Mount
 
 from vfsd.store.leases import process_start_time

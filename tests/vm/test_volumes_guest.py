@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import VM, create_vm, mkfs_ext4
+from vmtools import VM, create_vm, mkfs_ext4
 from mounting import Mount, wait_for
 from qemu_guest import Guest, run_guest
 

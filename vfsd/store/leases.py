@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import lmdb
 from .errors import Busy
 from .records import ino_key
 
+SETTLE_SECONDS = 3.0
 _LEASE = struct.Struct(">IQI")  # pid, process start time (clock ticks since boot), open count
 
 
@@ -94,6 +96,17 @@ class Leases:
             return None
         current, _count = self._decode(raw)
         return current if current.alive() else None
+
+    def settled_holder(self, ino: int, settle: float = SETTLE_SECONDS) -> Holder | None:
+        """The holder once a just-closed file has had time to be released: the kernel sends
+        FUSE's RELEASE after close() returns, so a lease can outlive its last writer briefly.
+        For commands (vm start, revert, export), not for request paths."""
+        deadline = time.monotonic() + settle
+        while True:
+            current = self.holder(ino)
+            if current is None or time.monotonic() >= deadline:
+                return current
+            time.sleep(0.05)
 
     def check_free(self, ino: int, what: str) -> None:
         current = self.holder(ino)

@@ -179,7 +179,7 @@ class Snapshots:
 
     def _check_not_leased(self, inodes: builtins.list[Inode], what: str) -> None:
         for inode in inodes:
-            holder = self.store.leases.holder(inode.ino)
+            holder = self.store.leases.settled_holder(inode.ino)
             if holder is not None:
                 raise Busy(f"{what} is in use by {holder.kind} (pid {holder.pid}); stop it first")
 
