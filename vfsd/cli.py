@@ -455,6 +455,22 @@ def cmd_up(args: argparse.Namespace) -> int:
             gateway.kill()
 
 
+def quota_arg(text: str) -> int | None:
+    return None if text.lower() in ("none", "off") else size_arg(text)
+
+
+def cmd_pool_set(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        store.set_quota(args.quota)
+        st = stats_module.collect(store)
+    limit = format_size(args.quota) if args.quota else "none (the backing disk's free space)"
+    print(f"pool quota: {limit}; physical use {format_size(st.physical_bytes)}")
+    if st.overcommit > 1:
+        print(f"warning: thin disks ({format_size(st.provisioned_bytes)}) could outgrow the pool "
+              f"({format_size(st.capacity_bytes)}): overcommit {st.overcommit:.2f}")
+    return 0
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from vfsd.store import gc
 
@@ -735,6 +751,16 @@ def build_parser() -> Parser:
     p.add_argument("--metrics-listen", type=parse_listen, metavar="HOST:PORT",
                    help="serve Prometheus /metrics here (off by default; unauthenticated, "
                         "keep it private)")
+    pool = verbs.add_parser("pool", help="the storage pool: its quota",
+                            description="The pool is what the store may use on disk: a quota, "
+                            "else the backing file system's free space. Writes past it fail "
+                            "with ENOSPC on the mount and a clean S3 error, leaving nothing "
+                            "half-written.")
+    pool_verbs = pool.add_subparsers(dest="pool_verb", metavar="VERB", required=True,
+                                     parser_class=Parser)
+    p = verb(pool_verbs, "set", cmd_pool_set, "set or clear the pool's quota")
+    p.add_argument("--quota", type=quota_arg, required=True, metavar="SIZE",
+                   help="e.g. 500G, or 'none' for the backing disk's free space")
     p = verb(verbs, "gc", cmd_gc, "give back the space of deleted and overwritten data",
              "Retire segments that hold no live chunk, compact mostly-dead ones, and delete "
              "retired segment files once their grace period is over. A mounted store does "
