@@ -22,8 +22,12 @@ test: deps
 	$(PY) -m pytest -q
 
 bench: deps
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/store.py
 	$(PY) bench/fs.py
+	$(PY) bench/snap.py
+	$(PY) bench/s3.py
+	$(PY) bench/vm.py
 
 lint: deps
 	$(VENV)/bin/pip install -q ruff mypy

@@ -783,7 +783,9 @@ def build_parser() -> Parser:
 
 
 def reexec_with_tunables(argv: Sequence[str]) -> None:
-    """The mount daemon needs glibc tunables that only apply at process start."""
+    """The daemons need glibc tunables that only apply at process start (DESIGN.md, "Measured
+    facts": without them every 1 MiB buffer costs hundreds of page faults; the gateway's GET
+    16M went from ~42 to ~57 ops/s with them in bench/s3.py's profile)."""
     from vfsd.fs.mount import GLIBC_TUNABLES
 
     if os.environ.get("GLIBC_TUNABLES") == GLIBC_TUNABLES or os.environ.get("VFSD_NO_TUNABLES"):
@@ -796,7 +798,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
-        if args.func in (cmd_mount, cmd_up):
+        if args.func in (cmd_mount, cmd_up, cmd_gateway):
             reexec_with_tunables(argv)
         return int(args.func(args))
     except UsageError as e:
