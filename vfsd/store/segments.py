@@ -55,40 +55,19 @@ class SegmentStore(Protocol):
 
     def scan(self, segment: int) -> list[tuple[int, bytes, int]]:
         """(body offset, digest, length) of each whole record, stopping at a torn tail."""
-        out = []
-        with open(self.path(segment), "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            offset = 0
-            while offset + HEADER.size <= size:
-                f.seek(offset)
-                magic, digest, length, _codec, _crc = HEADER.unpack(f.read(HEADER.size))
-                if magic != MAGIC or offset + HEADER.size + length > size:
-                    break
-                out.append((offset + HEADER.size, digest, length))
-                offset += HEADER.size + length
-        return out
+        ...
 
     def current(self) -> int | None:
-        return self._current
+        """The segment this process appends to, if any."""
+        ...
 
     def remove(self, segment: int) -> int:
-        """Delete a retired segment's file; returns the bytes it held."""
-        with self._open_lock:
-            fd = self._readers.pop(segment, None)
-            if fd is not None:
-                os.close(fd)
-        try:
-            size = self.path(segment).stat().st_size
-            self.path(segment).unlink()
-        except FileNotFoundError:
-            return 0
-        return size
+        """Delete a retired segment; returns the bytes it held."""
+        ...
 
     def forget(self, segments: set[int]) -> None:
-        """Close cached read handles of segments others may delete (they pin disk space)."""
-        with self._open_lock:
-            for segment in segments & self._readers.keys():
-                os.close(self._readers.pop(segment))
+        """Drop cached read handles of segments that may be deleted."""
+        ...
 
     def segment_sizes(self) -> dict[int, int]:
         ...
