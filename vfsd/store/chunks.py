@@ -111,7 +111,7 @@ def incref(tx: Tx, chunk: StagedChunk) -> None:
     if raw is None:
         loc = chunk.location
         if tx.rescue is not None and tx.segment_retired(loc.segment):
-            loc = tx.rescue(loc)  # staged from a chunk that died and was compacted meanwhile
+            loc = tx.rescue(tx, loc)  # staged from a chunk that died and was compacted meanwhile
         tx.put(tx.db.chunks, chunk.digest, CHUNK.pack(loc.segment, loc.offset, loc.length, 1))
         tx.add(PHYSICAL, loc.length)
         tx.segment_deltas[loc.segment] = (

@@ -58,7 +58,7 @@ class Tx:
     __slots__ = ("txn", "db", "write", "deltas", "segment_deltas", "version", "changes", "rescue")
 
     def __init__(self, txn: lmdb.Transaction, db: Databases, write: bool,
-                 rescue: Callable[[ChunkLocation], ChunkLocation] | None = None):
+                 rescue: Callable[[Tx, ChunkLocation], ChunkLocation] | None = None):
         self.txn = txn
         self.db = db
         self.write = write
@@ -143,7 +143,7 @@ class Environment:
                 for f in fields(Databases)
             }
         self.db = Databases(**handles)
-        self.rescue: Callable[[ChunkLocation], ChunkLocation] | None = None
+        self.rescue: Callable[[Tx, ChunkLocation], ChunkLocation] | None = None
 
     def close(self) -> None:
         self.lmdb.close()

@@ -61,6 +61,10 @@ class SegmentStore(Protocol):
         """The segment this process appends to, if any."""
         ...
 
+    def write_alone(self, segment: int, digest: bytes, body: Body) -> ChunkLocation:
+        """One record in a new segment, without the append lock (see LocalSegments)."""
+        ...
+
     def remove(self, segment: int) -> int:
         """Delete a retired segment; returns the bytes it held."""
         ...
@@ -121,6 +125,24 @@ class LocalSegments:
             os.fdatasync(self._current_fd)
             self._current_size = offset
             return locations
+
+    def write_alone(self, segment: int, digest: bytes, body: Body) -> ChunkLocation:
+        """Write one record into a new segment of its own, durably, taking no lock and no
+        transaction (the caller's transaction allocated `segment`): the rescue path runs inside
+        a write transaction, where rolling the shared segment would wait for that very lock."""
+        header = HEADER.pack(MAGIC, digest, len(body), CODEC_RAW, crc32c.crc32c(body))
+        fd = os.open(self.path(segment), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.pwritev(fd, [header, body], 0)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return ChunkLocation(segment, HEADER.size, len(body))
 
     def _write_all(self, buffers: list[bytes | memoryview], offset: int) -> None:
         # pwritev takes at most IOV_MAX buffers and may write short; loop until all is down.

@@ -97,12 +97,15 @@ class Store:
             info.owner_pid = info.owner_start = 0
             tx.put(tx.db.segments, U64.pack(segment), info.pack())
 
-    def _rescue(self, location: ChunkLocation) -> ChunkLocation:
-        """Copy a body out of a retired segment (still on disk: its grace period) into a live
-        one: a chunk found while staging died and its segment was compacted before the commit
-        that references it again."""
+    def _rescue(self, tx: Tx, location: ChunkLocation) -> ChunkLocation:
+        """Inside `tx`: copy a body out of a retired segment (still on disk: its grace period)
+        into a new segment of its own: a chunk found while staging died and its segment was
+        compacted before the commit that references it again. Rare; never touches the shared
+        append path, which may itself be waiting for this transaction's lock."""
         body = self.segments.read(location)
-        return self.segments.append([(chunk_hash(body), body)])[0]
+        segment = tx.next_id(NEXT_SEGMENT)
+        tx.put(tx.db.segments, U64.pack(segment), SegmentInfo(segment, 0, 0, 0).pack())
+        return self.segments.write_alone(segment, chunk_hash(body), body)
 
     # --- the pool ------------------------------------------------------------------------
 
