@@ -39,3 +39,10 @@ def test_only_the_core_imports_lmdb():
 
 def test_gateway_never_imports_the_mount():
     assert offenders("gateway", ("vfsd.fs", "pyfuse3", "trio")) == []
+
+
+def test_test_modules_have_unique_names():
+    """pytest imports test modules by basename (no packages under tests/): two files with one
+    name in different directories stop the whole run at collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("*.py") if p.name != "conftest.py"]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
