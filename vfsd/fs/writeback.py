@@ -105,14 +105,20 @@ class WriteBack:
         finally:
             f.pins -= 1
 
-    async def _write(self, f: FileCache, offset: int, data: bytes) -> int:
+    async def _write(self, f: FileCache, offset: int, data: bytes | memoryview) -> int:
         if f.error is not None:
             error, f.error = f.error, None
             raise error
         cs = self.cs
         end = offset + len(data)
         if f.fixed_size and end > f.size:
-            raise FileTooBig("write past the end of a fixed-size disk")
+            if offset >= f.size:
+                raise FileTooBig("write past the end of a fixed-size disk")
+            # Like a write that meets a file size limit: what fits is written and the count
+            # comes back short; the next write fails with EFBIG. (The kernel splits a write
+            # at a page it has to read first, so this is what callers see either way.)
+            data = memoryview(data)[: f.size - offset]
+            end = f.size
         first, last = offset // cs, (end - 1) // cs
         await self._reserve(sum(1 for i in range(first, last + 1) if i not in f.dirty))
         view = memoryview(data)
