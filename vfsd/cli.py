@@ -10,8 +10,9 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from vfsd import __version__
 from vfsd.sizes import format_size, parse_size
@@ -20,6 +21,7 @@ from vfsd.store import fsck as fsck_module
 from vfsd.store import stats as stats_module
 from vfsd.store import users
 from vfsd.store.config import load_config
+from vfsd.store.snapshots import Snapshots
 from vfsd.store.vms import VmInfo, Vms
 
 T = TypeVar("T")
@@ -271,101 +273,71 @@ def describe_snapshots(infos: list) -> str:
                      for i in infos) or "no snapshots"
 
 
-def cmd_vm_snapshot(args: argparse.Namespace) -> int:
-    from vfsd.store.snapshots import Snapshots
+@dataclass(frozen=True)
+class SnapshotKind:
+    """How the snapshot verbs address a VM or a volume: one set of commands serves both."""
 
+    noun: str
+    create: str  # the Snapshots methods
+    list: str
+    revert: str
+    remove: str
+    clone: str
+    files: Callable[[Store, str], list[str]]  # paths to flush through the mount first
+    describe: Callable[[Any], str]  # a clone's one-screen description
+
+
+SNAPSHOT_KINDS = {
+    "vm": SnapshotKind("VM", "create", "list", "revert", "remove", "clone",
+                       vm_file_paths, describe_vm),
+    "volume": SnapshotKind("volume", "create_volume_snapshot", "list_volume_snapshots",
+                           "revert_volume", "remove_volume_snapshot", "clone_volume",
+                           lambda store, name: [f"volumes/{name}-flat.vmdk"],
+                           lambda info: f"volume {info.name}: {format_size(info.size)}"),
+}
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    kind = SNAPSHOT_KINDS[args.kind]
     with open_store(args) as store:
-        flush_through_mount(store, vm_file_paths(store, args.name))
-        info = Snapshots(store).create(args.name, args.snap)
-    emit(args, info.as_dict(), f"snapshot {args.snap} of VM {args.name}: "
+        flush_through_mount(store, kind.files(store, args.name))
+        info = getattr(Snapshots(store), kind.create)(args.name, args.snap)
+    emit(args, info.as_dict(), f"snapshot {args.snap} of {kind.noun} {args.name}: "
                                f"{format_size(info.size)}")
     return 0
 
 
-def cmd_vm_snapshots(args: argparse.Namespace) -> int:
-    from vfsd.store.snapshots import Snapshots
-
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    kind = SNAPSHOT_KINDS[args.kind]
     with open_store(args) as store:
-        infos = Snapshots(store).list(args.name)
+        infos = getattr(Snapshots(store), kind.list)(args.name)
     emit(args, [i.as_dict() for i in infos], describe_snapshots(infos))
     return 0
 
 
-def cmd_vm_revert(args: argparse.Namespace) -> int:
-    from vfsd.store.snapshots import Snapshots
-
+def cmd_revert(args: argparse.Namespace) -> int:
+    kind = SNAPSHOT_KINDS[args.kind]
     with open_store(args) as store:
-        Snapshots(store).revert(args.name, args.snap)
-    print(f"reverted VM {args.name} to snapshot {args.snap}")
+        getattr(Snapshots(store), kind.revert)(args.name, args.snap)
+    print(f"reverted {kind.noun} {args.name} to snapshot {args.snap}")
     return 0
 
 
-def cmd_vm_snapshot_rm(args: argparse.Namespace) -> int:
-    from vfsd.store.snapshots import Snapshots
-
+def cmd_snapshot_rm(args: argparse.Namespace) -> int:
+    kind = SNAPSHOT_KINDS[args.kind]
     with open_store(args) as store:
-        Snapshots(store).remove(args.name, args.snap)
-    print(f"removed snapshot {args.snap} of VM {args.name}")
+        getattr(Snapshots(store), kind.remove)(args.name, args.snap)
+    print(f"removed snapshot {args.snap} of {kind.noun} {args.name}")
     return 0
 
 
-def cmd_vm_clone(args: argparse.Namespace) -> int:
-    from vfsd.store.snapshots import Snapshots
-
+def cmd_clone(args: argparse.Namespace) -> int:
+    kind = SNAPSHOT_KINDS[args.kind]
     with open_store(args) as store:
         if args.snapshot is None:
-            flush_through_mount(store, vm_file_paths(store, args.src))
-        info = Snapshots(store).clone(args.src, args.dst, args.snapshot)
-    emit(args, info.as_dict(), describe_vm(info))
-    return 0
-
-
-def cmd_volume_snapshot(args: argparse.Namespace) -> int:
-    from vfsd.store.snapshots import Snapshots
-
-    with open_store(args) as store:
-        flush_through_mount(store, [f"volumes/{args.name}-flat.vmdk"])
-        info = Snapshots(store).create_volume_snapshot(args.name, args.snap)
-    emit(args, info.as_dict(), f"snapshot {args.snap} of volume {args.name}: "
-                               f"{format_size(info.size)}")
-    return 0
-
-
-def cmd_volume_snapshots(args: argparse.Namespace) -> int:
-    from vfsd.store.snapshots import Snapshots
-
-    with open_store(args) as store:
-        infos = Snapshots(store).list_volume_snapshots(args.name)
-    emit(args, [i.as_dict() for i in infos], describe_snapshots(infos))
-    return 0
-
-
-def cmd_volume_revert(args: argparse.Namespace) -> int:
-    from vfsd.store.snapshots import Snapshots
-
-    with open_store(args) as store:
-        Snapshots(store).revert_volume(args.name, args.snap)
-    print(f"reverted volume {args.name} to snapshot {args.snap}")
-    return 0
-
-
-def cmd_volume_snapshot_rm(args: argparse.Namespace) -> int:
-    from vfsd.store.snapshots import Snapshots
-
-    with open_store(args) as store:
-        Snapshots(store).remove_volume_snapshot(args.name, args.snap)
-    print(f"removed snapshot {args.snap} of volume {args.name}")
-    return 0
-
-
-def cmd_volume_clone(args: argparse.Namespace) -> int:
-    from vfsd.store.snapshots import Snapshots
-
-    with open_store(args) as store:
-        if args.snapshot is None:
-            flush_through_mount(store, [f"volumes/{args.src}-flat.vmdk"])
-        info = Snapshots(store).clone_volume(args.src, args.dst, args.snapshot)
-    emit(args, info.as_dict(), f"volume {info.name}: {format_size(info.size)}")
+            flush_through_mount(store, kind.files(store, args.src))
+        info = getattr(Snapshots(store), kind.clone)(args.src, args.dst, args.snapshot)
+    emit(args, info.as_dict(), kind.describe(info))
     return 0
 
 
@@ -593,6 +565,7 @@ def build_parser() -> Parser:
                           "NAME.nvram (firmware variables) and NAME.vmx (settings).")
     vm_verbs = vm.add_subparsers(dest="vm_verb", metavar="VERB", required=True,
                                  parser_class=Parser)
+    vm.set_defaults(kind="vm")  # the snapshot verbs serve VMs and volumes alike
     p = verb(vm_verbs, "create", cmd_vm_create, "create a VM's files", json=True)
     p.add_argument("name")
     p.add_argument("--disk", type=size_arg, required=True, metavar="SIZE",
@@ -656,23 +629,23 @@ def build_parser() -> Parser:
     p.add_argument("--timeout", type=duration_arg, default=30.0, metavar="SECONDS",
                    help="how long to wait for the guest to power off (default 30s)")
 
-    p = verb(vm_verbs, "snapshot", cmd_vm_snapshot, "snapshot a VM's files (not its swap)",
+    p = verb(vm_verbs, "snapshot", cmd_snapshot, "snapshot a VM's files (not its swap)",
              "Copy the chunk maps (no data) of the VM's files, except the swap file, into "
              "vms/NAME/.snapshots/SNAP/, read-only. A mounted VM's dirty data is flushed "
              "first, so the snapshot is crash-consistent.", json=True)
     p.add_argument("name")
     p.add_argument("snap")
-    p = verb(vm_verbs, "snapshots", cmd_vm_snapshots, "list a VM's snapshots", json=True)
+    p = verb(vm_verbs, "snapshots", cmd_snapshots, "list a VM's snapshots", json=True)
     p.add_argument("name")
-    p = verb(vm_verbs, "revert", cmd_vm_revert, "give a stopped VM a snapshot's disks and nvram",
+    p = verb(vm_verbs, "revert", cmd_revert, "give a stopped VM a snapshot's disks and nvram",
              "Refused while the VM's disks are open for writing (running).")
     p.add_argument("name")
     p.add_argument("snap")
-    p = verb(vm_verbs, "snapshot-rm", cmd_vm_snapshot_rm,
+    p = verb(vm_verbs, "snapshot-rm", cmd_snapshot_rm,
              "delete a snapshot (clones made from it stay intact)")
     p.add_argument("name")
     p.add_argument("snap")
-    p = verb(vm_verbs, "clone", cmd_vm_clone, "make a new VM sharing a VM's (or snapshot's) data",
+    p = verb(vm_verbs, "clone", cmd_clone, "make a new VM sharing a VM's (or snapshot's) data",
              "Metadata only: the clone references the same chunks until either side writes. "
              "Attached volumes become instance disks of the clone.", json=True)
     p.add_argument("src")
@@ -684,6 +657,7 @@ def build_parser() -> Parser:
                               "are attached to (a hard link into the VM's directory).")
     vol_verbs = volume.add_subparsers(dest="volume_verb", metavar="VERB", required=True,
                                       parser_class=Parser)
+    volume.set_defaults(kind="volume")
     p = verb(vol_verbs, "create", cmd_volume_create, "create a thin volume", json=True)
     p.add_argument("name")
     p.add_argument("--size", type=size_arg, required=True, metavar="SIZE", help="e.g. 10G")
@@ -695,19 +669,19 @@ def build_parser() -> Parser:
     p.add_argument("name")
     p = verb(vol_verbs, "rm", cmd_volume_rm, "delete a detached volume")
     p.add_argument("name")
-    p = verb(vol_verbs, "snapshot", cmd_volume_snapshot, "snapshot a volume (metadata only)",
+    p = verb(vol_verbs, "snapshot", cmd_snapshot, "snapshot a volume (metadata only)",
              json=True)
     p.add_argument("name")
     p.add_argument("snap")
-    p = verb(vol_verbs, "snapshots", cmd_volume_snapshots, "list a volume's snapshots", json=True)
+    p = verb(vol_verbs, "snapshots", cmd_snapshots, "list a volume's snapshots", json=True)
     p.add_argument("name")
-    p = verb(vol_verbs, "revert", cmd_volume_revert, "give a detached volume a snapshot's data")
-    p.add_argument("name")
-    p.add_argument("snap")
-    p = verb(vol_verbs, "snapshot-rm", cmd_volume_snapshot_rm, "delete a volume snapshot")
+    p = verb(vol_verbs, "revert", cmd_revert, "give a detached volume a snapshot's data")
     p.add_argument("name")
     p.add_argument("snap")
-    p = verb(vol_verbs, "clone", cmd_volume_clone, "make a new volume sharing a volume's data",
+    p = verb(vol_verbs, "snapshot-rm", cmd_snapshot_rm, "delete a volume snapshot")
+    p.add_argument("name")
+    p.add_argument("snap")
+    p = verb(vol_verbs, "clone", cmd_clone, "make a new volume sharing a volume's data",
              json=True)
     p.add_argument("src")
     p.add_argument("dst")
