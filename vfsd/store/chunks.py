@@ -101,9 +101,15 @@ def check_pool(tx: Tx) -> None:
     the transaction, so nothing becomes visible (the staged bodies are orphans for gc)."""
     if tx.deltas.get(PHYSICAL, 0) <= 0:
         return
-    raw = tx.get(tx.db.meta, QUOTA)
-    if raw is not None and tx.counter(PHYSICAL) > int.from_bytes(raw, "big"):
+    limit = quota(tx)
+    if limit is not None and tx.counter(PHYSICAL) > limit:
         raise NoSpace("the storage pool is full")
+
+
+def quota(tx: Tx) -> int | None:
+    """The pool's configured size, if one is set."""
+    raw = tx.get(tx.db.meta, QUOTA)
+    return int.from_bytes(raw, "big") if raw is not None else None
 
 
 def incref(tx: Tx, chunk: StagedChunk) -> None:

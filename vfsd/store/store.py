@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from . import changelog, namespace, vmdk
+from . import changelog, chunks, namespace, vmdk
 from .config import DEFAULT_CHUNK_SIZE, StoreConfig, create_config, load_config
 from .chunks import chunk_hash
 from .env import U64, Environment, Tx
@@ -28,7 +28,6 @@ from .records import (
 )
 from .segments import LocalSegments
 
-QUOTA = b"quota"
 MAX_FILE_SIZE = (1 << 63) - 1  # Linux's MAX_LFS_FILESIZE
 NEXT_SEGMENT = b"next_segment"
 XATTR_CREATE = 1
@@ -111,42 +110,44 @@ class Store:
 
     def quota(self) -> int | None:
         with self.env.read() as tx:
-            raw = tx.get(tx.db.meta, QUOTA)
-        return U64.unpack(raw)[0] if raw else None
+            return chunks.quota(tx)
 
     def set_quota(self, quota: int | None) -> None:
         if quota is not None and quota <= 0:
             raise InvalidArgument("the quota must be positive")
         with self.env.write() as tx:
             if quota is None:
-                tx.delete(tx.db.meta, QUOTA)
+                tx.delete(tx.db.meta, chunks.QUOTA)
             else:
-                tx.put(tx.db.meta, QUOTA, U64.pack(quota))
+                tx.put(tx.db.meta, chunks.QUOTA, U64.pack(quota))
 
     def physical_bytes(self) -> int:
         with self.env.read() as tx:
-            return tx.counter(b"physical_bytes")
+            return tx.counter(chunks.PHYSICAL)
+
+    def _pool(self) -> tuple[int | None, int, int]:
+        """(quota, physical bytes, inode count), read in one transaction."""
+        with self.env.read() as tx:
+            return chunks.quota(tx), tx.counter(chunks.PHYSICAL), tx.entries(tx.db.inodes)
 
     def capacity(self) -> int:
         """The pool's size: the quota, else what is stored plus the backing disk's free space."""
-        quota = self.quota()
-        if quota is not None:
-            return quota
-        st = os.statvfs(self.config.segments_dir)
-        return self.physical_bytes() + st.f_bavail * st.f_frsize
+        return self.pool_usage()[0]
 
     def capacity_left(self) -> int | None:
-        quota = self.quota()
+        quota, physical, _inodes = self._pool()
         if quota is not None:
-            return max(0, quota - self.physical_bytes())
+            return max(0, quota - physical)
         st = os.statvfs(self.config.segments_dir)
         return st.f_bavail * st.f_frsize
 
     def pool_usage(self) -> tuple[int, int, int]:
         """(capacity, physical bytes, inode count) for statfs."""
-        with self.env.read() as tx:
-            inodes = tx.entries(tx.db.inodes)
-        return self.capacity(), self.physical_bytes(), inodes
+        quota, physical, inodes = self._pool()
+        if quota is None:
+            st = os.statvfs(self.config.segments_dir)
+            quota = physical + st.f_bavail * st.f_frsize
+        return quota, physical, inodes
 
     # --- attributes and names ------------------------------------------------------------
 
