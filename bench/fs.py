@@ -6,7 +6,8 @@ Targets (all mounted at once, but measured one at a time: there are only two cor
 
   vfsd    `python -m vfsd mount --foreground` of a fresh store (`python -m vfsd init`) made in
           a temporary directory on the disk (--dir, default: beside the repo), not in memory
-  memfs   bench/memfs.py, started with the daemon's GLIBC_TUNABLES (vfsd/fs/mount.py)
+  memfs   bench/memfs.py, started with the daemon's GLIBC_TUNABLES (vfsd/fs/mount.py) and given
+          the readahead window vfsd sets on its own mount (vfsd/fs/readahead.py)
   tmpfs   `mount -t tmpfs`, made here and unmounted after
   plain   a directory beside the store on the disk (ext4 or whatever it is), for the
           4k write + fdatasync job only
@@ -58,6 +59,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from vfsd.fs import readahead  # noqa: E402  (the repo is on sys.path only from here)
 
 MB = 1_000_000
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -252,15 +255,21 @@ def run_job(job: Job, path: Path, size: int, runtime: int, out: Path,
 def mount_device(path: Path) -> str | None:
     """"major:minor" of the file system mounted exactly at `path`, from /proc/self/mountinfo
     (never stat(2): that blocks forever on a FUSE mount whose daemon stopped answering)."""
-    want = os.path.realpath(path)
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            point = parts[4].replace("\\040", " ")
-            if point == want:
-                found = parts[2]  # the last one stacked there wins
-    return found
+    return readahead.mount_device(Path(os.path.realpath(path)))
+
+
+def match_readahead(target: str, mnt: Path) -> str:
+    """vfsd widens its mount's readahead to 1 MiB (vfsd/fs/readahead.py); give memfs the same
+    window, so the ceiling gets the same kernel help. Returns what the mount has, for the log."""
+    device = mount_device(mnt)
+    if device is None:
+        return "unknown"
+    knob = readahead.SYSFS_BDI / device / "read_ahead_kb"
+    if target == "memfs":
+        readahead.widen_readahead(Path(os.path.realpath(mnt)))
+    else:
+        wait_for(lambda: knob.read_text().strip() == str(readahead.READAHEAD_KIB), 5)
+    return f"{knob.read_text().strip()} KiB"
 
 
 def command(argv: list[str], timeout: float) -> bool:
@@ -508,8 +517,8 @@ def start_target(name: str, work: Path, args: argparse.Namespace, vfsd_env: dict
     # glibc cuts the variable short in /proc/PID/environ as it parses it.
     print(f"  {name}: pid {daemon.pid}, GLIBC_TUNABLES "
           + ("unset" if got is None
-             else "as vfsd/fs/mount.py" if got and tunables.startswith(got) else repr(got)),
-          flush=True)
+             else "as vfsd/fs/mount.py" if got and tunables.startswith(got) else repr(got))
+          + f", readahead {match_readahead(name, daemon.mnt)}", flush=True)
     return Target(name, daemon.mnt, daemon)
 
 

@@ -23,6 +23,7 @@ from vfsd.store.errors import StoreError
 
 from .invalidate import tail_changes
 from .operations import Operations
+from .readahead import widen_readahead
 
 log = logging.getLogger("vfsd.mount")
 LOG_NAME = "vfsd.log"
@@ -112,7 +113,7 @@ def mount(config: MountConfig) -> int:
         os.write(ready_w, b"ok\n")
         os.close(ready_w)
     try:
-        trio.run(serve, ops)
+        trio.run(serve, ops, mountpoint)
     finally:
         registration.unlink(missing_ok=True)
         pyfuse3.close(unmount=True)
@@ -121,8 +122,9 @@ def mount(config: MountConfig) -> int:
     return 0
 
 
-async def serve(ops: Operations) -> None:
+async def serve(ops: Operations, mountpoint: Path) -> None:
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(_widen_readahead, ops, mountpoint)
         nursery.start_soon(ops.cache.run_flusher)
         nursery.start_soon(tail_changes, ops.store, ops.run, ops.foreign_change)
         nursery.start_soon(ops.own_changes.run)
@@ -131,7 +133,17 @@ async def serve(ops: Operations) -> None:
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
     # The kernel session is over (unmount or terminate): make everything durable.
-    await ops.cache.flush_all()
+    try:
+        await ops.cache.flush_all()
+    finally:
+        ops.workers.close()
+
+
+async def _widen_readahead(ops: Operations, mountpoint: Path) -> None:
+    # The reply to the kernel's INIT sets the window, so ours must come after it: INIT is
+    # answered as soon as Operations.init returns, before this task runs again.
+    await ops.initialized.wait()
+    await ops.run(widen_readahead, mountpoint)
 
 
 async def _collect_garbage(ops: Operations) -> None:

@@ -25,6 +25,7 @@ from vfsd.store.leases import Holder
 
 from .errno_map import errno_for
 from .invalidate import OwnChanges
+from .workers import WorkerPool
 from .writeback import WriteBack
 
 log = logging.getLogger("vfsd.fs")
@@ -69,7 +70,7 @@ class Operations(pyfuse3.Operations):
                  threads: int = 4):
         super().__init__()
         self.store = store
-        self.limiter = trio.CapacityLimiter(threads)
+        self.workers = WorkerPool(threads)
         self.cache = WriteBack(store, self.run, cache_size, commit_interval)
         self.handles: dict[int, Handle] = {}
         self.open_count: Counter[int] = Counter()
@@ -78,11 +79,16 @@ class Operations(pyfuse3.Operations):
         self.holder = Holder.this_process("the mount")
         self.own_changes = OwnChanges()
         self.capabilities: dict[int, bytes | None] = {}  # security.capability, see getxattr
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        """The kernel's INIT request arrived (pyfuse3 replies once this returns)."""
+        self.initialized.set()
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if kwargs:
             fn = functools.partial(fn, **kwargs)
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        return await self.workers.run(fn, *args)
 
     async def foreign_change(self, change: Any) -> None:
         """Another process changed the store: forget what we cache about that inode."""
