@@ -93,6 +93,7 @@ class Operations(pyfuse3.Operations):
     async def foreign_change(self, change: Any) -> None:
         """Another process changed the store: forget what we cache about that inode."""
         self.capabilities.pop(change.ino, None)
+        self.cache.changed_elsewhere(change.ino)
 
     # --- attributes ----------------------------------------------------------------------
 
@@ -235,6 +236,7 @@ class Operations(pyfuse3.Operations):
         self.open_count[inode.ino] += 1
         if writable:
             self.writers[inode.ino] += 1
+            self.cache.writer_opened(inode.ino)
         direct = bool(flags & os.O_DIRECT)
         return pyfuse3.FileInfo(fh=fh, direct_io=direct, keep_cache=not direct)
 
@@ -299,6 +301,8 @@ class Operations(pyfuse3.Operations):
             elif handle.wrote:
                 await self.cache.flush(ino)
         finally:
+            if handle.writable and self.writers[ino] == 0:
+                self.cache.writer_closed(ino)
             if self.open_count[ino] <= 0:
                 del self.open_count[ino]
                 self.writers.pop(ino, None)
@@ -349,6 +353,8 @@ class Operations(pyfuse3.Operations):
         await self.cache.flush(dst)
         copied = await self.run(self.store.copy_range, src, off_in, dst, off_out, length)
         self.handles[fh_out].wrote = True
+        if self.cache.cached(dst):
+            self.cache.grown(dst, (await self.run(self.store.getattr, dst)).size)
         return copied
 
     # --- directories ---------------------------------------------------------------------

@@ -1,14 +1,19 @@
 """The write-back cache: dirty chunks in memory, flushed in batches, with backpressure.
 
-FUSE writes land here as whole-chunk buffers (partial chunks are read, then patched), so a
-flush hands the core complete chunks and the core never re-reads. Memory is bounded: a writer
-that would pass the bound waits until a flush frees room, like a full Xen I/O ring. A flush
-commits one inode's dirty chunks and its size in one core call (segment fdatasync, then one
-LMDB commit); only then is the data durable.
+A write never waits for the store. A chunk it covers whole is kept as given; a chunk it covers
+in part becomes a `Patch` (the written bytes and their ranges), and the flush, in a worker
+thread, reads the stored chunk and lays the patch onto it. Reading the base at write time would
+cost a thread hop per small write, which was most of a 4 KiB random write's time. Memory is
+bounded: a writer that would pass the bound waits until a flush frees room, like a full Xen
+I/O ring. A flush commits one inode's dirty chunks and its size in one core call (segment
+fdatasync, then one LMDB commit); only then is the data durable.
 
 Reads of a file with dirty data overlay, in order: the store, the chunks being flushed, the
-dirty chunks. A cached chunk is authoritative for its whole range: bytes past its end are
-zeros, because it was built from the stored chunk before being patched.
+dirty chunks. A complete cached chunk is authoritative for its whole range (bytes past its end
+are zeros); a patch only for its ranges.
+
+A file's entry (its size as the mount sees it) is kept while a handle writes to it, so a run of
+write-fsync pairs does not look the inode up again after every flush.
 """
 
 from __future__ import annotations
@@ -25,8 +30,56 @@ from vfsd.store import InodeFlags, Store
 from vfsd.store.errors import FileTooBig, NotFound, StoreError
 
 log = logging.getLogger("vfsd.writeback")
-Chunk = bytearray | memoryview
 RunSync = Callable[..., Awaitable[Any]]
+FLUSH_BATCH_BYTES = 64 * 1024 * 1024  # per background commit: ~100 ms of work, one fdatasync
+
+
+class Patch:
+    """Part of a chunk: bytes written at chunk offsets, and the ranges of them that are valid
+    (sorted, disjoint, merged). The rest of the chunk is whatever the store holds."""
+
+    __slots__ = ("data", "ranges")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.ranges: list[tuple[int, int]] = []
+
+    def put(self, lo: int, piece: bytes | memoryview) -> None:
+        hi = lo + len(piece)
+        if len(self.data) < hi:
+            self.data.extend(bytes(hi - len(self.data)))
+        self.data[lo:hi] = piece
+        merged = []
+        for a, b in self.ranges:
+            if b < lo or a > hi:
+                merged.append((a, b))
+            else:
+                lo, hi = min(a, lo), max(b, hi)
+        merged.append((lo, hi))
+        merged.sort()
+        self.ranges = merged
+
+    def covers(self, lo: int, hi: int) -> bool:
+        return any(a <= lo and hi <= b for a, b in self.ranges)
+
+    def onto(self, base: bytes | bytearray | memoryview) -> bytearray:
+        """The whole chunk: `base` (the stored body; zeros past its end) under the patch."""
+        out = bytearray(base)
+        if len(out) < len(self.data):
+            out.extend(bytes(len(self.data) - len(out)))
+        for a, b in self.ranges:
+            out[a:b] = self.data[a:b]
+        return out
+
+    def overlay(self, out: bytearray | memoryview, lo: int, hi: int, dest: int) -> None:
+        """Copy the patched bytes of chunk range [lo, hi) into `out` at `dest`."""
+        for a, b in self.ranges:
+            a, b = max(a, lo), min(b, hi)
+            if a < b:
+                out[dest + a - lo: dest + b - lo] = self.data[a:b]
+
+
+Chunk = bytearray | memoryview | Patch
 
 
 @dataclass
@@ -41,6 +94,7 @@ class FileCache:
     lock: trio.Lock = field(default_factory=trio.Lock)
     error: StoreError | None = None
     pins: int = 0  # writes in progress: they may await, and must not find the cache forgotten
+    kept: bool = False  # a handle writes to the file: keep the entry while clean
 
     @property
     def held(self) -> int:
@@ -58,6 +112,41 @@ class WriteBack:
         self.held = 0
         self.room = trio.Condition()
         self.pressure = trio.Event()
+        # Whole chunks are flushed in batches as they come (a stream rarely rewrites them),
+        # so the flush overlaps the writer instead of starting when memory runs short.
+        self.batch = max(8, min(FLUSH_BATCH_BYTES // self.cs, self.limit // 4))
+        self.streamed = 0  # whole chunks written since the flusher last took a batch
+        self.writing: set[int] = set()  # inodes with a handle open for writing
+
+    def writer_opened(self, ino: int) -> None:
+        self.writing.add(ino)
+        f = self.files.get(ino)
+        if f is not None:
+            f.kept = True
+
+    def writer_closed(self, ino: int) -> None:
+        """The last writing handle of `ino` is gone: its entry may go once clean."""
+        self.writing.discard(ino)
+        f = self.files.get(ino)
+        if f is not None:
+            f.kept = False
+            self._forget_if_clean(f)
+
+    def changed_elsewhere(self, ino: int) -> None:
+        """Another process changed the file: forget the size we keep, unless dirty data
+        still needs the entry (then the file is ours: the mount holds its lease)."""
+        f = self.files.get(ino)
+        if f is not None:
+            kept, f.kept = f.kept, False
+            self._forget_if_clean(f)
+            f.kept = kept
+
+    def grown(self, ino: int, size: int) -> None:
+        """The core grew the file (a copy into it): writes past the old end must not take
+        the new range for a hole."""
+        f = self.files.get(ino)
+        if f is not None:
+            f.size = max(f.size, size)
 
     # --- state ---------------------------------------------------------------------------
 
@@ -70,9 +159,15 @@ class WriteBack:
             inode = await self.run(self.store.getattr, ino)
             f = self.files.get(ino)  # another writer may have made it meanwhile
             if f is None:
-                f = FileCache(ino, inode.size, bool(inode.flags & InodeFlags.FIXED_SIZE))
+                f = FileCache(ino, inode.size, bool(inode.flags & InodeFlags.FIXED_SIZE),
+                              kept=ino in self.writing)
                 self.files[ino] = f
         return f
+
+    def _streamed(self, n: int) -> None:
+        self.streamed += n
+        if self.streamed >= self.batch:
+            self.pressure.set()
 
     def _add_held(self, n: int) -> None:
         self.held += n
@@ -128,19 +223,29 @@ class WriteBack:
             hi = min(end, cstart + cs) - cstart
             piece = view[cstart + lo - offset: cstart + hi - offset]
             current = f.dirty.get(index)
-            if current is None and lo == 0 and hi == cs:
+            if lo == 0 and hi == cs:
+                if current is None:
+                    self._add_held(1)
                 f.dirty[index] = piece  # zero-copy: keeps pyfuse3's buffer alive
-                self._add_held(1)
+                self._streamed(1)
                 continue
             if current is None:
-                base = await self._base(f, index)
-                current = f.dirty.get(index)  # a concurrent write may have made it meanwhile
-                if current is None:
-                    current = bytearray(base)
-                    f.dirty[index] = current
-                    self._add_held(1)
-            if isinstance(current, memoryview):
+                self._add_held(1)
+                below = f.flushing.get(index)
+                if cstart >= f.size:
+                    current = bytearray()  # nothing stored here yet: the rest reads as zeros
+                elif below is not None and not isinstance(below, Patch):
+                    current = bytearray(below)
+                else:
+                    current = Patch()  # the flush lays it onto the stored chunk
+                f.dirty[index] = current
+            elif isinstance(current, memoryview):
                 current = f.dirty[index] = bytearray(current)
+            if isinstance(current, Patch):
+                current.put(lo, piece)
+                if current.covers(0, cs):
+                    f.dirty[index] = current.data
+                continue
             if len(current) < hi:
                 current.extend(bytes(hi - len(current)))
             current[lo:hi] = piece
@@ -149,13 +254,6 @@ class WriteBack:
         if not f.first_dirty:
             f.first_dirty = time.monotonic()
         return len(data)
-
-    async def _base(self, f: FileCache, index: int) -> Chunk:
-        if index in f.flushing:
-            return f.flushing[index]
-        if index * self.cs >= f.size:
-            return b""  # type: ignore[return-value]
-        return await self.run(self.store.read_chunk, f.ino, index)
 
     async def read(self, ino: int, offset: int, size: int) -> bytes | bytearray | memoryview:
         f = self.files.get(ino)
@@ -166,27 +264,30 @@ class WriteBack:
         if offset >= end:
             return b""
         first, last = offset // cs, (end - 1) // cs
-        overlay = {i: c for i in range(first, last + 1)
-                   for c in [f.dirty.get(i, f.flushing.get(i))] if c is not None}
-        if len(overlay) == last - first + 1:
-            out = bytearray(end - offset)
+        if all(isinstance(f.dirty.get(i, f.flushing.get(i)), bytearray | memoryview)
+               for i in range(first, last + 1)):
+            out = bytearray(end - offset)  # complete cached chunks cover it all
         else:
             stored = await self.run(self.store.read, ino, offset, end - offset)
             out = bytearray(stored)
             if len(out) < end - offset:
                 out.extend(bytes(end - offset - len(out)))
-        # Chunks may have changed while the store read ran; collect the overlay again.
+        # Chunks may have changed while the store read ran: lay the layers on now.
         for index in range(first, last + 1):
-            chunk = f.dirty.get(index, f.flushing.get(index))
-            if chunk is None:
-                continue
             cstart = index * cs
             lo = max(offset, cstart) - cstart
             hi = min(end, cstart + cs) - cstart
-            avail = max(0, min(hi, len(chunk)) - lo)
             dest = cstart + lo - offset
-            out[dest: dest + avail] = chunk[lo: lo + avail]
-            out[dest + avail: dest + hi - lo] = bytes(hi - lo - avail)
+            for layer in (f.flushing, f.dirty):
+                chunk = layer.get(index)
+                if chunk is None:
+                    continue
+                if isinstance(chunk, Patch):
+                    chunk.overlay(out, lo, hi, dest)
+                    continue
+                avail = max(0, min(hi, len(chunk)) - lo)
+                out[dest: dest + avail] = chunk[lo: lo + avail]
+                out[dest + avail: dest + hi - lo] = bytes(hi - lo - avail)
         return out
 
     # --- flushing ------------------------------------------------------------------------
@@ -200,31 +301,67 @@ class WriteBack:
             if f.error is not None:
                 error, f.error = f.error, None
                 raise error
-            if not f.dirty:
-                self._forget_if_clean(f)
-                return
-            snapshot, f.dirty, f.flushing = f.dirty, {}, f.dirty
-            size, mtime, f.first_dirty = f.size, f.mtime_ns, 0.0
-            try:
-                await self.run(self.store.write_chunks, ino, snapshot, size=size, mtime_ns=mtime)
-            except NotFound:
-                log.info("event=flush-dropped ino=%d reason=deleted chunks=%d", ino, len(snapshot))
-            except StoreError as e:
-                # Keep the data dirty (nothing is lost silently) and report to the next caller.
-                for index, chunk in snapshot.items():
-                    if index not in f.dirty:
-                        f.dirty[index] = chunk
-                        self.held += 1
-                f.error = e
-                log.warning("event=flush-failed ino=%d error=%s", ino, e)
-                raise
-            finally:
-                f.flushing = {}
-                await self._release_held(len(snapshot))
+            if f.dirty:
+                await self._commit(f, list(f.dirty))
             self._forget_if_clean(f)
 
+    async def flush_some(self, ino: int, whole_only: bool) -> int:
+        """Commit one batch of the file's dirty chunks, oldest first (or a full batch of only
+        the complete ones); returns how many. Errors stay with the file for its next fsync."""
+        f = self.files.get(ino)
+        if f is None:
+            return 0
+        async with f.lock:
+            if f.error is not None:
+                return 0
+            chosen = [i for i, chunk in f.dirty.items()
+                      if not whole_only or not isinstance(chunk, Patch)][: self.batch]
+            if whole_only and len(chosen) < self.batch:
+                chosen = []  # not worth a commit of its own yet
+            if chosen:
+                try:
+                    await self._commit(f, chosen)
+                except StoreError:
+                    pass  # kept dirty, reported to the file's next fsync
+            self._forget_if_clean(f)
+            return len(chosen)
+
+    async def _commit(self, f: FileCache, indices: list[int]) -> None:
+        """With f.lock held: make these dirty chunks durable. With all of them goes the exact
+        size; a part only grows the file over the chunks it carries, so that a crash before
+        the rest is flushed never shows a size the data has not reached."""
+        everything = len(indices) == len(f.dirty)
+        snapshot = {i: f.dirty.pop(i) for i in indices}
+        f.flushing = snapshot
+        if everything:
+            size, grow_to, f.first_dirty = f.size, 0, 0.0
+        else:
+            size, grow_to = None, min(f.size, (max(snapshot) + 1) * self.cs)
+        try:
+            await self.run(_commit_flush, self.store, f.ino, snapshot, size, grow_to, f.mtime_ns)
+        except NotFound:
+            log.info("event=flush-dropped ino=%d reason=deleted chunks=%d", f.ino, len(snapshot))
+        except StoreError as e:
+            # Keep the data dirty (nothing is lost silently) and report to the next caller.
+            for index, chunk in snapshot.items():
+                if index in f.dirty:
+                    f.dirty[index] = _stack(chunk, f.dirty[index])
+                else:
+                    f.dirty[index] = chunk
+                    self.held += 1
+            if not f.first_dirty:
+                f.first_dirty = time.monotonic()
+            f.error = e
+            log.warning("event=flush-failed ino=%d error=%s", f.ino, e)
+            raise
+        finally:
+            f.flushing = {}
+            await self._release_held(len(snapshot))
+        if not f.dirty:
+            f.mtime_ns = 0  # the store has it now, and later changes go there
+
     def _forget_if_clean(self, f: FileCache) -> None:
-        if (not f.dirty and not f.flushing and f.error is None and not f.pins
+        if (not f.dirty and not f.flushing and f.error is None and not f.pins and not f.kept
                 and self.files.get(f.ino) is f):
             del self.files[f.ino]
 
@@ -255,19 +392,54 @@ class WriteBack:
             f.size = size
 
     async def run_flusher(self) -> None:
-        """Flush files dirty for a commit interval, and the oldest ones under memory pressure."""
+        """Flush streamed whole chunks in batches as they come, files dirty for a commit
+        interval, and the oldest chunks under memory pressure."""
         while True:
             with trio.move_on_after(self.interval / 4):
                 await self.pressure.wait()
-            under_pressure = self.pressure.is_set()
             self.pressure = trio.Event()
+            while self.streamed >= self.batch:
+                self.streamed = 0
+                for ino in [ino for ino, f in self.files.items() if f.dirty]:
+                    while await self.flush_some(ino, whole_only=True) >= self.batch:
+                        pass
             now = time.monotonic()
             due = sorted((f.first_dirty, ino) for ino, f in self.files.items() if f.dirty)
             for first_dirty, ino in due:
-                if under_pressure or now - first_dirty >= self.interval:
+                if now - first_dirty >= self.interval:
                     try:
                         await self.flush(ino)
                     except StoreError:
                         pass
-                if under_pressure and self.held < self.limit // 2:
-                    under_pressure = False
+            for _, ino in due:
+                while self.held >= self.limit * 3 // 4 and await self.flush_some(ino, False):
+                    pass
+
+
+def _stack(below: Chunk, above: Chunk) -> Chunk:
+    """One chunk that reads as `above` written over `below` (a failed flush's chunk under a
+    newer write)."""
+    if not isinstance(above, Patch):
+        return above
+    if isinstance(below, Patch):
+        for a, b in above.ranges:
+            below.put(a, above.data[a:b])
+        return below
+    return above.onto(below)
+
+
+def _commit_flush(store: Store, ino: int, snapshot: dict[int, Chunk], size: int | None,
+                  grow_to: int, mtime_ns: int) -> None:
+    """In a worker thread: lay patches onto their stored chunks, then commit every chunk and
+    the size at once. The mount holds the file's lease and flushes of one file are serialised,
+    so the stored chunk cannot change between the base read and the commit."""
+    patches = [i for i, chunk in snapshot.items() if isinstance(chunk, Patch)]
+    contents: dict[int, bytes | bytearray | memoryview] = {
+        i: chunk for i, chunk in snapshot.items() if not isinstance(chunk, Patch)}
+    if patches:
+        bases = store.read_chunks(ino, patches)
+        for i in patches:
+            patch = snapshot[i]
+            assert isinstance(patch, Patch)
+            contents[i] = patch.onto(bases.get(i, b""))
+    store.write_chunks(ino, contents, size=size, grow_to=grow_to, mtime_ns=mtime_ns or None)

@@ -105,6 +105,14 @@ class FileData:
             location = self._locations(tx, ino, index, index).get(index)
         return b"" if location is None else self.segments.read(location)
 
+    def read_chunks(self, ino: int, indices: Iterable[int]) -> dict[int, bytes]:
+        """Stored bodies of some chunks, holes left out: the bases a flush merges partly
+        written chunks onto. One read transaction finds them; bodies are read after it."""
+        with self.env.read() as tx:
+            locations = {i: loc for i in indices
+                         for loc in [self._locations(tx, ino, i, i).get(i)] if loc is not None}
+        return {i: self.segments.read(loc) for i, loc in locations.items()}
+
     # --- writing -------------------------------------------------------------------------
 
     def _stage(self, contents: Mapping[int, bytes | bytearray | memoryview]
@@ -215,11 +223,13 @@ class FileData:
         raise Corrupt(f"write to inode {ino} kept conflicting with other writers")
 
     def write_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview],
-                     *, size: int, mtime_ns: int | None = None) -> Inode:
-        """Replace whole chunk bodies and set the size: the write-back cache's flush. The caller
-        owns the file (it holds the lease), so no read-modify-write check is needed."""
+                     *, size: int | None, grow_to: int = 0,
+                     mtime_ns: int | None = None) -> Inode:
+        """Replace whole chunk bodies and set the size (or, with size None, grow it to at least
+        `grow_to`): the write-back cache's flush. The caller owns the file (it holds the
+        lease), so no read-modify-write check is needed."""
         staged = self._stage(contents)
-        return self._commit(ino, staged, size=size, mtime_ns=mtime_ns)
+        return self._commit(ino, staged, size=size, grow_to=grow_to, mtime_ns=mtime_ns)
 
     def truncate(self, ino: int, size: int) -> Inode:
         """ftruncate(2): shrinking frees chunks past the end and cuts the straddling one;

@@ -356,6 +356,9 @@ class Store:
     def read_chunk(self, ino: int, index: int) -> bytes:
         return self.data.read_chunk(ino, index)
 
+    def read_chunks(self, ino: int, indices: Iterable[int]) -> dict[int, bytes]:
+        return self.data.read_chunks(ino, indices)
+
     def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
         """pwrite(2), durable on return (segment fdatasync, then LMDB commit)."""
         if offset < 0:
@@ -380,8 +383,9 @@ class Store:
         return len(data)
 
     def write_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview], *,
-                     size: int, mtime_ns: int | None = None) -> Inode:
-        return self.data.write_chunks(ino, contents, size=size, mtime_ns=mtime_ns)
+                     size: int | None, grow_to: int = 0, mtime_ns: int | None = None) -> Inode:
+        return self.data.write_chunks(ino, contents, size=size, grow_to=grow_to,
+                                      mtime_ns=mtime_ns)
 
     def truncate(self, ino: int, size: int) -> Inode:
         if size < 0:
