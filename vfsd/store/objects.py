@@ -311,17 +311,18 @@ class Objects:
     def read(self, ino: int, version: int, offset: int, size: int
              ) -> bytes | bytearray | memoryview:
         """Bytes [offset, offset+size) of the object as it was at `version`; ObjectChanged if
-        it has changed since (a GET must never mix two versions). Versions only grow, so a
-        version check after the read covers the read's own transaction."""
+        it has changed since (a GET must never mix two versions). The version is checked in
+        the transaction that finds the chunks, so the bodies read are that version's."""
+        if size <= 0:
+            with self.env.read() as tx:
+                raw = tx.get(tx.db.inodes, ino_key(ino))
+                if raw is None or Inode.unpack(ino, raw).version != version:
+                    raise ObjectChanged("the object changed while it was being read")
+            return b""
         try:
-            data = self.store.read(ino, offset, size) if size > 0 else b""
+            return self.store.data.read(ino, offset, size, version)
         except NotFound:
             raise ObjectChanged("the object was deleted while it was being read") from None
-        with self.env.read() as tx:
-            raw = tx.get(tx.db.inodes, ino_key(ino))
-            if raw is None or Inode.unpack(ino, raw).version != version:
-                raise ObjectChanged("the object changed while it was being read")
-        return data
 
     def iter_read(self, ino: int, version: int, offset: int, length: int,
                   window: int = READ_WINDOW) -> Iterator[bytes | bytearray | memoryview]:
