@@ -57,23 +57,59 @@ class BodyStream:
         self.idle_timeout = idle_timeout
         self.stopping = stopping
         self.received = 0
+        self.preloaded: bytes | None = None
 
     async def _read(self, size: int) -> bytes:
         await send_continue(self.request)
         return await self.request.content.readexactly(size)
 
+    async def preload(self) -> None:
+        """Read a body of at most one piece here, on the event loop, before the worker hop:
+        a worker asking the loop for it would cost two more thread hand-overs. Not for a
+        client waiting on `Expect: 100-continue`: it must get the core's early errors (no
+        such bucket, If-None-Match) before it sends anything."""
+        if (self.length > self.piece
+                or self.request.headers.get("Expect", "").lower() == "100-continue"):
+            return
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                self.preloaded = await self._read(self.length)
+        except TimeoutError:
+            raise RequestTimeout() from None
+        except Exception:  # EOF, reset, content-length error: the client went away
+            raise IncompleteBody() from None
+
+    def _take(self, data: bytes) -> bytes:
+        self.received += len(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
+        if self.checksum is not None:
+            self.checksum.update(data)
+        return data
+
     def pieces(self) -> Iterator[bytes]:
-        """The body, in pieces; call from a worker thread, never from the event loop."""
-        while self.received < self.length:
-            size = min(self.piece, self.length - self.received)
-            data = self._wait(asyncio.run_coroutine_threadsafe(self._read(size), self.loop))
-            self.received += len(data)
-            if self.sha256 is not None:
-                self.sha256.update(data)
-            if self.checksum is not None:
-                self.checksum.update(data)
-            yield data
+        """The body, in pieces; call from a worker thread, never from the event loop. The
+        next piece is read from the socket while the core hashes and stages this one."""
+        if self.preloaded is not None:
+            data, self.preloaded = self.preloaded, None
+            yield self._take(data)
+        pending: concurrent.futures.Future[bytes] | None = None
+        try:
+            while self.received < self.length:
+                if pending is None:
+                    pending = self._request(self.received)
+                data = self._wait(pending)
+                ahead = self.received + len(data)
+                pending = self._request(ahead) if ahead < self.length else None
+                yield self._take(data)
+        finally:
+            if pending is not None:  # the core gave up on the body
+                pending.cancel()
         self.verify()
+
+    def _request(self, offset: int) -> concurrent.futures.Future[bytes]:
+        size = min(self.piece, self.length - offset)
+        return asyncio.run_coroutine_threadsafe(self._read(size), self.loop)
 
     def _wait(self, future: concurrent.futures.Future[bytes]) -> bytes:
         deadline = time.monotonic() + self.idle_timeout
@@ -164,6 +200,9 @@ class ChunkedBodyStream(BodyStream):
         if not line.endswith(b"\n"):
             raise ValueError("the body ended inside a chunk header")
         return line.rstrip(b"\r\n")
+
+    async def preload(self) -> None:
+        return None  # the framing is decoded piece by piece in the worker
 
     def _line(self) -> bytes:
         return self._wait(asyncio.run_coroutine_threadsafe(self._readline(), self.loop))

@@ -15,7 +15,7 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 
 from vfsd.store.errors import NotModified, ObjectChanged
-from vfsd.store.objects import Conditions, ObjectInfo
+from vfsd.store.objects import Conditions, ObjectInfo, Objects
 
 from . import xml
 from .body import open_body
@@ -68,6 +68,7 @@ async def put_object(request: web.Request) -> web.Response:
         raise NotImplementedS3("If-None-Match on PUT takes only '*'")
     digest = content_md5(headers)
     stream, check = open_body(request, config.max_put_size)
+    await stream.preload()
     info = await run_upload(
         request, request.app[OBJECTS].put_object, s3.bucket, s3.key, stream.pieces(),
         metadata=user_metadata(headers), headers=content_headers(headers), content_md5=digest,
@@ -107,31 +108,18 @@ async def head_object(request: web.Request) -> web.StreamResponse:
 
 async def _get(request: web.Request, head: bool) -> web.StreamResponse:
     s3 = request[S3]
-    objects = request.app[OBJECTS]
-    window = request.app[CONFIG].read_window
-    wanted = conditions(request.headers)
     if "partNumber" in request.query:
         raise NotImplementedS3("partNumber is for multipart objects, not implemented yet")
-    first: bytes | bytearray | memoryview = b""
-    for _attempt in range(3):
-        info = await run(request, objects.head_object, s3.bucket, s3.key)
-        try:
-            wanted.check(info.etag, info.mtime_ns, reading=True)
-        except NotModified:
-            return web.Response(status=304, headers={"ETag": f'"{info.etag}"',
-                                                     "Last-Modified": http_date(info.mtime_ns)})
-        span = parse_range(request.headers.get("Range"), info.size)
-        start, end = span or (0, info.size)
-        if head or end == start:
-            break
-        try:  # the first window before any header goes out: a change here is retried
-            first = await run(request, objects.read, info.ino, info.version, start,
-                              min(window, end - start))
-            break
-        except ObjectChanged:
-            continue
-    else:
-        raise ServiceUnavailable("the object kept changing; please retry")
+    # One hop into the pool finds the object, checks conditions and range, and reads the first
+    # window: each hop costs a thread wake-up and a GIL hand-over both ways.
+    info, span, first, not_modified = await run(
+        request, _open_read, request.app[OBJECTS], s3.bucket, s3.key,
+        conditions(request.headers), request.headers.get("Range"),
+        0 if head else request.app[CONFIG].read_window)
+    if not_modified:
+        return web.Response(status=304, headers={"ETag": f'"{info.etag}"',
+                                                 "Last-Modified": http_date(info.mtime_ns)})
+    start, end = span or (0, info.size)
     headers = object_headers(request, info)
     if span is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
@@ -139,13 +127,49 @@ async def _get(request: web.Request, head: bool) -> web.StreamResponse:
           and request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"):
         headers[f"x-amz-checksum-{info.checksum[0]}"] = info.checksum[1]
         headers["x-amz-checksum-type"] = "FULL_OBJECT"
-    response = web.StreamResponse(status=206 if span else 200, headers=headers)
+    status = 206 if span else 200
+    if not head and start + len(first) == end:
+        # The whole answer is in hand: aiohttp sends headers and body in one write (a view
+        # would go through aiohttp's payload machinery instead; the copy is cheaper).
+        body = first.obj if _whole_bytes(first) else bytes(first)  # type: ignore[union-attr]
+        return web.Response(status=status, headers=headers, body=body)
+    response = web.StreamResponse(status=status, headers=headers)
     response.content_length = end - start
     await response.prepare(request)
     if head:
         return response
     await _stream(request, response, info, start + len(first), end, first)
     return response
+
+
+def _whole_bytes(data: bytes | bytearray | memoryview) -> bool:
+    return (isinstance(data, memoryview) and type(data.obj) is bytes
+            and data.nbytes == len(data.obj))
+
+
+def _open_read(objects: Objects, bucket: str, key: bytes, wanted: Conditions,
+               range_header: str | None, window: int
+               ) -> tuple[ObjectInfo, tuple[int, int] | None, bytes | bytearray | memoryview,
+                          bool]:
+    """In a pool thread: (info, range, first window, not-modified) of a GET or HEAD (window
+    0). A change between the lookup and the first window is retried here, before any header
+    goes out."""
+    for _attempt in range(3):
+        info = objects.head_object(bucket, key)
+        try:
+            wanted.check(info.etag, info.mtime_ns, reading=True)
+        except NotModified:
+            return info, None, b"", True
+        span = parse_range(range_header, info.size)
+        start, end = span or (0, info.size)
+        if not window or end == start:
+            return info, span, b"", False
+        try:
+            return info, span, objects.read(info.ino, info.version, start,
+                                            min(window, end - start)), False
+        except ObjectChanged:
+            continue
+    raise ServiceUnavailable("the object kept changing; please retry")
 
 
 async def _stream(request: web.Request, response: web.StreamResponse, info: ObjectInfo,

@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterable, Mapping
 from . import changelog, chunks, namespace
 from .chunks import StagedChunk, ZeroTest
 from .env import Environment, Tx
-from .errors import Corrupt, FileTooBig, IsADirectory, PermissionDenied, ReadOnly, StoreError
+from .errors import (
+    Corrupt, FileTooBig, IsADirectory, ObjectChanged, PermissionDenied, ReadOnly, StoreError,
+)
 from .records import CHUNK, ChangeOp, ChunkLocation, Inode, InodeFlags, chunk_key
 from .segments import SegmentStore
 
@@ -55,16 +57,20 @@ class FileData:
             out[int.from_bytes(key[8:], "big")] = ChunkLocation(segment, offset, length)
         return out
 
-    def read(self, ino: int, offset: int, size: int) -> bytes | bytearray | memoryview:
+    def read(self, ino: int, offset: int, size: int, version: int | None = None
+             ) -> bytes | bytearray | memoryview:
         """Bytes at [offset, offset+size), short at end of file; holes read as zeros.
 
         One read transaction finds the chunks; bodies are read after it ends (segments outlive
-        any read transaction, DESIGN.md "Reading")."""
+        any read transaction, DESIGN.md "Reading"). With `version`, ObjectChanged unless the
+        inode is at that version in the same transaction (a GET never mixes versions)."""
         cs = self.chunk_size
         with self.env.read() as tx:
             inode = namespace.get_inode(tx, ino)
             if inode.is_dir:
                 raise IsADirectory(f"inode {ino} is a directory")
+            if version is not None and inode.version != version:
+                raise ObjectChanged("the object changed while it was being read")
             end = min(offset + size, inode.size)
             if offset >= end:
                 return b""

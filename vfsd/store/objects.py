@@ -34,6 +34,7 @@ from .errors import (
     PreconditionFailed, ReadOnly,
 )
 from .files import check_file_writable
+from .groupcommit import GroupCommit
 from .names import is_bucket_name, split_key
 from .records import ROOT_INO, ChangeOp, Inode, InodeFlags, chunk_key, ino_key
 from .store import Store
@@ -176,6 +177,7 @@ class Objects:
         self.env = store.env
         self.origin = store.origin
         self.chunk_size = store.chunk_size
+        self.group = GroupCommit(store.env)
         # The key index is keyed by bucket inode (8 bytes) + key; LMDB caps keys (511 bytes).
         self.max_key = min(MAX_KEY, store.env.lmdb.max_key_size() - 8)
 
@@ -309,17 +311,18 @@ class Objects:
     def read(self, ino: int, version: int, offset: int, size: int
              ) -> bytes | bytearray | memoryview:
         """Bytes [offset, offset+size) of the object as it was at `version`; ObjectChanged if
-        it has changed since (a GET must never mix two versions). Versions only grow, so a
-        version check after the read covers the read's own transaction."""
+        it has changed since (a GET must never mix two versions). The version is checked in
+        the transaction that finds the chunks, so the bodies read are that version's."""
+        if size <= 0:
+            with self.env.read() as tx:
+                raw = tx.get(tx.db.inodes, ino_key(ino))
+                if raw is None or Inode.unpack(ino, raw).version != version:
+                    raise ObjectChanged("the object changed while it was being read")
+            return b""
         try:
-            data = self.store.read(ino, offset, size) if size > 0 else b""
+            return self.store.data.read(ino, offset, size, version)
         except NotFound:
             raise ObjectChanged("the object was deleted while it was being read") from None
-        with self.env.read() as tx:
-            raw = tx.get(tx.db.inodes, ino_key(ino))
-            if raw is None or Inode.unpack(ino, raw).version != version:
-                raise ObjectChanged("the object changed while it was being read")
-        return data
 
     def iter_read(self, ino: int, version: int, offset: int, length: int,
                   window: int = READ_WINDOW) -> Iterator[bytes | bytearray | memoryview]:
@@ -495,31 +498,34 @@ class Objects:
             checksum = checksum()
         etag = md5.hex()
         fingerprint = _staged_fingerprint(staged, size)
+
+        def commit(tx: Tx) -> ObjectInfo:
+            b = self._bucket(tx, bucket)
+            parent, existing = self._place(tx, b, parts)
+            if conditions:
+                current = None
+                if existing is not None:
+                    current = (self._etag_in_tx(tx, existing)[0]
+                               if _needs_etag(conditions) else "")
+                conditions.check(current, existing.mtime_ns if existing else 0,
+                                 reading=False)
+            if existing is None:
+                inode = namespace.make(tx, self.origin, parent.ino, parts[-1],
+                                       FILE_MODE, 0, 0)
+            else:
+                self._check_replaceable(existing, key)
+                inode = existing
+            self._set_s3_xattrs(tx, inode.ino, metadata, headers)
+            inode = self.store.data.install(tx, inode.ino, staged, size)
+            tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR),
+                   _pack_record(inode.version, fingerprint, etag, checksum))
+            return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
+                              inode.version, etag, metadata, _lower(headers), checksum)
+
         for _attempt in range(_RETRIES):
             try:
-                with self.env.write() as tx:
-                    b = self._bucket(tx, bucket)
-                    parent, existing = self._place(tx, b, parts)
-                    if conditions:
-                        current = None
-                        if existing is not None:
-                            current = (self._etag_in_tx(tx, existing)[0]
-                                       if _needs_etag(conditions) else "")
-                        conditions.check(current, existing.mtime_ns if existing else 0,
-                                         reading=False)
-                    if existing is None:
-                        inode = namespace.make(tx, self.origin, parent.ino, parts[-1],
-                                               FILE_MODE, 0, 0)
-                    else:
-                        self._check_replaceable(existing, key)
-                        inode = existing
-                    self._set_s3_xattrs(tx, inode.ino, metadata, headers)
-                    inode = self.store.data.install(tx, inode.ino, staged, size)
-                    tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR),
-                           _pack_record(inode.version, fingerprint, etag, checksum))
-                    return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
-                                      inode.version, etag, metadata,
-                                      _lower(headers), checksum)
+                # Concurrent PUTs share one durable commit (vfsd/store/groupcommit.py).
+                return self.group.run(commit)
             except _NeedEtag as need:
                 self.etag(need.ino)
         raise ObjectChanged("the object kept changing while its ETag was checked")
