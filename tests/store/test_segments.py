@@ -93,3 +93,29 @@ def test_a_flipped_bit_in_a_directly_written_body_is_caught(tmp_path: Path) -> N
         reader.read(location)
     segments.close()
     reader.close()
+
+
+@pytest.mark.timeout(60)
+def test_reads_of_many_bodies_take_runs_across_appends_and_segments(tmp_path: Path) -> None:
+    ids = iter(range(1, 1000))
+    segments = LocalSegments(tmp_path, lambda previous: next(ids), seal_size=300_000)
+    rng = random.Random(11)
+    bodies = [rng.randbytes(rng.choice([65536, 4096, 1000])) for _ in range(40)]
+    locations = []
+    for start in range(0, len(bodies), 7):  # several appends, padded between, over segments
+        batch = bodies[start:start + 7]
+        locations += segments.append([(chunk_hash(b), b) for b in batch])
+    assert len({loc.segment for loc in locations}) > 1
+    buffers = [memoryview(bytearray(len(b))) for b in bodies]
+    order = list(range(len(bodies)))
+    rng.shuffle(order[len(order) // 2:])  # in order first, then out of order
+    segments.read_many_into([(locations[i], buffers[i]) for i in order])
+    assert [bytes(b) for b in buffers] == bodies
+    with open(segments.path(locations[3].segment), "r+b") as f:
+        f.seek(locations[3].offset)
+        byte = f.read(1)[0]
+        f.seek(locations[3].offset)
+        f.write(bytes([byte ^ 0x80]))
+    with pytest.raises(Corrupt):
+        segments.read_many_into([(locations[i], buffers[i]) for i in range(len(bodies))])
+    segments.close()

@@ -89,6 +89,7 @@ class FileData:
             return out
         out = bytearray(end - offset)
         view = memoryview(out)
+        in_place: list[tuple[ChunkLocation, memoryview]] = []
         for index, location in locations.items():
             cstart = index * cs
             lo = max(offset, cstart) - cstart
@@ -96,12 +97,13 @@ class FileData:
             if lo == 0 and location.length <= limit:
                 # The whole body lands in `out`: read it there, skipping two 64 KiB copies.
                 at = cstart - offset
-                self.segments.read_into(location, view[at:at + location.length])
+                in_place.append((location, view[at:at + location.length]))
                 continue
             body = self.segments.read(location)
             avail = min(limit, len(body))
             if avail > lo:
                 out[cstart + lo - offset: cstart + avail - offset] = body[lo:avail]
+        self.segments.read_many_into(in_place)
         view.release()
         return out
 

@@ -41,6 +41,7 @@ Body = bytes | bytearray | memoryview
 DEFAULT_SEAL_SIZE = 64 * 1024 * 1024
 ALIGN = 512  # O_DIRECT's unit on this machine class's disks (logical block size); see append
 STAGING_SIZE = 4 * 1024 * 1024  # bytes per direct write: device-friendly, little memory
+MAX_RUN = 512  # records per preadv: two buffers each, within IOV_MAX (1024)
 
 
 def segment_name(segment: int) -> str:
@@ -59,6 +60,11 @@ class SegmentStore(Protocol):
     def read_into(self, location: ChunkLocation, buffer: memoryview) -> None:
         """Read a body straight into `buffer` (exactly `location.length` bytes), verified as
         `read` verifies it; raise Corrupt if it does not match."""
+        ...
+
+    def read_many_into(self, reads: Sequence[tuple[ChunkLocation, memoryview]]) -> None:
+        """`read_into` for several bodies at once (records back to back in a segment come in
+        one system call)."""
         ...
 
     def read_header(self, location: ChunkLocation) -> tuple[bytes, bytes, int, int, int]:
@@ -245,17 +251,38 @@ class LocalSegments:
 
     def read_into(self, location: ChunkLocation, buffer: memoryview) -> None:
         # One preadv puts the header in a small buffer and the body where the caller wants it:
-        # no intermediate `bytes` for the record and none for the body (files.read).
-        if buffer.nbytes != location.length:
-            raise ValueError("the buffer must be exactly as long as the body")
-        start = location.offset - HEADER.size
-        header = bytearray(HEADER.size)
-        got = os.preadv(self._reader(location.segment), [header, buffer], start)
-        if got != HEADER.size + location.length:
-            raise Corrupt(f"segment {segment_name(location.segment)} is short at {start}")
-        magic, _digest, length, _codec, crc = HEADER.unpack(header)
-        if magic != MAGIC or length != location.length or crc32c.crc32c(buffer) != crc:
-            raise Corrupt(f"chunk at {segment_name(location.segment)}:{start} fails its checksum")
+        # no intermediate `bytes` for the record and none for the body.
+        self._read_run([(location, buffer)])
+
+    def read_many_into(self, reads: Sequence[tuple[ChunkLocation, memoryview]]) -> None:
+        # A file written in order lies in order in its segments: one preadv per run of
+        # records that follow each other (headers into small buffers, bodies in place)
+        # instead of one per chunk.
+        first = 0
+        while first < len(reads):
+            stop = first + 1
+            while (stop < len(reads) and stop - first < MAX_RUN
+                   and _follows(reads[stop - 1][0], reads[stop][0])):
+                stop += 1
+            self._read_run(reads[first:stop])
+            first = stop
+
+    def _read_run(self, run: Sequence[tuple[ChunkLocation, memoryview]]) -> None:
+        headers = [bytearray(HEADER.size) for _ in run]
+        buffers: list[bytearray | memoryview] = []
+        for header, (location, buffer) in zip(headers, run):
+            if buffer.nbytes != location.length:
+                raise ValueError("each buffer must be exactly as long as its body")
+            buffers += (header, buffer)
+        start = run[0][0].offset - HEADER.size
+        got = os.preadv(self._reader(run[0][0].segment), buffers, start)
+        if got != sum(HEADER.size + location.length for location, _ in run):
+            raise Corrupt(f"segment {segment_name(run[0][0].segment)} is short at {start}")
+        for header, (location, buffer) in zip(headers, run):
+            magic, _digest, length, _codec, crc = HEADER.unpack(header)
+            if magic != MAGIC or length != location.length or crc32c.crc32c(buffer) != crc:
+                raise Corrupt(f"chunk at {segment_name(location.segment)}:"
+                              f"{location.offset - HEADER.size} fails its checksum")
 
     def read_header(self, location: ChunkLocation) -> tuple[bytes, bytes, int, int, int]:
         start = location.offset - HEADER.size
@@ -329,6 +356,11 @@ class LocalSegments:
             for fd in self._readers.values():
                 os.close(fd)
             self._readers.clear()
+
+
+def _follows(before: ChunkLocation, after: ChunkLocation) -> bool:
+    return (after.segment == before.segment
+            and after.offset == before.offset + before.length + HEADER.size)
 
 
 def _align_up(n: int) -> int:
