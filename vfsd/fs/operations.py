@@ -325,6 +325,7 @@ class Operations(pyfuse3.Operations):
         if mode & punch:
             # Zeroing a range is punching it: zeros are holes here.
             await self.run(self.store.punch_hole, ino, offset, length)
+            self.cache.changed_here(ino)
         else:
             # Thin pool: "allocating" is a promise that the pool has room right now.
             left = await self.run(self.store.capacity_left)

@@ -13,7 +13,11 @@ dirty chunks. A complete cached chunk is authoritative for its whole range (byte
 are zeros); a patch only for its ranges.
 
 A file's entry (its size as the mount sees it) is kept while a handle writes to it, so a run of
-write-fsync pairs does not look the inode up again after every flush.
+write-fsync pairs does not look the inode up again after every flush. With it go the last few
+chunks that were written in part and flushed (`clean`: equal to the store's chunk, as only this
+mount changes a file it holds the lease of): the next small write to one of them patches it in
+memory instead of reading it back from the disk at flush. Any change to the file that does not
+come through this cache (truncate, hole punch, a copy into it, another process) drops them.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from vfsd.store.errors import FileTooBig, NotFound, StoreError
 
 log = logging.getLogger("vfsd.writeback")
 RunSync = Callable[..., Awaitable[Any]]
+CLEAN_PER_FILE = 8  # recently flushed, partly written chunks kept per writing file (512 KiB)
 FLUSH_BATCH_BYTES = 64 * 1024 * 1024  # per background commit: ~100 ms of work, one fdatasync
 
 
@@ -95,6 +100,7 @@ class FileCache:
     error: StoreError | None = None
     pins: int = 0  # writes in progress: they may await, and must not find the cache forgotten
     kept: bool = False  # a handle writes to the file: keep the entry while clean
+    clean: dict[int, bytearray] = field(default_factory=dict)  # equal to the stored chunks
 
     @property
     def held(self) -> int:
@@ -137,6 +143,7 @@ class WriteBack:
         still needs the entry (then the file is ours: the mount holds its lease)."""
         f = self.files.get(ino)
         if f is not None:
+            f.clean.clear()
             kept, f.kept = f.kept, False
             self._forget_if_clean(f)
             f.kept = kept
@@ -147,6 +154,14 @@ class WriteBack:
         f = self.files.get(ino)
         if f is not None:
             f.size = max(f.size, size)
+            f.clean.clear()
+
+    def changed_here(self, ino: int) -> None:
+        """The mount changed the file's chunks through the core (a hole punched): what we
+        know of stored chunks no longer holds."""
+        f = self.files.get(ino)
+        if f is not None:
+            f.clean.clear()
 
     # --- state ---------------------------------------------------------------------------
 
@@ -226,6 +241,7 @@ class WriteBack:
             if lo == 0 and hi == cs:
                 if current is None:
                     self._add_held(1)
+                    f.clean.pop(index, None)
                 f.dirty[index] = piece  # zero-copy: keeps pyfuse3's buffer alive
                 self._streamed(1)
                 continue
@@ -236,6 +252,8 @@ class WriteBack:
                     current = bytearray()  # nothing stored here yet: the rest reads as zeros
                 elif below is not None and not isinstance(below, Patch):
                     current = bytearray(below)
+                elif index in f.clean:
+                    current = f.clean.pop(index)  # the stored chunk, from memory
                 else:
                     current = Patch()  # the flush lays it onto the stored chunk
                 f.dirty[index] = current
@@ -264,7 +282,8 @@ class WriteBack:
         if offset >= end:
             return b""
         first, last = offset // cs, (end - 1) // cs
-        if all(isinstance(f.dirty.get(i, f.flushing.get(i)), bytearray | memoryview)
+        if all(isinstance(f.dirty.get(i, f.flushing.get(i, f.clean.get(i))),
+                          bytearray | memoryview)
                for i in range(first, last + 1)):
             out = bytearray(end - offset)  # complete cached chunks cover it all
         else:
@@ -278,7 +297,7 @@ class WriteBack:
             lo = max(offset, cstart) - cstart
             hi = min(end, cstart + cs) - cstart
             dest = cstart + lo - offset
-            for layer in (f.flushing, f.dirty):
+            for layer in (f.clean, f.flushing, f.dirty):
                 chunk = layer.get(index)
                 if chunk is None:
                     continue
@@ -338,7 +357,8 @@ class WriteBack:
         else:
             size, grow_to = None, min(f.size, (max(snapshot) + 1) * self.cs)
         try:
-            await self.run(_commit_flush, self.store, f.ino, snapshot, size, grow_to, f.mtime_ns)
+            merged = await self.run(_commit_flush, self.store, f.ino, snapshot, size, grow_to,
+                                    f.mtime_ns)
         except NotFound:
             log.info("event=flush-dropped ino=%d reason=deleted chunks=%d", f.ino, len(snapshot))
         except StoreError as e:
@@ -354,11 +374,23 @@ class WriteBack:
             f.error = e
             log.warning("event=flush-failed ino=%d error=%s", f.ino, e)
             raise
+        else:
+            self._remember_clean(f, merged)
         finally:
             f.flushing = {}
             await self._release_held(len(snapshot))
         if not f.dirty:
             f.mtime_ns = 0  # the store has it now, and later changes go there
+
+    def _remember_clean(self, f: FileCache, merged: dict[int, bytearray]) -> None:
+        if not f.kept:
+            return
+        for index, body in merged.items():
+            if index not in f.dirty:
+                f.clean.pop(index, None)
+                f.clean[index] = body  # newest last
+        while len(f.clean) > CLEAN_PER_FILE:
+            del f.clean[next(iter(f.clean))]
 
     def _forget_if_clean(self, f: FileCache) -> None:
         if (not f.dirty and not f.flushing and f.error is None and not f.pins and not f.kept
@@ -390,6 +422,7 @@ class WriteBack:
         f = self.files.get(ino)
         if f is not None:
             f.size = size
+            f.clean.clear()
 
     async def run_flusher(self) -> None:
         """Flush streamed whole chunks in batches as they come, files dirty for a commit
@@ -429,10 +462,11 @@ def _stack(below: Chunk, above: Chunk) -> Chunk:
 
 
 def _commit_flush(store: Store, ino: int, snapshot: dict[int, Chunk], size: int | None,
-                  grow_to: int, mtime_ns: int) -> None:
+                  grow_to: int, mtime_ns: int) -> dict[int, bytearray]:
     """In a worker thread: lay patches onto their stored chunks, then commit every chunk and
     the size at once. The mount holds the file's lease and flushes of one file are serialised,
-    so the stored chunk cannot change between the base read and the commit."""
+    so the stored chunk cannot change between the base read and the commit. Returns the
+    chunks that were written in part, as now stored."""
     patches = [i for i, chunk in snapshot.items() if isinstance(chunk, Patch)]
     contents: dict[int, bytes | bytearray | memoryview] = {
         i: chunk for i, chunk in snapshot.items() if not isinstance(chunk, Patch)}
@@ -443,3 +477,4 @@ def _commit_flush(store: Store, ino: int, snapshot: dict[int, Chunk], size: int 
             assert isinstance(patch, Patch)
             contents[i] = patch.onto(bases.get(i, b""))
     store.write_chunks(ino, contents, size=size, grow_to=grow_to, mtime_ns=mtime_ns or None)
+    return {i: c for i, c in contents.items() if isinstance(c, bytearray)}
