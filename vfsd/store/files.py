@@ -119,6 +119,9 @@ class FileData:
         with self.env.read() as tx:
             locations = {i: loc for i in indices
                          for loc in [self._locations(tx, ino, i, i).get(i)] if loc is not None}
+        # Scattered bases (random writes) would be read one disk round trip at a time: ask
+        # for all of them first, so the device works on them together.
+        self.segments.prefetch(locations.values())
         return {i: self.segments.read(loc) for i, loc in locations.items()}
 
     # --- writing -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -65,6 +65,10 @@ class SegmentStore(Protocol):
     def read_many_into(self, reads: Sequence[tuple[ChunkLocation, memoryview]]) -> None:
         """`read_into` for several bodies at once (records back to back in a segment come in
         one system call)."""
+        ...
+
+    def prefetch(self, locations: Iterable[ChunkLocation]) -> None:
+        """Hint that these records will be read soon (reads may start in the background)."""
         ...
 
     def read_header(self, location: ChunkLocation) -> tuple[bytes, bytes, int, int, int]:
@@ -283,6 +287,11 @@ class LocalSegments:
             if magic != MAGIC or length != location.length or crc32c.crc32c(buffer) != crc:
                 raise Corrupt(f"chunk at {segment_name(location.segment)}:"
                               f"{location.offset - HEADER.size} fails its checksum")
+
+    def prefetch(self, locations: Iterable[ChunkLocation]) -> None:
+        for location in locations:
+            os.posix_fadvise(self._reader(location.segment), location.offset - HEADER.size,
+                             HEADER.size + location.length, os.POSIX_FADV_WILLNEED)
 
     def read_header(self, location: ChunkLocation) -> tuple[bytes, bytes, int, int, int]:
         start = location.offset - HEADER.size
