@@ -3,8 +3,12 @@
 import errno
 import os
 import stat
+from pathlib import Path
 
 import pytest
+from mounting import wait_for
+
+from vfsd.fs.readahead import READAHEAD_KIB, SYSFS_BDI, mount_device
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -162,3 +166,11 @@ def test_writers_lease_the_file(mnt, store_path):
                 pass  # a second writer in the same mount re-enters the lease
             assert s.leases.holder(ino) is not None
         wait_for(lambda: s.leases.holder(ino) is None, 5, "the lease to go")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the readahead window is set through sysfs, as root")
+def test_mount_widens_its_readahead_window(mnt):
+    device = mount_device(Path(os.path.realpath(mnt)))
+    assert device is not None
+    knob = SYSFS_BDI / device / "read_ahead_kb"
+    wait_for(lambda: knob.read_text().strip() == str(READAHEAD_KIB), 10, "the readahead window")

@@ -1,0 +1,75 @@
+"""The daemon's worker pool (vfsd/fs/workers.py): what trio.to_thread promised, kept."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import trio
+
+from vfsd.fs.workers import WorkerPool
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_results_and_exceptions_come_back_to_the_caller() -> None:
+    pool = WorkerPool(2)
+    try:
+        assert await pool.run(lambda a, b: a + b, 2, 3) == 5
+        assert await pool.run(threading.get_ident) != threading.get_ident()
+        with pytest.raises(ZeroDivisionError):
+            await pool.run(lambda: 1 / 0)
+    finally:
+        pool.close()
+
+
+async def test_at_most_n_calls_run_at_once_and_the_loop_keeps_running() -> None:
+    pool = WorkerPool(3)
+    running = peak = 0
+    lock = threading.Lock()
+    ticks = 0
+
+    def slow() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)  # blocks its thread, never the event loop
+        with lock:
+            running -= 1
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0.005)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            async with trio.open_nursery() as calls:
+                for _ in range(9):
+                    calls.start_soon(pool.run, slow)
+            nursery.cancel_scope.cancel()
+        assert peak == 3
+        assert ticks >= 15  # 9 calls, 3 at a time: ~150 ms during which the loop ran on
+    finally:
+        pool.close()
+
+
+async def test_a_cancelled_caller_still_waits_for_its_call() -> None:
+    pool = WorkerPool(1)
+    finished = threading.Event()
+
+    def call() -> None:
+        time.sleep(0.1)
+        finished.set()
+
+    try:
+        with trio.move_on_after(0.01):
+            await pool.run(call)
+        # Not abandoned: the cancel took effect only once the call had finished.
+        assert finished.is_set()
+    finally:
+        pool.close()
