@@ -119,3 +119,43 @@ def test_reads_of_many_bodies_take_runs_across_appends_and_segments(tmp_path: Pa
     with pytest.raises(Corrupt):
         segments.read_many_into([(locations[i], buffers[i]) for i in range(len(bodies))])
     segments.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_abandoned_append_leaves_whole_records_and_the_next_append_scans_on(
+        tmp_path: Path) -> None:
+    segments = segments_in(tmp_path)
+    rng = random.Random(5)
+    first = [rng.randbytes(65536) for _ in range(100)]  # more than one staging buffer
+    kept = segments.append([(chunk_hash(b), b) for b in first[:3]])
+    with pytest.raises(RuntimeError):
+        with segments.appending() as appender:
+            orphans = appender.add([(chunk_hash(b), b) for b in first[3:]])
+            raise RuntimeError("the caller gives up (NoSpace, say)")
+    later = [rng.randbytes(1000) for _ in range(3)]
+    after = segments.append([(chunk_hash(b), b) for b in later])
+    segment = kept[0].segment
+    assert {loc.segment for loc in orphans + after} == {segment}
+    scanned = {offset: (digest, length) for offset, digest, length in segments.scan(segment)}
+    for body, location in zip(first[:3] + first[3:] + later, kept + orphans + after):
+        assert scanned[location.offset] == (chunk_hash(body), len(body))
+        assert segments.read(location) == body
+    segments.close()
+
+
+@pytest.mark.timeout(60)
+def test_several_adds_make_one_append_with_one_padding(tmp_path: Path) -> None:
+    segments = segments_in(tmp_path)
+    bodies = [bytes([i]) * (1000 + i) for i in range(1, 40)]
+    with segments.appending() as appender:
+        locations = []
+        for start in range(0, len(bodies), 7):
+            locations += appender.add([(chunk_hash(b), b) for b in bodies[start:start + 7]])
+    # back to back: each record right after the one before, padding only at the very end
+    for before, after in zip(locations, locations[1:]):
+        assert after.offset == before.offset + before.length + HEADER.size
+    size = os.path.getsize(segments.path(locations[0].segment))
+    end = locations[-1].offset + locations[-1].length
+    assert size % ALIGN == 0 and end <= size < end + ALIGN
+    assert [segments.read(loc) for loc in locations] == bodies
+    segments.close()

@@ -19,6 +19,7 @@ from .segments import HEADER, SegmentStore
 PHYSICAL = b"physical_bytes"  # bodies stored once each (after dedup)
 LOGICAL = b"logical_bytes"  # bodies as referenced by files (before dedup)
 QUOTA = b"quota"  # meta: the pool's configured size (Store.set_quota)
+STAGE_GROUP = 64  # bodies per hash/lookup/append step: one 4 MiB staging buffer of 64 KiB chunks
 
 
 def chunk_hash(data: bytes | bytearray | memoryview) -> bytes:
@@ -67,31 +68,39 @@ def stage(
 ) -> list[StagedChunk]:
     """Hash non-zero bodies and make each durable somewhere: an existing chunk or a new record.
 
-    No write transaction is held. If a found chunk dies before the caller commits, its old
-    location is still valid: compaction only retires segments after a grace period.
+    No write transaction is held. Bodies go a group at a time (hash, look up, append), so the
+    disk writes one group while the next is hashed; they are durable once all are appended.
+    If a found chunk dies before the caller commits, its old location is still valid:
+    compaction only retires segments after a grace period. NoSpace may come after some groups
+    were written: those records are orphans, which gc reclaims.
     """
-    digests = [(chunk_hash(body), body) for body in bodies]
+    pending = list(bodies)
     staged: dict[bytes, StagedChunk] = {}
-    missing: dict[bytes, bytes | bytearray | memoryview] = {}
-    with env.read() as tx:
-        for digest, body in digests:
-            if digest in staged or digest in missing:
-                continue
-            found = lookup(tx, digest)
-            if found is None:
-                missing[digest] = body
-            else:
-                staged[digest] = StagedChunk(digest, found[0])
-    if capacity_left is not None:
-        needed = sum(len(b) + HEADER.size for b in missing.values())
-        if needed > capacity_left:
-            raise NoSpace("the storage pool is full")
+    order: list[bytes] = []
+    left = capacity_left
     # Bodies are written as given (no copy): callers hand over buffers they no longer change
     # (the mount's flush snapshot, a write's own read-modify-write buffers).
-    locations = segments.append(list(missing.items()))
-    for digest, location in zip(missing, locations):
-        staged[digest] = StagedChunk(digest, location)
-    return [staged[digest] for digest, _ in digests]
+    with segments.appending() as appender:
+        for start in range(0, len(pending), STAGE_GROUP):
+            group = [(chunk_hash(body), body) for body in pending[start:start + STAGE_GROUP]]
+            order += [digest for digest, _ in group]
+            missing: dict[bytes, bytes | bytearray | memoryview] = {}
+            with env.read() as tx:
+                for digest, body in group:
+                    if digest in staged or digest in missing:
+                        continue
+                    found = lookup(tx, digest)
+                    if found is None:
+                        missing[digest] = body
+                    else:
+                        staged[digest] = StagedChunk(digest, found[0])
+            if left is not None:
+                left -= sum(len(b) + HEADER.size for b in missing.values())
+                if left < 0:
+                    raise NoSpace("the storage pool is full")
+            for digest, location in zip(missing, appender.add(list(missing.items()))):
+                staged[digest] = StagedChunk(digest, location)
+    return [staged[digest] for digest in order]
 
 
 def check_pool(tx: Tx) -> None:

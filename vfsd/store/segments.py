@@ -20,12 +20,14 @@ machine").
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import errno
 import mmap
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +53,10 @@ def segment_name(segment: int) -> str:
 class SegmentStore(Protocol):
     def append(self, bodies: Sequence[tuple[bytes, Body]]) -> list[ChunkLocation]:
         """Append (hash, body) records and make them durable before returning their places."""
+        ...
+
+    def appending(self) -> contextlib.AbstractContextManager[Appender]:
+        """Several `add`s of records as one append, durable when the block is left."""
         ...
 
     def read(self, location: ChunkLocation) -> bytes:
@@ -122,32 +128,31 @@ class LocalSegments:
         self._current_fd = -1
         self._current_size = 0
         self._direct = False
-        self._staging_buffer: mmap.mmap | None = None
+        self._staging_buffers: list[mmap.mmap] = []
+        self._writer_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._readers: dict[int, int] = {}
 
     def path(self, segment: int) -> Path:
         return self.directory / segment_name(segment)
 
     def append(self, bodies: Sequence[tuple[bytes, Body]]) -> list[ChunkLocation]:
-        if not bodies:
-            return []
+        with self.appending() as appender:
+            return appender.add(bodies)
+
+    @contextlib.contextmanager
+    def appending(self) -> Iterator[Appender]:
+        """One durable append made of several `add`s: each returns its records' locations
+        at once while their bytes go to the disk in the background, so the caller can hash
+        the next bodies meanwhile. The locations are durable once the block is left (the
+        last bytes written, then fdatasync); an exception leaves them orphans."""
         with self._append_lock:
-            if self._current is None or self._current_size >= self._seal_size:
-                self._roll()
-            assert self._current is not None
-            locations = []
-            pieces: list[bytes | memoryview] = []
-            offset = self._current_size
-            for digest, body in bodies:
-                length = len(body)
-                pieces.append(HEADER.pack(MAGIC, digest, length, CODEC_RAW, crc32c.crc32c(body)))
-                pieces.append(body)
-                locations.append(ChunkLocation(self._current, offset + HEADER.size, length))
-                offset += HEADER.size + length
-            self._write_aligned(pieces, self._current_size)
-            os.fdatasync(self._current_fd)
-            self._current_size = _align_up(offset)
-            return locations
+            appender = Appender(self)
+            try:
+                yield appender
+            except BaseException:
+                appender.finish(durable=False)
+                raise
+            appender.finish(durable=True)
 
     def write_alone(self, segment: int, digest: bytes, body: Body) -> ChunkLocation:
         """Write one record into a new segment of its own, durably, taking no lock and no
@@ -167,29 +172,9 @@ class LocalSegments:
             os.close(dir_fd)
         return ChunkLocation(segment, HEADER.size, len(body))
 
-    def _write_aligned(self, pieces: list[bytes | memoryview], offset: int) -> None:
-        """Write `pieces` back to back from `offset` (ALIGN-aligned) through the staging
-        buffer, zero-padding the end to ALIGN."""
-        staging = self._staging
-        filled = 0
-        for piece in pieces:
-            view = memoryview(piece).cast("B")
-            while view:
-                take = min(len(view), STAGING_SIZE - filled)
-                staging[filled:filled + take] = view[:take]
-                filled += take
-                view = view[take:]
-                if filled == STAGING_SIZE:
-                    self._write_staged(STAGING_SIZE, offset)
-                    offset += STAGING_SIZE
-                    filled = 0
-        if filled:
-            padded = _align_up(filled)
-            staging[filled:padded] = bytes(padded - filled)
-            self._write_staged(padded, offset)
-
-    def _write_staged(self, length: int, offset: int) -> None:
-        view = memoryview(self._staging)[:length]
+    def _write_staged(self, buffer: mmap.mmap, length: int, offset: int) -> None:
+        """In the writer thread: one staging buffer's bytes at `offset` (both aligned)."""
+        view = memoryview(buffer)[:length]
         while view:
             try:
                 written = os.pwrite(self._current_fd, view, offset)
@@ -208,12 +193,17 @@ class LocalSegments:
         self._current_fd = os.open(self.path(self._current), os.O_WRONLY)
         self._direct = False
 
-    @property
-    def _staging(self) -> mmap.mmap:
-        # Anonymous mmap memory is page-aligned, as O_DIRECT needs; made on the first append.
-        if self._staging_buffer is None:
-            self._staging_buffer = mmap.mmap(-1, STAGING_SIZE)
-        return self._staging_buffer
+    def _staging(self, which: int) -> mmap.mmap:
+        # Anonymous mmap memory is page-aligned, as O_DIRECT needs; made on first use.
+        while len(self._staging_buffers) <= which:
+            self._staging_buffers.append(mmap.mmap(-1, STAGING_SIZE))
+        return self._staging_buffers[which]
+
+    def _writer(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._writer_pool is None:
+            self._writer_pool = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="vfsd-segment-writer")
+        return self._writer_pool
 
     def _roll(self) -> None:
         if self._current_fd >= 0:
@@ -358,9 +348,12 @@ class LocalSegments:
                 os.close(self._current_fd)
                 self._current_fd = -1
                 self._current = None
-            if self._staging_buffer is not None:
-                self._staging_buffer.close()
-                self._staging_buffer = None
+            for buffer in self._staging_buffers:
+                buffer.close()
+            self._staging_buffers.clear()
+            if self._writer_pool is not None:
+                self._writer_pool.shutdown()
+                self._writer_pool = None
         with self._open_lock:
             for fd in self._readers.values():
                 os.close(fd)
@@ -385,3 +378,88 @@ def _open_for_append(path: Path) -> tuple[int, bool]:
         if e.errno != errno.EINVAL:
             raise
     return os.open(path, flags, 0o644), False
+
+
+class Appender:
+    """Records of one append, copied into staging buffers that a writer thread sends to the
+    disk while the caller prepares the next ones (two buffers: one filling, one writing).
+    Made and finished by `LocalSegments.appending`, under its append lock."""
+
+    def __init__(self, segments: LocalSegments):
+        self._segments = segments
+        self._offset = -1  # where the next record byte goes (-1: nothing added yet)
+        self._buffer_at = -1  # where the buffer being filled goes on disk (aligned)
+        self._filled = 0  # bytes in the buffer being filled
+        self._which = 0  # the buffer being filled
+        self._pending: list[concurrent.futures.Future[None] | None] = [None, None]
+
+    def add(self, bodies: Sequence[tuple[bytes, Body]]) -> list[ChunkLocation]:
+        if not bodies:
+            return []
+        segments = self._segments
+        if self._offset < 0:
+            if segments._current is None or segments._current_size >= segments._seal_size:
+                segments._roll()
+            self._offset = self._buffer_at = segments._current_size
+        assert segments._current is not None
+        locations = []
+        for digest, body in bodies:
+            self._put(HEADER.pack(MAGIC, digest, len(body), CODEC_RAW, crc32c.crc32c(body)))
+            locations.append(ChunkLocation(segments._current, self._offset, len(body)))
+            self._put(body)
+        return locations
+
+    def _put(self, piece: bytes | memoryview) -> None:
+        view = memoryview(piece).cast("B")
+        self._offset += len(view)
+        while view:
+            if self._filled == 0:
+                self._wait(self._which)  # its last write must be done before we refill it
+            staging = self._segments._staging(self._which)
+            take = min(len(view), STAGING_SIZE - self._filled)
+            staging[self._filled:self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+            if self._filled == STAGING_SIZE:
+                self._send(STAGING_SIZE)
+
+    def _send(self, length: int) -> None:
+        which, segments = self._which, self._segments
+        self._pending[which] = segments._writer().submit(
+            segments._write_staged, segments._staging(which), length, self._buffer_at)
+        self._buffer_at += length
+        self._which, self._filled = 1 - which, 0
+
+    def _wait(self, which: int) -> None:
+        future, self._pending[which] = self._pending[which], None
+        if future is not None:
+            future.result()
+
+    def finish(self, durable: bool) -> None:
+        if self._offset < 0:
+            return  # nothing was added: no roll, no write, no sync
+        segments = self._segments
+        errors: list[OSError] = []
+        try:
+            if self._filled:
+                # Even an append the caller gave up on (NoSpace) writes out its whole
+                # records, as orphans, so that a scan of the segment reads on past them.
+                padded = _align_up(self._filled)
+                staging = segments._staging(self._which)
+                staging[self._filled:padded] = bytes(padded - self._filled)
+                self._send(padded)
+        finally:
+            for which in (0, 1):
+                try:
+                    self._wait(which)
+                except OSError as e:
+                    errors.append(e)
+            segments._current_size = self._buffer_at
+            if errors:
+                # A torn write would stop a scan of this segment: later records go to a
+                # new one.
+                segments._current_size = max(segments._current_size, segments._seal_size)
+        if errors:
+            raise errors[0]
+        if durable:
+            os.fdatasync(segments._current_fd)
