@@ -60,7 +60,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from vfsd.fs import readahead  # noqa: E402  (the repo is on sys.path only from here)
+from vfsd.fs import readahead  # after the sys.path line above: the repo is not installed here
 
 MB = 1_000_000
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}

@@ -6,6 +6,7 @@ page cache where it does not (tmpfs); both must give the same records back.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import subprocess
@@ -128,10 +129,9 @@ def test_an_abandoned_append_leaves_whole_records_and_the_next_append_scans_on(
     rng = random.Random(5)
     first = [rng.randbytes(65536) for _ in range(100)]  # more than one staging buffer
     kept = segments.append([(chunk_hash(b), b) for b in first[:3]])
-    with pytest.raises(RuntimeError):
-        with segments.appending() as appender:
-            orphans = appender.add([(chunk_hash(b), b) for b in first[3:]])
-            raise RuntimeError("the caller gives up (NoSpace, say)")
+    with pytest.raises(RuntimeError), segments.appending() as appender:
+        orphans = appender.add([(chunk_hash(b), b) for b in first[3:]])
+        raise RuntimeError("the caller gives up (NoSpace, say)")
     later = [rng.randbytes(1000) for _ in range(3)]
     after = segments.append([(chunk_hash(b), b) for b in later])
     segment = kept[0].segment
@@ -152,7 +152,7 @@ def test_several_adds_make_one_append_with_one_padding(tmp_path: Path) -> None:
         for start in range(0, len(bodies), 7):
             locations += appender.add([(chunk_hash(b), b) for b in bodies[start:start + 7]])
     # back to back: each record right after the one before, padding only at the very end
-    for before, after in zip(locations, locations[1:]):
+    for before, after in itertools.pairwise(locations):
         assert after.offset == before.offset + before.length + HEADER.size
     size = os.path.getsize(segments.path(locations[0].segment))
     end = locations[-1].offset + locations[-1].length

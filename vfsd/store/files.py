@@ -16,7 +16,13 @@ from . import changelog, chunks, namespace
 from .chunks import StagedChunk, ZeroTest
 from .env import Environment, Tx
 from .errors import (
-    Corrupt, FileTooBig, IsADirectory, ObjectChanged, PermissionDenied, ReadOnly, StoreError,
+    Corrupt,
+    FileTooBig,
+    IsADirectory,
+    ObjectChanged,
+    PermissionDenied,
+    ReadOnly,
+    StoreError,
 )
 from .records import CHUNK, ChangeOp, ChunkLocation, Inode, InodeFlags, chunk_key
 from .segments import SegmentStore

@@ -25,7 +25,7 @@ MAX_BATCH = 64
 
 
 class _Call(Generic[T]):
-    __slots__ = ("fn", "done", "lead", "result", "error")
+    __slots__ = ("done", "error", "fn", "lead", "result")
 
     def __init__(self, fn: Callable[[Tx], T]):
         self.fn = fn
@@ -83,7 +83,7 @@ class GroupCommit:
         env = self.env
         try:
             parent = env.lmdb.begin(write=True)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - every waiting caller gets it
             self._finish(batch, e)
             return
         ran: list[_Call[Any]] = []
@@ -94,7 +94,7 @@ class GroupCommit:
                 try:
                     result = call.fn(tx)
                     tx.flush_counters()
-                except BaseException as e:  # this call's own failure: only it is undone
+                except BaseException as e:  # noqa: BLE001 - its own failure: only it is undone
                     child.abort()
                     call.error = e
                     continue
@@ -102,7 +102,7 @@ class GroupCommit:
                 call.result = result
                 ran.append(call)
             parent.commit()  # durable: LMDB syncs before it returns
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - the batch failed: all its calls did
             parent.abort()
             for call in ran:
                 call.result, call.error = None, e
