@@ -29,16 +29,27 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from . import chunks, namespace
+from . import chunks
 from .chunks import StagedChunk
 from .env import Tx
 from .errors import (
-    BadDigest, EntityTooSmall, InvalidArgument, InvalidPart, InvalidPartOrder, NoSuchUpload,
+    BadDigest,
+    EntityTooSmall,
+    InvalidArgument,
+    InvalidPart,
+    InvalidPartOrder,
+    NoSuchUpload,
     ObjectChanged,
 )
 from .objects import (
-    ETAG_XATTR, FILE_MODE, STAGE_BATCH_BYTES, Conditions, ObjectInfo, Objects, _check_metadata,
-    _lower, _NeedEtag, _pack_record, _staged_fingerprint,
+    STAGE_BATCH_BYTES,
+    Conditions,
+    ObjectInfo,
+    Objects,
+    _check_metadata,
+    _lower,
+    _NeedEtag,
+    _staged_fingerprint,
 )
 from .records import ChunkLocation
 
@@ -379,16 +390,9 @@ class Uploads:
                                                 "being completed")
                     b = objects._bucket(tx, bucket)
                     parent, existing = objects._place(tx, b, parts_key)
-                    if existing is None:
-                        inode = namespace.make(tx, objects.origin, parent.ino, parts_key[-1],
-                                               FILE_MODE, 0, 0)
-                    else:
-                        objects._check_replaceable(existing, key)
-                        inode = existing
-                    objects._set_s3_xattrs(tx, inode.ino, current.metadata, current.headers)
-                    inode = self.store.data.install(tx, inode.ino, staged, size)
-                    tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR),
-                           _pack_record(inode.version, fingerprint, etag, None))
+                    inode = objects._install(tx, parent, existing, parts_key[-1], key,
+                                             current.metadata, current.headers, staged, size,
+                                             (fingerprint, etag, None))
                     _drop(tx, upload_id)
                     return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
                                       inode.version, etag, dict(current.metadata),

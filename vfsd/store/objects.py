@@ -28,10 +28,27 @@ from . import changelog, chunks, namespace
 from .chunks import StagedChunk
 from .env import U64, Tx
 from .errors import (
-    BadDigest, BucketExists, Busy, InvalidArgument, InvalidBucketName, InvalidName,
-    IsADirectory, KeyConflict, KeyTooLong, MetadataTooLarge, NameTooLong, NoSuchBucket,
-    NoSuchKey, NotADirectory, NotEmpty, NotFound, NotModified, ObjectChanged, PermissionDenied,
-    PreconditionFailed, ReadOnly,
+    BadDigest,
+    BucketExists,
+    Busy,
+    InvalidArgument,
+    InvalidBucketName,
+    InvalidName,
+    IsADirectory,
+    KeyConflict,
+    KeyTooLong,
+    MetadataTooLarge,
+    NameTooLong,
+    NoSuchBucket,
+    NoSuchKey,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotModified,
+    ObjectChanged,
+    PermissionDenied,
+    PreconditionFailed,
+    ReadOnly,
 )
 from .files import check_file_writable
 from .groupcommit import GroupCommit
@@ -456,6 +473,24 @@ class Objects:
             raise KeyConflict(f"{key!r} is a symlink or special file")
         return parent, existing
 
+    def _install(self, tx: Tx, parent: Inode, existing: Inode | None, name: bytes,
+                 key: bytes, metadata: Mapping[str, str], headers: Mapping[str, str],
+                 staged: list[StagedChunk | None], size: int,
+                 etag_record: tuple[bytes, str, tuple[str, str] | None]) -> Inode:
+        """Inside a PUT's or a multipart completion's transaction: make `name` in `parent`
+        (new, or `existing` replaced) hold `staged`, with its S3 metadata and ETag record
+        (fingerprint, etag, checksum)."""
+        if existing is None:
+            inode = namespace.make(tx, self.origin, parent.ino, name, FILE_MODE, 0, 0)
+        else:
+            self._check_replaceable(existing, key)
+            inode = existing
+        self._set_s3_xattrs(tx, inode.ino, metadata, headers)
+        inode = self.store.data.install(tx, inode.ino, staged, size)
+        tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR),
+               _pack_record(inode.version, *etag_record))
+        return inode
+
     def _check_replaceable(self, inode: Inode, key: bytes) -> None:
         check_file_writable(inode)
         if inode.flags & (InodeFlags.VM_FILE | InodeFlags.FIXED_SIZE):
@@ -509,16 +544,8 @@ class Objects:
                                if _needs_etag(conditions) else "")
                 conditions.check(current, existing.mtime_ns if existing else 0,
                                  reading=False)
-            if existing is None:
-                inode = namespace.make(tx, self.origin, parent.ino, parts[-1],
-                                       FILE_MODE, 0, 0)
-            else:
-                self._check_replaceable(existing, key)
-                inode = existing
-            self._set_s3_xattrs(tx, inode.ino, metadata, headers)
-            inode = self.store.data.install(tx, inode.ino, staged, size)
-            tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR),
-                   _pack_record(inode.version, fingerprint, etag, checksum))
+            inode = self._install(tx, parent, existing, parts[-1], key, metadata, headers,
+                                  staged, size, (fingerprint, etag, checksum))
             return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
                               inode.version, etag, metadata, _lower(headers), checksum)
 
