@@ -113,11 +113,13 @@ class Model:
 
 
 @pytest.mark.parametrize("round_", range(3))
-def test_cache_layers_match_a_model(store_path: Path, tmp_path: Path, round_: int) -> None:
+@pytest.mark.parametrize("cache", ["256M", "1M"])  # 1M: 16 chunks, so batches stream and overlap
+def test_cache_layers_match_a_model(store_path: Path, tmp_path: Path, round_: int,
+                                    cache: str) -> None:
     seed = int(os.environ.get("VFSD_TEST_SEED", random.randrange(1 << 30))) + round_
     print(f"seed {seed}")
     rng = random.Random(seed)
-    mount = Mount(store_path, tmp_path / "mnt").start()
+    mount = Mount(store_path, tmp_path / "mnt", "--cache-size", cache).start()
     try:
         source = mount.path / "source"
         source.write_bytes(rng.randbytes(8 * CS))

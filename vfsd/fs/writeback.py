@@ -35,6 +35,7 @@ from vfsd.store.errors import FileTooBig, NotFound, StoreError
 
 log = logging.getLogger("vfsd.writeback")
 RunSync = Callable[..., Awaitable[Any]]
+BATCHES_IN_FLIGHT = 2  # one stages (hash, disk) while the other commits (LMDB)
 CLEAN_PER_FILE = 8  # recently flushed, partly written chunks kept per writing file (512 KiB)
 FLUSH_BATCH_BYTES = 64 * 1024 * 1024  # per background commit: ~100 ms of work, one fdatasync
 
@@ -85,6 +86,7 @@ class Patch:
 
 
 Chunk = bytearray | memoryview | Patch
+Taken = tuple[dict[int, Chunk], int | None, int]  # chunks, exact size or None, grow-to size
 
 
 @dataclass
@@ -101,6 +103,8 @@ class FileCache:
     pins: int = 0  # writes in progress: they may await, and must not find the cache forgotten
     kept: bool = False  # a handle writes to the file: keep the entry while clean
     clean: dict[int, bytearray] = field(default_factory=dict)  # equal to the stored chunks
+    batches: int = 0  # background batches of this file being committed
+    settled: trio.Event = field(default_factory=trio.Event)  # set when `batches` drops to 0
 
     @property
     def held(self) -> int:
@@ -122,6 +126,7 @@ class WriteBack:
         # so the flush overlaps the writer instead of starting when memory runs short.
         self.batch = max(8, min(FLUSH_BATCH_BYTES // self.cs, self.limit // 4))
         self.streamed = 0  # whole chunks written since the flusher last took a batch
+        self.slots = trio.Semaphore(BATCHES_IN_FLIGHT)
         self.writing: set[int] = set()  # inodes with a handle open for writing
 
     def writer_opened(self, ino: int) -> None:
@@ -317,45 +322,69 @@ class WriteBack:
         if f is None:
             return
         async with f.lock:
+            await self._settle(f)
             if f.error is not None:
                 error, f.error = f.error, None
                 raise error
             if f.dirty:
-                await self._commit(f, list(f.dirty))
+                await self._commit(f, self._take(f, list(f.dirty)))
             self._forget_if_clean(f)
 
-    async def flush_some(self, ino: int, whole_only: bool) -> int:
-        """Commit one batch of the file's dirty chunks, oldest first (or a full batch of only
-        the complete ones); returns how many. Errors stay with the file for its next fsync."""
+    async def _settle(self, f: FileCache) -> None:
+        """Wait until no background batch of `f` is being committed."""
+        while f.batches:
+            await f.settled.wait()
+
+    async def _start_batch(self, nursery: trio.Nursery, ino: int, whole_only: bool) -> int:
+        """Take one batch of the file's dirty chunks, oldest first (or a full batch of only
+        complete ones), and commit it in the background; returns how many chunks it took.
+        Batches hold disjoint chunks that no other flush holds, so they commit in any order;
+        at most BATCHES_IN_FLIGHT run at once."""
+        await self.slots.acquire()
         f = self.files.get(ino)
-        if f is None:
-            return 0
-        async with f.lock:
-            if f.error is not None:
-                return 0
-            chosen = [i for i, chunk in f.dirty.items()
-                      if not whole_only or not isinstance(chunk, Patch)][: self.batch]
+        chosen: list[int] = []
+        if f is not None and f.error is None and not f.lock.locked():
+            chosen = [i for i, chunk in f.dirty.items() if i not in f.flushing
+                      and (not whole_only or not isinstance(chunk, Patch))][: self.batch]
             if whole_only and len(chosen) < self.batch:
                 chosen = []  # not worth a commit of its own yet
-            if chosen:
-                try:
-                    await self._commit(f, chosen)
-                except StoreError:
-                    pass  # kept dirty, reported to the file's next fsync
-            self._forget_if_clean(f)
-            return len(chosen)
+        if not chosen or f is None:
+            self.slots.release()
+            return 0
+        if not f.batches:
+            f.settled = trio.Event()
+        f.batches += 1
+        nursery.start_soon(self._run_batch, f, self._take(f, chosen))
+        return len(chosen)
 
-    async def _commit(self, f: FileCache, indices: list[int]) -> None:
-        """With f.lock held: make these dirty chunks durable. With all of them goes the exact
-        size; a part only grows the file over the chunks it carries, so that a crash before
-        the rest is flushed never shows a size the data has not reached."""
-        everything = len(indices) == len(f.dirty)
+    async def _run_batch(self, f: FileCache, taken: Taken) -> None:
+        try:
+            await self._commit(f, taken)
+        except StoreError:
+            pass  # kept dirty, reported to the file's next fsync
+        finally:
+            self.slots.release()
+            f.batches -= 1
+            if not f.batches:
+                f.settled.set()
+                self._forget_if_clean(f)
+
+    def _take(self, f: FileCache, indices: list[int]) -> Taken:
+        """Move these dirty chunks to `flushing`, at once (no other flush can take them), and
+        say what size goes with them. With all of a file's dirty chunks, and no other batch in
+        flight, goes the exact size; a part only grows the file over the chunks it carries, so
+        that a crash before the rest is flushed never shows a size the data has not reached."""
+        everything = len(indices) == len(f.dirty) and not f.flushing
         snapshot = {i: f.dirty.pop(i) for i in indices}
-        f.flushing = snapshot
+        f.flushing.update(snapshot)
         if everything:
-            size, grow_to, f.first_dirty = f.size, 0, 0.0
-        else:
-            size, grow_to = None, min(f.size, (max(snapshot) + 1) * self.cs)
+            f.first_dirty = 0.0
+            return snapshot, f.size, 0
+        return snapshot, None, min(f.size, (max(snapshot) + 1) * self.cs)
+
+    async def _commit(self, f: FileCache, taken: Taken) -> None:
+        """Make taken chunks durable; on a core error they go back to `dirty`."""
+        snapshot, size, grow_to = taken
         try:
             merged = await self.run(_commit_flush, self.store, f.ino, snapshot, size, grow_to,
                                     f.mtime_ns)
@@ -377,7 +406,9 @@ class WriteBack:
         else:
             self._remember_clean(f, merged)
         finally:
-            f.flushing = {}
+            for index, chunk in snapshot.items():
+                if f.flushing.get(index) is chunk:
+                    del f.flushing[index]
             await self._release_held(len(snapshot))
         if not f.dirty:
             f.mtime_ns = 0  # the store has it now, and later changes go there
@@ -393,8 +424,8 @@ class WriteBack:
             del f.clean[next(iter(f.clean))]
 
     def _forget_if_clean(self, f: FileCache) -> None:
-        if (not f.dirty and not f.flushing and f.error is None and not f.pins and not f.kept
-                and self.files.get(f.ino) is f):
+        if (not f.dirty and not f.flushing and not f.batches and f.error is None
+                and not f.pins and not f.kept and self.files.get(f.ino) is f):
             del self.files[f.ino]
 
     async def flush_all(self) -> None:
@@ -413,6 +444,7 @@ class WriteBack:
         if f is None:
             return
         async with f.lock:
+            await self._settle(f)
             if self.files.get(ino) is f:
                 del self.files[ino]
             dropped, f.dirty = len(f.dirty), {}
@@ -427,27 +459,28 @@ class WriteBack:
     async def run_flusher(self) -> None:
         """Flush streamed whole chunks in batches as they come, files dirty for a commit
         interval, and the oldest chunks under memory pressure."""
-        while True:
-            with trio.move_on_after(self.interval / 4):
-                await self.pressure.wait()
-            self.pressure = trio.Event()
-            while self.streamed >= self.batch:
-                self.streamed = 0
-                for ino in [ino for ino, f in self.files.items() if f.dirty]:
-                    while await self.flush_some(ino, whole_only=True) >= self.batch:
+        async with trio.open_nursery() as batches:
+            while True:
+                with trio.move_on_after(self.interval / 4):
+                    await self.pressure.wait()
+                self.pressure = trio.Event()
+                while self.streamed >= self.batch:
+                    self.streamed = 0
+                    for ino in [ino for ino, f in self.files.items() if f.dirty]:
+                        while await self._start_batch(batches, ino, whole_only=True):
+                            pass
+                now = time.monotonic()
+                due = sorted((f.first_dirty, ino) for ino, f in self.files.items() if f.dirty)
+                for first_dirty, ino in due:
+                    if now - first_dirty >= self.interval:
+                        try:
+                            await self.flush(ino)
+                        except StoreError:
+                            pass
+                for _, ino in due:
+                    while (self.held >= self.limit * 3 // 4
+                           and await self._start_batch(batches, ino, whole_only=False)):
                         pass
-            now = time.monotonic()
-            due = sorted((f.first_dirty, ino) for ino, f in self.files.items() if f.dirty)
-            for first_dirty, ino in due:
-                if now - first_dirty >= self.interval:
-                    try:
-                        await self.flush(ino)
-                    except StoreError:
-                        pass
-            for _, ino in due:
-                while self.held >= self.limit * 3 // 4 and await self.flush_some(ino, False):
-                    pass
-
 
 def _stack(below: Chunk, above: Chunk) -> Chunk:
     """One chunk that reads as `above` written over `below` (a failed flush's chunk under a
