@@ -444,10 +444,16 @@ class Appender:
             if self._filled:
                 # Even an append the caller gave up on (NoSpace) writes out its whole
                 # records, as orphans, so that a scan of the segment reads on past them.
+                # The last buffer is written here: we wait for it anyway, and a small
+                # append (an fsync of a few chunks) saves the hand-over to the writer.
                 padded = _align_up(self._filled)
                 staging = segments._staging(self._which)
                 staging[self._filled:padded] = bytes(padded - self._filled)
-                self._send(padded)
+                at, self._buffer_at, self._filled = self._buffer_at, self._buffer_at + padded, 0
+                self._wait(1 - self._which)  # one writer at a time (the EINVAL reopen)
+                segments._write_staged(staging, padded, at)
+        except OSError as e:
+            errors.append(e)
         finally:
             for which in (0, 1):
                 try:
