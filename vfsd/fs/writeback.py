@@ -287,6 +287,11 @@ class WriteBack:
         if offset >= end:
             return b""
         first, last = offset // cs, (end - 1) // cs
+        # What the cache holds now, bottom layer first. A flush may commit some of it and
+        # let go of it while the store read below runs, and that read may still see the
+        # old chunk: so these are laid on after it, then whatever is cached by then.
+        held = [(i, chunk) for layer in (f.clean, f.flushing, f.dirty)
+                for i in range(first, last + 1) for chunk in [layer.get(i)] if chunk is not None]
         if all(isinstance(f.dirty.get(i, f.flushing.get(i, f.clean.get(i))),
                           bytearray | memoryview)
                for i in range(first, last + 1)):
@@ -296,22 +301,20 @@ class WriteBack:
             out = bytearray(stored)
             if len(out) < end - offset:
                 out.extend(bytes(end - offset - len(out)))
-        # Chunks may have changed while the store read ran: lay the layers on now.
-        for index in range(first, last + 1):
+            held += [(i, chunk) for layer in (f.clean, f.flushing, f.dirty)
+                     for i in range(first, last + 1)
+                     for chunk in [layer.get(i)] if chunk is not None]
+        for index, chunk in held:
             cstart = index * cs
             lo = max(offset, cstart) - cstart
             hi = min(end, cstart + cs) - cstart
             dest = cstart + lo - offset
-            for layer in (f.clean, f.flushing, f.dirty):
-                chunk = layer.get(index)
-                if chunk is None:
-                    continue
-                if isinstance(chunk, Patch):
-                    chunk.overlay(out, lo, hi, dest)
-                    continue
-                avail = max(0, min(hi, len(chunk)) - lo)
-                out[dest: dest + avail] = chunk[lo: lo + avail]
-                out[dest + avail: dest + hi - lo] = bytes(hi - lo - avail)
+            if isinstance(chunk, Patch):
+                chunk.overlay(out, lo, hi, dest)
+                continue
+            avail = max(0, min(hi, len(chunk)) - lo)
+            out[dest: dest + avail] = chunk[lo: lo + avail]
+            out[dest + avail: dest + hi - lo] = bytes(hi - lo - avail)
         return out
 
     # --- flushing ------------------------------------------------------------------------
