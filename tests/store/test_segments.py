@@ -6,6 +6,7 @@ page cache where it does not (tmpfs); both must give the same records back.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from vfsd.store.chunks import chunk_hash
-from vfsd.store.errors import Corrupt
+from vfsd.store.errors import Corrupt, NoSpace
 from vfsd.store.segments import ALIGN, HEADER, STAGING_SIZE, LocalSegments
 
 
@@ -159,3 +160,30 @@ def test_several_adds_make_one_append_with_one_padding(tmp_path: Path) -> None:
     assert size % ALIGN == 0 and end <= size < end + ALIGN
     assert [segments.read(loc) for loc in locations] == bodies
     segments.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_full_disk_is_nospace_and_later_appends_start_a_new_segment(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        segments = segments_in(mnt)
+        first = segments.append([(chunk_hash(b"a" * 100), b"a" * 100)])[0]
+        ballast = os.open(mnt / "ballast", os.O_WRONLY | os.O_CREAT)  # fill the disk
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(ballast, bytes(65536))
+        os.close(ballast)
+        big = random.Random(2).randbytes(STAGING_SIZE // 2)
+        with pytest.raises(NoSpace):  # a StoreError, not a bare OSError
+            segments.append([(chunk_hash(big), big)])
+        (mnt / "ballast").unlink()
+        later = segments.append([(chunk_hash(b"b" * 100), b"b" * 100)])[0]
+        assert later.segment != first.segment  # the torn one is sealed
+        assert segments.read(first) == b"a" * 100 and segments.read(later) == b"b" * 100
+        segments.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)

@@ -21,6 +21,7 @@ ERRNO: dict[type[errors.StoreError], int] = {
     errors.PermissionDenied: errno.EPERM,
     errors.Busy: errno.EBUSY,
     errors.Corrupt: errno.EIO,
+    errors.DiskError: errno.EIO,
     errors.NoAttribute: errno.ENODATA,
     errors.NotAStore: errno.EIO,
     errors.FormatMismatch: errno.EIO,

@@ -22,6 +22,7 @@ come through this cache (truncate, hole punch, a copy into it, another process) 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -87,6 +88,10 @@ class Patch:
 
 Chunk = bytearray | memoryview | Patch
 Taken = tuple[dict[int, Chunk], int | None, int]  # chunks, exact size or None, grow-to size
+
+
+class _Discarded(Exception):
+    """The file's cache entry was dropped while a write waited for room."""
 
 
 @dataclass
@@ -211,14 +216,17 @@ class WriteBack:
     # --- writes and reads ----------------------------------------------------------------
 
     async def write(self, ino: int, offset: int, data: bytes) -> int:
-        f = await self._file(ino)
-        # Pinned: while this write awaits room or a base chunk, a flush may empty the cache;
-        # it must not forget it, or these chunks would land in an orphan and never be flushed.
-        f.pins += 1
-        try:
-            return await self._write(f, offset, data)
-        finally:
-            f.pins -= 1
+        while True:
+            f = await self._file(ino)
+            # Pinned: while this write awaits room, a flush may empty the cache; it must not
+            # forget it, or these chunks would land in an orphan and never be flushed.
+            f.pins += 1
+            try:
+                return await self._write(f, offset, data)
+            except _Discarded:
+                continue  # truncated or dropped meanwhile (O_TRUNC, swap): start afresh
+            finally:
+                f.pins -= 1
 
     async def _write(self, f: FileCache, offset: int, data: bytes | memoryview) -> int:
         if f.error is not None:
@@ -236,6 +244,8 @@ class WriteBack:
             end = f.size
         first, last = offset // cs, (end - 1) // cs
         await self._reserve(sum(1 for i in range(first, last + 1) if i not in f.dirty))
+        if self.files.get(f.ino) is not f:
+            raise _Discarded()
         view = memoryview(data)
         for index in range(first, last + 1):
             cstart = index * cs
@@ -330,7 +340,11 @@ class WriteBack:
                 error, f.error = f.error, None
                 raise error
             if f.dirty:
-                await self._commit(f, self._take(f, list(f.dirty)))
+                try:
+                    await self._commit(f, self._take(f, list(f.dirty)))
+                except StoreError:
+                    f.error = None  # reported here, to this caller; the chunks stay dirty
+                    raise
             self._forget_if_clean(f)
 
     async def _settle(self, f: FileCache) -> None:
@@ -365,6 +379,9 @@ class WriteBack:
             await self._commit(f, taken)
         except StoreError:
             pass  # kept dirty, reported to the file's next fsync
+        except Exception:
+            # A bug, not the disk: the chunks are back in dirty; keep the mount serving.
+            log.exception("event=flush-crashed ino=%d", f.ino)
         finally:
             self.slots.release()
             f.batches -= 1
@@ -379,11 +396,16 @@ class WriteBack:
         that a crash before the rest is flushed never shows a size the data has not reached."""
         everything = len(indices) == len(f.dirty) and not f.flushing
         snapshot = {i: f.dirty.pop(i) for i in indices}
-        f.flushing.update(snapshot)
         if everything:
+            f.flushing.update(snapshot)
             f.first_dirty = 0.0
             return snapshot, f.size, 0
-        return snapshot, None, min(f.size, (max(snapshot) + 1) * self.cs)
+        # Another batch may commit after this one: grow only up to the first chunk that some
+        # other flush or a later one still has to carry.
+        pending = [i for i in itertools.chain(f.dirty, f.flushing) if i < max(snapshot)]
+        reach = (min(pending) if pending else max(snapshot) + 1) * self.cs
+        f.flushing.update(snapshot)
+        return snapshot, None, min(f.size, reach)
 
     async def _commit(self, f: FileCache, taken: Taken) -> None:
         """Make taken chunks durable; on a core error they go back to `dirty`."""
@@ -393,7 +415,7 @@ class WriteBack:
                                     f.mtime_ns)
         except NotFound:
             log.info("event=flush-dropped ino=%d reason=deleted chunks=%d", f.ino, len(snapshot))
-        except StoreError as e:
+        except Exception as e:
             # Keep the data dirty (nothing is lost silently) and report to the next caller.
             for index, chunk in snapshot.items():
                 if index in f.dirty:
@@ -403,7 +425,7 @@ class WriteBack:
                     self.held += 1
             if not f.first_dirty:
                 f.first_dirty = time.monotonic()
-            f.error = e
+            f.error = e if isinstance(e, StoreError) else StoreError(f"flush failed: {e!r}")
             log.warning("event=flush-failed ino=%d error=%s", f.ino, e)
             raise
         else:
@@ -475,7 +497,9 @@ class WriteBack:
                 now = time.monotonic()
                 due = sorted((f.first_dirty, ino) for ino, f in self.files.items() if f.dirty)
                 for first_dirty, ino in due:
-                    if now - first_dirty >= self.interval:
+                    f = self.files.get(ino)
+                    # A file with a failed flush waits for its own fsync to hear of it.
+                    if now - first_dirty >= self.interval and f is not None and f.error is None:
                         try:
                             await self.flush(ino)
                         except StoreError:

@@ -73,6 +73,10 @@ class Corrupt(StoreError):
     """Stored bytes failed their checksum or an index entry is dangling."""
 
 
+class DiskError(StoreError):
+    """The disk under the store failed a segment write or sync; nothing was committed."""
+
+
 class NoAttribute(StoreError):
     """No such extended attribute (ENODATA)."""
 

@@ -33,7 +33,7 @@ from typing import Protocol
 
 import crc32c
 
-from .errors import Corrupt
+from .errors import Corrupt, DiskError, NoSpace
 from .records import ChunkLocation
 
 MAGIC = b"VCK1"
@@ -159,33 +159,37 @@ class LocalSegments:
         transaction (the caller's transaction allocated `segment`): the rescue path runs inside
         a write transaction, where rolling the shared segment would wait for that very lock."""
         header = HEADER.pack(MAGIC, digest, len(body), CODEC_RAW, crc32c.crc32c(body))
-        fd = os.open(self.path(segment), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.pwritev(fd, [header, body], 0)
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with _store_errors("rescuing a chunk into a segment of its own"):
+            fd = os.open(self.path(segment), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.pwritev(fd, [header, body], 0)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
         return ChunkLocation(segment, HEADER.size, len(body))
 
     def _write_staged(self, buffer: mmap.mmap, length: int, offset: int) -> None:
         """In the writer thread: one staging buffer's bytes at `offset` (both aligned)."""
-        view = memoryview(buffer)[:length]
-        while view:
-            try:
-                written = os.pwrite(self._current_fd, view, offset)
-            except OSError as e:
-                if e.errno != errno.EINVAL or not self._direct:
-                    raise
-                self._reopen_buffered()  # the device wants a coarser alignment than ALIGN
-                continue
-            if written < len(view) and written % ALIGN:
-                raise OSError(errno.ENOSPC, "short write to a segment")
-            view, offset = view[written:], offset + written
+        done = 0
+        # The view is released even when a write fails: a traceback that kept it alive would
+        # keep the staging buffer from being closed.
+        with memoryview(buffer) as whole:
+            while done < length:
+                try:
+                    written = os.pwrite(self._current_fd, whole[done:length], offset + done)
+                except OSError as e:
+                    if e.errno != errno.EINVAL or not self._direct:
+                        raise
+                    self._reopen_buffered()  # the device wants a coarser alignment
+                    continue
+                if done + written < length and written % ALIGN:
+                    raise OSError(errno.ENOSPC, "short write to a segment")
+                done += written
 
     def _reopen_buffered(self) -> None:
         assert self._current is not None
@@ -349,7 +353,8 @@ class LocalSegments:
                 self._current_fd = -1
                 self._current = None
             for buffer in self._staging_buffers:
-                buffer.close()
+                with contextlib.suppress(BufferError):  # a view lives on somewhere: GC frees it
+                    buffer.close()
             self._staging_buffers.clear()
             if self._writer_pool is not None:
                 self._writer_pool.shutdown()
@@ -392,10 +397,15 @@ class Appender:
         self._filled = 0  # bytes in the buffer being filled
         self._which = 0  # the buffer being filled
         self._pending: list[concurrent.futures.Future[None] | None] = [None, None]
+        self._failed = False  # a write failed: later records go to a new segment
 
     def add(self, bodies: Sequence[tuple[bytes, Body]]) -> list[ChunkLocation]:
         if not bodies:
             return []
+        with _store_errors("appending to a segment"):
+            return self._add(bodies)
+
+    def _add(self, bodies: Sequence[tuple[bytes, Body]]) -> list[ChunkLocation]:
         segments = self._segments
         if self._offset < 0:
             if segments._current is None or segments._current_size >= segments._seal_size:
@@ -433,9 +443,17 @@ class Appender:
     def _wait(self, which: int) -> None:
         future, self._pending[which] = self._pending[which], None
         if future is not None:
-            future.result()
+            try:
+                future.result()
+            except OSError:
+                self._failed = True  # finish() seals the segment
+                raise
 
     def finish(self, durable: bool) -> None:
+        with _store_errors("writing a segment"):
+            self._finish(durable)
+
+    def _finish(self, durable: bool) -> None:
         if self._offset < 0:
             return  # nothing was added: no roll, no write, no sync
         segments = self._segments
@@ -461,7 +479,7 @@ class Appender:
                 except OSError as e:
                     errors.append(e)
             segments._current_size = self._buffer_at
-            if errors:
+            if errors or self._failed:
                 # A torn write would stop a scan of this segment: later records go to a
                 # new one.
                 segments._current_size = max(segments._current_size, segments._seal_size)
@@ -469,3 +487,15 @@ class Appender:
             raise errors[0]
         if durable:
             os.fdatasync(segments._current_fd)
+
+
+@contextlib.contextmanager
+def _store_errors(doing: str) -> Iterator[None]:
+    """The disk's errors as the core's: callers handle StoreError (the mount keeps the data
+    dirty and answers EIO or ENOSPC; the gateway answers 500 or 507)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(f"the disk under the store is full ({doing})") from e
+        raise DiskError(f"{doing}: {e.strerror or e}") from e
