@@ -109,6 +109,7 @@ class FileCache:
     kept: bool = False  # a handle writes to the file: keep the entry while clean
     clean: dict[int, bytearray] = field(default_factory=dict)  # equal to the stored chunks
     batches: int = 0  # background batches of this file being committed
+    size_behind: bool = False  # batches committed chunks but not yet the exact size
     settled: trio.Event = field(default_factory=trio.Event)  # set when `batches` drops to 0
 
     @property
@@ -339,7 +340,7 @@ class WriteBack:
             if f.error is not None:
                 error, f.error = f.error, None
                 raise error
-            if f.dirty:
+            if f.dirty or f.size_behind:
                 try:
                     await self._commit(f, self._take(f, list(f.dirty)))
                 except StoreError:
@@ -405,6 +406,7 @@ class WriteBack:
         pending = [i for i in itertools.chain(f.dirty, f.flushing) if i < max(snapshot)]
         reach = (min(pending) if pending else max(snapshot) + 1) * self.cs
         f.flushing.update(snapshot)
+        f.size_behind = True  # until a flush of everything commits the exact size
         return snapshot, None, min(f.size, reach)
 
     async def _commit(self, f: FileCache, taken: Taken) -> None:
@@ -430,6 +432,8 @@ class WriteBack:
             raise
         else:
             self._remember_clean(f, merged)
+            if size is not None and not f.dirty and not f.flushing.keys() - snapshot.keys():
+                f.size_behind = False
         finally:
             for index, chunk in snapshot.items():
                 if f.flushing.get(index) is chunk:
@@ -449,7 +453,8 @@ class WriteBack:
             del f.clean[next(iter(f.clean))]
 
     def _forget_if_clean(self, f: FileCache) -> None:
-        if (not f.dirty and not f.flushing and not f.batches and f.error is None
+        if (not f.dirty and not f.flushing and not f.batches and not f.size_behind
+                and f.error is None
                 and not f.pins and not f.kept and self.files.get(f.ino) is f):
             del self.files[f.ino]
 
@@ -495,7 +500,8 @@ class WriteBack:
                         while await self._start_batch(batches, ino, whole_only=True):
                             pass
                 now = time.monotonic()
-                due = sorted((f.first_dirty, ino) for ino, f in self.files.items() if f.dirty)
+                due = sorted((f.first_dirty, ino) for ino, f in self.files.items()
+                             if f.dirty or f.size_behind)
                 for first_dirty, ino in due:
                     f = self.files.get(ino)
                     # A file with a failed flush waits for its own fsync to hear of it.
