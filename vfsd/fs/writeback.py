@@ -403,8 +403,10 @@ class WriteBack:
             return snapshot, f.size, 0
         # Another batch may commit after this one: grow only up to the first chunk that some
         # other flush or a later one still has to carry.
-        pending = [i for i in itertools.chain(f.dirty, f.flushing) if i < max(snapshot)]
-        reach = (min(pending) if pending else max(snapshot) + 1) * self.cs
+        top = max(snapshot)
+        first_pending = min((i for i in itertools.chain(f.dirty, f.flushing) if i < top),
+                            default=top + 1)
+        reach = first_pending * self.cs
         f.flushing.update(snapshot)
         f.size_behind = True  # until a flush of everything commits the exact size
         return snapshot, None, min(f.size, reach)
