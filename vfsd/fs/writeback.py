@@ -22,7 +22,6 @@ come through this cache (truncate, hole punch, a copy into it, another process) 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -109,7 +108,6 @@ class FileCache:
     kept: bool = False  # a handle writes to the file: keep the entry while clean
     clean: dict[int, bytearray] = field(default_factory=dict)  # equal to the stored chunks
     batches: int = 0  # background batches of this file being committed
-    size_behind: bool = False  # batches committed chunks but not yet the exact size
     settled: trio.Event = field(default_factory=trio.Event)  # set when `batches` drops to 0
 
     @property
@@ -340,7 +338,7 @@ class WriteBack:
             if f.error is not None:
                 error, f.error = f.error, None
                 raise error
-            if f.dirty or f.size_behind:
+            if f.dirty:
                 try:
                     await self._commit(f, self._take(f, list(f.dirty)))
                 except StoreError:
@@ -393,23 +391,17 @@ class WriteBack:
     def _take(self, f: FileCache, indices: list[int]) -> Taken:
         """Move these dirty chunks to `flushing`, at once (no other flush can take them), and
         say what size goes with them. With all of a file's dirty chunks, and no other batch in
-        flight, goes the exact size; a part only grows the file over the chunks it carries, so
-        that a crash before the rest is flushed never shows a size the data has not reached."""
+        flight, goes the exact size; a part only grows the file over the chunks it carries."""
         everything = len(indices) == len(f.dirty) and not f.flushing
         snapshot = {i: f.dirty.pop(i) for i in indices}
         if everything:
             f.flushing.update(snapshot)
             f.first_dirty = 0.0
             return snapshot, f.size, 0
-        # Another batch may commit after this one: grow only up to the first chunk that some
-        # other flush or a later one still has to carry.
-        top = max(snapshot)
-        first_pending = min((i for i in itertools.chain(f.dirty, f.flushing) if i < top),
-                            default=top + 1)
-        reach = first_pending * self.cs
+        # Batches may commit in either order, so after a crash the size may cover chunks of
+        # a batch that never committed: they read as zeros (holes), never as other bytes.
         f.flushing.update(snapshot)
-        f.size_behind = True  # until a flush of everything commits the exact size
-        return snapshot, None, min(f.size, reach)
+        return snapshot, None, min(f.size, (max(snapshot) + 1) * self.cs)
 
     async def _commit(self, f: FileCache, taken: Taken) -> None:
         """Make taken chunks durable; on a core error they go back to `dirty`."""
@@ -434,8 +426,6 @@ class WriteBack:
             raise
         else:
             self._remember_clean(f, merged)
-            if size is not None and not f.dirty and not f.flushing.keys() - snapshot.keys():
-                f.size_behind = False
         finally:
             for index, chunk in snapshot.items():
                 if f.flushing.get(index) is chunk:
@@ -455,8 +445,7 @@ class WriteBack:
             del f.clean[next(iter(f.clean))]
 
     def _forget_if_clean(self, f: FileCache) -> None:
-        if (not f.dirty and not f.flushing and not f.batches and not f.size_behind
-                and f.error is None
+        if (not f.dirty and not f.flushing and not f.batches and f.error is None
                 and not f.pins and not f.kept and self.files.get(f.ino) is f):
             del self.files[f.ino]
 
@@ -502,8 +491,7 @@ class WriteBack:
                         while await self._start_batch(batches, ino, whole_only=True):
                             pass
                 now = time.monotonic()
-                due = sorted((f.first_dirty, ino) for ino, f in self.files.items()
-                             if f.dirty or f.size_behind)
+                due = sorted((f.first_dirty, ino) for ino, f in self.files.items() if f.dirty)
                 for first_dirty, ino in due:
                     f = self.files.get(ino)
                     # A file with a failed flush waits for its own fsync to hear of it.
