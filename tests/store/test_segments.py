@@ -26,20 +26,26 @@ def segments_in(directory: Path) -> LocalSegments:
     return LocalSegments(directory, lambda previous: next(ids))
 
 
+@contextlib.contextmanager
+def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `mnt` for the block (skips the test unless root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
 @pytest.fixture(params=["disk", "tmpfs"])
 def directory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     if request.param == "disk":
         yield tmp_path
         return
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
-    try:
+    with tmpfs(tmp_path / "tmpfs", "64m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 @pytest.mark.timeout(60)
@@ -164,12 +170,7 @@ def test_several_adds_make_one_append_with_one_padding(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_a_full_disk_is_nospace_and_later_appends_start_a_new_segment(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    try:
+    with tmpfs(tmp_path / "small", "2m") as mnt:
         segments = segments_in(mnt)
         first = segments.append([(chunk_hash(b"a" * 100), b"a" * 100)])[0]
         ballast = os.open(mnt / "ballast", os.O_WRONLY | os.O_CREAT)  # fill the disk
@@ -185,5 +186,3 @@ def test_a_full_disk_is_nospace_and_later_appends_start_a_new_segment(tmp_path: 
         assert later.segment != first.segment  # the torn one is sealed
         assert segments.read(first) == b"a" * 100 and segments.read(later) == b"b" * 100
         segments.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)

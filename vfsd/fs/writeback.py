@@ -299,8 +299,12 @@ class WriteBack:
         # What the cache holds now, bottom layer first. A flush may commit some of it and
         # let go of it while the store read below runs, and that read may still see the
         # old chunk: so these are laid on after it, then whatever is cached by then.
-        held = [(i, chunk) for layer in (f.clean, f.flushing, f.dirty)
-                for i in range(first, last + 1) for chunk in [layer.get(i)] if chunk is not None]
+        def cached_layers() -> list[tuple[int, Chunk]]:
+            return [(i, chunk) for layer in (f.clean, f.flushing, f.dirty)
+                    for i in range(first, last + 1)
+                    for chunk in [layer.get(i)] if chunk is not None]
+
+        held = cached_layers()
         if all(isinstance(f.dirty.get(i, f.flushing.get(i, f.clean.get(i))),
                           bytearray | memoryview)
                for i in range(first, last + 1)):
@@ -310,9 +314,7 @@ class WriteBack:
             out = bytearray(stored)
             if len(out) < end - offset:
                 out.extend(bytes(end - offset - len(out)))
-            held += [(i, chunk) for layer in (f.clean, f.flushing, f.dirty)
-                     for i in range(first, last + 1)
-                     for chunk in [layer.get(i)] if chunk is not None]
+            held += cached_layers()
         for index, chunk in held:
             cstart = index * cs
             lo = max(offset, cstart) - cstart
