@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from vfsd.store import Store
+from vfsd.store import Store, journal
 from vfsd.store.errors import StoreError
 from vfsd.store.multipart import Uploads
 from vfsd.store.objects import Objects
@@ -81,6 +81,11 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
     uploads = ThreadPoolExecutor(config.upload_workers, thread_name_prefix="vfsd-upload")
     try:
         store = Store.open(config.store)
+        # A mount that died leaves what it fsynced in its journal: serve it, not older data.
+        recovered = journal.recover(store)
+        if recovered.journals:
+            log.info("event=journal-recovered journals=%d sets_replayed=%d sets_dropped=%d",
+                     recovered.journals, recovered.replayed, recovered.dropped)
     except BaseException:
         executor.shutdown()
         uploads.shutdown()

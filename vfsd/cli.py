@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 from vfsd import __version__
 from vfsd.sizes import format_size, parse_size
-from vfsd.store import Store, StoreError
+from vfsd.store import Store, StoreError, journal
 from vfsd.store import fsck as fsck_module
 from vfsd.store import stats as stats_module
 from vfsd.store import users
@@ -63,7 +63,13 @@ def store_path(args: argparse.Namespace) -> Path:
 
 
 def open_store(args: argparse.Namespace) -> Store:
-    return Store.open(store_path(args))
+    store = Store.open(store_path(args))
+    try:
+        journal.recover(store)  # what a crashed mount fsynced comes before any change made here
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def emit(args: argparse.Namespace, data: object, text: str) -> None:
@@ -691,8 +697,10 @@ def build_parser() -> Parser:
     mount_opts.add_argument("--cache-size", type=size_arg, default=256 << 20, metavar="SIZE",
                             help="memory for dirty data before writers wait (default 256M)")
     mount_opts.add_argument("--commit-interval", type=duration_arg, default=1.0,
-                            metavar="SECONDS", help="flush dirty data at least this often "
-                            "(default 1s); fsync and close flush at once")
+                            metavar="SECONDS", help="commit dirty data to the store at least "
+                            "this often (default 1s); close commits at once, fsync makes "
+                            "small writes durable in the fsync journal and large ones by a "
+                            "commit")
     mount_opts.add_argument("--allow-other", action="store_true",
                             help="let users other than the mounting one use the mount")
     p = verbs.add_parser("mount", parents=[common, mount_opts], help="mount the store (FUSE)",

@@ -330,3 +330,105 @@ def test_fusermount_unmount_flushes_closed_files(store_path: Path, tmp_path: Pat
     for name, data in expected.items():
         assert read_core(store_path, name) == data, name
     fsck(store_path)
+
+
+# --- (c) the fsync journal: what it replays after a crash, and what it must not -------------
+
+def stored_bytes(store: Path, name: str) -> bytes:
+    """The file as committed to the store, without replaying any journal."""
+    with Store.open(store) as s:
+        inode = s.resolve(name)
+        return bytes(s.read(inode.ino, 0, inode.size))
+
+
+def journal_files(store: Path) -> list[Path]:
+    return [p for p in (store / "journal").iterdir() if p.stat().st_size]
+
+
+@pytest.mark.timeout(120)
+def test_small_fsyncs_are_replayed_from_the_journal(store_path: Path, tmp_path: Path):
+    """No commit runs (a 60 s interval, the file kept open): only the journal holds the
+    fsynced writes when the daemon dies, and the next mount puts them in the store."""
+    rng = random.Random(SEED)
+    mnt = tmp_path / "mnt"
+    m = Mount(store_path, mnt, "--commit-interval", "60").start()
+    fds: list[int] = []
+    try:
+        base = rng.randbytes(300_000)
+        write_file(mnt / "db", base, sync=True)
+        expected = bytearray(base)
+        fd = os.open(mnt / "db", os.O_RDWR)
+        fds.append(fd)
+        for _ in range(30):  # a database's commits: a few pages each, then fsync
+            for _ in range(rng.randint(1, 3)):
+                offset, data = rng.randrange(len(expected) + 10_000), rng.randbytes(4096)
+                assert os.pwrite(fd, data, offset) == len(data)
+                expected.extend(bytes(max(0, offset - len(expected))))
+                expected[offset:offset + len(data)] = data
+            os.fdatasync(fd)
+        assert journal_files(store_path), "the fsyncs did not go through the journal"
+        m.kill()
+        close_all(fds)
+        assert stored_bytes(store_path, "db") == base, "something committed: nothing to prove"
+        m = Mount(store_path, mnt).start()
+        assert (mnt / "db").read_bytes() == expected, f"fsynced data lost (seed {SEED})"
+        assert "sets_replayed=30" in m.output()
+        assert not journal_files(store_path)
+    finally:
+        close_all(fds)
+        m.stop()
+    fsck(store_path)
+
+
+@pytest.mark.timeout(120)
+def test_replay_neither_undoes_a_truncate_nor_overrides_a_later_put(store_path: Path,
+                                                                     tmp_path: Path):
+    mnt = tmp_path / "mnt"
+    m = Mount(store_path, mnt, "--commit-interval", "60").start()
+    fds: list[int] = []
+    try:
+        shrunk = os.open(mnt / "shrunk", os.O_CREAT | os.O_RDWR, 0o644)
+        replaced = os.open(mnt / "replaced", os.O_CREAT | os.O_RDWR, 0o644)
+        fds += [shrunk, replaced]
+        os.pwrite(shrunk, b"old " * 50_000, 0)
+        os.fsync(shrunk)
+        os.ftruncate(shrunk, 10)  # commits everything first, then truncates
+        os.pwrite(shrunk, b"new", 100)
+        os.fsync(shrunk)
+        os.pwrite(replaced, b"fsynced before the crash", 0)
+        os.fsync(replaced)
+        m.kill()
+        close_all(fds)
+        # While no mount runs, another process (the gateway) replaces the file's contents.
+        with Store.open(store_path) as s:
+            ino = s.resolve("replaced").ino
+            s.write(ino, 0, b"written after the crash!")
+        m = Mount(store_path, mnt).start()
+        assert (mnt / "shrunk").read_bytes() == b"old " * 2 + b"ol" + bytes(90) + b"new"
+        assert (mnt / "replaced").read_bytes() == b"written after the crash!"
+    finally:
+        close_all(fds)
+        m.stop()
+    fsck(store_path)
+
+
+@pytest.mark.timeout(60)
+def test_fsync_through_a_reading_handle_commits(store_path: Path, tmp_path: Path):
+    """`vfsd vm snapshot` fsyncs a running VM's disks through read-only handles: that puts
+    the dirty data in the store, which is what a snapshot copies."""
+    mnt = tmp_path / "mnt"
+    m = Mount(store_path, mnt, "--commit-interval", "60").start()
+    try:
+        with open(mnt / "disk", "wb") as writer:
+            writer.write(b"journaled")
+            writer.flush()
+            os.fsync(writer.fileno())
+            assert stored_bytes(store_path, "disk") == b""
+            reader = os.open(mnt / "disk", os.O_RDONLY)
+            try:
+                os.fsync(reader)
+            finally:
+                os.close(reader)
+            assert stored_bytes(store_path, "disk") == b"journaled"
+    finally:
+        m.stop()

@@ -17,7 +17,7 @@ import pyfuse3
 import trio
 
 from vfsd.mounts import register
-from vfsd.store import Store, gc
+from vfsd.store import Store, gc, journal
 from vfsd.store.config import load_config
 from vfsd.store.errors import StoreError
 
@@ -96,7 +96,9 @@ def mount(config: MountConfig) -> int:
         setup_logging(config.store, config.foreground)
         store = Store.open(config.store)  # opened after fork: LMDB handles do not survive one
         purged = store.purge_orphans()
+        recovered = journal.recover(store)  # what a crashed mount fsynced, before we serve
         ops = Operations(store, config.cache_size, config.commit_interval)
+        ops.cache.journal = journal.Journal(store, ops.holder)
         options = {"fsname=vfsd", "subtype=vfsd", "default_permissions"}
         if config.allow_other:
             options.add("allow_other")
@@ -107,8 +109,10 @@ def mount(config: MountConfig) -> int:
             os._exit(1)
         raise
     registration = register(config.store, mountpoint)
-    log.info("event=mounted store=%s mountpoint=%s orphans_purged=%d cache=%d interval=%.1f",
-             config.store, config.mountpoint, purged, config.cache_size, config.commit_interval)
+    log.info("event=mounted store=%s mountpoint=%s orphans_purged=%d cache=%d interval=%.1f "
+             "journals_replayed=%d sets_replayed=%d sets_dropped=%d",
+             config.store, config.mountpoint, purged, config.cache_size, config.commit_interval,
+             recovered.journals, recovered.replayed, recovered.dropped)
     if ready_w is not None:
         os.write(ready_w, b"ok\n")
         os.close(ready_w)
@@ -117,6 +121,7 @@ def mount(config: MountConfig) -> int:
     finally:
         registration.unlink(missing_ok=True)
         pyfuse3.close(unmount=True)
+        ops.cache.journal.close()
         store.close()
         log.info("event=unmounted mountpoint=%s", config.mountpoint)
     return 0

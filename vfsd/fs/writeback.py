@@ -12,6 +12,11 @@ Reads of a file with dirty data overlay, in order: the store, the chunks being f
 dirty chunks. A complete cached chunk is authoritative for its whole range (bytes past its end
 are zeros); a patch only for its ranges.
 
+An fsync of a few writes does not commit them: it appends them to the fsync journal
+(vfsd/store/journal.py), one synchronous write, and they stay dirty until the next flush. For
+that, each file keeps the writes made since its last journal record (up to JOURNAL_LIMIT; past
+it, or when that record of writes is incomplete, an fsync commits everything instead).
+
 A file's entry (its size as the mount sees it) is kept while a handle writes to it, so a run of
 write-fsync pairs does not look the inode up again after every flush. With it go the last few
 chunks that were written in part and flushed (`clean`: equal to the store's chunk, as only this
@@ -22,6 +27,7 @@ come through this cache (truncate, hole punch, a copy into it, another process) 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,12 +38,14 @@ import trio
 
 from vfsd.store import InodeFlags, Store
 from vfsd.store.errors import FileTooBig, NotFound, StoreError
+from vfsd.store.journal import RESET_BYTES, Journal
 
 log = logging.getLogger("vfsd.writeback")
 RunSync = Callable[..., Awaitable[Any]]
 BATCHES_IN_FLIGHT = 2  # one stages (hash, disk) while the other commits (LMDB)
 CLEAN_PER_FILE = 8  # recently flushed, partly written chunks kept per writing file (512 KiB)
 FLUSH_BATCH_BYTES = 64 * 1024 * 1024  # per background commit: ~100 ms of work, one fdatasync
+JOURNAL_LIMIT = 1 << 20  # bytes written between fsyncs that go to the journal; more: a commit
 
 
 class Patch:
@@ -109,6 +117,11 @@ class FileCache:
     clean: dict[int, bytearray] = field(default_factory=dict)  # equal to the stored chunks
     batches: int = 0  # background batches of this file being committed
     settled: trio.Event = field(default_factory=trio.Event)  # set when `batches` drops to 0
+    # Writes since the file's last journal record, for the next one. `unjournaled_all` says
+    # they are not all here (too many, or a failed commit took them): the next fsync commits.
+    unjournaled: list[tuple[int, bytes | memoryview]] = field(default_factory=list)
+    unjournaled_bytes: int = 0
+    unjournaled_all: bool = True
 
     @property
     def held(self) -> int:
@@ -132,6 +145,7 @@ class WriteBack:
         self.streamed = 0  # whole chunks written since the flusher last took a batch
         self.slots = trio.Semaphore(BATCHES_IN_FLIGHT)
         self.writing: set[int] = set()  # inodes with a handle open for writing
+        self.journal: Journal | None = None  # set by the mount; without it fsync commits
 
     def writer_opened(self, ino: int) -> None:
         self.writing.add(ino)
@@ -185,6 +199,8 @@ class WriteBack:
             if f is None:
                 f = FileCache(ino, inode.size, bool(inode.flags & InodeFlags.FIXED_SIZE),
                               kept=ino in self.writing)
+                # Sets of an earlier entry may be uncovered: what came since is not known.
+                f.unjournaled_all = self.journal is None or not self.journal.uncovered(ino)
                 self.files[ino] = f
         return f
 
@@ -285,6 +301,11 @@ class WriteBack:
         f.mtime_ns = time.time_ns()
         if not f.first_dirty:
             f.first_dirty = time.monotonic()
+        if f.unjournaled_all and self.journal is not None:
+            f.unjournaled.append((offset, data))  # pyfuse3's bytes: immutable, no copy
+            f.unjournaled_bytes += len(data)
+            if f.unjournaled_bytes > JOURNAL_LIMIT:
+                self._untrack(f)
         return len(data)
 
     async def read(self, ino: int, offset: int, size: int) -> bytes | bytearray | memoryview:
@@ -331,22 +352,63 @@ class WriteBack:
     # --- flushing ------------------------------------------------------------------------
 
     async def flush(self, ino: int) -> None:
-        """Make the file's dirty data durable; raises the core's error if it cannot."""
+        """Commit the file's dirty data to the store (durably); raises the core's error if
+        it cannot."""
         f = self.files.get(ino)
         if f is None:
             return
         async with f.lock:
+            await self._flush_locked(f)
+
+    async def sync(self, ino: int) -> None:
+        """fsync: make the file's writes durable, through the journal while they are few."""
+        f = self.files.get(ino)
+        if f is None:
+            return
+        async with f.lock:
+            if self.journal is None or not f.unjournaled_all:
+                await self._flush_locked(f)
+                return
+            # No commit of the file may run while the set is written: the set's base
+            # version must be the last one this mount stamped (vfsd/store/journal.py).
             await self._settle(f)
-            if f.error is not None:
-                error, f.error = f.error, None
-                raise error
-            if f.dirty:
-                try:
-                    await self._commit(f, self._take(f, list(f.dirty)))
-                except StoreError:
-                    f.error = None  # reported here, to this caller; the chunks stay dirty
-                    raise
-            self._forget_if_clean(f)
+            self._raise_error(f)
+            if not f.unjournaled:
+                return
+            writes, f.unjournaled = f.unjournaled, []
+            size, f.unjournaled_bytes = f.unjournaled_bytes, 0
+            try:
+                await self.run(self.journal.append, f.ino, writes, f.size,
+                               f.mtime_ns or time.time_ns())
+            except BaseException:
+                f.unjournaled[:0] = writes
+                f.unjournaled_bytes += size
+                raise
+
+    def _raise_error(self, f: FileCache) -> None:
+        if f.error is not None:
+            error, f.error = f.error, None
+            raise error
+
+    def _untrack(self, f: FileCache) -> None:
+        f.unjournaled, f.unjournaled_bytes, f.unjournaled_all = [], 0, False
+
+    async def _flush_locked(self, f: FileCache) -> None:
+        await self._settle(f)
+        self._raise_error(f)
+        # Everything written so far is committed once this returns: the file's journal
+        # sets are covered, and the next set starts from here.
+        covers = self.journal.newest_set(f.ino) if self.journal else 0
+        f.unjournaled, f.unjournaled_bytes, f.unjournaled_all = [], 0, True
+        if f.dirty:
+            try:
+                await self._commit(f, self._take(f, list(f.dirty)), covers=covers)
+            except StoreError:
+                f.error = None  # reported here, to this caller; the chunks stay dirty
+                raise
+        elif covers and self.journal is not None:
+            self.journal.covered_without_commit(f.ino, covers)
+        self._forget_if_clean(f)
 
     async def _settle(self, f: FileCache) -> None:
         """Wait until no background batch of `f` is being committed."""
@@ -405,12 +467,13 @@ class WriteBack:
         f.flushing.update(snapshot)
         return snapshot, None, min(f.size, (max(snapshot) + 1) * self.cs)
 
-    async def _commit(self, f: FileCache, taken: Taken) -> None:
-        """Make taken chunks durable; on a core error they go back to `dirty`."""
+    async def _commit(self, f: FileCache, taken: Taken, covers: int = 0) -> None:
+        """Make taken chunks durable; on a core error they go back to `dirty`. `covers`: the
+        newest journal set of the file whose writes are all in `taken`."""
         snapshot, size, grow_to = taken
         try:
             merged = await self.run(_commit_flush, self.store, f.ino, snapshot, size, grow_to,
-                                    f.mtime_ns)
+                                    f.mtime_ns, self.journal if covers else None, covers)
         except NotFound:
             log.info("event=flush-dropped ino=%d reason=deleted chunks=%d", f.ino, len(snapshot))
         except Exception as e:
@@ -424,6 +487,8 @@ class WriteBack:
             if not f.first_dirty:
                 f.first_dirty = time.monotonic()
             f.error = e if isinstance(e, StoreError) else StoreError(f"flush failed: {e!r}")
+            if covers:
+                self._untrack(f)  # the writes it took are no longer listed for a set
             log.warning("event=flush-failed ino=%d error=%s", f.ino, e)
             raise
         else:
@@ -471,6 +536,9 @@ class WriteBack:
             if self.files.get(ino) is f:
                 del self.files[ino]
             dropped, f.dirty = len(f.dirty), {}
+            if self.journal is not None:
+                # Dropped on purpose: a recovery must not bring these writes back.
+                self.journal.covered_without_commit(ino, self.journal.newest_set(ino))
         await self._release_held(dropped)
 
     async def truncated(self, ino: int, size: int) -> None:
@@ -506,6 +574,8 @@ class WriteBack:
                     while (self.held >= self.limit * 3 // 4
                            and await self._start_batch(batches, ino, whole_only=False)):
                         pass
+                if self.journal is not None and self.journal.end >= RESET_BYTES:
+                    await self.run(self.journal.reset_if_idle)
 
 def _stack(below: Chunk, above: Chunk) -> Chunk:
     """One chunk that reads as `above` written over `below` (a failed flush's chunk under a
@@ -520,7 +590,8 @@ def _stack(below: Chunk, above: Chunk) -> Chunk:
 
 
 def _commit_flush(store: Store, ino: int, snapshot: dict[int, Chunk], size: int | None,
-                  grow_to: int, mtime_ns: int) -> dict[int, bytearray]:
+                  grow_to: int, mtime_ns: int, journal: Journal | None = None,
+                  covers: int = 0) -> dict[int, bytearray]:
     """In a worker thread: lay patches onto their stored chunks, then commit every chunk and
     the size at once. The mount holds the file's lease and flushes of one file are serialised,
     so the stored chunk cannot change between the base read and the commit. Returns the
@@ -534,5 +605,6 @@ def _commit_flush(store: Store, ino: int, snapshot: dict[int, Chunk], size: int 
             patch = snapshot[i]
             assert isinstance(patch, Patch)
             contents[i] = patch.onto(bases.get(i, b""))
-    store.write_chunks(ino, contents, size=size, grow_to=grow_to, mtime_ns=mtime_ns or None)
+    with journal.covering(ino, covers) if journal else contextlib.nullcontext():
+        store.write_chunks(ino, contents, size=size, grow_to=grow_to, mtime_ns=mtime_ns or None)
     return {i: c for i, c in contents.items() if isinstance(c, bytearray)}

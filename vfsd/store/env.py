@@ -17,7 +17,7 @@ from typing import Any
 import lmdb
 
 from .errors import Corrupt
-from .records import SEGMENT_RETIRED, ChunkLocation, SegmentInfo
+from .records import SEGMENT_RETIRED, ChunkLocation, Inode, SegmentInfo
 
 # Sparse: LMDB only reserves address space; the file grows with the data.
 MAP_SIZE = 1 << 40
@@ -45,6 +45,7 @@ class Databases:
     users: Any
     peers: Any
     repl: Any
+    journals: Any
 
 
 class Tx:
@@ -55,10 +56,12 @@ class Tx:
     chunks updates each counter once.
     """
 
-    __slots__ = ("txn", "db", "write", "deltas", "segment_deltas", "version", "changes", "rescue")
+    __slots__ = ("txn", "db", "write", "deltas", "segment_deltas", "version", "changes", "rescue",
+                 "inode_hook")
 
     def __init__(self, txn: lmdb.Transaction, db: Databases, write: bool,
-                 rescue: Callable[[Tx, ChunkLocation], ChunkLocation] | None = None):
+                 rescue: Callable[[Tx, ChunkLocation], ChunkLocation] | None = None,
+                 inode_hook: Callable[[Tx, Inode], None] | None = None):
         self.txn = txn
         self.db = db
         self.write = write
@@ -67,6 +70,7 @@ class Tx:
         self.version = 0
         self.changes = 0
         self.rescue = rescue  # see Store._rescue
+        self.inode_hook = inode_hook  # see journal.Journal._mark
 
     def get(self, db: Any, key: bytes) -> bytes | None:
         return self.txn.get(key, db=db)
@@ -144,6 +148,9 @@ class Environment:
             }
         self.db = Databases(**handles)
         self.rescue: Callable[[Tx, ChunkLocation], ChunkLocation] | None = None
+        # Called with every inode a write transaction of this process stores: the fsync
+        # journal marks its files' commits (vfsd/store/journal.py).
+        self.inode_hook: Callable[[Tx, Inode], None] | None = None
 
     def close(self) -> None:
         self.lmdb.close()
@@ -159,7 +166,7 @@ class Environment:
     @contextmanager
     def write(self) -> Iterator[Tx]:
         txn = self.lmdb.begin(write=True)
-        tx = Tx(txn, self.db, write=True, rescue=self.rescue)
+        tx = Tx(txn, self.db, write=True, rescue=self.rescue, inode_hook=self.inode_hook)
         try:
             yield tx
             tx.flush_counters()

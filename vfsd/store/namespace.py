@@ -39,6 +39,8 @@ def get_inode(tx: Tx, ino: int) -> Inode:
 def put_inode(tx: Tx, inode: Inode) -> None:
     inode.version = tick(tx)
     tx.put(tx.db.inodes, ino_key(inode.ino), inode.pack())
+    if tx.inode_hook is not None:
+        tx.inode_hook(tx, inode)
 
 
 def get_dir(tx: Tx, ino: int) -> Inode:

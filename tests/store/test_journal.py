@@ -1,0 +1,150 @@
+"""The fsync journal (vfsd/store/journal.py): its records, and which sets a recovery replays.
+
+A "crash" here is a journal whose process is gone: it is made under a holder whose pid has
+exited, and left without `close()`. Another process's change is made by a real second
+process, as the gateway would make it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from vfsd.store import Store, fsck
+from vfsd.store.journal import JOURNAL_DIR, Journal, encode, recover, scan
+from vfsd.store.leases import Holder
+
+CS = 65536
+
+
+@pytest.fixture
+def dead_holder() -> Holder:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return Holder(child.pid, 1, "a mount that died")
+
+
+@pytest.fixture
+def store(new_store: Callable[..., Store]) -> Store:
+    return new_store()
+
+
+def crash(journal: Journal) -> None:
+    """The process dies: its journal stays as it was written, its hook goes with it."""
+    journal.env.inode_hook = None
+    os.close(journal.fd)
+
+
+def make_file(store: Store, data: bytes) -> int:
+    return store.write_file("f", data).ino
+
+
+def foreign_write(store: Store, ino: int, offset: int, data: bytes) -> None:
+    code = ("import sys; from vfsd.store import Store; s = Store.open(sys.argv[1]); "
+            f"s.write({ino}, {offset}, {data!r}); s.close()")
+    subprocess.run([sys.executable, "-c", code, str(store.config.path)], check=True)
+
+
+def test_records_survive_a_torn_neighbour() -> None:
+    first = encode(1, 7, 99, 10, 5, [(0, b"abc"), (4096, b"x" * 5000)])
+    second = encode(2, 7, 99, 20, 6, [(8, b"tail")])
+    assert len(first) % 512 == 0
+    torn = first[: len(first) // 2] + bytes(len(first) - len(first) // 2)
+    sets = list(scan(torn + second))
+    assert [(s.seq, s.extents) for s in sets] == [(2, [(8, b"tail")])]
+    flipped = bytearray(first)
+    flipped[40] ^= 1
+    assert [s.seq for s in scan(bytes(flipped) + second)] == [2]
+    assert [s.extents for s in scan(first)] == [[(0, b"abc"), (4096, b"x" * 5000)]]
+
+
+def test_recovery_replays_what_no_commit_holds(store: Store, dead_holder: Holder) -> None:
+    ino = make_file(store, b"a" * 100_000)
+    journal = Journal(store, dead_holder)
+    journal.append(ino, [(10, b"B" * 70_000)], 100_000, 1234)
+    journal.append(ino, [(150_000, b"C" * 10)], 150_010, 5678)
+    crash(journal)
+    report = recover(store)
+    assert (report.journals, report.replayed, report.dropped) == (1, 2, 0)
+    data = store.read(ino, 0, 1 << 20)
+    expected = bytearray(b"a" * 100_000 + bytes(50_010))
+    expected[10:70_010] = b"B" * 70_000
+    expected[150_000:150_010] = b"C" * 10
+    assert data == expected
+    assert store.getattr(ino).mtime_ns == 5678
+    assert not list((store.config.path / JOURNAL_DIR).iterdir())
+    assert fsck.check(store).clean
+
+
+def test_a_later_change_by_another_process_wins(store: Store, dead_holder: Holder) -> None:
+    ino = make_file(store, b"a" * 1000)
+    journal = Journal(store, dead_holder)
+    journal.append(ino, [(0, b"fsynced")], 1000, 1)
+    crash(journal)
+    foreign_write(store, ino, 500, b"PUT after the crash")
+    report = recover(store)
+    assert (report.replayed, report.dropped) == (0, 1)
+    assert store.read(ino, 0, 7) == b"aaaaaaa"
+    assert store.read(ino, 500, 19) == b"PUT after the crash"
+
+
+def test_the_writers_own_commits_keep_its_sets_valid(store: Store, dead_holder: Holder) -> None:
+    """A background flush of other bytes (not all the sets' writes) between and after sets:
+    the inode's version is the writer's own, so every set is replayed, oldest first."""
+    ino = make_file(store, bytes(3 * CS))
+    journal = Journal(store, dead_holder)
+    journal.append(ino, [(0, b"one")], 3 * CS, 1)
+    store.write_chunks(ino, {2: b"z" * CS}, size=None)  # a batch: marks, covers nothing
+    journal.append(ino, [(1, b"TWO")], 3 * CS, 2)
+    store.write_chunks(ino, {1: b"y" * CS}, size=None)
+    crash(journal)
+    assert recover(store).replayed == 2
+    assert store.read(ino, 0, 4) == b"oTWO"
+    assert store.read(ino, CS, 2) == b"yy"
+    assert store.read(ino, 2 * CS, 2) == b"zz"
+
+
+def test_covered_sets_are_not_replayed(store: Store, dead_holder: Holder) -> None:
+    """After a flush of everything, newer (unsynced) commits must not be undone."""
+    ino = make_file(store, bytes(CS))
+    journal = Journal(store, dead_holder)
+    seq = journal.append(ino, [(0, b"old")], CS, 1)
+    with journal.covering(ino, seq):
+        store.write_chunks(ino, {0: b"old" + bytes(CS - 3)}, size=None)
+    store.write_chunks(ino, {0: b"new" + bytes(CS - 3)}, size=None)
+    crash(journal)
+    report = recover(store)
+    assert (report.replayed, report.dropped) == (0, 0)
+    assert store.read(ino, 0, 3) == b"new"
+
+
+def test_dropped_writes_stay_dropped(store: Store, dead_holder: Holder) -> None:
+    """A swap file's contents dropped at its last close, or an O_TRUNC: the writer says its
+    sets are covered, and its next commit (the hole punch, the truncate) records that."""
+    ino = make_file(store, b"s" * CS)
+    journal = Journal(store, dead_holder)
+    journal.append(ino, [(0, b"swapped out")], CS, 1)
+    journal.covered_without_commit(ino, journal.newest_set(ino))
+    store.truncate(ino, 0)
+    crash(journal)
+    recover(store)
+    assert store.getattr(ino).size == 0
+
+
+def test_a_deleted_file_and_a_live_journal_are_left_alone(store: Store,
+                                                          dead_holder: Holder) -> None:
+    ino = make_file(store, b"x")
+    journal = Journal(store, dead_holder)
+    journal.append(ino, [(0, b"y")], 1, 1)
+    crash(journal)
+    store.unlink(1, b"f")
+    mine = Journal(store, Holder.this_process("this test"))
+    mine.append(store.write_file("g", b"g").ino, [(0, b"G")], 1, 1)
+    report = recover(store)
+    assert (report.journals, report.replayed, report.dropped) == (1, 0, 1)
+    assert mine.path.exists()  # alive: never replayed behind its writer's back
+    mine.close()
