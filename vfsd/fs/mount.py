@@ -123,6 +123,7 @@ def mount(config: MountConfig) -> int:
         pyfuse3.close(unmount=True)
         ops.cache.journal.close()
         store.close()
+        log.info("event=readmap hits=%d misses=%d", ops.readmap.hits, ops.readmap.misses)
         log.info("event=unmounted mountpoint=%s", config.mountpoint)
     return 0
 

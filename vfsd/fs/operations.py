@@ -25,6 +25,7 @@ from vfsd.store.leases import Holder
 
 from .errno_map import errno_for
 from .invalidate import OwnChanges
+from .readmap import ReadMap
 from .workers import WorkerPool
 from .writeback import WriteBack
 
@@ -72,6 +73,8 @@ class Operations(pyfuse3.Operations):
         self.store = store
         self.workers = WorkerPool(threads)
         self.cache = WriteBack(store, self.run, cache_size, commit_interval)
+        self.readmap = self.cache.readmap = ReadMap(store)
+        store.env.on_commit = self.readmap.forget_committed
         self.handles: dict[int, Handle] = {}
         self.open_count: Counter[int] = Counter()
         self.writers: Counter[int] = Counter()
@@ -94,6 +97,7 @@ class Operations(pyfuse3.Operations):
         """Another process changed the store: forget what we cache about that inode."""
         self.capabilities.pop(change.ino, None)
         self.cache.changed_elsewhere(change.ino)
+        self.readmap.forget(change.ino)
 
     # --- attributes ----------------------------------------------------------------------
 

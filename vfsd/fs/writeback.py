@@ -40,6 +40,8 @@ from vfsd.store import InodeFlags, Store
 from vfsd.store.errors import FileTooBig, NotFound, StoreError
 from vfsd.store.journal import RESET_BYTES, Journal
 
+from .readmap import ReadMap
+
 log = logging.getLogger("vfsd.writeback")
 RunSync = Callable[..., Awaitable[Any]]
 BATCHES_IN_FLIGHT = 2  # one stages (hash, disk) while the other commits (LMDB)
@@ -146,6 +148,7 @@ class WriteBack:
         self.slots = trio.Semaphore(BATCHES_IN_FLIGHT)
         self.writing: set[int] = set()  # inodes with a handle open for writing
         self.journal: Journal | None = None  # set by the mount; without it fsync commits
+        self.readmap: ReadMap | None = None  # set by the mount: small reads on the loop
 
     def writer_opened(self, ino: int) -> None:
         self.writing.add(ino)
@@ -311,7 +314,7 @@ class WriteBack:
     async def read(self, ino: int, offset: int, size: int) -> bytes | bytearray | memoryview:
         f = self.files.get(ino)
         if f is None:
-            return await self.run(self.store.read, ino, offset, size)
+            return await self._read_store(ino, offset, size)
         cs = self.cs
         end = min(offset + size, f.size)
         if offset >= end:
@@ -331,7 +334,7 @@ class WriteBack:
                for i in range(first, last + 1)):
             out = bytearray(end - offset)  # complete cached chunks cover it all
         else:
-            stored = await self.run(self.store.read, ino, offset, end - offset)
+            stored = await self._read_store(ino, offset, end - offset)
             out = bytearray(stored)
             if len(out) < end - offset:
                 out.extend(bytes(end - offset - len(out)))
@@ -348,6 +351,18 @@ class WriteBack:
             out[dest: dest + avail] = chunk[lo: lo + avail]
             out[dest + avail: dest + hi - lo] = bytes(hi - lo - avail)
         return out
+
+    async def _read_store(self, ino: int, offset: int, size: int
+                          ) -> bytes | bytearray | memoryview:
+        if self.readmap is None:
+            return await self.run(self.store.read, ino, offset, size)
+        data = self.readmap.read(ino, offset, size)
+        if data is not None:
+            return data
+        stamp = self.readmap.stamp(ino)
+        data, file_size, locations = await self.run(self.store.read_located, ino, offset, size)
+        self.readmap.learn(stamp, ino, file_size, offset, size, locations)
+        return data
 
     # --- flushing ------------------------------------------------------------------------
 

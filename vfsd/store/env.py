@@ -57,7 +57,7 @@ class Tx:
     """
 
     __slots__ = ("txn", "db", "write", "deltas", "segment_deltas", "version", "changes", "rescue",
-                 "inode_hook")
+                 "inode_hook", "stored_inodes")
 
     def __init__(self, txn: lmdb.Transaction, db: Databases, write: bool,
                  rescue: Callable[[Tx, ChunkLocation], ChunkLocation] | None = None,
@@ -71,6 +71,7 @@ class Tx:
         self.changes = 0
         self.rescue = rescue  # see Store._rescue
         self.inode_hook = inode_hook  # see journal.Journal._mark
+        self.stored_inodes: set[int] = set()  # for Environment.on_commit
 
     def get(self, db: Any, key: bytes) -> bytes | None:
         return self.txn.get(key, db=db)
@@ -151,6 +152,16 @@ class Environment:
         # Called with every inode a write transaction of this process stores: the fsync
         # journal marks its files' commits (vfsd/store/journal.py).
         self.inode_hook: Callable[[Tx, Inode], None] | None = None
+        # Called after each commit with the inodes it stored: the mount forgets where their
+        # chunks lay (vfsd/fs/readmap.py).
+        self.on_commit: Callable[[set[int]], None] | None = None
+
+    def begin_write(self, txn: lmdb.Transaction) -> Tx:
+        return Tx(txn, self.db, write=True, rescue=self.rescue, inode_hook=self.inode_hook)
+
+    def committed(self, stored_inodes: set[int]) -> None:
+        if self.on_commit is not None and stored_inodes:
+            self.on_commit(stored_inodes)
 
     def close(self) -> None:
         self.lmdb.close()
@@ -166,7 +177,7 @@ class Environment:
     @contextmanager
     def write(self) -> Iterator[Tx]:
         txn = self.lmdb.begin(write=True)
-        tx = Tx(txn, self.db, write=True, rescue=self.rescue, inode_hook=self.inode_hook)
+        tx = self.begin_write(txn)
         try:
             yield tx
             tx.flush_counters()
@@ -174,3 +185,4 @@ class Environment:
             txn.abort()
             raise
         txn.commit()
+        self.committed(tx.stored_inodes)

@@ -70,6 +70,12 @@ class FileData:
         One read transaction finds the chunks; bodies are read after it ends (segments outlive
         any read transaction, DESIGN.md "Reading"). With `version`, ObjectChanged unless the
         inode is at that version in the same transaction (a GET never mixes versions)."""
+        return self.read_located(ino, offset, size, version)[0]
+
+    def read_located(self, ino: int, offset: int, size: int, version: int | None = None
+                     ) -> tuple[bytes | bytearray | memoryview, int, dict[int, ChunkLocation]]:
+        """`read`, and also the file's size and where the chunks it read lie (holes left
+        out), for a caller that keeps them (vfsd/fs/readmap.py)."""
         cs = self.chunk_size
         with self.env.read() as tx:
             inode = namespace.get_inode(tx, ino)
@@ -79,9 +85,14 @@ class FileData:
                 raise ObjectChanged("the object changed while it was being read")
             end = min(offset + size, inode.size)
             if offset >= end:
-                return b""
+                return b"", inode.size, {}
             first, last = offset // cs, (end - 1) // cs
             locations = self._locations(tx, ino, first, last)
+        return self._read_bodies(offset, end, first, last, locations), inode.size, locations
+
+    def _read_bodies(self, offset: int, end: int, first: int, last: int,
+                     locations: dict[int, ChunkLocation]) -> bytes | bytearray | memoryview:
+        cs = self.chunk_size
         if first == last:
             location = locations.get(first)
             lo, hi = offset - first * cs, end - first * cs

@@ -87,10 +87,11 @@ class GroupCommit:
             self._finish(batch, e)
             return
         ran: list[_Call[Any]] = []
+        stored: set[int] = set()
         try:
             for call in batch:
                 child = env.lmdb.begin(write=True, parent=parent)
-                tx = Tx(child, env.db, write=True, rescue=env.rescue)
+                tx = env.begin_write(child)
                 try:
                     result = call.fn(tx)
                     tx.flush_counters()
@@ -101,7 +102,9 @@ class GroupCommit:
                 child.commit()
                 call.result = result
                 ran.append(call)
+                stored |= tx.stored_inodes
             parent.commit()  # durable: LMDB syncs before it returns
+            env.committed(stored)
         except BaseException as e:  # noqa: BLE001 - the batch failed: all its calls did
             parent.abort()
             for call in ran:

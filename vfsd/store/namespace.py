@@ -39,6 +39,7 @@ def get_inode(tx: Tx, ino: int) -> Inode:
 def put_inode(tx: Tx, inode: Inode) -> None:
     inode.version = tick(tx)
     tx.put(tx.db.inodes, ino_key(inode.ino), inode.pack())
+    tx.stored_inodes.add(inode.ino)
     if tx.inode_hook is not None:
         tx.inode_hook(tx, inode)
 

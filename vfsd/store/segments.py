@@ -33,7 +33,7 @@ from typing import Protocol
 
 import crc32c
 
-from .errors import Corrupt, DiskError, NoSpace
+from .errors import Corrupt, DiskError, NoSpace, StoreError
 from .records import ChunkLocation
 
 MAGIC = b"VCK1"
@@ -61,6 +61,11 @@ class SegmentStore(Protocol):
 
     def read(self, location: ChunkLocation) -> bytes:
         """Return a body, verified against its CRC; raise Corrupt if it does not match."""
+        ...
+
+    def read_cached(self, location: ChunkLocation) -> bytearray | None:
+        """The verified body if the page cache holds its whole record, else None; never
+        waits for the disk."""
         ...
 
     def read_into(self, location: ChunkLocation, buffer: memoryview) -> None:
@@ -245,6 +250,24 @@ class LocalSegments:
         body = raw[HEADER.size:]
         if magic != MAGIC or length != location.length or crc32c.crc32c(body) != crc:
             raise Corrupt(f"chunk at {segment_name(location.segment)}:{start} fails its checksum")
+        return body
+
+    def read_cached(self, location: ChunkLocation) -> bytearray | None:
+        """The body if the page cache holds all of its record, else None: never waits for
+        the disk (RWF_NOWAIT), so the mount's event loop may call it. None also when the
+        segment is gone or the record does not check out: the caller then reads the usual
+        way, which looks the chunk up again and reports real damage."""
+        header, body = bytearray(HEADER.size), bytearray(location.length)
+        try:
+            got = os.preadv(self._reader(location.segment), [header, body],
+                            location.offset - HEADER.size, os.RWF_NOWAIT)
+        except (OSError, StoreError):
+            return None
+        if got != HEADER.size + location.length:
+            return None
+        magic, _digest, length, _codec, crc = HEADER.unpack(header)
+        if magic != MAGIC or length != location.length or crc32c.crc32c(body) != crc:
+            return None
         return body
 
     def read_into(self, location: ChunkLocation, buffer: memoryview) -> None:

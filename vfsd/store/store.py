@@ -353,6 +353,11 @@ class Store:
             return b""
         return self.data.read(ino, offset, min(size, MAX_FILE_SIZE - offset))
 
+    def read_located(self, ino: int, offset: int, size: int
+                     ) -> tuple[bytes | bytearray | memoryview, int, dict[int, ChunkLocation]]:
+        """`read`, with the file's size and where the chunks read lie (holes left out)."""
+        return self.data.read_located(ino, offset, size)
+
     def read_chunk(self, ino: int, index: int) -> bytes:
         return self.data.read_chunk(ino, index)
 

@@ -1,0 +1,101 @@
+"""Small reads answered on the event loop (vfsd/fs/readmap.py): from the page cache only,
+never stale after a commit, and really used by a mount."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from mounting import Mount
+
+from vfsd.fs.readmap import ReadMap
+from vfsd.store import Store
+
+CS = 65536
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = Store.init(tmp_path / "store")
+    yield s
+    s.close()
+
+
+def read_through(readmap: ReadMap, store: Store, ino: int, offset: int, size: int) -> bytes:
+    """What the mount does: the map if it can, else a worker read it learns from."""
+    data = readmap.read(ino, offset, size)
+    if data is not None:
+        return bytes(data)
+    stamp = readmap.stamp(ino)
+    data, file_size, locations = store.read_located(ino, offset, size)
+    readmap.learn(stamp, ino, file_size, offset, size, locations)
+    return bytes(data)
+
+
+def drop_page_cache(store: Store) -> None:
+    for path in store.config.segments_dir.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def test_known_chunks_are_read_from_the_page_cache_only(store: Store) -> None:
+    content = os.urandom(3 * CS) + bytes(CS) + os.urandom(1000)  # chunk 3 is a hole
+    ino = store.write_file("f", content).ino
+    readmap = ReadMap(store)
+    assert readmap.read(ino, 0, 4096) is None  # nothing known yet
+    for offset in (0, CS - 100, 3 * CS + 5, 4 * CS):
+        assert read_through(readmap, store, ino, offset, 4096) == content[offset:offset + 4096]
+    drop_page_cache(store)
+    assert readmap.read(ino, 100, 4096) is None, "waited for the disk, or read a stale page"
+    assert read_through(readmap, store, ino, 100, 4096) == content[100:4196]  # reads it in
+    for offset, size in ((100, 4096), (CS - 100, 200), (3 * CS + 5, 4096), (4 * CS, 4096),
+                         (4 * CS + 900, 4096), (len(content), 10)):
+        assert readmap.read(ino, offset, size) == content[offset:offset + size]
+    assert readmap.read(ino, 0, 3 * CS) is None  # too many chunks for the loop
+    assert readmap.hits >= 5  # the read at the end of the file needs no chunk
+
+
+def test_a_commit_makes_the_map_forget(store: Store) -> None:
+    ino = store.write_file("f", b"a" * CS).ino
+    readmap = ReadMap(store)
+    store.env.on_commit = readmap.forget_committed
+    read_through(readmap, store, ino, 0, 10)
+    assert readmap.read(ino, 0, 10) == b"a" * 10
+    old = readmap.files[ino].chunks[0]
+    store.write(ino, 0, b"bbb")
+    assert old is not None and store.segments.read(old)  # still readable, from memory
+    assert readmap.read(ino, 0, 10) is None
+    assert read_through(readmap, store, ino, 0, 10) == b"bbbaaaaaaa"
+
+    # A worker read that began before a commit must not record what it saw.
+    stamp = readmap.stamp(ino)
+    _data, size, locations = store.read_located(ino, 0, 10)
+    store.truncate(ino, 5)
+    store.segments.read(locations[0])  # the old record is in the page cache, readable
+    readmap.learn(stamp, ino, size, 0, 10, locations)
+    assert readmap.read(ino, 0, 10) is None
+    assert read_through(readmap, store, ino, 0, 10) == b"bbbaa"
+
+
+@pytest.mark.timeout(60)
+def test_the_mount_serves_repeated_small_reads_from_the_map(store_path: Path,
+                                                            tmp_path: Path) -> None:
+    m = Mount(store_path, tmp_path / "mnt").start()
+    try:
+        content = os.urandom(4 * CS)
+        (m.path / "f").write_bytes(content)
+        fd = os.open(m.path / "f", os.O_RDONLY | os.O_DIRECT)
+        try:
+            for _ in range(3):
+                for offset in (0, CS + 4096, 3 * CS):
+                    assert os.pread(fd, 4096, offset) == content[offset:offset + 4096]
+        finally:
+            os.close(fd)
+    finally:
+        m.stop()
+    hits = [line for line in m.output().splitlines() if "event=readmap" in line]
+    assert hits and int(hits[-1].split("hits=")[1].split()[0]) >= 6, m.output()

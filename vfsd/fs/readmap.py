@@ -1,0 +1,137 @@
+"""Where recently read chunks lie, so a small read the page cache can serve stays on the loop.
+
+A read that goes to a worker thread pays a hop (two thread switches and a wake-up of the event
+loop) and an LMDB lookup: most of a 4 KiB random read's time. The map keeps, per file, its
+size and the location of each chunk a worker read found (or that it is a hole). A later read
+of at most FAST_CHUNKS known chunks asks the page cache for their records without waiting for
+the disk (`read_cached`: RWF_NOWAIT), checks their CRCs and answers; anything else (an unknown
+chunk, a record not in memory, a segment gc deleted) goes to a worker as before. Memory is the
+kernel's page cache, not ours: the map holds locations only.
+
+Staleness. A file's locations are forgotten after every commit this process makes to its inode
+(`Environment.on_commit`, called after the commit) and when the change log reports another
+process's change (the path that invalidates the kernel's caches, so the mount's coherence is
+unchanged). A stamp per file keeps a worker read that raced with such a commit from recording
+what it saw before it. Records are never rewritten in place (segments are append-only and
+their ids never reused), so a location is right for as long as its file's map is unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+
+from vfsd.store import Store
+from vfsd.store.records import ChunkLocation
+
+FAST_CHUNKS = 2  # a larger read is worth its hop, and would hold the loop longer
+MAX_LOCATIONS = 1 << 18  # ~16 GiB of 64 KiB chunks, ~30 MiB of memory
+MAX_STAMPS = 1 << 16
+
+
+class _Known:
+    __slots__ = ("chunks", "size")
+
+    def __init__(self, size: int):
+        self.size = size
+        self.chunks: dict[int, ChunkLocation | None] = {}  # None: a hole
+
+
+class ReadMap:
+    def __init__(self, store: Store):
+        self.segments = store.segments
+        self.cs = store.chunk_size
+        self.files: OrderedDict[int, _Known] = OrderedDict()  # least recently read first
+        self.locations = 0
+        self.counter = itertools.count(1)
+        self.stamps: dict[int, int] = {}
+        self.resets = 0  # stamps forgotten in bulk: every read in flight is stale
+        self.hits = self.misses = 0
+
+    # --- staleness (any thread) ------------------------------------------------------------
+
+    def forget(self, ino: int) -> None:
+        self.stamps[ino] = next(self.counter)
+        known = self.files.pop(ino, None)
+        if known is not None:
+            self.locations -= len(known.chunks)
+        if len(self.stamps) > MAX_STAMPS:
+            self.resets += 1
+            self.stamps.clear()
+
+    def forget_committed(self, inodes: set[int]) -> None:
+        for ino in inodes:
+            self.forget(ino)
+
+    def stamp(self, ino: int) -> tuple[int, int]:
+        """Taken before a worker read; `learn` records what it found only if unchanged."""
+        return self.resets, self.stamps.get(ino, 0)
+
+    # --- on the event loop -------------------------------------------------------------------
+
+    def read(self, ino: int, offset: int, size: int) -> bytes | bytearray | memoryview | None:
+        """The bytes, if every chunk is known and in the page cache; None to ask a worker."""
+        known = self.files.get(ino)
+        if known is None:
+            return None
+        cs = self.cs
+        end = min(offset + size, known.size)
+        if offset >= end:
+            return b""
+        first, last = offset // cs, (end - 1) // cs
+        if last - first >= FAST_CHUNKS or any(i not in known.chunks for i in (first, last)):
+            return None
+        if first == last:
+            body = self._body(known.chunks[first])
+            if body is None:
+                return None
+            lo, hi = offset - first * cs, end - first * cs
+            if hi <= len(body):
+                self.hits += 1
+                return memoryview(body)[lo:hi]
+            bodies = {first: body}
+        else:
+            bodies = {}
+            for index in range(first, last + 1):
+                body = self._body(known.chunks[index])
+                if body is None:
+                    return None
+                bodies[index] = body
+        out = bytearray(end - offset)
+        for index, body in bodies.items():
+            cstart = index * cs
+            lo = max(offset, cstart) - cstart
+            avail = min(end - cstart, len(body))
+            if avail > lo:
+                out[cstart + lo - offset: cstart + avail - offset] = body[lo:avail]
+        self.hits += 1
+        return out
+
+    def _body(self, location: ChunkLocation | None) -> bytes | bytearray | None:
+        if location is None:
+            return b""  # a hole: zeros
+        body = self.segments.read_cached(location)
+        if body is None:
+            self.misses += 1
+        return body
+
+    def learn(self, stamp: tuple[int, int], ino: int, size: int, offset: int, length: int,
+              locations: dict[int, ChunkLocation]) -> None:
+        """Record what a worker read of [offset, offset+length) found."""
+        if stamp != self.stamp(ino):
+            return
+        end = min(offset + length, size)
+        known = self.files.get(ino)
+        if known is None or known.size != size:
+            if known is not None:
+                self.locations -= len(known.chunks)
+            known = self.files[ino] = _Known(size)
+        self.files.move_to_end(ino)
+        if offset < end:
+            for index in range(offset // self.cs, (end - 1) // self.cs + 1):
+                if index not in known.chunks:
+                    self.locations += 1
+                known.chunks[index] = locations.get(index)
+        while self.locations > MAX_LOCATIONS and len(self.files) > 1:
+            _, oldest = self.files.popitem(last=False)
+            self.locations -= len(oldest.chunks)
