@@ -24,7 +24,7 @@ from collections import OrderedDict
 from vfsd.store import Store
 from vfsd.store.records import ChunkLocation
 
-FAST_CHUNKS = 2  # a larger read is worth its hop, and would hold the loop longer
+FAST_CHUNKS = 16  # 1 MiB: a buffered sequential read's request
 MAX_LOCATIONS = 1 << 18  # ~16 GiB of 64 KiB chunks, ~30 MiB of memory
 MAX_STAMPS = 1 << 16
 
@@ -81,35 +81,46 @@ class ReadMap:
         first, last = offset // cs, (end - 1) // cs
         if last - first >= FAST_CHUNKS or any(i not in known.chunks for i in (first, last)):
             return None
-        if first == last:
+        if first == last and known.chunks[first] is not None:
             body = self._body(known.chunks[first])
             if body is None:
                 return None
+            self.hits += 1
             lo, hi = offset - first * cs, end - first * cs
             if hi <= len(body):
-                self.hits += 1
                 return memoryview(body)[lo:hi]
-            bodies = {first: body}
-        else:
-            bodies = {}
-            for index in range(first, last + 1):
-                body = self._body(known.chunks[index])
-                if body is None:
-                    return None
-                bodies[index] = body
-        out = bytearray(end - offset)
-        for index, body in bodies.items():
+            short = bytearray(hi - lo)  # a short body: zeros past its end
+            short[: max(0, len(body) - lo)] = body[lo:]
+            return short
+        out = bytearray(end - offset)  # holes stay zeros
+        view = memoryview(out)
+        in_place: list[tuple[ChunkLocation, memoryview]] = []
+        for index in range(first, last + 1):
+            location = known.chunks.get(index, False)
+            if location is False:
+                return None
+            if location is None:
+                continue
             cstart = index * cs
             lo = max(offset, cstart) - cstart
-            avail = min(end - cstart, len(body))
+            limit = min(end, cstart + cs) - cstart
+            if lo == 0 and location.length <= limit:
+                at = cstart - offset
+                in_place.append((location, view[at:at + location.length]))
+                continue
+            body = self._body(location)
+            if body is None:
+                return None
+            avail = min(limit, len(body))
             if avail > lo:
                 out[cstart + lo - offset: cstart + avail - offset] = body[lo:avail]
+        if in_place and not self.segments.read_cached_into(in_place):
+            self.misses += 1
+            return None
         self.hits += 1
         return out
 
-    def _body(self, location: ChunkLocation | None) -> bytes | bytearray | None:
-        if location is None:
-            return b""  # a hole: zeros
+    def _body(self, location: ChunkLocation) -> bytearray | None:
         body = self.segments.read_cached(location)
         if body is None:
             self.misses += 1

@@ -68,6 +68,11 @@ class SegmentStore(Protocol):
         waits for the disk."""
         ...
 
+    def read_cached_into(self, reads: Sequence[tuple[ChunkLocation, memoryview]]) -> bool:
+        """`read_many_into` if the page cache holds every record, else False; never waits
+        for the disk."""
+        ...
+
     def read_into(self, location: ChunkLocation, buffer: memoryview) -> None:
         """Read a body straight into `buffer` (exactly `location.length` bytes), verified as
         `read` verifies it; raise Corrupt if it does not match."""
@@ -270,12 +275,20 @@ class LocalSegments:
             return None
         return body
 
+    def read_cached_into(self, reads: Sequence[tuple[ChunkLocation, memoryview]]) -> bool:
+        try:
+            self.read_many_into(reads, os.RWF_NOWAIT)
+        except (OSError, StoreError):
+            return False  # not all in memory (a short read), or gone: a worker finds out
+        return True
+
     def read_into(self, location: ChunkLocation, buffer: memoryview) -> None:
         # One preadv puts the header in a small buffer and the body where the caller wants it:
         # no intermediate `bytes` for the record and none for the body.
         self._read_run([(location, buffer)])
 
-    def read_many_into(self, reads: Sequence[tuple[ChunkLocation, memoryview]]) -> None:
+    def read_many_into(self, reads: Sequence[tuple[ChunkLocation, memoryview]],
+                       flags: int = 0) -> None:
         # A file written in order lies in order in its segments: one preadv per run of
         # records that follow each other (headers into small buffers, bodies in place)
         # instead of one per chunk.
@@ -285,10 +298,11 @@ class LocalSegments:
             while (stop < len(reads) and stop - first < MAX_RUN
                    and _follows(reads[stop - 1][0], reads[stop][0])):
                 stop += 1
-            self._read_run(reads[first:stop])
+            self._read_run(reads[first:stop], flags)
             first = stop
 
-    def _read_run(self, run: Sequence[tuple[ChunkLocation, memoryview]]) -> None:
+    def _read_run(self, run: Sequence[tuple[ChunkLocation, memoryview]], flags: int = 0
+                  ) -> None:
         headers = [bytearray(HEADER.size) for _ in run]
         buffers: list[bytearray | memoryview] = []
         for header, (location, buffer) in zip(headers, run):
@@ -296,7 +310,7 @@ class LocalSegments:
                 raise ValueError("each buffer must be exactly as long as its body")
             buffers += (header, buffer)
         start = run[0][0].offset - HEADER.size
-        got = os.preadv(self._reader(run[0][0].segment), buffers, start)
+        got = os.preadv(self._reader(run[0][0].segment), buffers, start, flags)
         if got != sum(HEADER.size + location.length for location, _ in run):
             raise Corrupt(f"segment {segment_name(run[0][0].segment)} is short at {start}")
         for header, (location, buffer) in zip(headers, run):
