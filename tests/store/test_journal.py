@@ -15,7 +15,15 @@ from collections.abc import Callable
 import pytest
 
 from vfsd.store import Store, fsck
-from vfsd.store.journal import JOURNAL_DIR, Journal, encode, recover, scan
+from vfsd.store.journal import (
+    JOURNAL_DIR,
+    RING_BYTES,
+    Journal,
+    encode,
+    file_header,
+    recover,
+    scan,
+)
 from vfsd.store.leases import Holder
 
 CS = 65536
@@ -50,16 +58,49 @@ def foreign_write(store: Store, ino: int, offset: int, data: bytes) -> None:
 
 
 def test_records_survive_a_torn_neighbour() -> None:
-    first = encode(1, 7, 99, 10, 5, [(0, b"abc"), (4096, b"x" * 5000)])
-    second = encode(2, 7, 99, 20, 6, [(8, b"tail")])
+    head = file_header(1)
+    first = encode(1, 1, 7, 99, 10, 5, [(0, b"abc"), (4096, b"x" * 5000)])
+    second = encode(1, 2, 7, 99, 20, 6, [(8, b"tail")])
     assert len(first) % 512 == 0
     torn = first[: len(first) // 2] + bytes(len(first) - len(first) // 2)
-    sets = list(scan(torn + second))
+    sets = list(scan(head + torn + second))
     assert [(s.seq, s.extents) for s in sets] == [(2, [(8, b"tail")])]
     flipped = bytearray(first)
     flipped[40] ^= 1
-    assert [s.seq for s in scan(bytes(flipped) + second)] == [2]
-    assert [s.extents for s in scan(first)] == [[(0, b"abc"), (4096, b"x" * 5000)]]
+    assert [s.seq for s in scan(head + bytes(flipped) + second)] == [2]
+    assert [s.extents for s in scan(head + first)] == [[(0, b"abc"), (4096, b"x" * 5000)]]
+
+
+def test_only_the_current_lap_counts() -> None:
+    """After the ring starts over, records of the lap before lie further on: ignored."""
+    old = [encode(4, seq, 7, 99, 10, 5, [(0, b"old")]) for seq in (1, 2, 3)]
+    new = encode(5, 4, 7, 99, 10, 5, [(0, b"new")])
+    ring = new + b"".join(old[1:])  # the new lap overwrote the first old record
+    assert [s.seq for s in scan(file_header(5) + ring)] == [4]
+    # A torn first block: the newest lap among the records is taken.
+    assert [s.seq for s in scan(bytes(512) + ring)] == [4]
+
+
+def test_the_ring_starts_over_once_everything_is_covered(store: Store,
+                                                         dead_holder: Holder) -> None:
+    ino = make_file(store, bytes(CS))
+    journal = Journal(store, dead_holder)
+    piece = b"p" * (1 << 20)
+    seq = 0
+    while journal.lap == 1:
+        seq = journal.append(ino, [(0, piece)], 1 << 20, 1)
+        with journal.covering(ino, seq):
+            store.write_chunks(ino, {0: piece[:CS]}, size=None)
+    assert journal.end < RING_BYTES and os.path.getsize(journal.path) == RING_BYTES
+    # An uncovered set holds the ring: the next record grows the file instead.
+    journal.append(ino, [(0, b"kept")], 1 << 20, 2)
+    for _ in range(RING_BYTES >> 20):
+        journal.append(ino, [(0, piece)], 1 << 20, 3)
+    assert journal.lap == 2 and os.path.getsize(journal.path) > RING_BYTES
+    assert not journal.new_lap_if_idle()
+    crash(journal)
+    assert recover(store).replayed == 1 + (RING_BYTES >> 20)
+    assert store.read(ino, 0, 4) == b"pppp"
 
 
 def test_recovery_replays_what_no_commit_holds(store: Store, dead_holder: Holder) -> None:
@@ -148,3 +189,19 @@ def test_a_deleted_file_and_a_live_journal_are_left_alone(store: Store,
     assert (report.journals, report.replayed, report.dropped) == (1, 0, 1)
     assert mine.path.exists()  # alive: never replayed behind its writer's back
     mine.close()
+
+
+def test_a_clean_unmounts_ring_is_reused_without_its_records(store: Store,
+                                                           dead_holder: Holder) -> None:
+    ino = make_file(store, b"a" * 10)
+    first = Journal(store, Holder.this_process("a mount"))
+    first.append(ino, [(0, b"dropped")], 10, 1)
+    first.covered_without_commit(ino, first.newest_set(ino))  # as discard() does
+    first.close()
+    assert [p.name for p in (store.config.path / JOURNAL_DIR).iterdir()] == ["spare"]
+    second = Journal(store, dead_holder)
+    assert second.lap == 2
+    crash(second)
+    report = recover(store)
+    assert (report.journals, report.replayed, report.dropped) == (1, 0, 0)
+    assert store.read(ino, 0, 10) == b"a" * 10

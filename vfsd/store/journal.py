@@ -22,7 +22,14 @@ than what a background flush had committed, as POSIX allows, but never mixed wit
 another file or version of it.
 
 A journal is named after its process (pid and start time, as leases are): only the journals
-of dead processes are replayed (`recover`), by the next mount or gateway, before they serve.
+of dead processes are replayed (`recover`), by the next mount, gateway or CLI command.
+
+The file is a ring of RING_BYTES written with zeros when it is made, so that a record
+overwrites blocks the file system has already allocated: an O_DSYNC write then costs one
+device flush (~60 µs here) instead of a file-system journal commit for the new size (~90 µs
+and more). Its first block says which lap of the ring is current; records carry their lap,
+so those of an earlier lap further on are ignored. The ring starts a new lap once every set
+in it is covered; until then a record that does not fit grows the file.
 """
 
 from __future__ import annotations
@@ -54,9 +61,12 @@ log = logging.getLogger("vfsd.journal")
 JOURNAL_DIR = "journal"
 MAGIC = b"VJR1"
 ALIGN = 512  # records start on these boundaries, so a scan can step past a torn one
-RESET_BYTES = 64 << 20  # start the file afresh once this long and every set is covered
-# magic, crc32c of the rest, seq, ino, base version, size, mtime_ns, extents, data bytes
-_HEADER = struct.Struct(">4sIQQQqqII")
+SPARE = "spare"  # a clean unmount's ring, for the next mount
+RING_BYTES = 16 << 20  # ~1.5 s of 4 KiB fsyncs at full speed, more than a commit interval
+FILE_MAGIC = b"VJF1"
+_FILE_HEADER = struct.Struct(">4sIQ")  # magic, crc32c of the lap, lap
+# magic, crc32c of the rest, lap, seq, ino, base version, size, mtime_ns, extents, data bytes
+_HEADER = struct.Struct(">4sIQQQQqqII")
 _EXTENT = struct.Struct(">QI")  # file offset, length
 _MARK = struct.Struct(">QQ")  # version stamped by the writer's commit, covered seq
 _OWNER = struct.Struct(">IQ")  # pid, process start time
@@ -72,11 +82,12 @@ class JournalSet:
     extents: list[tuple[int, bytes]]
 
 
-def encode(seq: int, ino: int, base_version: int, size: int, mtime_ns: int,
+def encode(lap: int, seq: int, ino: int, base_version: int, size: int, mtime_ns: int,
            extents: list[tuple[int, bytes | memoryview]]) -> bytes:
     data_len = sum(len(data) for _, data in extents)
     body = b"".join([
-        _HEADER.pack(MAGIC, 0, seq, ino, base_version, size, mtime_ns, len(extents), data_len),
+        _HEADER.pack(MAGIC, 0, lap, seq, ino, base_version, size, mtime_ns, len(extents),
+                     data_len),
         *(_EXTENT.pack(offset, len(data)) for offset, data in extents),
         *(data for _, data in extents),
     ])
@@ -85,13 +96,26 @@ def encode(seq: int, ino: int, base_version: int, size: int, mtime_ns: int,
     return body[:4] + struct.pack(">I", crc) + body[8:] + bytes(padding)
 
 
+def _record_size(extents: list[tuple[int, bytes | memoryview]]) -> int:
+    size = _HEADER.size + len(extents) * _EXTENT.size + sum(len(data) for _, data in extents)
+    return size + (-size % ALIGN)
+
+
+def file_header(lap: int) -> bytes:
+    lap_bytes = struct.pack(">Q", lap)
+    return _FILE_HEADER.pack(FILE_MAGIC, crc32c.crc32c(lap_bytes), lap).ljust(ALIGN, b"\0")
+
+
 def scan(data: bytes | memoryview) -> Iterator[JournalSet]:
-    """The intact sets in a journal file's bytes, in file order. A torn or unwritten record
-    (a crash during its write, never acknowledged) is stepped over."""
+    """The intact sets of the current lap in a journal file's bytes, in file order. A torn or
+    unwritten record (a crash during its write, never acknowledged) is stepped over."""
     view = memoryview(data)
-    pos = 0
+    lap = _lap_of(view[:ALIGN])
+    records = []
+    pos = ALIGN
     while pos + _HEADER.size <= len(view):
-        magic, crc, seq, ino, base, size, mtime, count, data_len = _HEADER.unpack_from(view, pos)
+        (magic, crc, record_lap, seq, ino, base, size, mtime, count,
+         data_len) = _HEADER.unpack_from(view, pos)
         end = pos + _HEADER.size + count * _EXTENT.size + data_len
         if magic != MAGIC or end > len(view) or crc32c.crc32c(view[pos + 8:end]) != crc:
             pos += ALIGN
@@ -102,8 +126,11 @@ def scan(data: bytes | memoryview) -> Iterator[JournalSet]:
             offset, length = _EXTENT.unpack_from(view, pos + _HEADER.size + i * _EXTENT.size)
             extents.append((offset, bytes(view[at:at + length])))
             at += length
-        yield JournalSet(seq, ino, base, size, mtime, extents)
+        records.append((record_lap, JournalSet(seq, ino, base, size, mtime, extents)))
         pos = end + (-end % ALIGN)
+    if lap is None and records:  # a torn first block: the newest lap there is
+        lap = max(record_lap for record_lap, _ in records)
+    yield from (s for record_lap, s in records if record_lap == lap)
 
 
 def _name(holder: Holder) -> str:
@@ -124,11 +151,13 @@ class Journal:
         directory.mkdir(exist_ok=True)
         self.path = directory / _name(holder)
         self.key = _owner_key(holder.pid, holder.start_time)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DSYNC
-                          | os.O_CLOEXEC, 0o600)
+        try:
+            self.fd, self.lap = _take_spare(directory, self.path)
+        except OSError as e:
+            raise StoreError(f"cannot make the fsync journal {self.path}: {e.strerror}") from None
         _sync_dir(directory)
         self.lock = threading.Lock()
-        self.end = 0
+        self.end = ALIGN
         self.seq = 0
         self.newest: dict[int, int] = {}  # ino -> seq of its newest set
         self.covered: dict[int, int] = {}  # ino -> newest set whose bytes need no replay
@@ -145,7 +174,10 @@ class Journal:
                mtime_ns: int) -> int:
         """In a worker: make these writes to `ino` durable; returns the set's seq. The caller
         has let every earlier commit of `ino` finish and starts none until this returns."""
+        size_on_disk = _record_size(extents)
         with self.lock:
+            if self.end + size_on_disk > RING_BYTES and self._idle():
+                self._new_lap()
             self.seq += 1
             seq = self.seq
             # From here on, commits to `ino` write marks, so the version read below stays
@@ -154,8 +186,9 @@ class Journal:
             self.covered.setdefault(ino, 0)
         with self.env.read() as tx:
             version = namespace.get_inode(tx, ino).version
-        record = encode(seq, ino, version, size, mtime_ns, extents)
         with self.lock:
+            # No new lap can start before this record is covered: `newest` holds its seq.
+            record = encode(self.lap, seq, ino, version, size, mtime_ns, extents)
             offset = self.end
             self.end += len(record)
         try:
@@ -192,17 +225,36 @@ class Journal:
             covered = max(covered, covering[1])
         tx.put(tx.db.journals, self.key + ino_key(inode.ino), _MARK.pack(inode.version, covered))
 
-    def reset_if_idle(self) -> bool:
-        """Start the file afresh once it is long and no set in it needs replaying."""
+    @property
+    def half_full(self) -> bool:
+        return self.end >= RING_BYTES // 2
+
+    def new_lap_if_idle(self) -> bool:
+        """Go back to the ring's start if no set in it needs replaying (the flusher calls
+        this after its commits, so appends rarely have to wait for the ring to fill)."""
         with self.lock:
-            if self.end < RESET_BYTES or any(
-                    seq > self.covered.get(ino, 0) for ino, seq in self.newest.items()):
+            if not self._idle():
                 return False
-            os.ftruncate(self.fd, 0)
-            self.end = 0
-            self.newest.clear()
-            self.covered.clear()
+            grown = self.end > RING_BYTES
+            self._new_lap()
+        if grown:
+            os.ftruncate(self.fd, RING_BYTES)  # records past the ring are of an old lap now
         return True
+
+    def _idle(self) -> bool:
+        return all(seq <= self.covered.get(ino, 0) for ino, seq in self.newest.items())
+
+    def _new_lap(self) -> None:
+        """Under the lock, with every set covered: the next record goes to the ring's start,
+        once the first block says its lap is the current one."""
+        try:
+            os.pwrite(self.fd, file_header(self.lap + 1), 0)
+        except OSError as e:
+            raise StoreError(f"cannot write the journal: {e.strerror}") from None
+        self.lap += 1
+        self.end = ALIGN
+        self.newest.clear()
+        self.covered.clear()
 
     def close(self) -> None:
         """At a clean unmount, after the last flush: with every set covered the file and its
@@ -214,7 +266,51 @@ class Journal:
             return
         with self.env.write() as tx:
             _drop_marks(tx, self.key)
-        self.path.unlink(missing_ok=True)
+        # Every record in it is covered and its marks are gone: the next mount may reuse the
+        # ring (a new lap) instead of writing 16 MiB of zeros again.
+        spare = self.path.with_name(SPARE)
+        if spare.exists():
+            self.path.unlink(missing_ok=True)
+        else:
+            self.path.rename(spare)
+
+
+def _take_spare(directory: Path, path: Path) -> tuple[int, int]:
+    """Open this process's ring at `path`: the spare a clean unmount left, in a lap after
+    all of its records, or else a new file of zeros. Returns the descriptor and the lap."""
+    spare = directory / SPARE
+    flags = os.O_RDWR | os.O_DSYNC | os.O_CLOEXEC
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(spare, flags)
+        try:
+            lap = _lap_of(os.pread(fd, ALIGN, 0))
+            if lap is not None and os.fstat(fd).st_size == RING_BYTES:
+                # The new lap is on disk before the file gets a name recovery would read.
+                os.pwrite(fd, file_header(lap + 1), 0)
+                os.rename(spare, path)
+                return fd, lap + 1
+        except FileNotFoundError:
+            pass  # another mount took it first
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.pwrite(fd, file_header(1) + bytes(RING_BYTES - ALIGN), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, 1
+
+
+def _lap_of(block: bytes) -> int | None:
+    if len(block) < _FILE_HEADER.size:
+        return None
+    magic, crc, lap = _FILE_HEADER.unpack_from(block)
+    if magic != FILE_MAGIC or crc32c.crc32c(struct.pack(">Q", lap)) != crc:
+        return None
+    return lap
 
 
 def _sync_dir(directory: Path) -> None:
