@@ -39,7 +39,7 @@ class _Known:
 
 class ReadMap:
     def __init__(self, store: Store):
-        self.segments = store.segments
+        self.data = store.data
         self.cs = store.chunk_size
         self.files: OrderedDict[int, _Known] = OrderedDict()  # least recently read first
         self.locations = 0
@@ -79,52 +79,21 @@ class ReadMap:
         if offset >= end:
             return b""
         first, last = offset // cs, (end - 1) // cs
-        if last - first >= FAST_CHUNKS or any(i not in known.chunks for i in (first, last)):
+        if last - first >= FAST_CHUNKS:
             return None
-        if first == last and known.chunks[first] is not None:
-            body = self._body(known.chunks[first])
-            if body is None:
-                return None
-            self.hits += 1
-            lo, hi = offset - first * cs, end - first * cs
-            if hi <= len(body):
-                return memoryview(body)[lo:hi]
-            short = bytearray(hi - lo)  # a short body: zeros past its end
-            short[: max(0, len(body) - lo)] = body[lo:]
-            return short
-        out = bytearray(end - offset)  # holes stay zeros
-        view = memoryview(out)
-        in_place: list[tuple[ChunkLocation, memoryview]] = []
+        locations: dict[int, ChunkLocation] = {}
         for index in range(first, last + 1):
             location = known.chunks.get(index, False)
             if location is False:
-                return None
-            if location is None:
-                continue
-            cstart = index * cs
-            lo = max(offset, cstart) - cstart
-            limit = min(end, cstart + cs) - cstart
-            if lo == 0 and location.length <= limit:
-                at = cstart - offset
-                in_place.append((location, view[at:at + location.length]))
-                continue
-            body = self._body(location)
-            if body is None:
-                return None
-            avail = min(limit, len(body))
-            if avail > lo:
-                out[cstart + lo - offset: cstart + avail - offset] = body[lo:avail]
-        if in_place and not self.segments.read_cached_into(in_place):
+                return None  # never read: a worker looks it up
+            if location is not None:
+                locations[index] = location
+        data = self.data.read_bodies(offset, end, locations, cached=True)
+        if data is None:
             self.misses += 1
             return None
         self.hits += 1
-        return out
-
-    def _body(self, location: ChunkLocation) -> bytearray | None:
-        body = self.segments.read_cached(location)
-        if body is None:
-            self.misses += 1
-        return body
+        return data
 
     def learn(self, stamp: tuple[int, int], ino: int, size: int, offset: int, length: int,
               locations: dict[int, ChunkLocation]) -> None:

@@ -88,17 +88,26 @@ class FileData:
                 return b"", inode.size, {}
             first, last = offset // cs, (end - 1) // cs
             locations = self._locations(tx, ino, first, last)
-        return self._read_bodies(offset, end, first, last, locations), inode.size, locations
+        data = self.read_bodies(offset, end, locations)
+        assert data is not None
+        return data, inode.size, locations
 
-    def _read_bodies(self, offset: int, end: int, first: int, last: int,
-                     locations: dict[int, ChunkLocation]) -> bytes | bytearray | memoryview:
+    def read_bodies(self, offset: int, end: int, locations: dict[int, ChunkLocation],
+                    cached: bool = False) -> bytes | bytearray | memoryview | None:
+        """Bytes [offset, end) of a file whose chunks lie at `locations` (holes left out:
+        zeros). With `cached`, only from records the page cache holds (never waiting for the
+        disk): None if one is not there."""
         cs = self.chunk_size
+        first, last = offset // cs, (end - 1) // cs
         if first == last:
             location = locations.get(first)
             lo, hi = offset - first * cs, end - first * cs
             if location is None:
                 return bytes(hi - lo)
-            body = self.segments.read(location)
+            body = (self.segments.read_cached(location) if cached
+                    else self.segments.read(location))
+            if body is None:
+                return None
             if hi <= len(body):
                 return memoryview(body)[lo:hi]
             out = bytearray(hi - lo)
@@ -116,11 +125,17 @@ class FileData:
                 at = cstart - offset
                 in_place.append((location, view[at:at + location.length]))
                 continue
-            body = self.segments.read(location)
+            body = (self.segments.read_cached(location) if cached
+                    else self.segments.read(location))
+            if body is None:
+                return None
             avail = min(limit, len(body))
             if avail > lo:
                 out[cstart + lo - offset: cstart + avail - offset] = body[lo:avail]
-        self.segments.read_many_into(in_place)
+        if not cached:
+            self.segments.read_many_into(in_place)
+        elif in_place and not self.segments.read_cached_into(in_place):
+            return None
         view.release()
         return out
 
