@@ -7,6 +7,7 @@ file reads as one of the versions the file really had, never as garbage.
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -432,3 +433,38 @@ def test_fsync_through_a_reading_handle_commits(store_path: Path, tmp_path: Path
             assert stored_bytes(store_path, "disk") == b"journaled"
     finally:
         m.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_commit_is_not_papered_over_by_the_journal(store_path: Path, tmp_path: Path):
+    """A commit that fails (the pool is full) puts its writes back as dirty data that no
+    journal record holds: the next fsync must commit them, and fail, rather than journal
+    only what came after and claim everything durable."""
+    mnt = tmp_path / "mnt"
+    m = Mount(store_path, mnt, "--commit-interval", "60").start()
+    fds: list[int] = []
+    try:
+        fd = os.open(mnt / "f", os.O_CREAT | os.O_RDWR, 0o644)
+        fds.append(fd)
+        os.pwrite(fd, b"durable", 0)
+        os.fsync(fd)  # journaled
+        subprocess.run([sys.executable, "-m", "vfsd", "pool", "set", "--quota", "1M",
+                        "--store", str(store_path)], check=True, capture_output=True)
+        os.pwrite(fd, os.urandom(2 << 20), CHUNK)
+        with pytest.raises(OSError) as failed:
+            os.lseek(fd, 0, os.SEEK_DATA)  # commits first: the pool refuses it
+        assert failed.value.errno == errno.ENOSPC
+        os.pwrite(fd, b"late", 10)
+        with pytest.raises(OSError) as refused:
+            os.fsync(fd)
+        assert refused.value.errno == errno.ENOSPC
+        m.kill()
+        close_all(fds)
+        subprocess.run([sys.executable, "-m", "vfsd", "pool", "set", "--quota", "none",
+                        "--store", str(store_path)], check=True, capture_output=True)
+        m = Mount(store_path, mnt).start()
+        assert (mnt / "f").read_bytes()[:7] == b"durable"
+    finally:
+        close_all(fds)
+        m.stop()
+    fsck(store_path)

@@ -418,8 +418,10 @@ class WriteBack:
         if f.dirty:
             try:
                 await self._commit(f, self._take(f, list(f.dirty)), covers=covers)
-            except StoreError:
-                f.error = None  # reported here, to this caller; the chunks stay dirty
+            except BaseException as e:
+                self._untrack(f)  # the writes it took are dirty again, and in no set
+                if isinstance(e, StoreError):
+                    f.error = None  # reported here, to this caller; the chunks stay dirty
                 raise
         elif covers and self.journal is not None:
             self.journal.covered_without_commit(f.ino, covers)
@@ -502,8 +504,6 @@ class WriteBack:
             if not f.first_dirty:
                 f.first_dirty = time.monotonic()
             f.error = e if isinstance(e, StoreError) else StoreError(f"flush failed: {e!r}")
-            if covers:
-                self._untrack(f)  # the writes it took are no longer listed for a set
             log.warning("event=flush-failed ino=%d error=%s", f.ino, e)
             raise
         else:

@@ -278,23 +278,26 @@ class Journal:
 def _take_spare(directory: Path, path: Path) -> tuple[int, int]:
     """Open this process's ring at `path`: the spare a clean unmount left, in a lap after
     all of its records, or else a new file of zeros. Returns the descriptor and the lap."""
-    spare = directory / SPARE
     flags = os.O_RDWR | os.O_DSYNC | os.O_CLOEXEC
-    with contextlib.suppress(FileNotFoundError):
-        fd = os.open(spare, flags)
+    taking = path.with_name(path.name + ".taking")  # a name recovery never reads
+    try:
+        os.rename(directory / SPARE, taking)  # atomic: one mount gets it
+    except FileNotFoundError:
+        pass
+    else:
+        fd = os.open(taking, flags)
         try:
             lap = _lap_of(os.pread(fd, ALIGN, 0))
             if lap is not None and os.fstat(fd).st_size == RING_BYTES:
-                # The new lap is on disk before the file gets a name recovery would read.
+                # The new lap is on disk before the file gets a name recovery reads.
                 os.pwrite(fd, file_header(lap + 1), 0)
-                os.rename(spare, path)
+                os.rename(taking, path)
                 return fd, lap + 1
-        except FileNotFoundError:
-            pass  # another mount took it first
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)
+        taking.unlink()
     fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.pwrite(fd, file_header(1) + bytes(RING_BYTES - ALIGN), 0)
