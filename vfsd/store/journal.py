@@ -92,7 +92,7 @@ def encode(lap: int, seq: int, ino: int, base_version: int, size: int, mtime_ns:
         *(data for _, data in extents),
     ])
     crc = crc32c.crc32c(memoryview(body)[8:])
-    padding = -len(body) % ALIGN
+    padding = _record_size(extents) - len(body)
     return body[:4] + struct.pack(">I", crc) + body[8:] + bytes(padding)
 
 
