@@ -24,7 +24,7 @@ class GatewayConfig:
     upload_workers: int = 32
     max_put_size: int = 5 * GiB  # single PUT limit (S3's), larger needs multipart
     body_piece: int = 1 << 20  # request body read from the socket per hop into a worker
-    read_window: int = 1 << 20  # object bytes read per hop when streaming a GET
+    read_window: int = 2 << 20  # object bytes read per hop when streaming a GET
     body_idle_timeout: float = 60.0  # seconds without body bytes before RequestTimeout
     max_clock_skew: float = 15 * 60  # seconds (S3's RequestTimeTooSkewed)
     max_xml_body: int = 2 << 20  # DeleteObjects (1000 keys) and other XML requests
