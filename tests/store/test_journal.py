@@ -202,6 +202,10 @@ def test_a_clean_unmounts_ring_is_reused_without_its_records(store: Store,
     second = Journal(store, dead_holder)
     assert second.lap == 2
     crash(second)
+    # A mount that died while taking a spare leaves it under a name recovery never replays.
+    taking = second.path.with_name(f"{dead_holder.pid}-7.taking")
+    taking.write_bytes(file_header(1) + encode(1, 1, ino, 0, 10, 1, [(0, b"never")]))
     report = recover(store)
     assert (report.journals, report.replayed, report.dropped) == (1, 0, 0)
     assert store.read(ino, 0, 10) == b"a" * 10
+    assert not taking.exists()

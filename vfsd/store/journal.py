@@ -52,6 +52,7 @@ from .env import Tx
 from .errors import NotFound, StoreError
 from .leases import Holder
 from .records import Inode, ino_key
+from .segments import store_errors
 
 if TYPE_CHECKING:
     from .store import Store
@@ -151,10 +152,8 @@ class Journal:
         directory.mkdir(exist_ok=True)
         self.path = directory / _name(holder)
         self.key = _owner_key(holder.pid, holder.start_time)
-        try:
+        with store_errors(f"making the fsync journal {self.path}"):
             self.fd, self.lap = _take_spare(directory, self.path)
-        except OSError as e:
-            raise StoreError(f"cannot make the fsync journal {self.path}: {e.strerror}") from None
         _sync_dir(directory)
         self.lock = threading.Lock()
         self.end = ALIGN
@@ -191,10 +190,8 @@ class Journal:
             record = encode(self.lap, seq, ino, version, size, mtime_ns, extents)
             offset = self.end
             self.end += len(record)
-        try:
+        with store_errors("writing the fsync journal"):
             written = os.pwrite(self.fd, record, offset)
-        except OSError as e:
-            raise StoreError(f"cannot write the journal: {e.strerror}") from None
         if written != len(record):
             raise StoreError("cannot write the journal: short write")
         return seq
@@ -247,10 +244,8 @@ class Journal:
     def _new_lap(self) -> None:
         """Under the lock, with every set covered: the next record goes to the ring's start,
         once the first block says its lap is the current one."""
-        try:
+        with store_errors("writing the fsync journal"):
             os.pwrite(self.fd, file_header(self.lap + 1), 0)
-        except OSError as e:
-            raise StoreError(f"cannot write the journal: {e.strerror}") from None
         self.lap += 1
         self.end = ALIGN
         self.newest.clear()
@@ -347,11 +342,16 @@ def recover(store: Store) -> Recovery:
     if not directory.is_dir():
         return report
     for path in sorted(directory.iterdir()):
+        name, taking = path.name.removesuffix(".taking"), path.name.endswith(".taking")
         try:
-            pid, start = (int(part) for part in path.name.split("-"))
+            pid, start = (int(part) for part in name.split("-"))
         except ValueError:
             continue
-        if not Holder(pid, start, "").alive():
+        if Holder(pid, start, "").alive():
+            continue
+        if taking:  # a spare ring its mount died taking: only records of old laps
+            path.unlink(missing_ok=True)
+        else:
             _recover_one(store, path, _owner_key(pid, start), report)
     return report
 

@@ -169,7 +169,7 @@ class LocalSegments:
         transaction (the caller's transaction allocated `segment`): the rescue path runs inside
         a write transaction, where rolling the shared segment would wait for that very lock."""
         header = HEADER.pack(MAGIC, digest, len(body), CODEC_RAW, crc32c.crc32c(body))
-        with _store_errors("rescuing a chunk into a segment of its own"):
+        with store_errors("rescuing a chunk into a segment of its own"):
             fd = os.open(self.path(segment), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 os.pwritev(fd, [header, body], 0)
@@ -439,7 +439,7 @@ class Appender:
     def add(self, bodies: Sequence[tuple[bytes, Body]]) -> list[ChunkLocation]:
         if not bodies:
             return []
-        with _store_errors("appending to a segment"):
+        with store_errors("appending to a segment"):
             return self._add(bodies)
 
     def _add(self, bodies: Sequence[tuple[bytes, Body]]) -> list[ChunkLocation]:
@@ -487,7 +487,7 @@ class Appender:
                 raise
 
     def finish(self, durable: bool) -> None:
-        with _store_errors("writing a segment"):
+        with store_errors("writing a segment"):
             self._finish(durable)
 
     def _finish(self, durable: bool) -> None:
@@ -527,7 +527,7 @@ class Appender:
 
 
 @contextlib.contextmanager
-def _store_errors(doing: str) -> Iterator[None]:
+def store_errors(doing: str) -> Iterator[None]:
     """The disk's errors as the core's: callers handle StoreError (the mount keeps the data
     dirty and answers EIO or ENOSPC; the gateway answers 500 or 507)."""
     try:
