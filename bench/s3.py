@@ -1,6 +1,7 @@
 """S3 gateway throughput beside moto_server and a bare aiohttp server, in one run.
 
     python bench/s3.py [--dir DIR] [--duration 6] [--warmup 1] [--only gateway,moto,bare]
+                       [--rows 'PUT 64K,GET 64K,PUT 16M,GET 16M']
 
 Rows: PUT 64 KiB and GET 64 KiB (8 connections), PUT 16 MiB and GET 16 MiB (4 connections),
 each against three servers on 127.0.0.1 ephemeral ports:
@@ -16,7 +17,8 @@ The load is `wrk` (a C client that costs little CPU: client and server share the
 replaying presigned SigV4 URLs made with boto3 (N object names per target and size; the
 bench/s3_wrk.lua script cycles through them; PUT sends one fixed body of the object size with
 no Content-Type, so every PUT after the first stores the same bytes: the store's dedup path).
-Objects are created with boto3 before the GET rows. Server CPU per operation is the server
+Objects are created with boto3 before the rows run (each size once, so a GET row can run
+without its PUT row: `--rows 'GET 16M'`). Server CPU per operation is the server
 process's utime+stime (/proc/PID/stat, all threads) over the timed run, divided by ops; the
 "other" column is the CPU everything else on the machine used meanwhile (/proc/stat), so a
 run disturbed by other work shows it (a warning is printed above 0.3 core).
@@ -190,23 +192,27 @@ def object_key(size: int, i: int) -> str:
     return f"obj-{size}/{i:04d}"
 
 
-def prepare(target: Target, tmp: Path) -> None:
-    """Bucket, objects for the GET rows, and the presigned URL files."""
+def prepare(target: Target, tmp: Path, rows: list[tuple[str, str, int, int, int]]) -> None:
+    """Bucket, the objects the rows' URLs name (once per size: a GET row needs them whether
+    or not its PUT row runs), and the presigned URL files."""
+    uploaded: set[int] = set()
     if target.name == "bare":
-        for _label, method, size, _conns, names in ROWS:
+        for _label, method, size, _conns, names in rows:
             lines = [f"{target.endpoint}/{BUCKET}/{object_key(size, i)}" for i in range(names)]
             path = tmp / f"urls-{target.name}-{method}-{size}.txt"
             path.write_text("\n".join(lines) + "\n")
             target.urls[(method, size)] = path
-            if method == "PUT":
+            if size not in uploaded:
+                uploaded.add(size)
                 body = os.urandom(size)
-                for line in lines:
-                    urllib.request.urlopen(urllib.request.Request(line, data=body,
+                for i in range(names):
+                    url = f"{target.endpoint}/{BUCKET}/{object_key(size, i)}"
+                    urllib.request.urlopen(urllib.request.Request(url, data=body,
                                                                   method="PUT")).read()
         return
     s3 = s3_client(target)
     s3.create_bucket(Bucket=BUCKET)
-    for _label, method, size, _conns, names in ROWS:
+    for _label, method, size, _conns, names in rows:
         op = "put_object" if method == "PUT" else "get_object"
         lines = [s3.generate_presigned_url(op, Params={"Bucket": BUCKET,
                                                        "Key": object_key(size, i)},
@@ -214,7 +220,8 @@ def prepare(target: Target, tmp: Path) -> None:
         path = tmp / f"urls-{target.name}-{method}-{size}.txt"
         path.write_text("\n".join(lines) + "\n")
         target.urls[(method, size)] = path
-        if method == "PUT":
+        if size not in uploaded:
+            uploaded.add(size)
             body = os.urandom(size)
             for i in range(names):
                 s3.put_object(Bucket=BUCKET, Key=object_key(size, i), Body=body)
@@ -279,12 +286,20 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=1.0,
                     help="untimed seconds before each (whole seconds, 0 for none)")
     ap.add_argument("--only", default=",".join(TARGETS), help="targets, comma-separated")
+    ap.add_argument("--rows", default=",".join(row[0] for row in ROWS),
+                    help="rows, comma-separated (default all: %(default)s)")
     ap.add_argument("--allow-tmpfs", action="store_true")
     ap.add_argument("--hold", type=float, default=0.0,
                     help="before stopping, wait this long (seconds) printing server pids "
                          "(to attach a profiler to a run started by hand)")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n]
+    wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+    rows = [row for row in ROWS if row[0] in wanted]
+    if unknown := set(wanted) - {row[0] for row in ROWS}:
+        print(f"bench/s3.py: no row {sorted(unknown)}; rows: {[row[0] for row in ROWS]}",
+              file=sys.stderr)
+        return 2
     if shutil.which("wrk") is None:
         print("bench/s3.py: wrk not found (apt-get install -y wrk)", file=sys.stderr)
         return 1
@@ -317,11 +332,11 @@ def main() -> int:
                     "bare": lambda: start_bare(tmp, shm)}
         for name in names:
             targets[name] = starters[name]()
-            prepare(targets[name], tmp)
+            prepare(targets[name], tmp, rows)
         print("servers: " + ", ".join(f"{t.name} pid {t.proc.pid} port {t.port}"
                                       for t in targets.values()))
         sys.stdout.flush()
-        for label, method, size, conns, _n in ROWS:
+        for label, method, size, conns, _n in rows:
             for name, target in targets.items():
                 if args.warmup > 0:
                     run_wrk(target, method, size, conns, args.warmup)
