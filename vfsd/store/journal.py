@@ -205,8 +205,7 @@ class Journal:
             yield
         finally:
             self.local.covering = None
-        with self.lock:
-            self.covered[ino] = max(self.covered.get(ino, 0), seq)
+        self.covered_without_commit(ino, seq)
 
     def covered_without_commit(self, ino: int, seq: int) -> None:
         """The store already holds (or the writer dropped) everything of `ino` up to `seq`."""
@@ -256,7 +255,7 @@ class Journal:
         marks go; otherwise they stay for the next mount to replay."""
         self.env.inode_hook = None
         os.close(self.fd)
-        if any(seq > self.covered.get(ino, 0) for ino, seq in self.newest.items()):
+        if not self._idle():
             log.warning("event=journal-kept path=%s reason=uncommitted-sets", self.path)
             return
         with self.env.write() as tx:
