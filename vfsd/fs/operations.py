@@ -265,6 +265,8 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> Any:
+        # A list is pieces in order: pyfuse3 gathers them into the reply
+        # (patches/pyfuse3-3.5.0-scatter-read-replies.patch).
         return await self.cache.read(self.handles[fh].ino, off, size)
 
     @handler

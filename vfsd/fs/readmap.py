@@ -3,10 +3,11 @@
 A read that goes to a worker thread pays a hop (two thread switches and a wake-up of the event
 loop) and an LMDB lookup: most of a 4 KiB random read's time. The map keeps, per file, its
 size and the location of each chunk a worker read found (or that it is a hole). A later read
-of at most FAST_CHUNKS known chunks asks the page cache for their records without waiting for
-the disk (`read_cached`: RWF_NOWAIT), checks their CRCs and answers; anything else (an unknown
-chunk, a record not in memory, a segment gc deleted) goes to a worker as before. Memory is the
-kernel's page cache, not ours: the map holds locations only.
+of at most FAST_CHUNKS known chunks finds their records in the page cache without waiting for
+the disk (`view_cached`, through a map: vfsd/store/mapped.py), checks their CRCs and answers
+with the pages themselves; anything else (an unknown chunk, a record not in memory, a segment
+gc deleted) goes to a worker as before. Memory is the kernel's page cache, not ours: the map
+holds locations only.
 
 Staleness. A file's locations are forgotten after every commit this process makes to its inode
 (`Environment.on_commit`, called after the commit) and when the change log reports another
@@ -69,8 +70,9 @@ class ReadMap:
 
     # --- on the event loop -------------------------------------------------------------------
 
-    def read(self, ino: int, offset: int, size: int) -> bytes | bytearray | memoryview | None:
-        """The bytes, if every chunk is known and in the page cache; None to ask a worker."""
+    def read(self, ino: int, offset: int, size: int) -> list[memoryview] | bytes | None:
+        """The bytes, as pieces in place in the page cache (FUSE's reply gathers them), if
+        every chunk is known and in the page cache; None to ask a worker."""
         known = self.files.get(ino)
         if known is None:
             return None
@@ -81,19 +83,16 @@ class ReadMap:
         first, last = offset // cs, (end - 1) // cs
         if last - first >= FAST_CHUNKS:
             return None
-        locations: dict[int, ChunkLocation] = {}
+        chunks = known.chunks
         for index in range(first, last + 1):
-            location = known.chunks.get(index, False)
-            if location is False:
-                return None  # never read: a worker looks it up
-            if location is not None:
-                locations[index] = location
-        data = self.data.read_bodies(offset, end, locations, cached=True)
-        if data is None:
+            if index not in chunks:
+                return None  # never read: a worker looks it up (a known hole maps to None)
+        pieces = self.data.views_cached(offset, end, chunks)
+        if pieces is None:
             self.misses += 1
             return None
         self.hits += 1
-        return data
+        return pieces
 
     def learn(self, stamp: tuple[int, int], ino: int, size: int, offset: int, length: int,
               locations: dict[int, ChunkLocation]) -> None:

@@ -97,6 +97,7 @@ class Patch:
 
 Chunk = bytearray | memoryview | Patch
 Taken = tuple[dict[int, Chunk], int | None, int]  # chunks, exact size or None, grow-to size
+Readout = bytes | bytearray | memoryview | list[memoryview]  # a list: pieces, in order
 
 
 class _Discarded(Exception):
@@ -311,7 +312,8 @@ class WriteBack:
                 self._untrack(f)
         return len(data)
 
-    async def read(self, ino: int, offset: int, size: int) -> bytes | bytearray | memoryview:
+    async def read(self, ino: int, offset: int, size: int) -> Readout:
+        """The bytes, or pieces of them in order for FUSE's reply to gather."""
         f = self.files.get(ino)
         if f is None:
             return await self._read_store(ino, offset, size)
@@ -334,8 +336,7 @@ class WriteBack:
                for i in range(first, last + 1)):
             out = bytearray(end - offset)  # complete cached chunks cover it all
         else:
-            stored = await self._read_store(ino, offset, end - offset)
-            out = bytearray(stored)
+            out = _joined(await self._read_store(ino, offset, end - offset))
             if len(out) < end - offset:
                 out.extend(bytes(end - offset - len(out)))
             held += cached_layers()
@@ -352,8 +353,7 @@ class WriteBack:
             out[dest + avail: dest + hi - lo] = bytes(hi - lo - avail)
         return out
 
-    async def _read_store(self, ino: int, offset: int, size: int
-                          ) -> bytes | bytearray | memoryview:
+    async def _read_store(self, ino: int, offset: int, size: int) -> Readout:
         if self.readmap is None:
             return await self.run(self.store.read, ino, offset, size)
         data = self.readmap.read(ino, offset, size)
@@ -604,6 +604,17 @@ async def _holding(lock: trio.Lock) -> AsyncIterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _joined(data: Readout) -> bytearray:
+    if not isinstance(data, list):
+        return bytearray(data)
+    out = bytearray(sum(piece.nbytes for piece in data))
+    at = 0
+    for piece in data:
+        out[at:at + piece.nbytes] = piece
+        at += piece.nbytes
+    return out
 
 
 def _stack(below: Chunk, above: Chunk) -> Chunk:

@@ -44,6 +44,7 @@ class FileData:
         self.origin = origin
         self.capacity_left = capacity_left
         self.is_zero = ZeroTest(chunk_size)
+        self._zeros = memoryview(bytes(chunk_size))  # holes, shared by every cached read
 
     # --- reading -------------------------------------------------------------------------
 
@@ -88,15 +89,12 @@ class FileData:
                 return b"", inode.size, {}
             first, last = offset // cs, (end - 1) // cs
             locations = self._locations(tx, ino, first, last)
-        data = self.read_bodies(offset, end, locations)
-        assert data is not None
-        return data, inode.size, locations
+        return self.read_bodies(offset, end, locations), inode.size, locations
 
-    def read_bodies(self, offset: int, end: int, locations: dict[int, ChunkLocation],
-                    cached: bool = False) -> bytes | bytearray | memoryview | None:
+    def read_bodies(self, offset: int, end: int, locations: dict[int, ChunkLocation]
+                    ) -> bytes | bytearray | memoryview:
         """Bytes [offset, end) of a file whose chunks lie at `locations` (holes left out:
-        zeros). With `cached`, only from records the page cache holds (never waiting for the
-        disk): None if one is not there."""
+        zeros)."""
         cs = self.chunk_size
         first, last = offset // cs, (end - 1) // cs
         if first == last:
@@ -104,10 +102,7 @@ class FileData:
             lo, hi = offset - first * cs, end - first * cs
             if location is None:
                 return bytes(hi - lo)
-            body = (self.segments.read_cached(location) if cached
-                    else self.segments.read(location))
-            if body is None:
-                return None
+            body = self.segments.read(location)
             if hi <= len(body):
                 return memoryview(body)[lo:hi]
             out = bytearray(hi - lo)
@@ -125,19 +120,38 @@ class FileData:
                 at = cstart - offset
                 in_place.append((location, view[at:at + location.length]))
                 continue
-            body = (self.segments.read_cached(location) if cached
-                    else self.segments.read(location))
-            if body is None:
-                return None
+            body = self.segments.read(location)
             avail = min(limit, len(body))
             if avail > lo:
                 out[cstart + lo - offset: cstart + avail - offset] = body[lo:avail]
-        if not cached:
-            self.segments.read_many_into(in_place)
-        elif in_place and not self.segments.read_cached_into(in_place):
-            return None
+        self.segments.read_many_into(in_place)
         view.release()
         return out
+
+    def views_cached(self, offset: int, end: int,
+                     locations: Mapping[int, ChunkLocation | None]) -> list[memoryview] | None:
+        """Bytes [offset, end) as pieces in file order, each in place in the page cache or
+        zeros, if the page cache holds every record (never waiting for the disk); else None.
+        The mount's event loop answers reads with these (FUSE copies the pieces out)."""
+        cs = self.chunk_size
+        pieces: list[memoryview] = []
+        for index in range(offset // cs, (end - 1) // cs + 1):
+            cstart = index * cs
+            lo, hi = max(offset, cstart) - cstart, min(end, cstart + cs) - cstart
+            location = locations.get(index)
+            if location is None:
+                pieces.append(self._zeros[:hi - lo])
+                continue
+            body = self.segments.view_cached(location)
+            if body is None:
+                return None
+            if hi <= len(body):
+                pieces.append(body[lo:hi])
+                continue
+            if lo < len(body):  # a body shorter than its chunk: zeros follow it
+                pieces.append(body[lo:])
+            pieces.append(self._zeros[:hi - max(lo, len(body))])
+        return pieces
 
     def read_chunk(self, ino: int, index: int) -> bytes:
         """The stored body of one chunk (b"" for a hole); shorter than a chunk means zeros."""

@@ -33,7 +33,8 @@ from typing import Protocol
 
 import crc32c
 
-from .errors import Corrupt, DiskError, NoSpace, StoreError
+from .errors import Corrupt, DiskError, NoSpace
+from .mapped import MappedSegments
 from .records import ChunkLocation
 
 MAGIC = b"VCK1"
@@ -63,14 +64,9 @@ class SegmentStore(Protocol):
         """Return a body, verified against its CRC; raise Corrupt if it does not match."""
         ...
 
-    def read_cached(self, location: ChunkLocation) -> bytearray | None:
-        """The verified body if the page cache holds its whole record, else None; never
-        waits for the disk."""
-        ...
-
-    def read_cached_into(self, reads: Sequence[tuple[ChunkLocation, memoryview]]) -> bool:
-        """`read_many_into` if the page cache holds every record, else False; never waits
-        for the disk."""
+    def view_cached(self, location: ChunkLocation) -> memoryview | None:
+        """The verified body, in place in the page cache, if it holds the whole record, else
+        None; never waits for the disk."""
         ...
 
     def read_into(self, location: ChunkLocation, buffer: memoryview) -> None:
@@ -141,6 +137,9 @@ class LocalSegments:
         self._staging_buffers: list[mmap.mmap] = []
         self._writer_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._readers: dict[int, int] = {}
+        self._mapped = MappedSegments(self._reader, HEADER.size, _header_crc)
+        # The mount's event loop calls this for every read it answers: no wrapper frame.
+        self.view_cached = self._mapped.view_cached
 
     def path(self, segment: int) -> Path:
         return self.directory / segment_name(segment)
@@ -257,38 +256,12 @@ class LocalSegments:
             raise Corrupt(f"chunk at {segment_name(location.segment)}:{start} fails its checksum")
         return body
 
-    def read_cached(self, location: ChunkLocation) -> bytearray | None:
-        """The body if the page cache holds all of its record, else None: never waits for
-        the disk (RWF_NOWAIT), so the mount's event loop may call it. None also when the
-        segment is gone or the record does not check out: the caller then reads the usual
-        way, which looks the chunk up again and reports real damage."""
-        header, body = bytearray(HEADER.size), bytearray(location.length)
-        try:
-            got = os.preadv(self._reader(location.segment), [header, body],
-                            location.offset - HEADER.size, os.RWF_NOWAIT)
-        except (OSError, StoreError):
-            return None
-        if got != HEADER.size + location.length:
-            return None
-        magic, _digest, length, _codec, crc = HEADER.unpack(header)
-        if magic != MAGIC or length != location.length or crc32c.crc32c(body) != crc:
-            return None
-        return body
-
-    def read_cached_into(self, reads: Sequence[tuple[ChunkLocation, memoryview]]) -> bool:
-        try:
-            self.read_many_into(reads, os.RWF_NOWAIT)
-        except (OSError, StoreError):
-            return False  # not all in memory (a short read), or gone: a worker finds out
-        return True
-
     def read_into(self, location: ChunkLocation, buffer: memoryview) -> None:
         # One preadv puts the header in a small buffer and the body where the caller wants it:
         # no intermediate `bytes` for the record and none for the body.
         self._read_run([(location, buffer)])
 
-    def read_many_into(self, reads: Sequence[tuple[ChunkLocation, memoryview]],
-                       flags: int = 0) -> None:
+    def read_many_into(self, reads: Sequence[tuple[ChunkLocation, memoryview]]) -> None:
         # A file written in order lies in order in its segments: one preadv per run of
         # records that follow each other (headers into small buffers, bodies in place)
         # instead of one per chunk.
@@ -298,11 +271,10 @@ class LocalSegments:
             while (stop < len(reads) and stop - first < MAX_RUN
                    and _follows(reads[stop - 1][0], reads[stop][0])):
                 stop += 1
-            self._read_run(reads[first:stop], flags)
+            self._read_run(reads[first:stop])
             first = stop
 
-    def _read_run(self, run: Sequence[tuple[ChunkLocation, memoryview]], flags: int = 0
-                  ) -> None:
+    def _read_run(self, run: Sequence[tuple[ChunkLocation, memoryview]]) -> None:
         headers = [bytearray(HEADER.size) for _ in run]
         buffers: list[bytearray | memoryview] = []
         for header, (location, buffer) in zip(headers, run):
@@ -310,7 +282,7 @@ class LocalSegments:
                 raise ValueError("each buffer must be exactly as long as its body")
             buffers += (header, buffer)
         start = run[0][0].offset - HEADER.size
-        got = os.preadv(self._reader(run[0][0].segment), buffers, start, flags)
+        got = os.preadv(self._reader(run[0][0].segment), buffers, start)
         if got != sum(HEADER.size + location.length for location, _ in run):
             raise Corrupt(f"segment {segment_name(run[0][0].segment)} is short at {start}")
         for header, (location, buffer) in zip(headers, run):
@@ -359,6 +331,7 @@ class LocalSegments:
 
     def remove(self, segment: int) -> int:
         """Delete a retired segment's file; returns the bytes it held."""
+        self._mapped.forget({segment})
         with self._open_lock:
             fd = self._readers.pop(segment, None)
             if fd is not None:
@@ -372,6 +345,7 @@ class LocalSegments:
 
     def forget(self, segments: set[int]) -> None:
         """Close cached read handles of segments others may delete (they pin disk space)."""
+        self._mapped.forget(segments)
         with self._open_lock:
             for segment in segments & self._readers.keys():
                 os.close(self._readers.pop(segment))
@@ -396,10 +370,17 @@ class LocalSegments:
             if self._writer_pool is not None:
                 self._writer_pool.shutdown()
                 self._writer_pool = None
+        self._mapped.close()
         with self._open_lock:
             for fd in self._readers.values():
                 os.close(fd)
             self._readers.clear()
+
+
+def _header_crc(buffer: memoryview, start: int, location: ChunkLocation) -> int | None:
+    """The body CRC of the record header at `start`, if it describes `location`."""
+    magic, _digest, length, _codec, crc = HEADER.unpack_from(buffer, start)
+    return crc if magic == MAGIC and length == location.length else None
 
 
 def _follows(before: ChunkLocation, after: ChunkLocation) -> bool:
