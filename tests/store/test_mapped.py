@@ -3,6 +3,7 @@ the page cache, only when they check out, and unmapped once their segment may go
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from vfsd.store import Store, StoreError
 from vfsd.store.records import ChunkLocation
+from vfsd.store.segments import HEADER
 
 CS = 65536
 
@@ -90,3 +92,27 @@ def test_a_forgotten_segment_is_unmapped_once_its_last_view_goes(store: Store) -
     assert path in mapped_paths() and len(bytes(view)) == CS  # a reply in flight still reads
     view.release()
     assert path not in mapped_paths(), "a map would keep a deleted segment's space"
+
+
+def test_records_back_to_back_are_served_together_only_if_all_are_in_memory(
+        store: Store) -> None:
+    content = os.urandom(4 * CS)
+    ino = store.write_file("f", content).ino
+    locations = list(locations_of(store, ino, len(content)).values())
+    assert all(b.segment == a.segment and b.offset == a.offset + a.length + HEADER.size
+               for a, b in itertools.pairwise(locations)), "written in order: back to back"
+    for location in locations:
+        store.segments.read(location)
+    bodies = store.segments.views_cached(locations)
+    assert bodies is not None and b"".join(bodies) == content
+    del bodies
+    # Only the third record's pages leave the page cache: the whole answer must wait for it.
+    third = locations[2]
+    store.segments.forget({third.segment})
+    fd = os.open(store.segments.path(third.segment), os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, third.offset, third.length, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert store.segments.views_cached(locations) is None, "touched a page not in memory"
+    assert store.segments.views_cached(locations[:2]) is not None

@@ -134,17 +134,21 @@ class FileData:
         zeros, if the page cache holds every record (never waiting for the disk); else None.
         The mount's event loop answers reads with these (FUSE copies the pieces out)."""
         cs = self.chunk_size
+        indices = range(offset // cs, (end - 1) // cs + 1)
+        stored = {index: location for index in indices
+                  for location in [locations.get(index)] if location is not None}
+        bodies = self.segments.views_cached(list(stored.values())) if stored else []
+        if bodies is None:
+            return None
+        body_at = dict(zip(stored, bodies))
         pieces: list[memoryview] = []
-        for index in range(offset // cs, (end - 1) // cs + 1):
+        for index in indices:
             cstart = index * cs
             lo, hi = max(offset, cstart) - cstart, min(end, cstart + cs) - cstart
-            location = locations.get(index)
-            if location is None:
+            body = body_at.get(index)
+            if body is None:  # a hole
                 pieces.append(self._zeros[:hi - lo])
                 continue
-            body = self.segments.view_cached(location)
-            if body is None:
-                return None
             if hi <= len(body):
                 pieces.append(body[lo:hi])
                 continue

@@ -29,7 +29,7 @@ import mmap
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import crc32c
 
@@ -80,8 +80,8 @@ class _Map:
 
 
 class MappedSegments:
-    """Maps of the segments reads touched. `view_cached` runs on one thread at a time (the
-    mount's event loop); `forget` and `close` may run on any."""
+    """Maps of the segments reads touched. `view_cached` and `views_cached` run on one thread
+    at a time (the mount's event loop); `forget` and `close` may run on any."""
 
     def __init__(self, open_reader: Callable[[int], int], header_size: int,
                  check_header: Callable[[memoryview, int, ChunkLocation], int | None]):
@@ -96,26 +96,50 @@ class MappedSegments:
         """The body, in place and verified, if the page cache holds its whole record; else
         None (not in memory, the segment is gone, or the record does not check out: the
         caller then reads the usual way, which reports real damage)."""
-        # One flat function: it runs for every read the event loop answers.
-        start = location.offset - self._header_size
-        end = location.offset + location.length
-        mapped = self._maps.get(location.segment)
-        if mapped is None or end > mapped.length:
-            mapped = self._map(location.segment, end)
-            if mapped is None:
+        bodies = self.views_cached((location,))
+        return bodies[0] if bodies else None
+
+    def views_cached(self, locations: Sequence[ChunkLocation]) -> list[memoryview] | None:
+        """`view_cached` of each location, or None if any one is not to be had that way.
+        Records back to back in a segment (a file written in order) are checked for
+        residency with one mincore call."""
+        # Flat on purpose: it runs for every read the event loop answers.
+        header = self._header_size
+        check_header = self._check_header
+        bodies: list[memoryview] = []
+        i, n = 0, len(locations)
+        while i < n:
+            first = last = locations[i]
+            j = i + 1
+            while j < n:
+                following = locations[j]
+                if (following.segment != first.segment
+                        or following.offset != last.offset + last.length + header):
+                    break
+                last = following
+                j += 1
+            start, end = first.offset - header, last.offset + last.length
+            mapped = self._maps.get(first.segment)
+            if mapped is None or end > mapped.length:
+                mapped = self._map(first.segment, end)
+                if mapped is None:
+                    return None
+            low = (mapped.address + start) & ~(PAGE - 1)
+            pages = -(-(mapped.address + end - low) // PAGE)
+            flags = self._flags
+            if pages > len(flags):
+                flags = self._flags = ctypes.create_string_buffer(pages)
+            if _mincore(low, pages * PAGE, flags) or 0 in flags.raw[:pages].translate(_RESIDENT):
                 return None
-        first = (mapped.address + start) & ~(PAGE - 1)
-        pages = -(-(mapped.address + end - first) // PAGE)
-        flags = self._flags
-        if pages > len(flags):
-            flags = self._flags = ctypes.create_string_buffer(pages)
-        if _mincore(first, pages * PAGE, flags) or 0 in flags.raw[:pages].translate(_RESIDENT):
-            return None
-        crc = self._check_header(mapped.view, start, location)
-        if crc is None:
-            return None
-        body = mapped.view[location.offset:end]
-        return body if crc32c.crc32c(body) == crc else None
+            view = mapped.view
+            for location in locations[i:j]:
+                crc = check_header(view, location.offset - header, location)
+                body = view[location.offset:location.offset + location.length]
+                if crc is None or crc32c.crc32c(body) != crc:
+                    return None
+                bodies.append(body)
+            i = j
+        return bodies
 
     def _map(self, segment: int, end: int) -> _Map | None:
         try:

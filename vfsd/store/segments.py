@@ -69,6 +69,10 @@ class SegmentStore(Protocol):
         None; never waits for the disk."""
         ...
 
+    def views_cached(self, locations: Sequence[ChunkLocation]) -> list[memoryview] | None:
+        """`view_cached` of each, or None if any one is not to be had that way."""
+        ...
+
     def read_into(self, location: ChunkLocation, buffer: memoryview) -> None:
         """Read a body straight into `buffer` (exactly `location.length` bytes), verified as
         `read` verifies it; raise Corrupt if it does not match."""
@@ -138,8 +142,9 @@ class LocalSegments:
         self._writer_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._readers: dict[int, int] = {}
         self._mapped = MappedSegments(self._reader, HEADER.size, _header_crc)
-        # The mount's event loop calls this for every read it answers: no wrapper frame.
+        # The mount's event loop calls these for every read it answers: no wrapper frame.
         self.view_cached = self._mapped.view_cached
+        self.views_cached = self._mapped.views_cached
 
     def path(self, segment: int) -> Path:
         return self.directory / segment_name(segment)
