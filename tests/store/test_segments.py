@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import os
 import random
+import resource
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 
 from vfsd.store.chunks import chunk_hash
 from vfsd.store.errors import Corrupt, NoSpace
+from vfsd.store.mapped import MAX_MAPS
+from vfsd.store.readers import MAX_READERS, SegmentReaders
 from vfsd.store.segments import ALIGN, HEADER, STAGING_SIZE, LocalSegments
 
 
@@ -186,3 +189,47 @@ def test_a_full_disk_is_nospace_and_later_appends_start_a_new_segment(tmp_path: 
         assert later.segment != first.segment  # the torn one is sealed
         assert segments.read(first) == b"a" * 100 and segments.read(later) == b"b" * 100
         segments.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_store_with_more_segments_than_open_files_allowed_reads_them_all(
+        tmp_path: Path) -> None:
+    # Read handles are cached per segment. A store of a few hundred GiB has thousands of
+    # segments, and a shell's soft limit on open files is often 1024: the cache must stay
+    # bounded, or reads fail with EMFILE once enough segments were read.
+    count = 3 * max(MAX_READERS, MAX_MAPS) // 2
+    ids = iter(range(1, count + 10))
+    segments = LocalSegments(tmp_path, lambda previous: next(ids), seal_size=1)  # one each
+    bodies = [os.urandom(1000) for _ in range(count)]
+    locations = [segments.append([(chunk_hash(b), b)])[0] for b in bodies]
+    assert len({loc.segment for loc in locations}) == count
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    # Each map holds a descriptor of its own too (Python's mmap keeps a dup of it).
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + MAX_READERS + MAX_MAPS + 32, hard))
+    try:
+        for _ in range(2):
+            assert [segments.read(loc) for loc in locations] == bodies
+            for loc, body in zip(locations, bodies):
+                assert bytes(segments.view_cached(loc) or b"") == body
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        segments.close()
+
+
+def test_a_read_handle_pushed_out_while_in_use_closes_only_after_its_read(
+        tmp_path: Path) -> None:
+    for segment in range(1, 6):
+        (tmp_path / f"{segment}.seg").write_bytes(bytes([segment]) * 10)
+    readers = SegmentReaders(lambda s: tmp_path / f"{s}.seg", str, limit=2)
+    with readers.reading(1) as fd:
+        for segment in (2, 3, 4):  # 1 is the least recently used: pushed out
+            with readers.reading(segment):
+                pass
+        readers.forget({1})
+        with open(tmp_path / "other", "wb"):  # a new open must not take 1's number
+            assert os.pread(fd, 10, 0) == bytes([1]) * 10
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed once its read was done
+    assert len(readers) <= 2
+    readers.close()

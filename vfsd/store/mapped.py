@@ -19,11 +19,13 @@ same exposure LMDB's own map has on every lookup.
 
 Maps cost address space, not memory, but the pages a read touched count in the process's RSS
 (as file pages, given back under memory pressure like the rest of the page cache) until the
-map is dropped: at most MAX_MAPS segments stay mapped, the oldest map dropped first.
+map is dropped, and each holds a file descriptor (Python's mmap keeps a dup of it): at most
+MAX_MAPS segments stay mapped, the oldest map dropped first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -83,9 +85,10 @@ class MappedSegments:
     """Maps of the segments reads touched. `view_cached` and `views_cached` run on one thread
     at a time (the mount's event loop); `forget` and `close` may run on any."""
 
-    def __init__(self, open_reader: Callable[[int], int], header_size: int,
+    def __init__(self, reading: Callable[[int], contextlib.AbstractContextManager[int]],
+                 header_size: int,
                  check_header: Callable[[memoryview, int, ChunkLocation], int | None]):
-        self._open_reader = open_reader
+        self._reading = reading
         self._header_size = header_size
         self._check_header = check_header
         self._maps: OrderedDict[int, _Map] = OrderedDict()
@@ -143,11 +146,11 @@ class MappedSegments:
 
     def _map(self, segment: int, end: int) -> _Map | None:
         try:
-            fd = self._open_reader(segment)
-            length = os.fstat(fd).st_size
-            if length < end:
-                return None
-            mapped = _Map(fd, length)
+            with self._reading(segment) as fd:  # a map needs no open descriptor once made
+                length = os.fstat(fd).st_size
+                if length < end:
+                    return None
+                mapped = _Map(fd, length)
         except (OSError, StoreError, ValueError, BufferError):
             return None
         with self._lock:

@@ -35,6 +35,7 @@ import crc32c
 
 from .errors import Corrupt, DiskError, NoSpace
 from .mapped import MappedSegments
+from .readers import SegmentReaders
 from .records import ChunkLocation
 
 MAGIC = b"VCK1"
@@ -133,15 +134,14 @@ class LocalSegments:
         self._allocate = allocate
         self._seal_size = seal_size
         self._append_lock = threading.Lock()
-        self._open_lock = threading.Lock()
         self._current: int | None = None
         self._current_fd = -1
         self._current_size = 0
         self._direct = False
         self._staging_buffers: list[mmap.mmap] = []
         self._writer_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._readers: dict[int, int] = {}
-        self._mapped = MappedSegments(self._reader, HEADER.size, _header_crc)
+        self._readers = SegmentReaders(self.path, segment_name)
+        self._mapped = MappedSegments(self._readers.reading, HEADER.size, _header_crc)
         # The mount's event loop calls these for every read it answers: no wrapper frame.
         self.view_cached = self._mapped.view_cached
         self.views_cached = self._mapped.views_cached
@@ -237,22 +237,10 @@ class LocalSegments:
             os.close(dir_fd)
         self._current, self._current_fd, self._current_size = segment, fd, 0
 
-    def _reader(self, segment: int) -> int:
-        fd = self._readers.get(segment)
-        if fd is None:
-            with self._open_lock:
-                fd = self._readers.get(segment)
-                if fd is None:
-                    try:
-                        fd = os.open(self.path(segment), os.O_RDONLY)
-                    except FileNotFoundError:
-                        raise Corrupt(f"segment {segment_name(segment)} is missing") from None
-                    self._readers[segment] = fd
-        return fd
-
     def read(self, location: ChunkLocation) -> bytes:
         start = location.offset - HEADER.size
-        raw = os.pread(self._reader(location.segment), HEADER.size + location.length, start)
+        with self._readers.reading(location.segment) as fd:
+            raw = os.pread(fd, HEADER.size + location.length, start)
         if len(raw) != HEADER.size + location.length:
             raise Corrupt(f"segment {segment_name(location.segment)} is short at {start}")
         magic, _digest, length, _codec, crc = HEADER.unpack_from(raw)
@@ -287,7 +275,8 @@ class LocalSegments:
                 raise ValueError("each buffer must be exactly as long as its body")
             buffers += (header, buffer)
         start = run[0][0].offset - HEADER.size
-        got = os.preadv(self._reader(run[0][0].segment), buffers, start)
+        with self._readers.reading(run[0][0].segment) as fd:
+            got = os.preadv(fd, buffers, start)
         if got != sum(HEADER.size + location.length for location, _ in run):
             raise Corrupt(f"segment {segment_name(run[0][0].segment)} is short at {start}")
         for header, (location, buffer) in zip(headers, run):
@@ -298,12 +287,14 @@ class LocalSegments:
 
     def prefetch(self, locations: Iterable[ChunkLocation]) -> None:
         for location in locations:
-            os.posix_fadvise(self._reader(location.segment), location.offset - HEADER.size,
-                             HEADER.size + location.length, os.POSIX_FADV_WILLNEED)
+            with self._readers.reading(location.segment) as fd:
+                os.posix_fadvise(fd, location.offset - HEADER.size,
+                                 HEADER.size + location.length, os.POSIX_FADV_WILLNEED)
 
     def read_header(self, location: ChunkLocation) -> tuple[bytes, bytes, int, int, int]:
         start = location.offset - HEADER.size
-        raw = os.pread(self._reader(location.segment), HEADER.size, start)
+        with self._readers.reading(location.segment) as fd:
+            raw = os.pread(fd, HEADER.size, start)
         if len(raw) != HEADER.size:
             raise Corrupt(f"segment {segment_name(location.segment)} is short at {start}")
         return HEADER.unpack(raw)
@@ -337,10 +328,7 @@ class LocalSegments:
     def remove(self, segment: int) -> int:
         """Delete a retired segment's file; returns the bytes it held."""
         self._mapped.forget({segment})
-        with self._open_lock:
-            fd = self._readers.pop(segment, None)
-            if fd is not None:
-                os.close(fd)
+        self._readers.forget({segment})
         try:
             size = self.path(segment).stat().st_size
             self.path(segment).unlink()
@@ -351,9 +339,7 @@ class LocalSegments:
     def forget(self, segments: set[int]) -> None:
         """Close cached read handles of segments others may delete (they pin disk space)."""
         self._mapped.forget(segments)
-        with self._open_lock:
-            for segment in segments & self._readers.keys():
-                os.close(self._readers.pop(segment))
+        self._readers.forget(segments)
 
     def segment_sizes(self) -> dict[int, int]:
         sizes = {}
@@ -376,10 +362,7 @@ class LocalSegments:
                 self._writer_pool.shutdown()
                 self._writer_pool = None
         self._mapped.close()
-        with self._open_lock:
-            for fd in self._readers.values():
-                os.close(fd)
-            self._readers.clear()
+        self._readers.close()
 
 
 def _header_crc(buffer: memoryview, start: int, location: ChunkLocation) -> int | None:
