@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -17,10 +17,8 @@ CS = 65536
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = Store.init(tmp_path / "store")
-    yield s
-    s.close()
+def store(new_store: Callable[..., Store]) -> Store:
+    return new_store()
 
 
 def locations_of(store: Store, ino: int, size: int) -> dict[int, ChunkLocation]:

@@ -243,9 +243,9 @@ class LocalSegments:
             raw = os.pread(fd, HEADER.size + location.length, start)
         if len(raw) != HEADER.size + location.length:
             raise Corrupt(f"segment {segment_name(location.segment)} is short at {start}")
-        magic, _digest, length, _codec, crc = HEADER.unpack_from(raw)
+        crc = _header_crc(raw, 0, location)
         body = raw[HEADER.size:]
-        if magic != MAGIC or length != location.length or crc32c.crc32c(body) != crc:
+        if crc is None or crc32c.crc32c(body) != crc:
             raise Corrupt(f"chunk at {segment_name(location.segment)}:{start} fails its checksum")
         return body
 
@@ -280,8 +280,8 @@ class LocalSegments:
         if got != sum(HEADER.size + location.length for location, _ in run):
             raise Corrupt(f"segment {segment_name(run[0][0].segment)} is short at {start}")
         for header, (location, buffer) in zip(headers, run):
-            magic, _digest, length, _codec, crc = HEADER.unpack(header)
-            if magic != MAGIC or length != location.length or crc32c.crc32c(buffer) != crc:
+            crc = _header_crc(header, 0, location)
+            if crc is None or crc32c.crc32c(buffer) != crc:
                 raise Corrupt(f"chunk at {segment_name(location.segment)}:"
                               f"{location.offset - HEADER.size} fails its checksum")
 
@@ -365,7 +365,7 @@ class LocalSegments:
         self._readers.close()
 
 
-def _header_crc(buffer: memoryview, start: int, location: ChunkLocation) -> int | None:
+def _header_crc(buffer: Body, start: int, location: ChunkLocation) -> int | None:
     """The body CRC of the record header at `start`, if it describes `location`."""
     magic, _digest, length, _codec, crc = HEADER.unpack_from(buffer, start)
     return crc if magic == MAGIC and length == location.length else None
