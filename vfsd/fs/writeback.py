@@ -625,14 +625,7 @@ async def _holding(lock: trio.Lock) -> AsyncIterator[None]:
 
 
 def _joined(data: Readout) -> bytearray:
-    if not isinstance(data, list):
-        return bytearray(data)
-    out = bytearray(sum(piece.nbytes for piece in data))
-    at = 0
-    for piece in data:
-        out[at:at + piece.nbytes] = piece
-        at += piece.nbytes
-    return out
+    return bytearray().join(data) if isinstance(data, list) else bytearray(data)
 
 
 def _stack(below: Chunk, above: Chunk) -> Chunk:
