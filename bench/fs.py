@@ -578,6 +578,10 @@ def main(argv: list[str] | None = None) -> int:
     env.pop("GLIBC_TUNABLES", None)
     env.pop("VFSD_NO_TUNABLES", None)
     vfsd_env = dict(env, VFSD_NO_TUNABLES="1") if args.no_tunables else env
+    if args.vfsd_wrapper and not args.no_tunables:
+        # `vfsd mount` re-executes `python -m vfsd` to set the tunables, which would drop the
+        # wrapper: start it with them set, as the re-exec would.
+        vfsd_env = dict(env, GLIBC_TUNABLES=tunables)
     memfs_env = env if args.no_tunables else dict(env, GLIBC_TUNABLES=tunables)
     t_start = time.monotonic()
     try:
