@@ -11,7 +11,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from . import changelog, chunks, namespace, vmdk
@@ -361,9 +361,6 @@ class Store:
     def read_chunk(self, ino: int, index: int) -> bytes:
         return self.data.read_chunk(ino, index)
 
-    def read_chunks(self, ino: int, indices: Iterable[int]) -> dict[int, bytes]:
-        return self.data.read_chunks(ino, indices)
-
     def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
         """pwrite(2), durable on return (segment fdatasync, then LMDB commit)."""
         if offset < 0:
@@ -390,6 +387,13 @@ class Store:
     def write_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview], *,
                      size: int | None, grow_to: int = 0, mtime_ns: int | None = None) -> Inode:
         return self.data.write_chunks(ino, contents, size=size, grow_to=grow_to,
+                                      mtime_ns=mtime_ns)
+
+    def flush_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview],
+                     overlays: Mapping[int, Sequence[tuple[int, bytes | bytearray | memoryview]]],
+                     *, size: int | None, grow_to: int = 0, mtime_ns: int | None = None
+                     ) -> dict[int, bytearray]:
+        return self.data.flush_chunks(ino, contents, overlays, size=size, grow_to=grow_to,
                                       mtime_ns=mtime_ns)
 
     def truncate(self, ino: int, size: int) -> Inode:

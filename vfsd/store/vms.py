@@ -12,7 +12,7 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass, field
 
-from . import namespace
+from . import deltas, namespace
 from .env import Tx
 from .errors import Busy, Exists, InvalidArgument, NotFound, PermissionDenied
 from .names import check_name
@@ -117,11 +117,12 @@ class Vms:
         cursor = tx.cursor(tx.db.chunkmap)
         prefix = chunk_key(ino, 0)[:8]
         if cursor.set_range(prefix):
-            for key, digest in cursor:
+            for key, slot in cursor:
                 if key[:8] != prefix:
                     break
-                raw = tx.get(tx.db.chunks, digest)
-                total += int.from_bytes(raw[16:20], "big") if raw else 0
+                for digest in deltas.digests(slot):
+                    raw = tx.get(tx.db.chunks, digest)
+                    total += int.from_bytes(raw[16:20], "big") if raw else 0
         return total
 
     def _settings(self, tx: Tx, vm_dir: Inode, name: str) -> VmSettings:
@@ -136,7 +137,7 @@ class Vms:
         out = bytearray(inode.size)
         cs = self.store.chunk_size
         for index, location in self.store.data._locations(tx, inode.ino, 0, 1 << 62).items():
-            body = self.store.segments.read(location)
+            body = self.store.data.body(location)
             out[index * cs: index * cs + len(body)] = body
         return bytes(out)
 
