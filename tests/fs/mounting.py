@@ -72,3 +72,10 @@ class Mount:
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
         self.log.close()
         self.proc = None
+
+
+def fsck(store: Path) -> None:
+    """`vfsd fsck` of a store nothing has mounted: it must find nothing wrong."""
+    result = subprocess.run([sys.executable, "-m", "vfsd", "fsck", "--store", str(store)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"fsck: {result.stdout}{result.stderr}"

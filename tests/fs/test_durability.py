@@ -19,19 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
-from mounting import Mount, wait_for
+from mounting import Mount, fsck, wait_for
 
 from vfsd.store import Store
 
 CHUNK = 64 * 1024
 WRITER = Path(__file__).with_name("journaled_writer.py")
 SEED = int(os.environ.get("VFSD_TEST_SEED", random.randrange(1 << 32)))
-
-
-def fsck(store: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "vfsd", "fsck", "--store", str(store)],
-                            capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0, f"fsck: {result.stdout}{result.stderr}"
 
 
 @pytest.fixture(autouse=True)

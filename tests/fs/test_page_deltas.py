@@ -8,12 +8,10 @@ from __future__ import annotations
 import mmap
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from mounting import Mount
+from mounting import Mount, fsck
 
 from vfsd.store import Store, deltas
 from vfsd.store.records import chunk_key
@@ -30,12 +28,6 @@ def slot_lengths(store_path: Path, name: str) -> dict[int, int]:
         with s.env.read() as tx:
             return {index: len(raw) for index in range(CHUNKS)
                     for raw in [tx.get(tx.db.chunkmap, chunk_key(ino, index))] if raw}
-
-
-def fsck(store: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "vfsd", "fsck", "--store", str(store)],
-                            capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0, f"fsck: {result.stdout}{result.stderr}"
 
 
 def direct_pwrite(path: Path, writes: list[tuple[int, bytes]]) -> None:

@@ -69,10 +69,9 @@ class FileData:
             if key > end_key:
                 break
             base, delta = deltas.split(slot)
-            location: Location = _location(tx, ino, base)
-            if delta is not None:
-                location = LayeredLocation(location, _location(tx, ino, delta))
-            out[int.from_bytes(key[8:], "big")] = location
+            body = _location(tx, ino, base)
+            out[int.from_bytes(key[8:], "big")] = (
+                body if delta is None else LayeredLocation(body, _location(tx, ino, delta)))
         return out
 
     def body(self, location: Location) -> bytes | bytearray:
@@ -263,8 +262,8 @@ class FileData:
                 raise PermissionDenied("a fixed-size disk cannot shrink")
             for index, chunk in staged.items():
                 inode.stored += chunks.set_chunk(tx, ino, index, chunk)
-            for index, (base, delta) in (layered or {}).items():
-                inode.stored += chunks.set_chunk(tx, ino, index, base, delta)
+            for index, (base_chunk, delta_chunk) in (layered or {}).items():
+                inode.stored += chunks.set_chunk(tx, ino, index, base_chunk, delta_chunk)
             if drop_from is not None:
                 inode.stored += chunks.drop_chunks_from(tx, ino, drop_from, drop_stop)
             chunks.check_pool(tx)

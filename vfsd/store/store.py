@@ -24,7 +24,7 @@ from .errors import (
 from .files import FileData, check_file_writable
 from .leases import Holder, Leases
 from .records import (
-    ROOT_INO, Change, ChangeOp, ChunkLocation, DirEntry, Inode, InodeFlags, SegmentInfo, ino_key,
+    ROOT_INO, Change, ChangeOp, ChunkLocation, DirEntry, Location, Inode, InodeFlags, SegmentInfo, ino_key,
 )
 from .segments import LocalSegments
 
@@ -354,7 +354,7 @@ class Store:
         return self.data.read(ino, offset, min(size, MAX_FILE_SIZE - offset))
 
     def read_located(self, ino: int, offset: int, size: int
-                     ) -> tuple[bytes | bytearray | memoryview, int, dict[int, ChunkLocation]]:
+                     ) -> tuple[bytes | bytearray | memoryview, int, dict[int, Location]]:
         """`read`, with the file's size and where the chunks read lie (holes left out)."""
         return self.data.read_located(ino, offset, size)
 
