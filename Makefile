@@ -9,7 +9,7 @@ MNT    ?= ./mnt
 
 deps: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install-deps $(wildcard scripts/install-pyfuse3 patches/*.patch)
+$(STAMP): pyproject.toml scripts/install-deps $(wildcard scripts/install-libfuse scripts/install-pyfuse3 patches/*.patch)
 	bash scripts/install-deps
 	touch $(STAMP)
 

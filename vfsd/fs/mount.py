@@ -124,6 +124,8 @@ def mount(config: MountConfig) -> int:
         ops.cache.journal.close()
         store.close()
         log.info("event=readmap hits=%d misses=%d", ops.readmap.hits, ops.readmap.misses)
+        # Without FUSE_HANDLE_KILLPRIV_V2 the kernel asks this before every write.
+        log.info("event=capability-requests count=%d", ops.capability_requests)
         log.info("event=unmounted mountpoint=%s", config.mountpoint)
     return 0
 

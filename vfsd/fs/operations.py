@@ -66,6 +66,12 @@ class Handle:
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
+    # We drop setuid/setgid and file capabilities on write, truncate and chown ourselves
+    # (`_drop_privileges`), so the kernel stops asking getxattr(security.capability) before
+    # every write (patches/libfuse-3.14.0-handle-killpriv-v2.patch). The kernel would keep
+    # the bits for writers with CAP_FSETID; we cannot see that in a write, so they go for
+    # every writer, as POSIX allows.
+    handle_killpriv_v2 = True
 
     def __init__(self, store: Store, cache_size: int, commit_interval: float,
                  threads: int = 4):
@@ -82,6 +88,10 @@ class Operations(pyfuse3.Operations):
         self.holder = Holder.this_process("the mount")
         self.own_changes = OwnChanges()
         self.capabilities: dict[int, bytes | None] = {}  # security.capability, see getxattr
+        # Inodes whose next write must drop setuid/setgid/capabilities, as far as we know:
+        # opened for writing with them (or with capabilities unknown), given them since.
+        self.privileged: set[int] = set()
+        self.capability_requests = 0  # getxattr(security.capability), logged at unmount
         self.initialized = trio.Event()
 
     def init(self) -> None:
@@ -96,6 +106,8 @@ class Operations(pyfuse3.Operations):
     async def foreign_change(self, change: Any) -> None:
         """Another process changed the store: forget what we cache about that inode."""
         self.capabilities.pop(change.ino, None)
+        if self.writers.get(change.ino):
+            self.privileged.add(change.ino)  # its mode may have changed: check at next write
         self.cache.changed_elsewhere(change.ino)
         self.readmap.forget(change.ino)
 
@@ -139,6 +151,9 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: Any) -> pyfuse3.EntryAttributes:
+        if fields.update_uid or fields.update_gid or fields.update_size and (
+                inode in self.privileged or inode not in self.capabilities):
+            await self._drop_privileges(inode)  # before an explicit mode, which then wins
         if fields.update_size:
             # Dirty data must reach the store first, or the flush would undo the truncate.
             await self.cache.flush(inode)
@@ -147,6 +162,8 @@ class Operations(pyfuse3.Operations):
         changes: dict[str, int] = {}
         if fields.update_mode:
             changes["mode"] = attr.st_mode
+            if attr.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                self.privileged.add(inode)
         if fields.update_uid:
             changes["uid"] = attr.st_uid
         if fields.update_gid:
@@ -241,6 +258,8 @@ class Operations(pyfuse3.Operations):
         if writable:
             self.writers[inode.ino] += 1
             self.cache.writer_opened(inode.ino)
+            if inode.mode & (stat.S_ISUID | stat.S_ISGID) or inode.ino not in self.capabilities:
+                self.privileged.add(inode.ino)
         direct = bool(flags & os.O_DIRECT)
         return pyfuse3.FileInfo(fh=fh, direct_io=direct, keep_cache=not direct)
 
@@ -250,6 +269,8 @@ class Operations(pyfuse3.Operations):
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         info = await self._new_handle(node, flags)
+        if flags & os.O_TRUNC and inode in self.privileged:  # (set by a writable open)
+            await self._drop_privileges(inode)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and node.size:
             # libfuse negotiates atomic O_TRUNC: the kernel leaves the truncation to us.
             await self.cache.discard(inode)
@@ -261,6 +282,7 @@ class Operations(pyfuse3.Operations):
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         inode = await self.run(self.store.create, parent_inode, name,
                                stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask), ctx.uid, ctx.gid)
+        self.capabilities[inode.ino] = None  # a new file has none
         return await self._new_handle(inode, flags), self.attributes(inode)
 
     @handler
@@ -275,7 +297,17 @@ class Operations(pyfuse3.Operations):
         if handle.descriptor:
             return await self.run(self.store.write_descriptor, handle.ino, off, buf)
         handle.wrote = True
+        if handle.ino in self.privileged:
+            await self._drop_privileges(handle.ino)
         return await self.cache.write(handle.ino, off, buf)
+
+    async def _drop_privileges(self, ino: int) -> None:
+        """Clear setuid/setgid and file capabilities, as the kernel would have on a write,
+        truncate or chown (see `handle_killpriv_v2`)."""
+        self.privileged.discard(ino)
+        if await self.run(self.store.drop_privileges, ino):
+            self.own_changes.invalidate(ino)  # the kernel still caches the old mode
+        self.capabilities[ino] = None
 
     @handler
     async def flush(self, fh: int) -> None:
@@ -318,6 +350,7 @@ class Operations(pyfuse3.Operations):
             if self.open_count[ino] <= 0:
                 del self.open_count[ino]
                 self.writers.pop(ino, None)
+                self.privileged.discard(ino)  # the next writable open looks again
                 await self.run(self.store.release_orphan, ino)
 
     # --- holes and copies (handlers added to pyfuse3 by patches/pyfuse3-*.patch) ---------
@@ -416,8 +449,10 @@ class Operations(pyfuse3.Operations):
         if name.startswith(INTERNAL_XATTR):
             raise pyfuse3.FUSEError(errno.ENODATA)
         if name == CAPABILITY_XATTR:
-            # The kernel asks before every write (to drop file capabilities); answer from
-            # memory after the first time instead of a thread hop and an LMDB read per write.
+            self.capability_requests += 1
+            # The kernel asks before writes to drop file capabilities (before every write
+            # unless `handle_killpriv_v2` took effect): answer from memory after the first
+            # time instead of a thread hop and an LMDB read each time.
             if inode not in self.capabilities:
                 try:
                     value = await self.run(self.store.get_xattr, inode, name)
@@ -435,6 +470,8 @@ class Operations(pyfuse3.Operations):
         if name.startswith(INTERNAL_XATTR):
             raise pyfuse3.FUSEError(errno.EPERM)
         self.capabilities.pop(inode, None)
+        if name == CAPABILITY_XATTR:
+            self.privileged.add(inode)
         await self.run(self.store.set_xattr, inode, name, value)
 
     @handler

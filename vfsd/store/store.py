@@ -29,6 +29,7 @@ from .records import (
 from .segments import LocalSegments
 
 MAX_FILE_SIZE = (1 << 63) - 1  # Linux's MAX_LFS_FILESIZE
+CAPABILITY_XATTR = b"security.capability"
 NEXT_SEGMENT = b"next_segment"
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
@@ -302,6 +303,25 @@ class Store:
 
     # --- xattrs --------------------------------------------------------------------------
 
+    def drop_privileges(self, ino: int) -> bool:
+        """What Linux does to a file on write, truncate and chown: clear its setuid bit, its
+        setgid bit if group-executable (else the bit means mandatory locking), and its file
+        capabilities (security.capability). Returns whether anything was there to drop."""
+        key = namespace.xattr_key(ino, CAPABILITY_XATTR)
+        with self.env.read() as tx:
+            inode = namespace.get_inode(tx, ino)
+            if not inode.is_file or not (_privileged_mode(inode.mode)
+                                         or tx.get(tx.db.xattrs, key) is not None):
+                return False  # the common case: no write transaction
+        with self.env.write() as tx:
+            inode = namespace.get_inode(tx, ino)
+            tx.delete(tx.db.xattrs, key)
+            inode.mode &= ~_privileged_mode(inode.mode)
+            inode.ctime_ns = time.time_ns()
+            namespace.put_inode(tx, inode)
+            changelog.record(tx, self.origin, ChangeOp.ATTR, ino)
+        return True
+
     def get_xattr(self, ino: int, name: bytes) -> bytes:
         with self.env.read() as tx:
             namespace.get_inode(tx, ino)
@@ -461,4 +481,13 @@ def check_is_readable_file(inode: Inode) -> None:
         raise PermissionDenied(f"inode {inode.ino} is not a regular file")
 
 
+def _privileged_mode(mode: int) -> int:
+    """The bits of `mode` a write drops: setuid, and setgid when group-executable."""
+    bits = mode & stat.S_ISUID
+    if mode & stat.S_ISGID and mode & stat.S_IXGRP:
+        bits |= stat.S_ISGID
+    return bits
+
+
 __all__ = ["Store", "check_file_writable"]
+
