@@ -163,24 +163,20 @@ class FileData:
         indices = range(offset // cs, (end - 1) // cs + 1)
         stored = {index: location for index in indices
                   for location in [locations.get(index)] if location is not None}
-        records: list[ChunkLocation] = []
-        for location in stored.values():
-            if isinstance(location, LayeredLocation):
-                records += (location.base, location.delta)
-            else:
-                records.append(location)
-        views = self.segments.views_cached(records) if records else []
+        # Bodies first, in file order, deltas after them: bodies written in order lie back
+        # to back and are checked as one run; a delta between them would cut the run.
+        bodies = [location.base if isinstance(location, LayeredLocation) else location
+                  for location in stored.values()]
+        layers = [location.delta for location in stored.values()
+                  if isinstance(location, LayeredLocation)]
+        views = self.segments.views_cached(bodies + layers) if bodies else []
         if views is None:
             return None
         body_at: dict[int, memoryview | list[tuple[int, memoryview]]] = {}
-        at = 0
-        for index, location in stored.items():
-            if isinstance(location, LayeredLocation):
-                body_at[index] = _layers(views[at], views[at + 1], cs)
-                at += 2
-            else:
-                body_at[index] = views[at]
-                at += 1
+        delta_views = iter(views[len(bodies):])
+        for (index, location), view in zip(stored.items(), views):
+            body_at[index] = (_layers(view, next(delta_views), cs)
+                              if isinstance(location, LayeredLocation) else view)
         pieces: list[memoryview] = []
         for index in indices:
             cstart = index * cs
