@@ -23,7 +23,7 @@ import itertools
 from collections import OrderedDict
 
 from vfsd.store import Store
-from vfsd.store.records import Location
+from vfsd.store.records import ChunkLocation
 
 FAST_CHUNKS = 16  # 1 MiB: a buffered sequential read's request
 MAX_LOCATIONS = 1 << 18  # ~16 GiB of 64 KiB chunks, ~30 MiB of memory
@@ -35,7 +35,7 @@ class _Known:
 
     def __init__(self, size: int):
         self.size = size
-        self.chunks: dict[int, Location | None] = {}  # None: a hole
+        self.chunks: dict[int, ChunkLocation | None] = {}  # None: a hole
 
 
 class ReadMap:
@@ -95,7 +95,7 @@ class ReadMap:
         return pieces
 
     def learn(self, stamp: tuple[int, int], ino: int, size: int, offset: int, length: int,
-              locations: dict[int, Location]) -> None:
+              locations: dict[int, ChunkLocation]) -> None:
         """Record what a worker read of [offset, offset+length) found."""
         if stamp != self.stamp(ino):
             return

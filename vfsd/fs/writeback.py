@@ -87,10 +87,6 @@ class Patch:
         self.overlay(out, a, b, 0)
         return out
 
-    def runs(self) -> list[tuple[int, bytearray]]:
-        """The patched bytes as (offset, bytes) per covered range."""
-        return [(a, self._span(a, b)) for a, b in self.ranges]
-
     def covers(self, lo: int, hi: int) -> bool:
         return any(a <= lo and hi <= b for a, b in self.ranges)
 
@@ -647,16 +643,19 @@ def _stack(below: Chunk, above: Chunk) -> Chunk:
 def _commit_flush(store: Store, ino: int, snapshot: dict[int, Chunk], size: int | None,
                   grow_to: int, mtime_ns: int, journal: Journal | None = None,
                   covers: int = 0) -> dict[int, bytearray]:
-    """In a worker thread: commit every chunk and the size at once, patches laid over their
-    stored chunks by the store (as page deltas, or read and rewritten whole). The mount holds
-    the file's lease and flushes of one file are serialised, so the stored chunk cannot change
-    between the base read and the commit. Returns the chunks that were written in part and
-    rewritten whole, as now stored."""
+    """In a worker thread: lay patches onto their stored chunks, then commit every chunk and
+    the size at once. The mount holds the file's lease and flushes of one file are serialised,
+    so the stored chunk cannot change between the base read and the commit. Returns the
+    chunks that were written in part, as now stored."""
+    patches = [i for i, chunk in snapshot.items() if isinstance(chunk, Patch)]
     contents: dict[int, bytes | bytearray | memoryview] = {
         i: chunk for i, chunk in snapshot.items() if not isinstance(chunk, Patch)}
-    overlays = {i: chunk.runs() for i, chunk in snapshot.items() if isinstance(chunk, Patch)}
+    if patches:
+        bases = store.read_chunks(ino, patches)
+        for i in patches:
+            patch = snapshot[i]
+            assert isinstance(patch, Patch)
+            contents[i] = patch.onto(bases.get(i, b""))
     with journal.covering(ino, covers) if journal else contextlib.nullcontext():
-        rewritten = store.flush_chunks(ino, contents, overlays, size=size, grow_to=grow_to,
-                                       mtime_ns=mtime_ns or None)
-    contents.update(rewritten)
+        store.write_chunks(ino, contents, size=size, grow_to=grow_to, mtime_ns=mtime_ns or None)
     return {i: c for i, c in contents.items() if isinstance(c, bytearray)}

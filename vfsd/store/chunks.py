@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import blake3
 
-from . import deltas
 from .env import Environment, Tx
 from .errors import Corrupt, NoSpace
 from .records import CHUNK, ChunkLocation, chunk_key
@@ -156,35 +155,25 @@ def decref(tx: Tx, digest: bytes) -> int:
     return length
 
 
-def set_chunk(tx: Tx, ino: int, index: int, chunk: StagedChunk | None,
-              delta: StagedChunk | None = None) -> int:
-    """Point slot `index` of `ino` at `chunk` (None makes a hole), with `delta`'s pages laid
-    over it (vfsd/store/deltas.py). A chunk the slot already references keeps its reference
-    untouched (a new delta over the same base dirties no index page for the base).
+def set_chunk(tx: Tx, ino: int, index: int, chunk: StagedChunk | None) -> int:
+    """Point slot `index` of `ino` at `chunk` (None makes a hole).
 
     Returns the change in bytes the file's chunks hold, for the inode's `stored` count."""
-    if chunk is None and delta is not None:
-        raise ValueError("a page delta needs a base chunk")
     key = chunk_key(ino, index)
-    raw = tx.get(tx.db.chunkmap, key)
-    old = deltas.digests(raw) if raw is not None else ()
-    new = [c for c in (chunk, delta) if c is not None]
-    new_digests = tuple(c.digest for c in new)
-    if new_digests == old:
+    old = tx.get(tx.db.chunkmap, key)
+    new = chunk.digest if chunk is not None else None
+    if old == new:
         return 0
-    change = 0
-    for staged in new:
-        if staged.digest not in old:
-            incref(tx, staged)
-            change += staged.location.length
-    if new:
-        tx.put(tx.db.chunkmap, key, b"".join(new_digests))
+    delta = 0
+    if chunk is not None:
+        incref(tx, chunk)
+        tx.put(tx.db.chunkmap, key, chunk.digest)
+        delta += chunk.location.length
     else:
         tx.delete(tx.db.chunkmap, key)
-    for digest in old:
-        if digest not in new_digests:
-            change -= decref(tx, digest)
-    return change
+    if old is not None:
+        delta -= decref(tx, old)
+    return delta
 
 
 def drop_chunks_from(tx: Tx, ino: int, first_index: int, stop_index: int | None = None) -> int:
@@ -198,8 +187,7 @@ def drop_chunks_from(tx: Tx, ino: int, first_index: int, stop_index: int | None 
     if not cursor.set_range(chunk_key(ino, first_index)):
         return delta
     while cursor.key()[:8] == prefix and (stop_key is None or cursor.key() < stop_key):
-        for digest in deltas.digests(cursor.value()):
-            delta -= decref(tx, digest)
+        delta -= decref(tx, cursor.value())
         if not cursor.delete():
             break
     return delta
@@ -218,12 +206,11 @@ def copy_chunks(tx: Tx, src: int, dst: int) -> int:
     entries: list[tuple[bytes, bytes]] = []
     uses: dict[bytes, int] = {}
     if cursor.set_range(prefix):
-        for key, slot in cursor:
+        for key, digest in cursor:
             if key[:8] != prefix:
                 break
-            entries.append((dst_prefix + key[8:], slot))
-            for digest in deltas.digests(slot):
-                uses[digest] = uses.get(digest, 0) + 1
+            entries.append((dst_prefix + key[8:], digest))
+            uses[digest] = uses.get(digest, 0) + 1
     if not entries:
         return 0
     get, put, db = tx.txn.get, tx.txn.put, tx.db.chunks

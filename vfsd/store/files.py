@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Mapping
 
-from . import changelog, chunks, deltas, namespace
+from . import changelog, chunks, namespace
 from .chunks import StagedChunk, ZeroTest
 from .env import Environment, Tx
 from .errors import (
@@ -25,19 +24,9 @@ from .errors import (
     ReadOnly,
     StoreError,
 )
-from .records import (
-    CHUNK,
-    ChangeOp,
-    ChunkLocation,
-    Inode,
-    InodeFlags,
-    LayeredLocation,
-    Location,
-    chunk_key,
-)
+from .records import CHUNK, ChangeOp, ChunkLocation, Inode, InodeFlags, chunk_key
 from .segments import SegmentStore
 
-K = TypeVar("K")
 UPLOAD_BATCH = 64  # chunks staged per fdatasync during replace()
 MAX_RETRIES = 20
 
@@ -59,27 +48,20 @@ class FileData:
 
     # --- reading -------------------------------------------------------------------------
 
-    def _locations(self, tx: Tx, ino: int, first: int, last: int) -> dict[int, Location]:
-        out: dict[int, Location] = {}
+    def _locations(self, tx: Tx, ino: int, first: int, last: int) -> dict[int, ChunkLocation]:
+        out: dict[int, ChunkLocation] = {}
         cursor = tx.cursor(tx.db.chunkmap)
         if not cursor.set_range(chunk_key(ino, first)):
             return out
         end_key = chunk_key(ino, last)
-        for key, slot in cursor:
+        for key, digest in cursor:
             if key > end_key:
                 break
-            base, delta = deltas.split(slot)
-            body = _location(tx, ino, base)
-            out[int.from_bytes(key[8:], "big")] = (
-                body if delta is None else LayeredLocation(body, _location(tx, ino, delta)))
-        return out
-
-    def body(self, location: Location) -> bytes | bytearray:
-        """A chunk's stored bytes (shorter than a chunk means zeros follow)."""
-        if isinstance(location, ChunkLocation):
-            return self.segments.read(location)
-        out = bytearray(self.segments.read(location.base))
-        deltas.lay(out, self.segments.read(location.delta), self.chunk_size)
+            raw = tx.get(tx.db.chunks, digest)
+            if raw is None:
+                raise Corrupt(f"inode {ino} references missing chunk {digest.hex()}")
+            segment, offset, length, _refs = CHUNK.unpack(raw)
+            out[int.from_bytes(key[8:], "big")] = ChunkLocation(segment, offset, length)
         return out
 
     def read(self, ino: int, offset: int, size: int, version: int | None = None
@@ -92,7 +74,7 @@ class FileData:
         return self.read_located(ino, offset, size, version)[0]
 
     def read_located(self, ino: int, offset: int, size: int, version: int | None = None
-                     ) -> tuple[bytes | bytearray | memoryview, int, dict[int, Location]]:
+                     ) -> tuple[bytes | bytearray | memoryview, int, dict[int, ChunkLocation]]:
         """`read`, and also the file's size and where the chunks it read lie (holes left
         out), for a caller that keeps them (vfsd/fs/readmap.py)."""
         cs = self.chunk_size
@@ -109,7 +91,7 @@ class FileData:
             locations = self._locations(tx, ino, first, last)
         return self.read_bodies(offset, end, locations), inode.size, locations
 
-    def read_bodies(self, offset: int, end: int, locations: Mapping[int, Location]
+    def read_bodies(self, offset: int, end: int, locations: dict[int, ChunkLocation]
                     ) -> bytes | bytearray | memoryview:
         """Bytes [offset, end) of a file whose chunks lie at `locations` (holes left out:
         zeros)."""
@@ -120,7 +102,7 @@ class FileData:
             lo, hi = offset - first * cs, end - first * cs
             if location is None:
                 return bytes(hi - lo)
-            body = self.body(location)
+            body = self.segments.read(location)
             if hi <= len(body):
                 return memoryview(body)[lo:hi]
             out = bytearray(hi - lo)
@@ -129,7 +111,6 @@ class FileData:
         out = bytearray(end - offset)
         view = memoryview(out)
         in_place: list[tuple[ChunkLocation, memoryview]] = []
-        layered: list[tuple[ChunkLocation, memoryview]] = []
         for index, location in locations.items():
             cstart = index * cs
             lo = max(offset, cstart) - cstart
@@ -137,25 +118,18 @@ class FileData:
             if lo == 0 and location.length <= limit:
                 # The whole body lands in `out`: read it there, skipping two 64 KiB copies.
                 at = cstart - offset
-                into = view[at:at + location.length]
-                if isinstance(location, LayeredLocation):
-                    in_place.append((location.base, into))
-                    layered.append((location.delta, into))
-                else:
-                    in_place.append((location, into))
+                in_place.append((location, view[at:at + location.length]))
                 continue
-            body = self.body(location)
+            body = self.segments.read(location)
             avail = min(limit, len(body))
             if avail > lo:
                 out[cstart + lo - offset: cstart + avail - offset] = body[lo:avail]
         self.segments.read_many_into(in_place)
-        for delta, into in layered:
-            deltas.lay(into, self.segments.read(delta), cs)
         view.release()
         return out
 
     def views_cached(self, offset: int, end: int,
-                     locations: Mapping[int, Location | None]) -> list[memoryview] | None:
+                     locations: Mapping[int, ChunkLocation | None]) -> list[memoryview] | None:
         """Bytes [offset, end) as pieces in file order, each in place in the page cache or
         zeros, if the page cache holds every record (never waiting for the disk); else None.
         The mount's event loop answers reads with these (FUSE copies the pieces out)."""
@@ -163,20 +137,10 @@ class FileData:
         indices = range(offset // cs, (end - 1) // cs + 1)
         stored = {index: location for index in indices
                   for location in [locations.get(index)] if location is not None}
-        # Bodies first, in file order, deltas after them: bodies written in order lie back
-        # to back and are checked as one run; a delta between them would cut the run.
-        bodies = [location.base if isinstance(location, LayeredLocation) else location
-                  for location in stored.values()]
-        layers = [location.delta for location in stored.values()
-                  if isinstance(location, LayeredLocation)]
-        views = self.segments.views_cached(bodies + layers) if bodies else []
-        if views is None:
+        bodies = self.segments.views_cached(list(stored.values())) if stored else []
+        if bodies is None:
             return None
-        body_at: dict[int, memoryview | list[tuple[int, memoryview]]] = {}
-        delta_views = iter(views[len(bodies):])
-        for (index, location), view in zip(stored.items(), views):
-            body_at[index] = (_layers(view, next(delta_views), cs)
-                              if isinstance(location, LayeredLocation) else view)
+        body_at = dict(zip(stored, bodies))
         pieces: list[memoryview] = []
         for index in indices:
             cstart = index * cs
@@ -184,10 +148,6 @@ class FileData:
             body = body_at.get(index)
             if body is None:  # a hole
                 pieces.append(self._zeros[:hi - lo])
-                continue
-            if isinstance(body, list):  # a full base under a delta: (start, bytes) runs
-                pieces += [run[max(lo - start, 0):hi - start] for start, run in body
-                           if start < hi and start + len(run) > lo]
                 continue
             if hi <= len(body):
                 pieces.append(body[lo:hi])
@@ -201,15 +161,26 @@ class FileData:
         """The stored body of one chunk (b"" for a hole); shorter than a chunk means zeros."""
         with self.env.read() as tx:
             location = self._locations(tx, ino, index, index).get(index)
-        return b"" if location is None else bytes(self.body(location))
+        return b"" if location is None else self.segments.read(location)
+
+    def read_chunks(self, ino: int, indices: Iterable[int]) -> dict[int, bytes]:
+        """Stored bodies of some chunks, holes left out: the bases a flush merges partly
+        written chunks onto. One read transaction finds them; bodies are read after it."""
+        with self.env.read() as tx:
+            locations = {i: loc for i in indices
+                         for loc in [self._locations(tx, ino, i, i).get(i)] if loc is not None}
+        # Scattered bases (random writes) would be read one disk round trip at a time: ask
+        # for all of them first, so the device works on them together.
+        self.segments.prefetch(locations.values())
+        return {i: self.segments.read(loc) for i, loc in locations.items()}
 
     # --- writing -------------------------------------------------------------------------
 
-    def _stage(self, contents: Mapping[K, bytes | bytearray | memoryview]
-               ) -> dict[K, StagedChunk | None]:
+    def _stage(self, contents: Mapping[int, bytes | bytearray | memoryview]
+               ) -> dict[int, StagedChunk | None]:
         nonzero = {i: c for i, c in contents.items() if len(c) and not self.is_zero(c)}
         staged = chunks.stage(self.env, self.segments, nonzero.values(), self.capacity_left())
-        result: dict[K, StagedChunk | None] = dict.fromkeys(contents)
+        result: dict[int, StagedChunk | None] = dict.fromkeys(contents)
         result.update(zip(nonzero, staged))
         return result
 
@@ -240,7 +211,6 @@ class FileData:
         return inode
 
     def _commit(self, ino: int, staged: Mapping[int, StagedChunk | None], *,
-                layered: Mapping[int, tuple[StagedChunk, StagedChunk]] | None = None,
                 bases: Mapping[int, bytes | None] | None = None, size: int | None = None,
                 grow_to: int = 0, drop_from: int | None = None, drop_stop: int | None = None,
                 mtime_ns: int | None = None,
@@ -258,8 +228,6 @@ class FileData:
                 raise PermissionDenied("a fixed-size disk cannot shrink")
             for index, chunk in staged.items():
                 inode.stored += chunks.set_chunk(tx, ino, index, chunk)
-            for index, (base_chunk, delta_chunk) in (layered or {}).items():
-                inode.stored += chunks.set_chunk(tx, ino, index, base_chunk, delta_chunk)
             if drop_from is not None:
                 inode.stored += chunks.drop_chunks_from(tx, ino, drop_from, drop_stop)
             chunks.check_pool(tx)
@@ -304,7 +272,7 @@ class FileData:
                     continue
                 buf = bytearray(max(old_len, hi))
                 if location is not None:
-                    buf[:old_len] = self.body(location)
+                    buf[:old_len] = self.segments.read(location)
                 buf[lo:hi] = piece
                 contents[index] = buf
             staged = self._stage(contents)
@@ -324,61 +292,6 @@ class FileData:
         staged = self._stage(contents)
         return self._commit(ino, staged, size=size, grow_to=grow_to, mtime_ns=mtime_ns)
 
-    def flush_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview],
-                     overlays: Mapping[int, Sequence[tuple[int, bytes | bytearray | memoryview]]],
-                     *, size: int | None, grow_to: int = 0, mtime_ns: int | None = None
-                     ) -> dict[int, bytearray]:
-        """`write_chunks`, and also chunks written in part: `overlays` holds, per chunk, writes
-        (offset in the chunk, bytes) in order, laid over what the chunk holds. A chunk written
-        in a few whole pages over a full stored body gets a page delta (vfsd/store/deltas.py);
-        the others are read, overlaid and rewritten whole. Returns those, as now stored."""
-        cs = self.chunk_size
-        with self.env.read() as tx:
-            slots = {i: self._slot(tx, ino, i) for i in overlays}
-        layered: dict[int, dict[int, bytes | bytearray | memoryview]] = {}
-        whole: dict[int, Location | None] = {}
-        new_pages = {index: deltas.whole_pages(writes) for index, writes in overlays.items()
-                     if slots[index] and slots[index][0].location.length == cs}
-        # Old deltas to merge with lie scattered over the disk: ask for all of them at once,
-        # so the device works on them together instead of one round trip each.
-        old_deltas = {index: slots[index][1].location for index, pages in new_pages.items()
-                      if pages is not None and len(slots[index]) == 2}
-        self.segments.prefetch(old_deltas.values())
-        for index in overlays:
-            slot, pages = slots[index], new_pages.get(index)
-            if pages is not None and index in old_deltas:
-                pages = {**deltas.decode(self.segments.read(old_deltas[index]), cs), **pages}
-            if pages and len(pages) <= deltas.max_pages(cs):
-                layered[index] = pages
-            else:
-                whole[index] = _slot_location(slot)
-        # Scattered bodies (random writes) would be read one disk round trip at a time: ask
-        # for all of them first, so the device works on them together.
-        self.segments.prefetch(record for location in whole.values() if location is not None
-                               for record in _records(location))
-        rewritten = {index: _overlaid(self.body(location) if location else b"", overlays[index])
-                     for index, location in whole.items()}
-        staged = self._stage({**{(i, False): body for i, body in contents.items()},
-                              **{(i, False): body for i, body in rewritten.items()},
-                              **{(i, True): deltas.encode(pages, cs)
-                                 for i, pages in layered.items()}})
-        pairs = {}
-        for index in layered:
-            delta = staged.pop((index, True))
-            assert delta is not None  # a delta body starts with a bitmap that is not zero
-            pairs[index] = (slots[index][0], delta)
-        self._commit(ino, {index: chunk for (index, _), chunk in staged.items()},
-                     layered=pairs, size=size, grow_to=grow_to, mtime_ns=mtime_ns)
-        return rewritten
-
-    def _slot(self, tx: Tx, ino: int, index: int) -> list[StagedChunk]:
-        """The chunks slot `index` of `ino` references: none (a hole), a body, or a body and
-        a page delta over it."""
-        raw = tx.get(tx.db.chunkmap, chunk_key(ino, index))
-        if raw is None:
-            return []
-        return [StagedChunk(digest, _location(tx, ino, digest)) for digest in deltas.digests(raw)]
-
     def truncate(self, ino: int, size: int) -> Inode:
         """ftruncate(2): shrinking frees chunks past the end and cuts the straddling one;
         growing adds a hole and stores nothing."""
@@ -393,7 +306,7 @@ class FileData:
                 base = tx.get(tx.db.chunkmap, chunk_key(ino, keep - 1)) if cut else None
             staged: dict[int, StagedChunk | None] = {}
             if location is not None and location.length > cut:
-                staged = self._stage({keep - 1: self.body(location)[:cut]})
+                staged = self._stage({keep - 1: self.segments.read(location)[:cut]})
             try:
                 return self._commit(ino, staged, bases={keep - 1: base} if cut else None,
                                     size=size, drop_from=keep, truncating=True)
@@ -420,7 +333,7 @@ class FileData:
                        for loc in [self._locations(tx, ino, i, i).get(i)] if loc}
             contents: dict[int, bytes | bytearray | memoryview] = {}
             for index, location in old.items():
-                buf = bytearray(self.body(location))
+                buf = bytearray(self.segments.read(location))
                 lo = max(offset - index * cs, 0)
                 hi = min(end - index * cs, len(buf))
                 if hi > lo:
@@ -506,18 +419,19 @@ class FileData:
             if end > dst_inode.size and dst_inode.flags & InodeFlags.FIXED_SIZE:
                 raise FileTooBig("copy past the end of a fixed-size disk")
             first_src, first_dst = src_offset // cs, dst_offset // cs
-            sources: dict[int, list[StagedChunk]] = {}
+            sources = {}
             cursor = tx.cursor(tx.db.chunkmap)
             if cursor.set_range(chunk_key(src, first_src)):
-                for key, slot in cursor:
+                for key, digest in cursor:
                     index = int.from_bytes(key[8:], "big")
                     if key[:8] != chunk_key(src, 0)[:8] or index >= first_src + count:
                         break
-                    sources[index - first_src] = [StagedChunk(digest, _location(tx, src, digest))
-                                                  for digest in deltas.digests(slot)]
+                    found = chunks.lookup(tx, digest)
+                    if found is None:
+                        raise Corrupt(f"inode {src} references missing chunk {digest.hex()}")
+                    sources[index - first_src] = StagedChunk(bytes(digest), found[0])
             for i in range(count):
-                dst_inode.stored += chunks.set_chunk(tx, dst, first_dst + i,
-                                                     *sources.get(i, [None]))
+                dst_inode.stored += chunks.set_chunk(tx, dst, first_dst + i, sources.get(i))
             now = time.time_ns()
             dst_inode.size = max(dst_inode.size, end)
             dst_inode.mtime_ns = dst_inode.ctime_ns = now
@@ -565,57 +479,6 @@ class FileData:
                 for key, value in xattrs.items():
                     tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, key), value)
             return self.install(tx, inode.ino, staged, size)
-
-
-def _location(tx: Tx, ino: int, digest: bytes) -> ChunkLocation:
-    raw = tx.get(tx.db.chunks, digest)
-    if raw is None:
-        raise Corrupt(f"inode {ino} references missing chunk {digest.hex()}")
-    segment, offset, length, _refs = CHUNK.unpack(raw)
-    return ChunkLocation(segment, offset, length)
-
-
-def _slot_location(slot: list[StagedChunk]) -> Location | None:
-    if not slot:
-        return None
-    if len(slot) == 1:
-        return slot[0].location
-    return LayeredLocation(slot[0].location, slot[1].location)
-
-
-def _overlaid(body: bytes | bytearray, writes: Sequence[tuple[int, bytes | bytearray | memoryview]]
-              ) -> bytearray:
-    """A chunk's stored bytes (zeros past their end) with `writes` laid over them in order."""
-    out = bytearray(body)
-    end = max(start + len(data) for start, data in writes)
-    if len(out) < end:
-        out.extend(bytes(end - len(out)))
-    for start, data in writes:
-        out[start:start + len(data)] = data
-    return out
-
-
-def _records(location: Location) -> tuple[ChunkLocation, ...]:
-    if isinstance(location, LayeredLocation):
-        return location.base, location.delta
-    return (location,)
-
-
-def _layers(base: memoryview, delta: memoryview, chunk_size: int
-            ) -> list[tuple[int, memoryview]]:
-    """A full base under a delta as runs (offset in the chunk, bytes) covering it in order:
-    a read gathers them without copying either record."""
-    runs: list[tuple[int, memoryview]] = []
-    at = 0
-    for page, data in sorted(deltas.decode(delta, chunk_size).items()):
-        start = page * deltas.PAGE
-        if start > at:
-            runs.append((at, base[at:start]))
-        runs.append((start, data))
-        at = start + deltas.PAGE
-    if at < len(base):
-        runs.append((at, base[at:]))
-    return runs
 
 
 def check_file_writable(inode: Inode) -> None:

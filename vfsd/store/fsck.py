@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from . import deltas, multipart, namespace
+from . import multipart, namespace
 from .chunks import LOGICAL, PHYSICAL, chunk_hash
 from .env import U64, Tx
 from .errors import Corrupt
@@ -119,24 +119,16 @@ def check(store: Store, progress: Progress = no_progress) -> FsckReport:
         stored: Counter[int] = Counter()
         cs = store.chunk_size
         entries = tx.entries(tx.db.chunkmap)
-        for key, slot in progress(tx.cursor(tx.db.chunkmap), entries, "chunk map"):
+        for key, digest in progress(tx.cursor(tx.db.chunkmap), entries, "chunk map"):
             ino, index = U64.unpack(key[:8])[0], U64.unpack(key[8:])[0]
             inode = inodes.get(ino)
             if inode is None or not inode.is_file:
                 bad(f"chunk map entry for missing or non-file inode {ino}")
             elif index * cs >= inode.size:
                 bad(f"inode {ino} has chunk {index} past its size {inode.size}")
-            try:
-                layers = deltas.digests(slot)
-            except Corrupt as e:
-                bad(f"inode {ino} chunk {index}: {e}")
-                continue
-            for layer, digest in enumerate(layers):
-                refs[digest] += 1
-                raw = tx.get(tx.db.chunks, digest)
-                stored[ino] += CHUNK.unpack(raw)[2] if raw else 0
-                if layer == 0 and len(layers) == 2 and raw and CHUNK.unpack(raw)[2] != cs:
-                    bad(f"inode {ino} chunk {index}: a page delta over a short body")
+            refs[bytes(digest)] += 1
+            raw = tx.get(tx.db.chunks, digest)
+            stored[ino] += CHUNK.unpack(raw)[2] if raw else 0
         # Parts of unfinished multipart uploads hold references too.
         for digest in multipart.chunk_references(tx):
             refs[digest] += 1
@@ -247,10 +239,10 @@ def _dir_path(tx: Tx, ino: int) -> str:
 def files_using(tx: Tx, digests: set[bytes]) -> dict[bytes, list[str]]:
     """The paths of the files whose chunk maps reference each digest (one chunk-map scan)."""
     users: dict[bytes, set[int]] = {}
-    for key, slot in tx.cursor(tx.db.chunkmap):
-        for digest in deltas.digests(slot):
-            if digest in digests:
-                users.setdefault(digest, set()).add(U64.unpack(key[:8])[0])
+    for key, digest in tx.cursor(tx.db.chunkmap):
+        digest = bytes(digest)
+        if digest in digests:
+            users.setdefault(digest, set()).add(U64.unpack(key[:8])[0])
     paths = paths_of(tx, set().union(*users.values())) if users else {}
     return {d: sorted(p for ino in inos for p in paths[ino] or [f"<inode {ino}>"])
             for d, inos in users.items()}

@@ -132,23 +132,6 @@ class ChunkLocation:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
-class LayeredLocation:
-    """A chunk stored as a full body with some of its pages replaced by a page delta's
-    (vfsd/store/deltas.py): both records are read, the delta's pages laid over the base."""
-
-    base: ChunkLocation
-    delta: ChunkLocation
-
-    @property
-    def length(self) -> int:
-        """The chunk's length: the base is always a full chunk, the delta never extends it."""
-        return self.base.length
-
-
-Location = ChunkLocation | LayeredLocation
-
-
 # segment value: live bytes (records referenced by the chunk index, headers included), the
 # appending process (pid, start time), state, and when it was retired (ms since the epoch)
 SEGMENT = struct.Struct(">QIQBQ")

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from . import changelog, deltas, gc, multipart, namespace
+from . import changelog, gc, multipart, namespace
 from .chunks import LOGICAL, PHYSICAL, chunk_hash
 from .env import U64, Tx
 from .errors import Corrupt
@@ -83,8 +83,7 @@ def repair(store: Store, progress: Progress = no_progress, *, grace: float = gc.
     with store.env.read() as tx:
         indexed = {bytes(d): ChunkLocation(*CHUNK.unpack(raw)[:3])
                    for d, raw in tx.cursor(tx.db.chunks)}
-        referenced = {digest for slot in tx.cursor(tx.db.chunkmap).iternext(keys=False)
-                      for digest in deltas.digests(slot)}
+        referenced = {bytes(d) for d in tx.cursor(tx.db.chunkmap).iternext(keys=False)}
         referenced |= set(multipart.chunk_references(tx))  # parts of unfinished uploads
         retired = {U64.unpack(k)[0] for k, raw in tx.cursor(tx.db.segments)
                    if SegmentInfo.unpack(U64.unpack(k)[0], bytes(raw)).state == SEGMENT_RETIRED}
@@ -199,8 +198,8 @@ def _fix_chunks(tx: Tx, store: Store, report: RepairReport, bad: dict[bytes, Chu
     lost: dict[int, list[int]] = {}
     invalid = []
     inodes: dict[int, Inode | None] = {}
-    for raw_key, slot in tx.cursor(tx.db.chunkmap):
-        key = bytes(raw_key)
+    for raw_key, raw_digest in tx.cursor(tx.db.chunkmap):
+        key, digest = bytes(raw_key), bytes(raw_digest)
         ino, index = U64.unpack(key[:8])[0], U64.unpack(key[8:])[0]
         if ino not in inodes:
             raw_inode = tx.get(tx.db.inodes, key[:8])
@@ -209,14 +208,13 @@ def _fix_chunks(tx: Tx, store: Store, report: RepairReport, bad: dict[bytes, Chu
         if inode is None or not inode.is_file or index * cs >= inode.size:
             invalid.append(key)
             continue
-        raw_chunks = [tx.get(tx.db.chunks, digest) for digest in deltas.digests(slot)]
-        if any(raw is None for raw in raw_chunks):
+        raw_chunk = tx.get(tx.db.chunks, digest)
+        if raw_chunk is None:
             invalid.append(key)
             lost.setdefault(ino, []).append(index)
             continue
-        for digest, raw_chunk in zip(deltas.digests(slot), raw_chunks):
-            refs[digest] += 1
-            stored[ino] += CHUNK.unpack(raw_chunk)[2]
+        refs[digest] += 1
+        stored[ino] += CHUNK.unpack(raw_chunk)[2]
     for digest in multipart.chunk_references(tx):  # parts of unfinished uploads hold refs too
         refs[digest] += 1
     for key in invalid:

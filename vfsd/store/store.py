@@ -11,7 +11,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from . import changelog, chunks, namespace, vmdk
@@ -24,7 +24,7 @@ from .errors import (
 from .files import FileData, check_file_writable
 from .leases import Holder, Leases
 from .records import (
-    ROOT_INO, Change, ChangeOp, ChunkLocation, DirEntry, Location, Inode, InodeFlags, SegmentInfo, ino_key,
+    ROOT_INO, Change, ChangeOp, ChunkLocation, DirEntry, Inode, InodeFlags, SegmentInfo, ino_key,
 )
 from .segments import LocalSegments
 
@@ -374,12 +374,15 @@ class Store:
         return self.data.read(ino, offset, min(size, MAX_FILE_SIZE - offset))
 
     def read_located(self, ino: int, offset: int, size: int
-                     ) -> tuple[bytes | bytearray | memoryview, int, dict[int, Location]]:
+                     ) -> tuple[bytes | bytearray | memoryview, int, dict[int, ChunkLocation]]:
         """`read`, with the file's size and where the chunks read lie (holes left out)."""
         return self.data.read_located(ino, offset, size)
 
     def read_chunk(self, ino: int, index: int) -> bytes:
         return self.data.read_chunk(ino, index)
+
+    def read_chunks(self, ino: int, indices: Iterable[int]) -> dict[int, bytes]:
+        return self.data.read_chunks(ino, indices)
 
     def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
         """pwrite(2), durable on return (segment fdatasync, then LMDB commit)."""
@@ -407,13 +410,6 @@ class Store:
     def write_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview], *,
                      size: int | None, grow_to: int = 0, mtime_ns: int | None = None) -> Inode:
         return self.data.write_chunks(ino, contents, size=size, grow_to=grow_to,
-                                      mtime_ns=mtime_ns)
-
-    def flush_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview],
-                     overlays: Mapping[int, Sequence[tuple[int, bytes | bytearray | memoryview]]],
-                     *, size: int | None, grow_to: int = 0, mtime_ns: int | None = None
-                     ) -> dict[int, bytearray]:
-        return self.data.flush_chunks(ino, contents, overlays, size=size, grow_to=grow_to,
                                       mtime_ns=mtime_ns)
 
     def truncate(self, ino: int, size: int) -> Inode:
@@ -490,4 +486,3 @@ def _privileged_mode(mode: int) -> int:
 
 
 __all__ = ["Store", "check_file_writable"]
-

@@ -12,7 +12,7 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass, field
 
-from . import deltas, namespace
+from . import namespace
 from .env import Tx
 from .errors import Busy, Exists, InvalidArgument, NotFound, PermissionDenied
 from .names import check_name
@@ -117,12 +117,11 @@ class Vms:
         cursor = tx.cursor(tx.db.chunkmap)
         prefix = chunk_key(ino, 0)[:8]
         if cursor.set_range(prefix):
-            for key, slot in cursor:
+            for key, digest in cursor:
                 if key[:8] != prefix:
                     break
-                for digest in deltas.digests(slot):
-                    raw = tx.get(tx.db.chunks, digest)
-                    total += int.from_bytes(raw[16:20], "big") if raw else 0
+                raw = tx.get(tx.db.chunks, digest)
+                total += int.from_bytes(raw[16:20], "big") if raw else 0
         return total
 
     def _settings(self, tx: Tx, vm_dir: Inode, name: str) -> VmSettings:
@@ -137,7 +136,7 @@ class Vms:
         out = bytearray(inode.size)
         cs = self.store.chunk_size
         for index, location in self.store.data._locations(tx, inode.ino, 0, 1 << 62).items():
-            body = self.store.data.body(location)
+            body = self.store.segments.read(location)
             out[index * cs: index * cs + len(body)] = body
         return bytes(out)
 
