@@ -151,8 +151,9 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: Any) -> pyfuse3.EntryAttributes:
-        if fields.update_uid or fields.update_gid or fields.update_size and (
-                inode in self.privileged or inode not in self.capabilities):
+        if fields.update_uid or fields.update_gid or fields.update_size:
+            # Always asked of the store (a read when there is nothing to drop): what we know
+            # of this inode's mode may be gone with its last handle.
             await self._drop_privileges(inode)  # before an explicit mode, which then wins
         if fields.update_size:
             # Dirty data must reach the store first, or the flush would undo the truncate.
@@ -269,7 +270,8 @@ class Operations(pyfuse3.Operations):
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         info = await self._new_handle(node, flags)
-        if flags & os.O_TRUNC and inode in self.privileged:  # (set by a writable open)
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and (
+                node.mode & (stat.S_ISUID | stat.S_ISGID) or inode not in self.capabilities):
             await self._drop_privileges(inode)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and node.size:
             # libfuse negotiates atomic O_TRUNC: the kernel leaves the truncation to us.
