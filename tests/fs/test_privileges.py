@@ -8,6 +8,7 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from mounting import Mount
 
 CAPABILITY = "security.capability"
@@ -74,4 +75,24 @@ def test_truncate_and_chown_drop_them_too(mnt: Path) -> None:
     assert mode_of(path) == 0o4755
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     os.close(fd)
+    assert mode_of(path) == 0o755
+
+
+@pytest.mark.parametrize("how", ["fallocate", "copy_file_range"])
+def test_other_changes_to_the_contents_drop_them_like_a_write(mnt: Path, how: str) -> None:
+    source = mnt / "source"
+    source.write_bytes(b"s" * 70000)
+    path = mnt / "tool"
+    path.write_bytes(b"x" * 100)
+    os.chmod(path, 0o4755)
+    src_fd = os.open(source, os.O_RDONLY)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        if how == "fallocate":
+            os.posix_fallocate(fd, 0, 200000)
+        else:
+            assert os.copy_file_range(src_fd, fd, 70000, 0, 0) == 70000
+    finally:
+        os.close(fd)
+        os.close(src_fd)
     assert mode_of(path) == 0o755

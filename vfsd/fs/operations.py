@@ -363,6 +363,8 @@ class Operations(pyfuse3.Operations):
         punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
         if mode & ~(FALLOC_FL_KEEP_SIZE | punch) or mode & punch == punch:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # collapse/insert range, unshare
+        if ino in self.privileged:  # a change to the contents, as a write is
+            await self._drop_privileges(ino)
         await self.cache.flush(ino)  # the chunk map must hold everything before it changes
         inode = await self.run(self.store.getattr, ino)
         end = offset + length
@@ -397,6 +399,8 @@ class Operations(pyfuse3.Operations):
     async def copy_file_range(self, fh_in: int, off_in: int, fh_out: int, off_out: int,
                               length: int, flags: int) -> int:
         src, dst = self.handles[fh_in].ino, self.handles[fh_out].ino
+        if dst in self.privileged:  # a change to the contents, as a write is
+            await self._drop_privileges(dst)
         await self.cache.flush(src)
         await self.cache.flush(dst)
         copied = await self.run(self.store.copy_range, src, off_in, dst, off_out, length)
