@@ -1,0 +1,48 @@
+"""The `vfsd` command: thin verbs over the core. `main(argv) -> int`, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from vfsd.store import StoreError
+
+from .common import EXIT_ERROR, EXIT_USAGE, UsageError
+from .daemons import cmd_gateway, cmd_mount, cmd_up, reexec_with_tunables
+from .parser import build_parser
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.func in (cmd_mount, cmd_up, cmd_gateway):
+            reexec_with_tunables(argv)
+        return int(args.func(args))
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as e:
+        print(f"vfsd: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("vfsd: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"vfsd: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+              file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("VFSD_DEBUG"):
+            traceback.print_exc()
+        print(f"vfsd: internal error: {type(e).__name__}: {e} (set VFSD_DEBUG=1 for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

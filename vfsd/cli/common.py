@@ -1,0 +1,72 @@
+"""What every verb shares: the parser class, argument types, finding and opening the store,
+printing text or JSON, progress bars, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+from vfsd.sizes import parse_size
+from vfsd.store import Store, journal
+
+T = TypeVar("T")
+EXIT_ERROR, EXIT_USAGE, EXIT_DAMAGE = 1, 2, 3
+DEFAULT_USER = "admin"
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (plus a hint) instead of the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def duration_arg(text: str) -> float:
+    try:
+        value = float(text[:-1] if text.endswith("s") else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 1s, 0.5)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be positive")
+    return value
+
+
+def store_path(args: argparse.Namespace) -> Path:
+    return Path(args.store or os.environ.get("VFSD_STORE") or "./data")
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    store = Store.open(store_path(args))
+    try:
+        journal.recover(store)  # what a crashed mount fsynced comes before any change made here
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def emit(args: argparse.Namespace, data: object, text: str) -> None:
+    print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
+
+
+def tqdm_progress(items: Iterable[T], total: int, label: str) -> Iterable[T]:
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=label, unit="", file=sys.stderr, disable=None,
+                leave=False)
