@@ -49,6 +49,12 @@ class Mount:
     def output(self) -> str:
         return (self.store.parent / "mount-output.log").read_text(errors="replace")
 
+    def logged(self, event: str, field: str) -> int:
+        """A count the stopped mount logged at unmount (`event=EVENT ... FIELD=N`); -1 if it
+        logged no such line."""
+        lines = [line for line in self.output().splitlines() if f"event={event} " in line]
+        return int(lines[-1].split(f"{field}=")[1].split()[0]) if lines else -1
+
     def kill(self) -> None:
         """SIGKILL the daemon (no flush), then detach the dead mount like an admin would."""
         assert self.proc is not None

@@ -41,9 +41,8 @@ def read_through(readmap: ReadMap, store: Store, ino: int, offset: int, size: in
 
 
 def readmap_hits(m: Mount) -> int:
-    """Reads the stopped mount answered from its read map (logged at unmount; -1: no line)."""
-    lines = [line for line in m.output().splitlines() if "event=readmap" in line]
-    return int(lines[-1].split("hits=")[1].split()[0]) if lines else -1
+    """Reads the stopped mount answered from its read map."""
+    return m.logged("readmap", "hits")
 
 
 def drop_page_cache(store: Store) -> None:

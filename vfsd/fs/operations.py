@@ -22,6 +22,7 @@ import trio
 from vfsd.store import Inode, InodeFlags, Store
 from vfsd.store.errors import StoreError
 from vfsd.store.leases import Holder
+from vfsd.store.store import CAPABILITY_XATTR
 
 from .errno_map import errno_for
 from .invalidate import OwnChanges
@@ -32,7 +33,6 @@ from .writeback import WriteBack
 log = logging.getLogger("vfsd.fs")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 INTERNAL_XATTR = b"vfsd."
-CAPABILITY_XATTR = b"security.capability"
 ATTR_TIMEOUT = 1.0  # the change-log tail invalidates sooner when another process changes things
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
 
@@ -259,7 +259,7 @@ class Operations(pyfuse3.Operations):
         if writable:
             self.writers[inode.ino] += 1
             self.cache.writer_opened(inode.ino)
-            if inode.mode & (stat.S_ISUID | stat.S_ISGID) or inode.ino not in self.capabilities:
+            if self._may_be_privileged(inode):
                 self.privileged.add(inode.ino)
         direct = bool(flags & os.O_DIRECT)
         return pyfuse3.FileInfo(fh=fh, direct_io=direct, keep_cache=not direct)
@@ -270,8 +270,8 @@ class Operations(pyfuse3.Operations):
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         info = await self._new_handle(node, flags)
-        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and (
-                node.mode & (stat.S_ISUID | stat.S_ISGID) or inode not in self.capabilities):
+        if (flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
+                and inode in self.privileged):  # set just now by `_new_handle` if need be
             await self._drop_privileges(inode)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and node.size:
             # libfuse negotiates atomic O_TRUNC: the kernel leaves the truncation to us.
@@ -302,6 +302,12 @@ class Operations(pyfuse3.Operations):
         if handle.ino in self.privileged:
             await self._drop_privileges(handle.ino)
         return await self.cache.write(handle.ino, off, buf)
+
+    def _may_be_privileged(self, inode: Inode) -> bool:
+        """Setuid/setgid bits (the store decides which a write drops) or capabilities we
+        have not looked up yet."""
+        return (bool(inode.mode & (stat.S_ISUID | stat.S_ISGID))
+                or inode.ino not in self.capabilities)
 
     async def _drop_privileges(self, ino: int) -> None:
         """Clear setuid/setgid and file capabilities, as the kernel would have on a write,
