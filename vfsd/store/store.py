@@ -310,9 +310,11 @@ class Store:
         key = namespace.xattr_key(ino, CAPABILITY_XATTR)
         with self.env.read() as tx:
             inode = namespace.get_inode(tx, ino)
-            if not inode.is_file or not (_privileged_mode(inode.mode)
-                                         or tx.get(tx.db.xattrs, key) is not None):
-                return False  # the common case: no write transaction
+            if (not inode.is_file or inode.flags & InodeFlags.READONLY
+                    or not (_privileged_mode(inode.mode) or tx.get(tx.db.xattrs, key) is not None)):
+                # The common case: no write transaction. A read-only file (a snapshot's) keeps
+                # its bits: the change that asked for this will be refused.
+                return False
         with self.env.write() as tx:
             inode = namespace.get_inode(tx, ino)
             tx.delete(tx.db.xattrs, key)
