@@ -4,8 +4,8 @@
 
 No auth, no XML, no metadata: the path (query string ignored) names a file in --dir. Used by
 bench/s3.py as the "bare aiohttp" target; the directory is meant to be tmpfs so the disk is
-not what is measured. GET sends the file in 1 MiB pieces read in the event loop (no sendfile: the gateway
-cannot sendfile out of a chunk store either); a body of at most 1 MiB goes out in one piece.
+not what is measured. GET sends the file in 1 MiB pieces read in the event loop, as a plain aiohttp
+server does (no sendfile); a body of at most 1 MiB goes out in one piece.
 """
 
 from __future__ import annotations

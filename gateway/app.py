@@ -128,8 +128,10 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         status = response.status
         return response
     except ConnectionError:
-        status = 499  # the connection went away mid-response (nginx's convention)
-        raise
+        # The client went away (499 is nginx's convention). Raised on, aiohttp would log it
+        # as a failed handler, traceback and all; this answer goes nowhere, quietly.
+        status = 499
+        return web.Response(status=status)
     finally:
         metrics.in_flight -= 1
         elapsed = (time.monotonic() - s3.started) * 1000

@@ -25,6 +25,11 @@ class GatewayConfig:
     max_put_size: int = 5 * GiB  # single PUT limit (S3's), larger needs multipart
     body_piece: int = 1 << 20  # request body read from the socket per hop into a worker
     read_window: int = 2 << 20  # object bytes read per hop when streaming a GET
+    # Plain-HTTP GETs send chunk bodies from the segment files (gateway/sendfile.py): no
+    # buffer, so a hop can cover more. Answers up to `inline_answer` bytes are read and sent
+    # with their headers in one write instead, which costs less than two system calls.
+    send_window: int = 8 << 20
+    inline_answer: int = 256 << 10
     body_idle_timeout: float = 60.0  # seconds without body bytes before RequestTimeout
     max_clock_skew: float = 15 * 60  # seconds (S3's RequestTimeTooSkewed)
     max_xml_body: int = 2 << 20  # DeleteObjects (1000 keys) and other XML requests

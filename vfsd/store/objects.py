@@ -54,6 +54,7 @@ from .files import check_file_writable
 from .groupcommit import GroupCommit
 from .names import is_bucket_name, split_key
 from .records import ROOT_INO, ChangeOp, Inode, InodeFlags, chunk_key, ino_key
+from .segments import Extents
 from .store import Store
 
 ETAG_XATTR = b"vfsd.s3.etag"
@@ -338,6 +339,14 @@ class Objects:
             return b""
         try:
             return self.store.data.read(ino, offset, size, version)
+        except NotFound:
+            raise ObjectChanged("the object was deleted while it was being read") from None
+
+    def extents(self, ino: int, version: int, offset: int, size: int) -> Extents:
+        """`read` as extents of segment files to send with sendfile(2); the caller closes
+        them."""
+        try:
+            return self.store.data.extents(ino, offset, size, version)
         except NotFound:
             raise ObjectChanged("the object was deleted while it was being read") from None
 

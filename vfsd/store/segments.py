@@ -52,6 +52,54 @@ def segment_name(segment: int) -> str:
     return f"{segment:016x}.seg"
 
 
+class HeldSegment:
+    """A segment file held open for sending records out of it: a duplicated descriptor (a
+    segment gc deletes meanwhile stays readable) and a map of the span the records lie in,
+    whose CRCs have been checked through it. Pages of the map count in the process's RSS
+    until `close`."""
+
+    __slots__ = ("_map", "base", "fd", "view")
+
+    def __init__(self, fd: int, base: int, mapped: mmap.mmap):
+        self.fd = fd
+        self.base = base  # the segment offset the map starts at
+        self._map = mapped
+        self.view = memoryview(mapped)
+
+    def body(self, location: ChunkLocation, lo: int, hi: int) -> memoryview:
+        at = location.offset - self.base
+        return self.view[at + lo:at + hi]
+
+    def close(self) -> None:
+        self.view.release()
+        with contextlib.suppress(BufferError):  # a view still held: the map goes with it
+            self._map.close()
+        os.close(self.fd)
+
+
+class Extents:
+    """A byte range of a file as pieces to send: (descriptor, offset, bytes), the bytes in
+    place in a map of the segment file at that offset, verified, or zeros (descriptor -1).
+    Held until `close`: see HeldSegment."""
+
+    __slots__ = ("_held", "pieces")
+
+    def __init__(self, pieces: list[tuple[int, int, memoryview]], held: Iterable[HeldSegment]):
+        self.pieces = pieces
+        self._held = list(held)
+
+    def __len__(self) -> int:
+        return sum(len(view) for _fd, _offset, view in self.pieces)
+
+    def close(self) -> None:
+        pieces, self.pieces = self.pieces, []
+        for _fd, _offset, view in pieces:
+            view.release()
+        held, self._held = self._held, []
+        for segment in held:
+            segment.close()
+
+
 class SegmentStore(Protocol):
     def append(self, bodies: Sequence[tuple[bytes, Body]]) -> list[ChunkLocation]:
         """Append (hash, body) records and make them durable before returning their places."""
@@ -72,6 +120,11 @@ class SegmentStore(Protocol):
 
     def views_cached(self, locations: Sequence[ChunkLocation]) -> list[memoryview] | None:
         """`view_cached` of each, or None if any one is not to be had that way."""
+        ...
+
+    def hold(self, locations: Sequence[ChunkLocation]) -> dict[int, HeldSegment]:
+        """Hold the segments these records lie in (see HeldSegment) and verify the records in
+        place; may wait for the disk. The caller closes what it gets."""
         ...
 
     def read_into(self, location: ChunkLocation, buffer: memoryview) -> None:
@@ -249,6 +302,26 @@ class LocalSegments:
             raise Corrupt(f"chunk at {segment_name(location.segment)}:{start} fails its checksum")
         return body
 
+    def hold(self, locations: Sequence[ChunkLocation]) -> dict[int, HeldSegment]:
+        by_segment: dict[int, list[ChunkLocation]] = {}
+        for location in locations:
+            by_segment.setdefault(location.segment, []).append(location)
+        held: dict[int, HeldSegment] = {}
+        try:
+            for segment, records in by_segment.items():
+                with self._readers.reading(segment) as fd:
+                    fd = os.dup(fd)
+                try:
+                    held[segment] = _hold_verified(fd, records)
+                except BaseException:
+                    os.close(fd)
+                    raise
+        except BaseException:
+            for holding in held.values():
+                holding.close()
+            raise
+        return held
+
     def read_into(self, location: ChunkLocation, buffer: memoryview) -> None:
         # One preadv puts the header in a small buffer and the body where the caller wants it:
         # no intermediate `bytes` for the record and none for the body.
@@ -363,6 +436,34 @@ class LocalSegments:
                 self._writer_pool = None
         self._mapped.close()
         self._readers.close()
+
+
+def _hold_verified(fd: int, locations: Sequence[ChunkLocation]) -> HeldSegment:
+    """Map the span the records lie in and check their CRCs there: the CRC reads the page
+    cache itself, with no copy, and a sender can hand the same pages to the socket. The map is
+    made for the holder and goes with it (MappedSegments keeps its maps: a gateway streaming
+    many objects would show gigabytes of page cache as its own). MAP_POPULATE maps the pages
+    in one pass rather than fault by fault; pages not in memory are read from the disk."""
+    start = min(location.offset for location in locations) - HEADER.size
+    end = max(location.offset + location.length for location in locations)
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    try:
+        mapped = mmap.mmap(fd, end - base, mmap.MAP_SHARED | mmap.MAP_POPULATE, mmap.PROT_READ,
+                           offset=base)
+    except (OSError, ValueError) as e:  # ValueError: the file is shorter than the span
+        raise Corrupt(f"segment {segment_name(locations[0].segment)} cannot be read at "
+                      f"{start}..{end}: {e}") from None
+    held = HeldSegment(fd, base, mapped)
+    for location in locations:
+        crc = _header_crc(held.view, location.offset - base - HEADER.size, location)
+        with held.body(location, 0, location.length) as body:
+            whole = crc is not None and crc32c.crc32c(body) == crc
+        if not whole:
+            held.view.release()
+            mapped.close()  # the caller closes the descriptor
+            raise Corrupt(f"chunk at {segment_name(location.segment)}:"
+                          f"{location.offset - HEADER.size} fails its checksum")
+    return held
 
 
 def _header_crc(buffer: Body, start: int, location: ChunkLocation) -> int | None:
