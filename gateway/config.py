@@ -28,7 +28,7 @@ class GatewayConfig:
     # Plain-HTTP GETs send chunk bodies from the segment files (gateway/sendfile.py): no
     # buffer, so a hop can cover more. Answers up to `inline_answer` bytes are read and sent
     # with their headers in one write instead, which costs less than two system calls.
-    send_window: int = 8 << 20
+    send_window: int = 4 << 20
     inline_answer: int = 256 << 10
     body_idle_timeout: float = 60.0  # seconds without body bytes before RequestTimeout
     max_clock_skew: float = 15 * 60  # seconds (S3's RequestTimeTooSkewed)
