@@ -8,6 +8,7 @@ import hashlib
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import sysconfig
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -372,6 +374,40 @@ def test_core_changes_show_on_the_mount_within_a_second(mnt: Path, store_path: P
     core(store_path, "s.unlink(s.resolve('ext').ino, b'new')")
     wait_for(lambda: not (mnt / "ext" / "new").exists(), 1, "the deleted file to go")
     assert os.listdir(mnt / "ext") == ["cached"]
+
+
+@pytest.mark.timeout(60)
+def test_changes_trimmed_before_the_mount_read_them_still_show(mount: Mount, store_path: Path):
+    """The change log is trimmed (vfsd/store/changelog.py). A mount stopped for longer than
+    the log keeps entries finds a gap in it and must invalidate everything."""
+    mnt = mount.path
+    rng = random.Random(SEED)
+    cached = bytearray(rng.randbytes(256 * 1024))
+    (mnt / "cached").write_bytes(cached)
+    for _ in range(2):
+        assert (mnt / "cached").read_bytes() == cached
+    time.sleep(1.5)  # past a commit interval: the daemon holds no write transaction when stopped
+    assert mount.proc is not None
+    mount.proc.send_signal(signal.SIGSTOP)
+    try:
+        # Size and mtime unchanged: only the change log could tell the kernel, and its entry
+        # is trimmed before the mount reads it.
+        patch = rng.randbytes(5000)
+        core(store_path, "import time\n"
+                         "from vfsd.store import changelog\n"
+                         "ino = s.resolve('cached').ino\n"
+                         "mtime = s.getattr(ino).mtime_ns\n"
+                         f"s.write(ino, 130000, {patch!r})\n"
+                         "s.setattr(ino, mtime_ns=mtime)\n"
+                         "s.write_file('later', b'x')\n"
+                         "changelog.trim(s.env, time.time_ns() // 1_000_000 + 1, retain_ms=0,"
+                         " keep_newest=1)")
+    finally:
+        mount.proc.send_signal(signal.SIGCONT)
+    cached[130000:135000] = patch
+    wait_for(lambda: (mnt / "cached").read_bytes() == cached, 2,
+             "a change whose log entry was trimmed unread, on the mount")
+    assert "event=change-log-gap" in mount.output()
 
 
 # --- (f) 4 GiB through a 256 MiB cache -------------------------------------------------------------

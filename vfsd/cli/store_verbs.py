@@ -90,6 +90,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
             report.deleted += later.deleted
             report.freed_bytes += later.freed_bytes
             report.waiting = later.waiting
+            report.trimmed_changes += later.trimmed_changes
     print(report.summary())
     return 0
 

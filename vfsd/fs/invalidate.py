@@ -67,15 +67,29 @@ class OwnChanges:
             await trio.to_thread.run_sync(_invalidate_own, ino)
 
 
+def _invalidate_all(inodes: list[int]) -> None:
+    for ino in inodes:
+        _invalidate_own(ino)
+
+
 async def tail_changes(store: Store, run: Callable[..., Awaitable[Any]],
-                       on_foreign: Callable[[Change], Awaitable[None]] | None = None) -> None:
-    """Forever: read new change-log entries; invalidate the kernel for foreign ones."""
+                       on_foreign: Callable[[Change], Awaitable[None]] | None = None,
+                       on_gap: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Forever: read new change-log entries; invalidate the kernel for foreign ones. Entries
+    trimmed before they were read (the mount was stopped for longer than the log keeps
+    them, vfsd/store/changelog.py) could have been anything: every inode is invalidated."""
     seq = await run(store.last_change)
     while True:
         changes = await run(store.changes_since, seq, 1000)
         if not changes:
             await trio.sleep(POLL_SECONDS)
             continue
+        if changes[0].seq > seq + 1:
+            log.warning("event=change-log-gap missed=%d action=invalidate-all",
+                        changes[0].seq - seq - 1)
+            if on_gap is not None:
+                await on_gap()
+            await trio.to_thread.run_sync(_invalidate_all, await run(store.inode_numbers))
         seq = changes[-1].seq
         foreign = [c for c in changes if c.origin != store.origin]
         if foreign:

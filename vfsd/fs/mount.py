@@ -134,7 +134,8 @@ async def serve(ops: Operations, mountpoint: Path) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_widen_readahead, ops, mountpoint)
         nursery.start_soon(ops.cache.run_flusher)
-        nursery.start_soon(tail_changes, ops.store, ops.run, ops.foreign_change)
+        nursery.start_soon(tail_changes, ops.store, ops.run, ops.foreign_change,
+                           ops.changes_lost)
         nursery.start_soon(ops.own_changes.run)
         nursery.start_soon(_stop_on_signal, ops)
         nursery.start_soon(_collect_garbage, ops)
@@ -163,7 +164,7 @@ async def _collect_garbage(ops: Operations) -> None:
         except StoreError as e:
             log.warning("event=gc-failed error=%s", e)
             continue
-        if report.retired or report.deleted:
+        if report.retired or report.deleted or report.trimmed_changes:
             log.info("event=gc %s", report.summary())
 
 

@@ -111,6 +111,15 @@ class Operations(pyfuse3.Operations):
         self.cache.changed_elsewhere(change.ino)
         self.readmap.forget(change.ino)
 
+    async def changes_lost(self) -> None:
+        """Change-log entries went unread (trimmed while the mount was stopped): anything may
+        have changed, so forget what we cache about every inode."""
+        self.capabilities.clear()
+        self.privileged.update(ino for ino, count in self.writers.items() if count)
+        for ino in list(self.cache.files):
+            self.cache.changed_elsewhere(ino)
+        self.readmap.forget_all()
+
     # --- attributes ----------------------------------------------------------------------
 
     def attributes(self, inode: Inode) -> pyfuse3.EntryAttributes:

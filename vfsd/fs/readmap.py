@@ -60,6 +60,12 @@ class ReadMap:
             self.resets += 1
             self.stamps.clear()
 
+    def forget_all(self) -> None:
+        self.files.clear()
+        self.locations = 0
+        self.resets += 1
+        self.stamps.clear()
+
     def forget_committed(self, inodes: set[int]) -> None:
         for ino in inodes:
             self.forget(ino)

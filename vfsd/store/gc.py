@@ -1,4 +1,5 @@
-"""Garbage collection: give back the disk space of dead chunk bodies.
+"""Garbage collection: give back the disk space of dead chunk bodies (and of old change-log
+entries: changelog.trim).
 
 A chunk whose last reference goes loses its index entry at once, but its body stays in its
 segment. A pass here (1) retires segments nobody appends to any more that hold no live chunk,
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from . import changelog
 from .env import U64
 from .errors import Corrupt
 from .leases import process_start_time
@@ -38,11 +40,13 @@ class GcReport:
     deleted: int = 0
     freed_bytes: int = 0
     waiting: int = 0  # retired, still inside the grace period
+    trimmed_changes: int = 0
 
     def summary(self) -> str:
         return (f"retired {self.retired} segments ({self.compacted} compacted, "
                 f"{self.moved_bytes} live bytes moved), deleted {self.deleted} "
-                f"freeing {self.freed_bytes} bytes, {self.waiting} waiting out the grace period")
+                f"freeing {self.freed_bytes} bytes, {self.waiting} waiting out the grace period, "
+                f"trimmed {self.trimmed_changes} change-log entries")
 
 
 def _owned(info: SegmentInfo) -> bool:
@@ -56,6 +60,7 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
     segment until the grace period ends; none appends to a segment it does not own)."""
     report = GcReport()
     now_ms = time.time_ns() // 1_000_000
+    report.trimmed_changes = changelog.trim(store.env, now_ms)
     with store.env.read() as tx:
         infos = [SegmentInfo.unpack(U64.unpack(k)[0], v) for k, v in tx.cursor(tx.db.segments)]
     sizes = store.segments.segment_sizes()

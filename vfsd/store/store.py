@@ -471,6 +471,11 @@ class Store:
         with self.env.read() as tx:
             return changelog.last_seq(tx)
 
+    def inode_numbers(self) -> list[int]:
+        """Every inode in the store (for a reader that lost track of what changed)."""
+        with self.env.read() as tx:
+            return [U64.unpack(key)[0] for key in tx.cursor(tx.db.inodes).iternext(values=False)]
+
 
 def check_is_readable_file(inode: Inode) -> None:
     if inode.is_dir:
