@@ -17,7 +17,8 @@ try:  # CRC64NVME: the AWS common runtime (what botocore[crt] uses), when instal
 except ImportError:  # pragma: no cover - then x-amz-checksum-crc64nvme is NotImplemented
     _crt_checksums = None
 
-from vfsd.store.objects import CONTENT_HEADERS, Conditions
+from vfsd.store.conditions import Conditions
+from vfsd.store.objects import CONTENT_HEADERS
 
 from .errors import InvalidDigest, InvalidRange, InvalidRequest, NotImplementedS3
 

@@ -8,7 +8,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from aiohttp import web
 
-from vfsd.store.objects import Listing
+from vfsd.store.listing import Listing
 
 from . import xml
 from .buckets import _int_param, xml_response

@@ -16,8 +16,9 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
+from vfsd.store.conditions import Conditions
 from vfsd.store.errors import NotModified, ObjectChanged
-from vfsd.store.objects import Conditions, ObjectInfo, Objects
+from vfsd.store.objects import ObjectInfo, Objects
 from vfsd.store.segments import Extents
 
 from . import xml

@@ -11,13 +11,26 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vfsd.store import Store, fsck
+from vfsd.store.conditions import Conditions
 from vfsd.store.errors import (
-    BadDigest, BucketExists, Busy, InvalidBucketName, InvalidName, KeyConflict, KeyTooLong,
-    MetadataTooLarge, NoSuchBucket, NoSuchKey, NotEmpty, NotModified, ObjectChanged,
+    BadDigest,
+    BucketExists,
+    Busy,
+    InvalidBucketName,
+    InvalidName,
+    KeyConflict,
+    KeyTooLong,
+    MetadataTooLarge,
+    NoSuchBucket,
+    NoSuchKey,
+    NotEmpty,
+    NotModified,
+    ObjectChanged,
     PreconditionFailed,
 )
 from vfsd.store.leases import Holder, process_start_time
-from vfsd.store.objects import Conditions, Objects, successor
+from vfsd.store.listing import successor
+from vfsd.store.objects import Objects
 
 pytestmark = pytest.mark.timeout(60)
 CS = 4096

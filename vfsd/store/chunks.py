@@ -6,7 +6,7 @@ transaction; `set_chunk` then points a file's chunk slot at a staged chunk insid
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import blake3
@@ -176,6 +176,17 @@ def set_chunk(tx: Tx, ino: int, index: int, chunk: StagedChunk | None) -> int:
     return delta
 
 
+def chunk_map(tx: Tx, ino: int) -> Iterator[tuple[bytes, bytes]]:
+    """(chunk index as 8 big-endian bytes, digest) of each stored chunk of `ino`, in order."""
+    cursor = tx.cursor(tx.db.chunkmap)
+    prefix = chunk_key(ino, 0)[:8]
+    if cursor.set_range(prefix):
+        for key, digest in cursor:
+            if key[:8] != prefix:
+                return
+            yield key[8:], digest
+
+
 def drop_chunks_from(tx: Tx, ino: int, first_index: int, stop_index: int | None = None) -> int:
     """Remove the chunk slots of `ino` in [first_index, stop_index) (truncate, delete, punch).
 
@@ -200,17 +211,12 @@ def copy_chunks(tx: Tx, src: int, dst: int) -> int:
 
     Returns the bytes `dst`'s chunks now hold."""
     drop_chunks_from(tx, dst, 0)
-    cursor = tx.cursor(tx.db.chunkmap)
-    prefix = chunk_key(src, 0)[:8]
     dst_prefix = chunk_key(dst, 0)[:8]
     entries: list[tuple[bytes, bytes]] = []
     uses: dict[bytes, int] = {}
-    if cursor.set_range(prefix):
-        for key, digest in cursor:
-            if key[:8] != prefix:
-                break
-            entries.append((dst_prefix + key[8:], digest))
-            uses[digest] = uses.get(digest, 0) + 1
+    for index, digest in chunk_map(tx, src):
+        entries.append((dst_prefix + index, digest))
+        uses[digest] = uses.get(digest, 0) + 1
     if not entries:
         return 0
     get, put, db = tx.txn.get, tx.txn.put, tx.db.chunks
@@ -223,6 +229,7 @@ def copy_chunks(tx: Tx, src: int, dst: int) -> int:
         put(digest, CHUNK.pack(segment, offset, length, refs + uses[digest]), db=db)
         stored += length * uses[digest]
     tx.add(LOGICAL, stored)
+    cursor = tx.cursor(tx.db.chunkmap)
     append = not cursor.last() or cursor.key()[:8] < dst_prefix
     cursor.putmulti(entries, append=append)
     return stored

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from . import chunks
 from .chunks import StagedChunk
+from .conditions import Conditions
 from .env import Tx
 from .errors import (
     BadDigest,
@@ -41,15 +42,13 @@ from .errors import (
     NoSuchUpload,
     ObjectChanged,
 )
+from .etags import NeedEtag, staged_fingerprint
 from .objects import (
     STAGE_BATCH_BYTES,
-    Conditions,
     ObjectInfo,
     Objects,
     _check_metadata,
     _lower,
-    _NeedEtag,
-    _staged_fingerprint,
 )
 from .records import ChunkLocation
 
@@ -220,7 +219,7 @@ class Uploads:
         upload = Upload(secrets.token_hex(_ID_LENGTH // 2), bucket, key, time.time_ns(),
                         metadata, _lower(headers or {}), checksum_algorithm)
         with self.env.write() as tx:
-            self.objects._bucket(tx, bucket)
+            self.objects.bucket_inode(tx, bucket)
             tx.put(tx.db.uploads, _key(upload.upload_id, 0), _pack_header(upload))
         return upload
 
@@ -318,7 +317,7 @@ class Uploads:
         scans every upload header (uploads are few)."""
         found = []
         with self.env.read() as tx:
-            self.objects._bucket(tx, bucket)
+            self.objects.bucket_inode(tx, bucket)
             for raw_key, raw in tx.cursor(tx.db.uploads):
                 if _U32.unpack(bytes(raw_key[-4:]))[0] != 0:
                     continue
@@ -378,7 +377,7 @@ class Uploads:
                                      "object size.")
         staged, size = self._stitch(parts, locations)
         etag = multipart_etag(p.md5 for p in parts)
-        fingerprint = _staged_fingerprint(staged, size)
+        fingerprint = staged_fingerprint(staged, size)
         objects = self.objects
         for _attempt in range(5):
             try:
@@ -388,7 +387,7 @@ class Uploads:
                         if tx.get(tx.db.uploads, _key(upload_id, number)) != raw:
                             raise ObjectChanged("a part was replaced while the upload was "
                                                 "being completed")
-                    b = objects._bucket(tx, bucket)
+                    b = objects.bucket_inode(tx, bucket)
                     parent, existing = objects._place(tx, b, parts_key)
                     inode = objects._install(tx, parent, existing, parts_key[-1], key,
                                              current.metadata, current.headers, staged, size,
@@ -397,7 +396,7 @@ class Uploads:
                     return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
                                       inode.version, etag, dict(current.metadata),
                                       dict(current.headers), None)
-            except _NeedEtag as need:
+            except NeedEtag as need:
                 objects.etag(need.ino)
         raise ObjectChanged("the object kept changing while the upload was completed")
 

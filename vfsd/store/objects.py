@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import stat
-import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-import blake3
-
-from . import changelog, chunks, namespace
+from . import changelog, chunks, etags, listing, namespace
 from .chunks import StagedChunk
+from .conditions import Conditions, needs_etag
 from .env import U64, Tx
 from .errors import (
     BadDigest,
@@ -44,7 +42,6 @@ from .errors import (
     NotADirectory,
     NotEmpty,
     NotFound,
-    NotModified,
     ObjectChanged,
     PermissionDenied,
     PreconditionFailed,
@@ -52,12 +49,12 @@ from .errors import (
 )
 from .files import check_file_writable
 from .groupcommit import GroupCommit
+from .listing import Listing
 from .names import is_bucket_name, split_key
-from .records import ROOT_INO, ChangeOp, Inode, InodeFlags, chunk_key, ino_key
+from .records import ROOT_INO, ChangeOp, Inode, InodeFlags, ino_key
 from .segments import Extents
 from .store import Store
 
-ETAG_XATTR = b"vfsd.s3.etag"
 CREATED_XATTR = b"vfsd.s3.created"
 USER_PREFIX = b"user."
 S3_PREFIX = b"user.s3."
@@ -71,7 +68,6 @@ STAGE_BATCH_BYTES = 4 << 20  # bytes staged per fdatasync
 READ_WINDOW = 1 << 20
 FILE_MODE = stat.S_IFREG | 0o644
 DIR_MODE = stat.S_IFDIR | 0o755
-_RECORD = struct.Struct(">Q32s")  # inode version, chunk-map fingerprint; then etag [" " checksum]
 _RETRIES = 5
 
 
@@ -98,75 +94,6 @@ class ObjectInfo:
     checksum: tuple[str, str] | None = None  # (algorithm, base64), as the client sent it
 
 
-@dataclass(frozen=True, slots=True)
-class ListEntry:
-    key: bytes
-    size: int
-    mtime_ns: int
-    etag: str
-
-
-@dataclass(slots=True)
-class Listing:
-    objects: list[ListEntry]
-    prefixes: list[bytes]
-    truncated: bool
-    last: bytes | None  # the last key or common prefix returned: where the next page starts
-
-
-@dataclass(frozen=True, slots=True)
-class Conditions:
-    """HTTP conditional headers, parsed: ETags unquoted ('*' allowed), times in unix seconds."""
-
-    if_match: tuple[str, ...] | None = None
-    if_none_match: tuple[str, ...] | None = None
-    if_modified_since: float | None = None
-    if_unmodified_since: float | None = None
-
-    def __bool__(self) -> bool:
-        return any(v is not None for v in (self.if_match, self.if_none_match,
-                                            self.if_modified_since, self.if_unmodified_since))
-
-    def check(self, etag: str | None, mtime_ns: int, *, reading: bool = True) -> None:
-        """RFC 7232 order. `etag` None means no object. A failed If-None-Match or
-        If-Modified-Since is NotModified for a read, PreconditionFailed otherwise (writes,
-        and CopyObject's x-amz-copy-source-if-* conditions)."""
-        mtime = mtime_ns // 1_000_000_000  # HTTP dates have whole seconds
-        if self.if_match is not None:
-            if etag is None:
-                raise NoSuchKey("the object does not exist")
-            if not _etag_in(etag, self.if_match):
-                raise PreconditionFailed("If-Match does not match the object's ETag")
-        elif (self.if_unmodified_since is not None and etag is not None
-              and mtime > self.if_unmodified_since):
-            raise PreconditionFailed("the object was modified since If-Unmodified-Since")
-        if self.if_none_match is not None:
-            if etag is not None and _etag_in(etag, self.if_none_match):
-                if reading:
-                    raise NotModified("If-None-Match matches the object's ETag")
-                raise PreconditionFailed("If-None-Match matches the object's ETag")
-        elif (self.if_modified_since is not None and etag is not None
-              and mtime <= self.if_modified_since):
-            if reading:
-                raise NotModified("the object was not modified since If-Modified-Since")
-            raise PreconditionFailed("the object was not modified since If-Modified-Since")
-
-
-def _needs_etag(conditions: Conditions) -> bool:
-    return conditions.if_match is not None or conditions.if_none_match not in (None, ("*",))
-
-
-def _etag_in(etag: str, candidates: tuple[str, ...]) -> bool:
-    return any(c == "*" or c == etag for c in candidates)
-
-
-class _NeedEtag(Exception):
-    """Inside a transaction: an ETag is stale; compute it outside and start over."""
-
-    def __init__(self, ino: int):
-        self.ino = ino
-
-
 # --- key and name checks ---------------------------------------------------------------------
 
 def check_bucket_name(name: str) -> bytes:
@@ -175,14 +102,6 @@ def check_bucket_name(name: str) -> bytes:
         raise InvalidBucketName(f"invalid bucket name {name!r}: 3-63 of a-z 0-9 . -, starting "
                                 "and ending with a letter or digit, no '..', not an IP address")
     return raw
-
-
-def successor(prefix: bytes) -> bytes | None:
-    """The least byte string greater than every string starting with `prefix` (None: none)."""
-    trimmed = prefix.rstrip(b"\xff")
-    if not trimmed:
-        return None
-    return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
 # --- the object store over the tree ----------------------------------------------------------
@@ -217,7 +136,7 @@ class Objects:
 
     # --- buckets ---------------------------------------------------------------------------
 
-    def _bucket(self, tx: Tx, name: str) -> Inode:
+    def bucket_inode(self, tx: Tx, name: str) -> Inode:
         raw = name.encode()
         entry = namespace.lookup(tx, ROOT_INO, raw) if is_bucket_name(raw) else None
         if entry is None or not stat.S_ISDIR(entry.mode_type):
@@ -240,7 +159,7 @@ class Objects:
 
     def head_bucket(self, name: str) -> Bucket:
         with self.env.read() as tx:
-            return self._bucket_info(tx, self._bucket(tx, name))
+            return self._bucket_info(tx, self.bucket_inode(tx, name))
 
     def create_bucket(self, name: str) -> Bucket:
         """mkdir at the top level, recording the creation time. One write transaction."""
@@ -258,7 +177,7 @@ class Objects:
         NotEmpty if it holds objects or anything that is not a directory. Its unfinished
         multipart uploads go with it (as in S3). One transaction."""
         with self.env.write() as tx:
-            bucket = self._bucket(tx, name)
+            bucket = self.bucket_inode(tx, name)
             prefix = U64.pack(bucket.ino)
             cursor = tx.cursor(tx.db.keys)
             if cursor.set_range(prefix) and cursor.key()[:8] == prefix:
@@ -302,8 +221,8 @@ class Objects:
                     header = name[len(S3_PREFIX):].decode(errors="replace")
                     if header in CONTENT_HEADERS:
                         info.headers[header] = bytes(value).decode(errors="surrogateescape")
-                elif name == ETAG_XATTR:
-                    version, _fp, etag, checksum = _unpack_record(value)
+                elif name == etags.ETAG_XATTR:
+                    version, _fp, etag, checksum = etags.unpack_record(value)
                     if version == inode.version:
                         info.etag, info.checksum, fresh = etag, checksum, True
         return info, fresh
@@ -313,7 +232,7 @@ class Objects:
         through the mount since the ETag was stored)."""
         for _attempt in range(_RETRIES):
             with self.env.read() as tx:
-                b = self._bucket(tx, bucket)
+                b = self.bucket_inode(tx, bucket)
                 inode = self._lookup(tx, b, key)
                 if inode is None:
                     raise NoSuchKey(f"no object {key.decode(errors='replace')!r} in {bucket}")
@@ -369,11 +288,11 @@ class Objects:
         for _attempt in range(_RETRIES):
             with self.env.read() as tx:
                 inode = namespace.get_inode(tx, ino)
-                raw = tx.get(tx.db.xattrs, namespace.xattr_key(ino, ETAG_XATTR))
-                record = _unpack_record(raw) if raw else None
+                raw = tx.get(tx.db.xattrs, namespace.xattr_key(ino, etags.ETAG_XATTR))
+                record = etags.unpack_record(raw) if raw else None
                 if record is not None and record[0] == inode.version:
                     return record[2], inode.version
-                fingerprint = _fingerprint(tx, ino, inode.size)
+                fingerprint = etags.fingerprint(tx, ino, inode.size)
             if record is not None and record[1] == fingerprint:
                 etag, checksum = record[2], record[3]
             else:
@@ -389,19 +308,19 @@ class Objects:
                 if current.version != inode.version:
                     continue
                 # A cache entry, not a change: no version tick, no change-log entry.
-                tx.put(tx.db.xattrs, namespace.xattr_key(ino, ETAG_XATTR),
-                       _pack_record(inode.version, fingerprint, etag, checksum))
+                tx.put(tx.db.xattrs, namespace.xattr_key(ino, etags.ETAG_XATTR),
+                       etags.pack_record(inode.version, fingerprint, etag, checksum))
             return etag, inode.version
         raise ObjectChanged("the object kept changing while its ETag was computed")
 
     def _etag_in_tx(self, tx: Tx, inode: Inode) -> tuple[str, bytes, tuple[str, str] | None]:
-        """(ETag, fingerprint, checksum) of `inode` if current; else _NeedEtag."""
-        raw = tx.get(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR))
+        """(ETag, fingerprint, checksum) of `inode` if current; else etags.NeedEtag."""
+        raw = tx.get(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.ETAG_XATTR))
         if raw:
-            version, fingerprint, etag, checksum = _unpack_record(raw)
+            version, fingerprint, etag, checksum = etags.unpack_record(raw)
             if version == inode.version:
                 return etag, fingerprint, checksum
-        raise _NeedEtag(inode.ino)
+        raise etags.NeedEtag(inode.ino)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -496,8 +415,8 @@ class Objects:
             inode = existing
         self._set_s3_xattrs(tx, inode.ino, metadata, headers)
         inode = self.store.data.install(tx, inode.ino, staged, size)
-        tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR),
-               _pack_record(inode.version, *etag_record))
+        tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.ETAG_XATTR),
+               etags.pack_record(inode.version, *etag_record))
         return inode
 
     def _check_replaceable(self, inode: Inode, key: bytes) -> None:
@@ -510,7 +429,7 @@ class Objects:
     def _set_s3_xattrs(self, tx: Tx, ino: int, metadata: Mapping[str, str],
                        headers: Mapping[str, str]) -> None:
         for old in namespace.list_xattrs(tx, ino):
-            if old.startswith(USER_PREFIX) or old == ETAG_XATTR:
+            if old.startswith(USER_PREFIX) or old == etags.ETAG_XATTR:
                 tx.delete(tx.db.xattrs, namespace.xattr_key(ino, old))
         for name, value in _s3_xattrs(metadata, headers).items():
             tx.put(tx.db.xattrs, namespace.xattr_key(ino, name), value)
@@ -532,7 +451,7 @@ class Objects:
         _check_metadata(metadata)
         parts = self.check_key(key)
         with self.env.read() as tx:  # fail fast, before reading a body
-            existing = self._lookup(tx, self._bucket(tx, bucket), key)
+            existing = self._lookup(tx, self.bucket_inode(tx, bucket), key)
         if conditions and conditions.if_none_match == ("*",) and existing is not None:
             raise PreconditionFailed("the object exists (If-None-Match: *)")
         staged, size, md5 = self._stage(bodies)
@@ -541,16 +460,16 @@ class Objects:
         if callable(checksum):
             checksum = checksum()
         etag = md5.hex()
-        fingerprint = _staged_fingerprint(staged, size)
+        fingerprint = etags.staged_fingerprint(staged, size)
 
         def commit(tx: Tx) -> ObjectInfo:
-            b = self._bucket(tx, bucket)
+            b = self.bucket_inode(tx, bucket)
             parent, existing = self._place(tx, b, parts)
             if conditions:
                 current = None
                 if existing is not None:
                     current = (self._etag_in_tx(tx, existing)[0]
-                               if _needs_etag(conditions) else "")
+                               if needs_etag(conditions) else "")
                 conditions.check(current, existing.mtime_ns if existing else 0,
                                  reading=False)
             inode = self._install(tx, parent, existing, parts[-1], key, metadata, headers,
@@ -562,7 +481,7 @@ class Objects:
             try:
                 # Concurrent PUTs share one durable commit (vfsd/store/groupcommit.py).
                 return self.group.run(commit)
-            except _NeedEtag as need:
+            except etags.NeedEtag as need:
                 self.etag(need.ino)
         raise ObjectChanged("the object kept changing while its ETag was checked")
 
@@ -583,14 +502,14 @@ class Objects:
                 with self.env.write() as tx:
                     return self._copy(tx, src_bucket, src_key, dst_bucket, dst_key, parts,
                                       replace_metadata, metadata, headers, source_conditions)
-            except _NeedEtag as need:
+            except etags.NeedEtag as need:
                 self.etag(need.ino)
         raise ObjectChanged("the source kept changing while its ETag was computed")
 
     def _copy(self, tx: Tx, src_bucket: str, src_key: bytes, dst_bucket: str, dst_key: bytes,
               parts: list[bytes], replace_metadata: bool, metadata: dict[str, str],
               headers: dict[str, str], source_conditions: Conditions | None) -> ObjectInfo:
-        src = self._lookup(tx, self._bucket(tx, src_bucket), src_key)
+        src = self._lookup(tx, self.bucket_inode(tx, src_bucket), src_key)
         if src is None:
             raise NoSuchKey(f"no object {src_key.decode(errors='replace')!r} in {src_bucket}")
         etag, fingerprint, checksum = self._etag_in_tx(tx, src)
@@ -604,7 +523,7 @@ class Objects:
                     if n.startswith(USER_PREFIX) and not n.startswith(S3_PREFIX)}
         else:
             user = {}
-        parent, existing = self._place(tx, self._bucket(tx, dst_bucket), parts)
+        parent, existing = self._place(tx, self.bucket_inode(tx, dst_bucket), parts)
         if existing is not None and existing.ino == src.ino:
             if not replace_metadata:
                 raise InvalidArgument("this copy request is illegal because it is trying to "
@@ -629,8 +548,8 @@ class Objects:
         namespace.put_inode(tx, inode)
         if existing is not None and existing.ino == src.ino:
             changelog.record(tx, self.origin, ChangeOp.ATTR, inode.ino)
-        tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR),
-               _pack_record(inode.version, fingerprint, etag, checksum))
+        tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.ETAG_XATTR),
+               etags.pack_record(inode.version, fingerprint, etag, checksum))
         return ObjectInfo(dst_bucket, dst_key, inode.ino, inode.size, inode.mtime_ns,
                           inode.version, etag, dict(metadata), _lower(headers), checksum)
 
@@ -640,7 +559,7 @@ class Objects:
         """Remove the object and the parent directories it leaves empty (not the bucket).
         True if there was an object. One write transaction."""
         with self.env.write() as tx:
-            return self._delete(tx, self._bucket(tx, bucket), key)
+            return self._delete(tx, self.bucket_inode(tx, bucket), key)
 
     def delete_objects(self, bucket: str, keys: Iterable[bytes]
                        ) -> list[tuple[bytes, Exception | None]]:
@@ -648,7 +567,7 @@ class Objects:
         transaction; a key that fails changes nothing, the others still go."""
         out: list[tuple[bytes, Exception | None]] = []
         with self.env.write() as tx:
-            b = self._bucket(tx, bucket)
+            b = self.bucket_inode(tx, bucket)
             for key in keys:
                 try:
                     self._delete(tx, b, key)
@@ -684,66 +603,8 @@ class Objects:
 
     def list_objects(self, bucket: str, prefix: bytes = b"", delimiter: bytes = b"",
                      start_after: bytes = b"", max_keys: int = 1000) -> Listing:
-        """Keys of `bucket` in binary order after `start_after`, from the key index in
-        O(page): with a delimiter, keys sharing a prefix up to the delimiter roll up into one
-        common prefix, and the cursor jumps past the whole prefix in one seek. A common prefix
-        not greater than `start_after` is skipped (so a page ending on one goes on after it).
-        One read transaction (plus ETag recomputation for files changed through the mount)."""
-        objects: list[ListEntry] = []
-        prefixes: list[bytes] = []
-        stale: list[int] = []
-        truncated = False
-        last: bytes | None = None
-        with self.env.read() as tx:
-            base = U64.pack(self._bucket(tx, bucket).ino)
-            full_prefix = base + prefix
-            cursor = tx.cursor(tx.db.keys)
-            if start_after and start_after >= prefix:
-                found = cursor.set_range(base + start_after)
-                if found and bytes(cursor.key()) == base + start_after:
-                    found = cursor.next()
-            else:
-                found = cursor.set_range(full_prefix)
-            count = 0
-            while found:
-                raw_key = bytes(cursor.key())
-                if not raw_key.startswith(full_prefix):
-                    break
-                key = raw_key[8:]
-                cut = key.find(delimiter, len(prefix)) if delimiter else -1
-                if cut >= 0:
-                    common = key[:cut + len(delimiter)]
-                    if not (start_after and common <= start_after):
-                        if count == max_keys:
-                            truncated = True
-                            break
-                        prefixes.append(common)
-                        count += 1
-                        last = common
-                    after = successor(common)
-                    found = after is not None and cursor.set_range(base + after)
-                    continue
-                if count == max_keys:
-                    truncated = True
-                    break
-                inode = namespace.get_inode(tx, U64.unpack(cursor.value())[0])
-                raw = tx.get(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR))
-                record = _unpack_record(raw) if raw else None
-                etag = record[2] if record and record[0] == inode.version else ""
-                if not etag:
-                    stale.append(len(objects))
-                objects.append(ListEntry(key, inode.size, inode.mtime_ns, etag))
-                count += 1
-                last = key
-                found = cursor.next()
-        for index in stale:
-            entry = objects[index]
-            try:
-                info = self.head_object(bucket, entry.key)
-            except NoSuchKey:
-                continue  # deleted since: it was there when the page was read
-            objects[index] = ListEntry(entry.key, info.size, info.mtime_ns, info.etag)
-        return Listing(objects, prefixes, truncated, last)
+        """See listing.list_objects."""
+        return listing.list_objects(self, bucket, prefix, delimiter, start_after, max_keys)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -771,40 +632,3 @@ def _s3_xattrs(metadata: Mapping[str, str], headers: Mapping[str, str]) -> dict[
         out[META_PREFIX + name.lower().encode(errors="surrogateescape")] = value.encode(
             errors="surrogateescape")
     return out
-
-
-def _pack_record(version: int, fingerprint: bytes, etag: str,
-                 checksum: tuple[str, str] | None) -> bytes:
-    tail = etag if checksum is None else f"{etag} {checksum[0]}:{checksum[1]}"
-    return _RECORD.pack(version, fingerprint) + tail.encode()
-
-
-def _unpack_record(raw: bytes | memoryview) -> tuple[int, bytes, str, tuple[str, str] | None]:
-    version, fingerprint = _RECORD.unpack_from(raw)
-    tail = bytes(raw[_RECORD.size:]).decode()
-    etag, _, checksum = tail.partition(" ")
-    algorithm, _, value = checksum.partition(":")
-    return version, fingerprint, etag, (algorithm, value) if checksum else None
-
-
-def _fingerprint(tx: Tx, ino: int, size: int) -> bytes:
-    """BLAKE3 over the size and the chunk map: equal exactly when the contents are equal."""
-    h = blake3.blake3(U64.pack(size))
-    cursor = tx.cursor(tx.db.chunkmap)
-    prefix = chunk_key(ino, 0)[:8]
-    if cursor.set_range(prefix):
-        for key, digest in cursor:
-            if key[:8] != prefix:
-                break
-            h.update(key[8:])
-            h.update(digest)
-    return h.digest()
-
-
-def _staged_fingerprint(staged: list[StagedChunk | None], size: int) -> bytes:
-    h = blake3.blake3(U64.pack(size))
-    for index, chunk in enumerate(staged):
-        if chunk is not None:
-            h.update(U64.pack(index))
-            h.update(chunk.digest)
-    return h.digest()

@@ -13,10 +13,11 @@ import stat
 from dataclasses import dataclass, field
 
 from . import namespace
+from .chunks import chunk_map
 from .env import Tx
 from .errors import Busy, Exists, InvalidArgument, NotFound, PermissionDenied
 from .names import check_name
-from .records import ROOT_INO, Inode, InodeFlags, chunk_key
+from .records import ROOT_INO, Inode, InodeFlags
 from .store import Store
 from .vmdk import SECTOR, descriptor, parse_extent
 from .vmx import VmSettings
@@ -114,14 +115,9 @@ class Vms:
 
     def _physical(self, tx: Tx, ino: int) -> int:
         total = 0
-        cursor = tx.cursor(tx.db.chunkmap)
-        prefix = chunk_key(ino, 0)[:8]
-        if cursor.set_range(prefix):
-            for key, digest in cursor:
-                if key[:8] != prefix:
-                    break
-                raw = tx.get(tx.db.chunks, digest)
-                total += int.from_bytes(raw[16:20], "big") if raw else 0
+        for _index, digest in chunk_map(tx, ino):
+            raw = tx.get(tx.db.chunks, digest)
+            total += int.from_bytes(raw[16:20], "big") if raw else 0
         return total
 
     def _settings(self, tx: Tx, vm_dir: Inode, name: str) -> VmSettings:

@@ -1,0 +1,55 @@
+"""ETag records: an object's ETag (MD5 hex, or a multipart ETag) and the client's checksum,
+kept in the internal xattr `vfsd.s3.etag` with the inode version they belong to and a
+fingerprint of the chunk map, so a file changed through the mount is recognised (new version)
+and revalidated by fingerprint (a metadata-only change) or recomputed."""
+
+from __future__ import annotations
+
+import struct
+
+import blake3
+
+from .chunks import StagedChunk, chunk_map
+from .env import U64, Tx
+
+ETAG_XATTR = b"vfsd.s3.etag"
+_RECORD = struct.Struct(">Q32s")  # inode version, chunk-map fingerprint; then etag [" " checksum]
+
+
+class NeedEtag(Exception):
+    """Inside a transaction: an ETag is stale; compute it outside and start over."""
+
+    def __init__(self, ino: int):
+        self.ino = ino
+
+
+def pack_record(version: int, fingerprint: bytes, etag: str,
+                 checksum: tuple[str, str] | None) -> bytes:
+    tail = etag if checksum is None else f"{etag} {checksum[0]}:{checksum[1]}"
+    return _RECORD.pack(version, fingerprint) + tail.encode()
+
+
+def unpack_record(raw: bytes | memoryview) -> tuple[int, bytes, str, tuple[str, str] | None]:
+    version, fingerprint = _RECORD.unpack_from(raw)
+    tail = bytes(raw[_RECORD.size:]).decode()
+    etag, _, checksum = tail.partition(" ")
+    algorithm, _, value = checksum.partition(":")
+    return version, fingerprint, etag, (algorithm, value) if checksum else None
+
+
+def fingerprint(tx: Tx, ino: int, size: int) -> bytes:
+    """BLAKE3 over the size and the chunk map: equal exactly when the contents are equal."""
+    h = blake3.blake3(U64.pack(size))
+    for index, digest in chunk_map(tx, ino):
+        h.update(index)
+        h.update(digest)
+    return h.digest()
+
+
+def staged_fingerprint(staged: list[StagedChunk | None], size: int) -> bytes:
+    h = blake3.blake3(U64.pack(size))
+    for index, chunk in enumerate(staged):
+        if chunk is not None:
+            h.update(U64.pack(index))
+            h.update(chunk.digest)
+    return h.digest()
