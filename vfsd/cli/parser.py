@@ -270,8 +270,9 @@ def build_parser() -> Parser:
     p.add_argument("--quota", type=quota_arg, required=True, metavar="SIZE",
                    help="e.g. 500G, or 'none' for the backing disk's free space")
     p = verb(verbs, "gc", cmd_gc, "give back the space of deleted and overwritten data",
-             "Retire segments that hold no live chunk, compact mostly-dead ones, and delete "
-             "retired segment files once their grace period is over. A mounted store does "
+             "Retire segments that hold no live chunk, compact mostly-dead ones, delete "
+             "retired segment files once their grace period is over, and trim change-log "
+             "entries older than an hour (the newest 10,000 stay). A mounted store does "
              "this in the background too.")
     p.add_argument("--grace", type=duration_arg, default=5.0, metavar="SECONDS",
                    help="how long a retired segment stays readable (default 5s)")
