@@ -32,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metrics-listen", metavar="HOST:PORT",
                         help="serve Prometheus /metrics here (off by default; no auth, so "
                              "keep it on a private address)")
+    parser.add_argument("--gc-interval", type=float, default=10.0, metavar="SECONDS",
+                        help="seconds between passes giving back the space of deleted and "
+                             "overwritten objects (10; 0: never)")
     args = parser.parse_args(argv)
     metrics_host, metrics_port = "127.0.0.1", None
     if args.metrics_listen:
@@ -45,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            domains=tuple(args.domains or ("localhost",)), workers=args.workers,
                            access_log=not args.no_access_log, tls_cert=args.tls_cert,
                            tls_key=args.tls_key, metrics_host=metrics_host,
-                           metrics_port=metrics_port)
+                           metrics_port=metrics_port, gc_interval=args.gc_interval or None)
     return serve(config)
 
 

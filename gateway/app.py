@@ -7,6 +7,8 @@ happens), `authenticate` (SigV4). Then one catch-all route dispatches through th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
@@ -18,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from vfsd.store import Store, journal
+from vfsd.store import Store, gc, journal
 from vfsd.store.errors import StoreError
 from vfsd.store.multipart import Uploads
 from vfsd.store.objects import Objects
@@ -64,6 +66,7 @@ def create_app(config: GatewayConfig, metrics: Metrics | None = None) -> web.App
     app[ROUTER] = Router(buckets.ROUTES, listing.ROUTES, objects.ROUTES, multipart.ROUTES)
     app[STOPPING] = threading.Event()
     app.cleanup_ctx.append(store_context)
+    app.cleanup_ctx.append(garbage_collection)
     # aiohttp would answer `Expect: 100-continue` before the middlewares run; handlers do it
     # themselves once the request is authenticated and its arguments checked (gateway.body).
     app.router.add_route("*", "/{path:.*}", dispatch, expect_handler=_defer_continue)
@@ -103,6 +106,33 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
         uploads.shutdown(wait=True, cancel_futures=True)
         executor.shutdown(wait=True, cancel_futures=True)
         store.close()
+
+
+async def garbage_collection(app: web.Application) -> AsyncIterator[None]:
+    """A gc pass every `gc_interval` seconds: a gateway serving a store alone (no mount to do
+    it) gives back the space of the objects it deletes and overwrites."""
+    interval = app[CONFIG].gc_interval
+    task = asyncio.create_task(_collect_garbage(app, interval)) if interval else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _collect_garbage(app: web.Application, interval: float) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            report = await loop.run_in_executor(app[EXECUTOR], gc.collect, app[STORE])
+        except StoreError as e:
+            log.warning("event=gc-failed error=%s", e)
+            continue
+        if report.retired or report.deleted or report.trimmed_changes:
+            log.info("event=gc %s", report.summary())
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:

@@ -34,6 +34,10 @@ class GatewayConfig:
     max_clock_skew: float = 15 * 60  # seconds (S3's RequestTimeTooSkewed)
     max_xml_body: int = 2 << 20  # DeleteObjects (1000 keys) and other XML requests
     shutdown_timeout: float = 10.0
+    # Seconds between gc passes (vfsd/store/gc.py): space of deleted and overwritten objects,
+    # old change-log entries. A mount of the same store runs its own; passes are safe side
+    # by side. None: never (tests that count segments).
+    gc_interval: float | None = 10.0
     access_log: bool = True
     # TLS: both set, or neither (plain HTTP). PEM files; the key may be in the cert file.
     tls_cert: Path | None = None

@@ -51,8 +51,8 @@ def gateway_process(tmp_path) -> Iterator[Callable[[Path], GatewayProcess]]:
     """Start gateways of one's own (crash tests); all are stopped at teardown."""
     started: list[GatewayProcess] = []
 
-    def start(store: Path) -> GatewayProcess:
-        process = GatewayProcess(store, tmp_path / f"gateway{len(started)}.log").start()
+    def start(store: Path, *args: str) -> GatewayProcess:
+        process = GatewayProcess(store, tmp_path / f"gateway{len(started)}.log", args).start()
         started.append(process)
         return process
 
