@@ -55,16 +55,16 @@ class ExtentSender:
     """Sends `Extents` on a prepared response whose transport `can_sendfile`."""
 
     def __init__(self, request: web.Request, response: web.StreamResponse):
-        transport = request.transport
-        assert transport is not None
-        self._transport = transport
-        self._socket = transport.get_extra_info("socket")
+        self._request = request
         self._response = response
         self._loop = asyncio.get_running_loop()
 
     async def send(self, extents: Extents) -> None:
         pieces = extents.pieces
-        transport = self._transport
+        transport = self._request.transport
+        if transport is None:
+            raise ConnectionResetError("the client went away")
+        sock = transport.get_extra_info("socket")
         i, done = 0, 0  # the piece at hand, and how much of it has gone out
         batch: list[memoryview] = []
         try:
@@ -78,7 +78,7 @@ class ExtentSender:
                     batch[0] = batch[0][done:]
                     wanted = sum(len(view) for view in batch)
                     try:
-                        sent = os.writev(self._socket.fileno(), batch)
+                        sent = os.writev(sock.fileno(), batch)
                     except BlockingIOError:
                         sent = 0
                     done += sent
@@ -87,25 +87,26 @@ class ExtentSender:
                         i += 1
                     if sent == wanted:
                         continue
-                await self._wait_with(pieces[i], done)
+                await self._wait_with(transport, pieces[i], done)
                 i, done = i + 1, 0
         finally:
             # A slice of a mapped view left alive (by a traceback holding this frame) would
             # keep the map, and its descriptor, open until the garbage collector ran.
             batch.clear()
 
-    async def _wait_with(self, piece: tuple[int, int, memoryview], done: int) -> None:
+    async def _wait_with(self, transport: asyncio.Transport,
+                         piece: tuple[int, int, memoryview], done: int) -> None:
         """Send the rest of one piece through the loop, which waits until the transport's
         bytes are out and the socket takes more."""
         fd, offset, view = piece
         if fd >= 0:
             try:
-                await self._loop.sendfile(self._transport,
+                await self._loop.sendfile(transport,
                                           _Descriptor(fd),  # type: ignore[arg-type]
                                           offset + done, len(view) - done, fallback=False)
                 return
             except asyncio.SendfileNotAvailableError:
                 # What asyncio raises for any error before the first byte, a reset too.
-                if self._transport.is_closing():
+                if transport.is_closing():
                     raise ConnectionResetError("the client went away") from None
         await self._response.write(view[done:])
