@@ -131,7 +131,7 @@ async def _collect_garbage(app: web.Application, interval: float) -> None:
         except StoreError as e:
             log.warning("event=gc-failed error=%s", e)
             continue
-        if report.retired or report.deleted or report.trimmed_changes:
+        if report.changed:
             log.info("event=gc %s", report.summary())
 
 

@@ -164,7 +164,7 @@ async def _collect_garbage(ops: Operations) -> None:
         except StoreError as e:
             log.warning("event=gc-failed error=%s", e)
             continue
-        if report.retired or report.deleted or report.trimmed_changes:
+        if report.changed:
             log.info("event=gc %s", report.summary())
 
 

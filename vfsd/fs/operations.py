@@ -279,10 +279,10 @@ class Operations(pyfuse3.Operations):
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         info = await self._new_handle(node, flags)
-        if (flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
-                and inode in self.privileged):  # set just now by `_new_handle` if need be
+        truncating = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
+        if truncating and inode in self.privileged:  # set just now by `_new_handle` if need be
             await self._drop_privileges(inode)
-        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and node.size:
+        if truncating and node.size:
             # libfuse negotiates atomic O_TRUNC: the kernel leaves the truncation to us.
             await self.cache.discard(inode)
             await self.run(self.store.truncate, inode, 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from . import changelog, chunks, namespace
 from .chunks import StagedChunk, ZeroTest
@@ -105,19 +105,26 @@ class FileData:
         end, _size, locations = self._find(ino, offset, size, version)
         held = self.segments.hold(list(locations.values()))
         pieces: list[tuple[int, int, memoryview]] = []
+        lengths = {index: location.length for index, location in locations.items()}
+        for index, lo, cut, hi in self._spans(offset, end, lengths):
+            if cut > lo:
+                location = locations[index]
+                segment = held[location.segment]
+                pieces.append((segment.fd, location.offset + lo, segment.body(location, lo, cut)))
+            if hi > cut:
+                pieces.append((-1, 0, self._zeros[:hi - cut]))
+        return Extents(pieces, held.values())
+
+    def _spans(self, offset: int, end: int, lengths: Mapping[int, int]
+               ) -> Iterator[tuple[int, int, int, int]]:
+        """(index, lo, cut, hi) for each chunk of [offset, end), offsets within the chunk:
+        [lo, cut) comes from its stored body (`lengths[index]` bytes; none for a hole) and
+        [cut, hi) is zeros (a hole, or past a short body)."""
         cs = self.chunk_size
         for index in range(offset // cs, (end - 1) // cs + 1) if offset < end else ():
             cstart = index * cs
             lo, hi = max(offset, cstart) - cstart, min(end, cstart + cs) - cstart
-            location = locations.get(index)
-            stored = 0 if location is None else max(0, min(hi, location.length) - lo)
-            if location is not None and stored:
-                segment = held[location.segment]
-                pieces.append((segment.fd, location.offset + lo,
-                               segment.body(location, lo, lo + stored)))
-            if hi - lo - stored:  # a hole, or zeros past a short body
-                pieces.append((-1, 0, self._zeros[:hi - lo - stored]))
-        return Extents(pieces, held.values())
+            yield index, lo, max(lo, min(hi, lengths.get(index, 0))), hi
 
     def read_bodies(self, offset: int, end: int, locations: dict[int, ChunkLocation]
                     ) -> bytes | bytearray | memoryview:
@@ -170,19 +177,12 @@ class FileData:
             return None
         body_at = dict(zip(stored, bodies))
         pieces: list[memoryview] = []
-        for index in indices:
-            cstart = index * cs
-            lo, hi = max(offset, cstart) - cstart, min(end, cstart + cs) - cstart
-            body = body_at.get(index)
-            if body is None:  # a hole
-                pieces.append(self._zeros[:hi - lo])
-                continue
-            if hi <= len(body):
-                pieces.append(body[lo:hi])
-                continue
-            if lo < len(body):  # a body shorter than its chunk: zeros follow it
-                pieces.append(body[lo:])
-            pieces.append(self._zeros[:hi - max(lo, len(body))])
+        lengths = {index: len(body) for index, body in body_at.items()}
+        for index, lo, cut, hi in self._spans(offset, end, lengths):
+            if cut > lo:
+                pieces.append(body_at[index][lo:cut])
+            if hi > cut:
+                pieces.append(self._zeros[:hi - cut])
         return pieces
 
     def read_chunk(self, ino: int, index: int) -> bytes:

@@ -42,6 +42,11 @@ class GcReport:
     waiting: int = 0  # retired, still inside the grace period
     trimmed_changes: int = 0
 
+    @property
+    def changed(self) -> bool:
+        """Whether the pass changed anything (what daemons log a line for)."""
+        return bool(self.retired or self.deleted or self.trimmed_changes)
+
     def summary(self) -> str:
         return (f"retired {self.retired} segments ({self.compacted} compacted, "
                 f"{self.moved_bytes} live bytes moved), deleted {self.deleted} "
