@@ -136,7 +136,9 @@ class Store:
         return self.pool_usage()[0]
 
     def capacity_left(self) -> int | None:
-        quota, physical, _inodes = self._pool()
+        # Asked before every staged write: no inode count (a stat of that database) here.
+        with self.env.read() as tx:
+            quota, physical = chunks.quota(tx), tx.counter(chunks.PHYSICAL)
         if quota is not None:
             return max(0, quota - physical)
         st = os.statvfs(self.config.segments_dir)
