@@ -2,6 +2,7 @@
 racing the flusher under a tight memory bound lose nothing and leak no room."""
 
 import os
+import subprocess
 
 import pytest
 import trio
@@ -43,3 +44,43 @@ async def test_writers_parked_for_room_lose_nothing(tmp_path):
         assert cache.held == 0 and not cache.files
         assert store.getattr(ino).size == len(expected)
         assert bytes(store.read(ino, 0, len(expected))) == bytes(expected)
+
+
+@pytest.mark.parametrize("forgotten", [False, True], ids=["entry kept", "entry forgotten"])
+async def test_an_fsync_after_background_batches_keeps_their_bytes_over_older_sets(
+        tmp_path, forgotten):
+    """A small write is fsynced (a journal set), then more than the journal takes is written
+    over it and background batches commit all of it; then fsync. After a crash the old set
+    must not be replayed over the bytes that fsync acknowledged."""
+    from vfsd.store.journal import Journal, recover
+    from vfsd.store.leases import Holder
+
+    child = subprocess.Popen(["true"])  # a holder whose process is gone: "crashed"
+    child.wait()
+    with Store.init(tmp_path / "store") as store:
+        ino = store.create(ROOT_INO, b"f").ino
+
+        async def run(fn, *args):
+            return await trio.to_thread.run_sync(fn, *args)
+
+        cache = WriteBack(store, run, limit_bytes=256 * CS, interval=60)
+        journal = cache.journal = Journal(store, Holder(child.pid, 1, "a mount"))
+        cache.batch = 8
+        cache.writer_opened(ino)
+        await cache.write(ino, 0, b"A" * 4096)
+        await cache.sync(ino)
+        assert journal.uncovered(ino)
+        for i in range(32):  # 2 MiB: past what the journal takes between fsyncs
+            await cache.write(ino, i * CS, b"B" * CS)
+        async with trio.open_nursery() as nursery:
+            while await cache._start_batch(nursery, ino, whole_only=True):
+                pass
+        assert not cache.files[ino].dirty
+        if forgotten:
+            cache.writer_closed(ino)
+            assert ino not in cache.files
+        await cache.sync(ino)
+        journal.env.inode_hook = None  # the process dies here
+        os.close(journal.fd)
+        recover(store)
+        assert bytes(store.read(ino, 0, 8)) == b"BBBBBBBB"

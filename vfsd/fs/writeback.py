@@ -389,6 +389,7 @@ class WriteBack:
         it cannot."""
         f = self.files.get(ino)
         if f is None:
+            await self._cover_forgotten(ino)
             return
         async with _holding(f.lock):
             await self._flush_locked(f)
@@ -397,6 +398,7 @@ class WriteBack:
         """fsync: make the file's writes durable, through the journal while they are few."""
         f = self.files.get(ino)
         if f is None:
+            await self._cover_forgotten(ino)
             return
         async with _holding(f.lock):
             if self.journal is None or not f.unjournaled_all:
@@ -417,6 +419,12 @@ class WriteBack:
                 f.unjournaled[:0] = writes
                 f.unjournaled_bytes += size
                 raise
+
+    async def _cover_forgotten(self, ino: int) -> None:
+        """A file with no cache entry has nothing dirty: background batches committed all
+        of it. Sets of it still in the journal are older than those bytes; see Journal.cover."""
+        if self.journal is not None and self.journal.uncovered(ino):
+            await self.run(self.journal.cover, ino, self.journal.newest_set(ino))
 
     def _raise_error(self, f: FileCache) -> None:
         if f.error is not None:
@@ -441,8 +449,8 @@ class WriteBack:
                 if isinstance(e, StoreError):
                     f.error = None  # reported here, to this caller; the chunks stay dirty
                 raise
-        elif covers and self.journal is not None:
-            self.journal.covered_without_commit(f.ino, covers)
+        elif covers and self.journal is not None and self.journal.uncovered(f.ino):
+            await self.run(self.journal.cover, f.ino, covers)
         self._forget_if_clean(f)
 
     async def _settle(self, f: FileCache) -> None:

@@ -207,6 +207,23 @@ class Journal:
             self.local.covering = None
         self.covered_without_commit(ino, seq)
 
+    def cover(self, ino: int, seq: int) -> None:
+        """In a worker: the store holds every byte of `ino` up to set `seq`, committed by
+        commits that covered nothing (background batches), and the writer is about to say so
+        (an fsync or a close with nothing left dirty). Write the mark now: a recovery would
+        otherwise lay those older sets over the newer bytes the batches committed, undoing
+        data an fsync has acknowledged."""
+        key = self.key + ino_key(ino)
+        with self.env.write() as tx:
+            try:
+                version = namespace.get_inode(tx, ino).version
+            except NotFound:
+                version = None  # deleted: a recovery drops its sets anyway
+            raw = tx.get(tx.db.journals, key)
+            if version is not None and (raw is None or _MARK.unpack(raw)[1] < seq):
+                tx.put(tx.db.journals, key, _MARK.pack(version, seq))
+        self.covered_without_commit(ino, seq)
+
     def covered_without_commit(self, ino: int, seq: int) -> None:
         """The store already holds (or the writer dropped) everything of `ino` up to `seq`."""
         with self.lock:
