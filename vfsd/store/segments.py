@@ -233,11 +233,7 @@ class LocalSegments:
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            self._sync_directory()
         return ChunkLocation(segment, HEADER.size, len(body))
 
     def _write_staged(self, buffer: mmap.mmap, length: int, offset: int) -> None:
@@ -283,11 +279,7 @@ class LocalSegments:
         path = self.path(segment)
         fd, self._direct = _open_for_append(path)
         # The new name must survive a crash before any location inside it is committed.
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        self._sync_directory()
         self._current, self._current_fd, self._current_size = segment, fd, 0
 
     def read(self, location: ChunkLocation) -> bytes:
@@ -407,7 +399,17 @@ class LocalSegments:
             self.path(segment).unlink()
         except FileNotFoundError:
             return 0
+        # Before the caller forgets the segment in the index: a file that came back after a
+        # crash with no entry would never be collected.
+        self._sync_directory()
         return size
+
+    def _sync_directory(self) -> None:
+        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def forget(self, segments: set[int]) -> None:
         """Close cached read handles of segments others may delete (they pin disk space)."""
