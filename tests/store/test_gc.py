@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vfsd.store import ROOT_INO, Store, fsck, gc
+from vfsd.store.records import U64, SegmentInfo
 
 pytestmark = pytest.mark.timeout(300)
 MiB = 1 << 20
@@ -51,4 +52,44 @@ def test_overwriting_a_disk_three_times_keeps_it_near_its_size(tmp_path):
         collect_fully(store)
         assert store.physical_bytes() == GiB + 1  # the disk, and collect_fully's 1-byte file
         assert disk_use(tmp_path / "s") < 1.1 * GiB
+        assert fsck.check(store).clean
+
+
+@pytest.mark.parametrize("upload", ["put_object", "upload_part", "replace"])
+def test_an_upload_longer_than_a_segment_survives_gc_passes_while_it_streams(tmp_path, upload):
+    """An upload stages its whole body before its one commit. The segments it fills and
+    rolls past hold nothing committed yet; gc passes (the mount's and the gateway's run every
+    few seconds) must leave them alone until the commit, or it finds its records deleted."""
+    from vfsd.store.multipart import Uploads
+    from vfsd.store.objects import Objects
+
+    with Store.init(tmp_path / "s") as store:
+        store.segments._seal_size = MiB  # a roll every 16 chunks
+        objects = Objects(store)
+        objects.create_bucket("bkt")
+        blocks = [os.urandom(64 * 1024) for _ in range(200)]
+
+        def body():
+            for i, block in enumerate(blocks):
+                yield block
+                if i == 150:
+                    gc.collect(store, grace=0)  # retires what it takes for empty...
+                    gc.collect(store, grace=0)  # ...and deletes it: the grace period is over
+
+        if upload == "put_object":
+            ino = objects.put_object("bkt", b"big", body()).ino
+        elif upload == "upload_part":
+            multipart = Uploads(objects)
+            upload_id = multipart.create("bkt", b"big").upload_id
+            part = multipart.upload_part("bkt", b"big", upload_id, 1, body())
+            ino = multipart.complete("bkt", b"big", upload_id, [(1, part.etag)]).ino
+        else:
+            ino = store.data.replace(ROOT_INO, b"big", body()).ino
+        assert bytes(store.read(ino, 0, len(blocks) * 64 * 1024)) == b"".join(blocks)
+        with store.env.read() as tx:  # the claims ended with the upload: gc may compact
+            owned = [U64.unpack(k)[0] for k, v in tx.cursor(tx.db.segments)
+                     if SegmentInfo.unpack(0, v).owner_pid == os.getpid()]
+        assert owned == [store.segments.current()]
+        collect_fully(store)
+        assert bytes(store.read(ino, 0, len(blocks) * 64 * 1024)) == b"".join(blocks)
         assert fsck.check(store).clean

@@ -317,8 +317,9 @@ class FileData:
         """Replace whole chunk bodies and set the size (or, with size None, grow it to at least
         `grow_to`): the write-back cache's flush. The caller owns the file (it holds the
         lease), so no read-modify-write check is needed."""
-        staged = self._stage(contents)
-        return self._commit(ino, staged, size=size, grow_to=grow_to, mtime_ns=mtime_ns)
+        with self.segments.held_until_committed():
+            staged = self._stage(contents)
+            return self._commit(ino, staged, size=size, grow_to=grow_to, mtime_ns=mtime_ns)
 
     def truncate(self, ino: int, size: int) -> Inode:
         """ftruncate(2): shrinking frees chunks past the end and cuts the straddling one;
@@ -475,6 +476,12 @@ class FileData:
         may be short), creating the file if needed. All bodies are durable before one final
         transaction swaps the chunk map, so a reader sees the old contents or the new, and an
         interrupted upload leaves only orphan bytes. `check(tx, existing)` may veto inside it."""
+        with self.segments.held_until_committed():
+            return self._replace(parent, name, bodies, mode, uid, gid, xattrs, check)
+
+    def _replace(self, parent: int, name: bytes, bodies: Iterable[bytes | memoryview],
+                 mode: int, uid: int, gid: int, xattrs: Mapping[bytes, bytes] | None,
+                 check: Callable[[Tx, Inode | None], None] | None) -> Inode:
         staged: list[StagedChunk | None] = []
         size = 0
         batch: list[bytes | memoryview] = []

@@ -236,12 +236,15 @@ class Uploads:
                                   f"{MAX_PART_NUMBER}, inclusive")
         with self.env.read() as tx:  # fail fast, before reading a body
             self._upload(tx, bucket, key, upload_id)
-        staged, size, md5 = self.objects._stage(bodies)
-        if content_md5 is not None and content_md5 != md5:
-            raise BadDigest("The Content-MD5 you specified did not match what was received.")
-        if callable(checksum):  # a trailing checksum, known once the body is consumed
-            checksum = checksum()
-        return self._record_part(bucket, key, upload_id, number, staged, size, md5, checksum)
+        with self.store.segments.held_until_committed():
+            staged, size, md5 = self.objects._stage(bodies)
+            if content_md5 is not None and content_md5 != md5:
+                raise BadDigest("The Content-MD5 you specified did not match what was "
+                                "received.")
+            if callable(checksum):  # a trailing checksum, known once the body is consumed
+                checksum = checksum()
+            return self._record_part(bucket, key, upload_id, number, staged, size, md5,
+                                     checksum)
 
     def _record_part(self, bucket: str, key: bytes, upload_id: str, number: int,
                      staged: list[StagedChunk | None], size: int, md5: bytes,
@@ -279,12 +282,14 @@ class Uploads:
                 raise InvalidArgument("The x-amz-copy-source-range value must be of the form "
                                       "bytes=first-last where first and last are the zero-based "
                                       "offsets of the first and last bytes to copy")
-            try:
-                staged, size, md5 = self.objects._stage(
-                    self.objects.iter_read(info.ino, info.version, start, end - start))
-            except ObjectChanged:
-                continue
-            return self._record_part(bucket, key, upload_id, number, staged, size, md5, None)
+            with self.store.segments.held_until_committed():
+                try:
+                    staged, size, md5 = self.objects._stage(
+                        self.objects.iter_read(info.ino, info.version, start, end - start))
+                except ObjectChanged:
+                    continue
+                return self._record_part(bucket, key, upload_id, number, staged, size, md5,
+                                         None)
         raise ObjectChanged("the source kept changing while it was copied")
 
     def abort(self, bucket: str, key: bytes, upload_id: str) -> None:

@@ -454,36 +454,38 @@ class Objects:
             existing = self._lookup(tx, self.bucket_inode(tx, bucket), key)
         if conditions and conditions.if_none_match == ("*",) and existing is not None:
             raise PreconditionFailed("the object exists (If-None-Match: *)")
-        staged, size, md5 = self._stage(bodies)
-        if content_md5 is not None and content_md5 != md5:
-            raise BadDigest("the Content-MD5 you specified did not match what was received")
-        if callable(checksum):
-            checksum = checksum()
-        etag = md5.hex()
-        fingerprint = etags.staged_fingerprint(staged, size)
+        # A body longer than a segment must not lose its first segments to gc meanwhile.
+        with self.store.segments.held_until_committed():
+            staged, size, md5 = self._stage(bodies)
+            if content_md5 is not None and content_md5 != md5:
+                raise BadDigest("the Content-MD5 you specified did not match what was received")
+            if callable(checksum):
+                checksum = checksum()
+            etag = md5.hex()
+            fingerprint = etags.staged_fingerprint(staged, size)
 
-        def commit(tx: Tx) -> ObjectInfo:
-            b = self.bucket_inode(tx, bucket)
-            parent, existing = self._place(tx, b, parts)
-            if conditions:
-                current = None
-                if existing is not None:
-                    current = (self._etag_in_tx(tx, existing)[0]
-                               if needs_etag(conditions) else "")
-                conditions.check(current, existing.mtime_ns if existing else 0,
-                                 reading=False)
-            inode = self._install(tx, parent, existing, parts[-1], key, metadata, headers,
-                                  staged, size, (fingerprint, etag, checksum))
-            return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
-                              inode.version, etag, metadata, _lower(headers), checksum)
+            def commit(tx: Tx) -> ObjectInfo:
+                b = self.bucket_inode(tx, bucket)
+                parent, existing = self._place(tx, b, parts)
+                if conditions:
+                    current = None
+                    if existing is not None:
+                        current = (self._etag_in_tx(tx, existing)[0]
+                                   if needs_etag(conditions) else "")
+                    conditions.check(current, existing.mtime_ns if existing else 0,
+                                     reading=False)
+                inode = self._install(tx, parent, existing, parts[-1], key, metadata, headers,
+                                      staged, size, (fingerprint, etag, checksum))
+                return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
+                                  inode.version, etag, metadata, _lower(headers), checksum)
 
-        for _attempt in range(_RETRIES):
-            try:
-                # Concurrent PUTs share one durable commit (vfsd/store/groupcommit.py).
-                return self.group.run(commit)
-            except etags.NeedEtag as need:
-                self.etag(need.ino)
-        raise ObjectChanged("the object kept changing while its ETag was checked")
+            for _attempt in range(_RETRIES):
+                try:
+                    # Concurrent PUTs share one durable commit (vfsd/store/groupcommit.py).
+                    return self.group.run(commit)
+                except etags.NeedEtag as need:
+                    self.etag(need.ino)
+            raise ObjectChanged("the object kept changing while its ETag was checked")
 
     def copy_object(self, src_bucket: str, src_key: bytes, dst_bucket: str, dst_key: bytes, *,
                     replace_metadata: bool = False,

@@ -109,6 +109,11 @@ class SegmentStore(Protocol):
         """Several `add`s of records as one append, durable when the block is left."""
         ...
 
+    def held_until_committed(self) -> contextlib.AbstractContextManager[None]:
+        """Around staging and the commit that refers to it: gc keeps away from the segments
+        it appended to until then (see LocalSegments)."""
+        ...
+
     def read(self, location: ChunkLocation) -> bytes:
         """Return a body, verified against its CRC; raise Corrupt if it does not match."""
         ...
@@ -175,16 +180,24 @@ class LocalSegments:
     """Segment files in a directory. Thread-safe: appends serialise on one lock.
 
     `allocate(previous)` returns a new segment id for this process and gives up its claim on
-    `previous` (None at first), so gc may compact the segments a process has moved past."""
+    `previous` (None at first), so gc may compact the segments a process has moved past.
+    `disown(segment)` gives up a claim later: on a segment rolled past while an operation that
+    appended to it had not committed yet (see `held_until_committed`)."""
 
     def __init__(
         self,
         directory: Path,
         allocate: Callable[[int | None], int],
         seal_size: int = DEFAULT_SEAL_SIZE,
+        disown: Callable[[int], None] | None = None,
     ):
         self.directory = Path(directory)
         self._allocate = allocate
+        self._disown = disown
+        self._holds_lock = threading.Lock()
+        self._holds: list[set[int]] = []  # segments each uncommitted operation appended to
+        self._deferred: set[int] = set()  # rolled past, still claimed for such an operation
+        self._thread_holds = threading.local()
         self._seal_size = seal_size
         self._append_lock = threading.Lock()
         self._current: int | None = None
@@ -220,6 +233,40 @@ class LocalSegments:
                 appender.finish(durable=False)
                 raise
             appender.finish(durable=True)
+
+    @contextlib.contextmanager
+    def held_until_committed(self) -> Iterator[None]:
+        """Around an operation that stages records (in this thread) and commits them later,
+        such as a PUT that stages its whole body before its one commit. A segment it fills
+        and rolls past holds nothing committed yet, so gc would see it as empty, retire it and
+        delete it a few seconds later; the commit would then find its records gone. This
+        process keeps its claim on such segments (gc leaves claimed segments alone) until
+        every operation that appended to them has ended. A crash ends the claims with the
+        process, and the records become the orphans they are."""
+        hold: set[int] = set()
+        stack = self._thread_holds.__dict__.setdefault("stack", [])
+        stack.append(hold)
+        with self._holds_lock:
+            self._holds.append(hold)
+        try:
+            yield
+        finally:
+            stack.pop()
+            with self._holds_lock:
+                self._holds.remove(hold)
+                released = {segment for segment in self._deferred & hold
+                            if not any(segment in other for other in self._holds)}
+                self._deferred -= released
+            if self._disown is not None:
+                for segment in sorted(released):
+                    self._disown(segment)
+
+    def _note_append(self, segment: int) -> None:
+        stack = getattr(self._thread_holds, "stack", None)
+        if stack:
+            with self._holds_lock:
+                for hold in stack:
+                    hold.add(segment)
 
     def write_alone(self, segment: int, digest: bytes, body: Body) -> ChunkLocation:
         """Write one record into a new segment of its own, durably, taking no lock and no
@@ -275,7 +322,12 @@ class LocalSegments:
     def _roll(self) -> None:
         if self._current_fd >= 0:
             os.close(self._current_fd)
-        segment = self._allocate(self._current)
+        previous = self._current
+        with self._holds_lock:
+            if previous is not None and any(previous in hold for hold in self._holds):
+                self._deferred.add(previous)  # disowned when those operations end
+                previous = None
+        segment = self._allocate(previous)
         path = self.path(segment)
         fd, self._direct = _open_for_append(path)
         # The new name must survive a crash before any location inside it is committed.
@@ -521,6 +573,7 @@ class Appender:
                 segments._roll()
             self._offset = self._buffer_at = segments._current_size
         assert segments._current is not None
+        segments._note_append(segments._current)
         locations = []
         for digest, body in bodies:
             self._put(HEADER.pack(MAGIC, digest, len(body), CODEC_RAW, crc32c.crc32c(body)))

@@ -42,7 +42,8 @@ class Store:
         self.origin = secrets.randbits(63)  # tags this process's entries in the change log
         with self.env.write() as tx:
             namespace.ensure_root(tx)
-        self.segments = LocalSegments(config.segments_dir, self._allocate_segment)
+        self.segments = LocalSegments(config.segments_dir, self._allocate_segment,
+                                      disown=self._disown_segment)
         self.env.rescue = self._rescue
         self.leases = Leases(config.path / "run")
         self.data = FileData(self.env, self.segments, config.chunk_size, self.origin,
@@ -89,6 +90,10 @@ class Store:
             info = SegmentInfo(segment, 0, owner.pid, owner.start_time)
             tx.put(tx.db.segments, U64.pack(segment), info.pack())
             return segment
+
+    def _disown_segment(self, segment: int) -> None:
+        with self.env.write() as tx:
+            self._disown(tx, segment)
 
     def _disown(self, tx: Tx, segment: int) -> None:
         raw = tx.get(tx.db.segments, U64.pack(segment))
