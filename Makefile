@@ -30,7 +30,7 @@ bench: deps
 	$(PY) bench/vm.py
 
 lint: deps
-	$(VENV)/bin/pip install -q ruff mypy
+	$(VENV)/bin/pip install -q ruff==0.17.6 mypy==2.4.1
 	$(VENV)/bin/ruff check vfsd gateway tests bench
 	$(VENV)/bin/mypy vfsd/store
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vfsd.store import Store, gc  # noqa: E402
-from vfsd.store.snapshots import Snapshots  # noqa: E402
-from vfsd.store.vms import Vms  # noqa: E402
+from vfsd.store import Store, gc
+from vfsd.store.snapshots import Snapshots
+from vfsd.store.vms import Vms
 
 MB, MiB, GiB = 1_000_000, 1 << 20, 1 << 30
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vfsd.store import ROOT_INO, Store  # noqa: E402
+from vfsd.store import ROOT_INO, Store
 
 MB = 1_000_000
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}

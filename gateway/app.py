@@ -29,7 +29,16 @@ from . import auth, buckets, listing, multipart, objects, xml
 from .body import CONTINUE_SENT
 from .config import GatewayConfig
 from .context import (
-    CONFIG, EXECUTOR, MULTIPART, OBJECTS, S3, STOPPING, STORE, UPLOADS, USERS, S3Request,
+    CONFIG,
+    EXECUTOR,
+    MULTIPART,
+    OBJECTS,
+    S3,
+    STOPPING,
+    STORE,
+    UPLOADS,
+    USERS,
+    S3Request,
     UserCache,
 )
 from .errors import InternalError, S3Error, from_core

@@ -27,9 +27,15 @@ from urllib.parse import quote, unquote_to_bytes
 from vfsd.store.users import User
 
 from .errors import (
-    AccessDenied, AuthorizationHeaderMalformed, AuthorizationQueryParametersError,
-    InvalidAccessKeyId, InvalidArgument, InvalidRequest, NotImplementedS3,
-    RequestTimeTooSkewed, SignatureDoesNotMatch,
+    AccessDenied,
+    AuthorizationHeaderMalformed,
+    AuthorizationQueryParametersError,
+    InvalidAccessKeyId,
+    InvalidArgument,
+    InvalidRequest,
+    NotImplementedS3,
+    RequestTimeTooSkewed,
+    SignatureDoesNotMatch,
 )
 
 if TYPE_CHECKING:

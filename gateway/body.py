@@ -23,8 +23,16 @@ from aiohttp import web
 from .auth import Streaming
 from .context import CONFIG, S3, STOPPING
 from .errors import (
-    BadDigest, EntityTooLarge, IncompleteBody, InvalidArgument, InvalidRequest, MalformedXML,
-    MissingContentLength, RequestTimeout, SignatureDoesNotMatch, XAmzContentSHA256Mismatch,
+    BadDigest,
+    EntityTooLarge,
+    IncompleteBody,
+    InvalidArgument,
+    InvalidRequest,
+    MalformedXML,
+    MissingContentLength,
+    RequestTimeout,
+    SignatureDoesNotMatch,
+    XAmzContentSHA256Mismatch,
 )
 from .headers import Checksum, checksum, content_md5, trailing_checksum
 
@@ -76,7 +84,7 @@ class BodyStream:
                 self.preloaded = await self._read(self.length)
         except TimeoutError:
             raise RequestTimeout() from None
-        except Exception:  # EOF, reset, content-length error: the client went away
+        except Exception:  # noqa: BLE001 - EOF, reset, content-length error: the client left
             raise IncompleteBody() from None
 
     def _take(self, data: bytes) -> bytes:
@@ -122,7 +130,7 @@ class BodyStream:
                     raise RequestTimeout() from None
             except concurrent.futures.CancelledError:
                 raise RequestTimeout() from None
-            except Exception:  # EOF, reset, content-length error: the client went away
+            except Exception:  # noqa: BLE001 - EOF, reset, content-length error: the client left
                 raise IncompleteBody() from None
 
     def verify(self) -> None:
@@ -150,7 +158,7 @@ async def read_small(request: web.Request, payload_sha256: str | None,
             if not more:
                 break
             body += more
-    except Exception:
+    except Exception:  # noqa: BLE001 - as in preload: the client went away
         raise IncompleteBody() from None
     if len(body) > limit:
         raise MalformedXML(f"the request body is over {limit} bytes")

@@ -14,7 +14,11 @@ from . import xml
 from .body import read_small
 from .context import CONFIG, OBJECTS, S3, owner, run
 from .errors import (
-    InvalidArgument, InvalidLocationConstraint, NotImplementedS3, S3Error, from_core,
+    InvalidArgument,
+    InvalidLocationConstraint,
+    NotImplementedS3,
+    S3Error,
+    from_core,
 )
 from .headers import checksum
 

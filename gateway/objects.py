@@ -235,7 +235,7 @@ async def _stream(request: web.Request, response: web.StreamResponse, offset: in
         await response.write_eof()
     except ConnectionError:
         request[S3].error = "ClientDisconnected"
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - headers are out: no error response can follow
         # aiohttp finds the transport closed when it finishes the response, and lets it be.
         log.warning("GET %s cut off after headers: %s", request[S3].resource, e)
         request[S3].error = type(e).__name__

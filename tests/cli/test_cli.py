@@ -15,7 +15,7 @@ def vfsd(*args, store=None, check=False):
     if store is not None:
         env["VFSD_STORE"] = str(store)
     result = subprocess.run([sys.executable, "-m", "vfsd", *args], capture_output=True,
-                            text=True, env=env)
+                            text=True, env=env, check=False)
     if check:
         assert result.returncode == 0, result.stderr
     return result

@@ -34,7 +34,8 @@ class Mount:
 
     def start(self) -> Mount:
         self.path.mkdir(exist_ok=True)
-        self.log = open(self.store.parent / "mount-output.log", "ab")
+        # Open while the daemon runs: stop() closes it.
+        self.log = open(self.store.parent / "mount-output.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vfsd", "mount", "--foreground", "--store", str(self.store),
              str(self.path), *self.extra],
@@ -60,7 +61,8 @@ class Mount:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
-        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+        subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True,
+                       check=False)
         wait_for(lambda: not os.path.ismount(self.path), 30, "the lazy unmount")
 
     def stop(self) -> None:
@@ -68,14 +70,15 @@ class Mount:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
+            subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True, check=False)
             try:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         if is_mounted(self.path):  # a dead daemon's mount is not os.path.ismount()
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True,
+                           check=False)
         self.log.close()
         self.proc = None
 

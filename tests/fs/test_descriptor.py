@@ -21,9 +21,8 @@ def test_people_cannot_change_the_descriptor(vm, mnt):
     descriptor = mnt / "vms" / "web" / "web.vmdk"
     original = descriptor.read_bytes()
     for mode in ("ab", "wb"):
-        with pytest.raises(OSError) as info:
-            with open(descriptor, mode) as f:
-                f.write(b"createType=\"twoGbMaxExtentSparse\"\n")
+        with pytest.raises(OSError) as info, open(descriptor, mode) as f:
+            f.write(b"createType=\"twoGbMaxExtentSparse\"\n")
         assert info.value.errno == errno.EROFS
     with pytest.raises(OSError) as info:
         os.truncate(descriptor, 10)

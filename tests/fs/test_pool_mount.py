@@ -21,12 +21,10 @@ def test_quota_statfs_and_enospc(mount, mnt, store_path):
     st = os.statvfs(mnt)
     assert 23 * MiB <= st.f_bavail * st.f_frsize <= 24 * MiB + 4096
 
-    with pytest.raises(OSError) as info:
-        with open(mnt / "too-big", "wb") as f:
-            for _ in range(64):
-                f.write(os.urandom(MiB))
-            f.flush()
-            os.fsync(f.fileno())
+    with pytest.raises(OSError) as info, open(mnt / "too-big", "wb") as f:
+        f.writelines(os.urandom(MiB) for _ in range(64))
+        f.flush()
+        os.fsync(f.fileno())
     assert info.value.errno == errno.ENOSPC
     # The file that fit is intact and the pool is not overdrawn.
     assert len((mnt / "fits").read_bytes()) == 8 * MiB

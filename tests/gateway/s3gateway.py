@@ -75,12 +75,13 @@ class GatewayProcess:
 
     def start(self) -> GatewayProcess:
         self.port = free_port()
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "--store", str(self.store), "--host", "127.0.0.1",
-             "--port", str(self.port), *self.args],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            # preexec_fn: subprocess has no other way to set the child's PDEATHSIG.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "--store", str(self.store), "--host",
+                 "127.0.0.1", "--port", str(self.port), *self.args],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent)  # noqa: PLW1509
         wait_for(self._answers, what=f"the gateway on port {self.port}")
         return self
 

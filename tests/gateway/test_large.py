@@ -129,7 +129,7 @@ def test_kill_9_during_a_large_put(tmp_path, gateway_process, existed):
     assert "status" not in outcome, outcome  # the PUT never completed
 
     fsck = subprocess.run([sys.executable, "-m", "vfsd", "fsck", "--store", str(store)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     assert "orphan bytes" in fsck.stdout
 

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from s3gateway import client, make_store, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fs"))
-from mounting import Mount  # noqa: E402  (tests/fs/mounting.py)
+from mounting import Mount  # tests/fs/mounting.py
 
 pytestmark = pytest.mark.timeout(180)
 

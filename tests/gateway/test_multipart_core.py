@@ -14,7 +14,11 @@ from hypothesis import strategies as st
 from vfsd.store import Store, fsck, gc
 from vfsd.store.chunks import LOGICAL
 from vfsd.store.errors import (
-    EntityTooSmall, InvalidPart, InvalidPartOrder, NoSuchBucket, NoSuchUpload,
+    EntityTooSmall,
+    InvalidPart,
+    InvalidPartOrder,
+    NoSuchBucket,
+    NoSuchUpload,
 )
 from vfsd.store.multipart import Uploads, multipart_etag
 from vfsd.store.objects import Objects

@@ -7,8 +7,7 @@ import subprocess
 
 import pytest
 
-from vfsd.store import InodeFlags, Store
-from vfsd.store import fsck
+from vfsd.store import InodeFlags, Store, fsck
 from vfsd.store.errors import Busy, Exists, FileTooBig, NotFound, PermissionDenied, ReadOnly
 from vfsd.store.vms import Vms
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from vmtools import VM
 from qemu_guest import Guest, run_guest
+from vmtools import VM
 
 pytestmark = pytest.mark.timeout(240)
 MIB = 1 << 20

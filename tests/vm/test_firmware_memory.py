@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-from vmtools import create_vm
 from mounting import Mount, wait_for
 from qemu_guest import Guest, GuestRun
+from vmtools import create_vm
 
 from vfsd.qemu import OVMF_DIR
 

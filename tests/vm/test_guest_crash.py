@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from vmtools import VM, debugfs_dump, e2fsck, mkfs_ext4
 from mounting import Mount
 from qemu_guest import Guest, GuestRun
+from vmtools import VM, debugfs_dump, e2fsck, mkfs_ext4
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -9,8 +9,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from vmtools import VM, debugfs_dump, e2fsck, mkfs_ext4
 from qemu_guest import Guest, run_guest
+from vmtools import VM, debugfs_dump, e2fsck, mkfs_ext4
 
 pytestmark = pytest.mark.timeout(240)
 

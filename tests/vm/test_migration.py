@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from vmtools import VM
 from qemu_guest import Guest, GuestRun
+from vmtools import VM
 
 qmp = pytest.importorskip("qemu.qmp", reason="needs the qemu.qmp package (pip install qemu.qmp)")
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from vmtools import QEMU, VM
 from mounting import Mount
+from vmtools import QEMU, VM
 
 from vfsd.store.leases import process_start_time
 

@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
-from vmtools import VM, create_vm, mkfs_ext4
 from mounting import Mount, wait_for
 from qemu_guest import Guest, run_guest
+from vmtools import VM, create_vm, mkfs_ext4
 
 from vfsd.store import Store
 from vfsd.store.errors import Busy

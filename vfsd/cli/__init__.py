@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vfsd: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
               file=sys.stderr)
         return EXIT_ERROR
-    except Exception as e:  # a bug: one line for the user, the traceback on request
+    except Exception as e:  # noqa: BLE001 - a bug: one line for the user, traceback on request
         if os.environ.get("VFSD_DEBUG"):
             traceback.print_exc()
         print(f"vfsd: internal error: {type(e).__name__}: {e} (set VFSD_DEBUG=1 for the "

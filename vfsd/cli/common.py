@@ -39,7 +39,7 @@ def size_arg(text: str) -> int:
 
 def duration_arg(text: str) -> float:
     try:
-        value = float(text[:-1] if text.endswith("s") else text)
+        value = float(text.removesuffix("s"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 1s, 0.5)") from None
     if value <= 0:

@@ -383,9 +383,9 @@ class Operations(pyfuse3.Operations):
         await self.cache.flush(ino)  # the chunk map must hold everything before it changes
         inode = await self.run(self.store.getattr, ino)
         end = offset + length
-        if not mode & FALLOC_FL_KEEP_SIZE and end > inode.size:
-            if inode.flags & InodeFlags.FIXED_SIZE:
-                raise pyfuse3.FUSEError(errno.EFBIG)
+        if (not mode & FALLOC_FL_KEEP_SIZE and end > inode.size
+                and inode.flags & InodeFlags.FIXED_SIZE):
+            raise pyfuse3.FUSEError(errno.EFBIG)
         if mode & punch:
             # Zeroing a range is punching it: zeros are holes here.
             await self.run(self.store.punch_hole, ino, offset, length)

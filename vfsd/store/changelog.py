@@ -46,7 +46,7 @@ def trim(env: Environment, now_ms: int, retain_ms: int | None = None,
     if keep_newest < 1:
         raise ValueError("the newest entry is never trimmed")
 
-    def trimmable(cursor: lmdb.Cursor, last: int) -> bool:
+    def trimmable(cursor: lmdb.Cursor[bytes], last: int) -> bool:
         seq = U64.unpack(cursor.key())[0]
         version = CHANGE.unpack_from(cursor.value())[4]
         return last - seq >= keep_newest and wall_ms(version) < now_ms - retain_ms

@@ -64,7 +64,7 @@ def create_config(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> StoreConf
         format_version=FORMAT_VERSION,
         node_id=secrets.token_hex(8),
         chunk_size=chunk_size,
-        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
     text = (
         "# vfsd store: written once by `vfsd init`, never edited.\n"

@@ -56,10 +56,12 @@ class Tx:
     chunks updates each counter once.
     """
 
-    __slots__ = ("txn", "db", "write", "deltas", "segment_deltas", "version", "changes", "rescue",
-                 "inode_hook", "stored_inodes")
+    __slots__ = ("changes", "db", "deltas", "inode_hook", "rescue", "segment_deltas",
+                 "stored_inodes", "txn", "version", "write")
 
-    def __init__(self, txn: lmdb.Transaction, db: Databases, write: bool,
+    # Every transaction is begun with buffers=False (lmdb's default), so keys and values are
+    # bytes that outlive it, never memoryviews into the map.
+    def __init__(self, txn: lmdb.Transaction[bytes], db: Databases, write: bool,
                  rescue: Callable[[Tx, ChunkLocation], ChunkLocation] | None = None,
                  inode_hook: Callable[[Tx, Inode], None] | None = None):
         self.txn = txn
@@ -82,7 +84,7 @@ class Tx:
     def delete(self, db: Any, key: bytes) -> bool:
         return self.txn.delete(key, db=db)
 
-    def cursor(self, db: Any) -> lmdb.Cursor:
+    def cursor(self, db: Any) -> lmdb.Cursor[bytes]:
         return self.txn.cursor(db=db)
 
     def entries(self, db: Any) -> int:
@@ -156,7 +158,7 @@ class Environment:
         # chunks lay (vfsd/fs/readmap.py).
         self.on_commit: Callable[[set[int]], None] | None = None
 
-    def begin_write(self, txn: lmdb.Transaction) -> Tx:
+    def begin_write(self, txn: lmdb.Transaction[bytes]) -> Tx:
         return Tx(txn, self.db, write=True, rescue=self.rescue, inode_hook=self.inode_hook)
 
     def committed(self, stored_inodes: set[int]) -> None:

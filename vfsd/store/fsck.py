@@ -18,7 +18,13 @@ from .env import U64, Tx
 from .errors import Corrupt
 from .names import is_bucket_name
 from .records import (
-    CHUNK, DIRENT, ROOT_INO, SEGMENT_RETIRED, ChunkLocation, Inode, SegmentInfo,
+    CHUNK,
+    DIRENT,
+    ROOT_INO,
+    SEGMENT_RETIRED,
+    ChunkLocation,
+    Inode,
+    SegmentInfo,
 )
 from .segments import HEADER, MAGIC
 from .store import Store
@@ -121,11 +127,11 @@ def check(store: Store, progress: Progress = no_progress) -> FsckReport:
         entries = tx.entries(tx.db.chunkmap)
         for key, digest in progress(tx.cursor(tx.db.chunkmap), entries, "chunk map"):
             ino, index = U64.unpack(key[:8])[0], U64.unpack(key[8:])[0]
-            inode = inodes.get(ino)
-            if inode is None or not inode.is_file:
+            owner = inodes.get(ino)
+            if owner is None or not owner.is_file:
                 bad(f"chunk map entry for missing or non-file inode {ino}")
-            elif index * cs >= inode.size:
-                bad(f"inode {ino} has chunk {index} past its size {inode.size}")
+            elif index * cs >= owner.size:
+                bad(f"inode {ino} has chunk {index} past its size {owner.size}")
             refs[bytes(digest)] += 1
             raw = tx.get(tx.db.chunks, digest)
             stored[ino] += CHUNK.unpack(raw)[2] if raw else 0

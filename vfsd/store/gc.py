@@ -14,19 +14,18 @@ A body that staging found in a retired segment is copied back out when it is com
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from . import changelog
 from .env import U64
 from .errors import Corrupt
+from .fsck import Progress
 from .leases import process_start_time
 from .records import CHUNK, SEGMENT_RETIRED, ChunkLocation, SegmentInfo
 from .segments import HEADER
 from .store import Store
 
-T = TypeVar("T")
 DEFAULT_GRACE_SECONDS = 5.0
 DEFAULT_DEAD_RATIO = 0.5
 MOVE_BATCH = 64
@@ -60,7 +59,7 @@ def _owned(info: SegmentInfo) -> bool:
 
 def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
             dead_ratio: float = DEFAULT_DEAD_RATIO,
-            progress: Callable[[Iterable[T], int, str], Iterable[T]] | None = None) -> GcReport:
+            progress: Progress[SegmentInfo] | None = None) -> GcReport:
     """One pass. Safe beside other processes using the store (they may read a retired
     segment until the grace period ends; none appends to a segment it does not own)."""
     report = GcReport()

@@ -318,7 +318,7 @@ def _take_spare(directory: Path, path: Path) -> tuple[int, int]:
     return fd, 1
 
 
-def _lap_of(block: bytes) -> int | None:
+def _lap_of(block: bytes | memoryview) -> int | None:
     if len(block) < _FILE_HEADER.size:
         return None
     magic, crc, lap = _FILE_HEADER.unpack_from(block)

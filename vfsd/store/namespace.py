@@ -13,13 +13,27 @@ from . import changelog
 from .chunks import drop_chunks_from
 from .env import U64, Tx
 from .errors import (
-    Exists, InvalidArgument, IsADirectory, NameTooLong, NotADirectory, NotEmpty, NotFound,
-    PermissionDenied, ReadOnly,
+    Exists,
+    InvalidArgument,
+    IsADirectory,
+    NameTooLong,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    PermissionDenied,
+    ReadOnly,
 )
 from .hlc import tick
 from .names import check_name, is_bucket_name
 from .records import (
-    DIRENT, ROOT_INO, ChangeOp, DirEntry, Inode, InodeFlags, dirent_key, ino_key,
+    DIRENT,
+    ROOT_INO,
+    ChangeOp,
+    DirEntry,
+    Inode,
+    InodeFlags,
+    dirent_key,
+    ino_key,
 )
 
 NEXT_INO = b"next_ino"

@@ -31,7 +31,13 @@ from .env import U64, Tx
 from .errors import Corrupt
 from .fsck import Progress, _expected_keys, files_using, no_progress, paths_of
 from .records import (
-    CHUNK, DIRENT, SEGMENT_RETIRED, ChangeOp, ChunkLocation, Inode, SegmentInfo,
+    CHUNK,
+    DIRENT,
+    SEGMENT_RETIRED,
+    ChangeOp,
+    ChunkLocation,
+    Inode,
+    SegmentInfo,
 )
 from .segments import HEADER
 from .store import Store

@@ -581,7 +581,7 @@ class Appender:
             self._put(body)
         return locations
 
-    def _put(self, piece: bytes | memoryview) -> None:
+    def _put(self, piece: Body) -> None:
         view = memoryview(piece).cast("B")
         self._offset += len(view)
         while view:

@@ -34,7 +34,15 @@ from .records import ROOT_INO, ChangeOp, Inode, InodeFlags
 from .store import Store
 from .vmdk import descriptor, parse_extent
 from .vms import (
-    ATTACHED, DESCRIPTOR_FLAGS, DISK_FLAGS, FILE_MODE, VMS, VOLUMES, Vms, VmInfo, VolumeInfo,
+    ATTACHED,
+    DESCRIPTOR_FLAGS,
+    DISK_FLAGS,
+    FILE_MODE,
+    VMS,
+    VOLUMES,
+    VmInfo,
+    Vms,
+    VolumeInfo,
     check_vm_name,
 )
 from .vmx import VmSettings

@@ -13,18 +13,32 @@ import stat
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Self
 
 from . import changelog, chunks, namespace, vmdk
-from .config import DEFAULT_CHUNK_SIZE, StoreConfig, create_config, load_config
 from .chunks import chunk_hash
+from .config import DEFAULT_CHUNK_SIZE, StoreConfig, create_config, load_config
 from .env import U64, Environment, Tx
 from .errors import (
-    Exists, FileTooBig, InvalidArgument, NoAttribute, NotADirectory, PermissionDenied,
+    Exists,
+    FileTooBig,
+    InvalidArgument,
+    NoAttribute,
+    NotADirectory,
+    PermissionDenied,
 )
 from .files import FileData, check_file_writable
 from .leases import Holder, Leases
 from .records import (
-    ROOT_INO, Change, ChangeOp, ChunkLocation, DirEntry, Inode, InodeFlags, SegmentInfo, ino_key,
+    ROOT_INO,
+    Change,
+    ChangeOp,
+    ChunkLocation,
+    DirEntry,
+    Inode,
+    InodeFlags,
+    SegmentInfo,
+    ino_key,
 )
 from .segments import LocalSegments
 
@@ -70,7 +84,7 @@ class Store:
         self.leases.close()
         self.env.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
