@@ -2,7 +2,6 @@
 racing the flusher under a tight memory bound lose nothing and leak no room."""
 
 import os
-import subprocess
 
 import pytest
 import trio
@@ -55,8 +54,8 @@ async def test_an_fsync_after_background_batches_keeps_their_bytes_over_older_se
     from vfsd.store.journal import Journal, recover
     from vfsd.store.leases import Holder
 
-    child = subprocess.Popen(["true"])  # a holder whose process is gone: "crashed"
-    child.wait()
+    child = await trio.lowlevel.open_process(["true"])  # a holder whose process is gone
+    await child.wait()
     with Store.init(tmp_path / "store") as store:
         ino = store.create(ROOT_INO, b"f").ino
 
