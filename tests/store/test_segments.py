@@ -233,3 +233,28 @@ def test_a_read_handle_pushed_out_while_in_use_closes_only_after_its_read(
         os.fstat(fd)  # closed once its read was done
     assert len(readers) <= 2
     readers.close()
+
+
+def test_segments_rolled_past_under_a_hold_are_given_up_when_the_last_hold_ends(
+        tmp_path: Path) -> None:
+    """held_until_committed: a roll keeps the claim on a segment an open operation wrote to;
+    the claim goes when every operation that wrote there has ended, in whatever order."""
+    ids = itertools.count(1)
+    disowned: list[int] = []
+    given_up: list[int | None] = []
+
+    def allocate(previous: int | None) -> int:
+        given_up.append(previous)
+        return next(ids)
+
+    segments = LocalSegments(tmp_path, allocate, seal_size=1, disown=disowned.append)
+    record = [(chunk_hash(b"x"), b"x")]
+    with segments.held_until_committed():
+        with segments.held_until_committed():  # two operations with equal (empty) holds
+            segments.append(record)  # segment 1
+        segments.append(record)  # rolls past 1: the outer operation wrote there too
+        assert given_up == [None, None] and disowned == []
+    assert disowned == [1]
+    segments.append(record)  # rolls past 2, which no open operation holds
+    assert given_up[-1] == 2
+    segments.close()

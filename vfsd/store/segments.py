@@ -195,7 +195,7 @@ class LocalSegments:
         self._allocate = allocate
         self._disown = disown
         self._holds_lock = threading.Lock()
-        self._holds: list[set[int]] = []  # segments each uncommitted operation appended to
+        self._holds: list[_Hold] = []  # one per operation in held_until_committed
         self._deferred: set[int] = set()  # rolled past, still claimed for such an operation
         self._thread_holds = threading.local()
         self._seal_size = seal_size
@@ -243,7 +243,7 @@ class LocalSegments:
         process keeps its claim on such segments (gc leaves claimed segments alone) until
         every operation that appended to them has ended. A crash ends the claims with the
         process, and the records become the orphans they are."""
-        hold: set[int] = set()
+        hold = _Hold()
         stack = self._thread_holds.__dict__.setdefault("stack", [])
         stack.append(hold)
         with self._holds_lock:
@@ -253,9 +253,9 @@ class LocalSegments:
         finally:
             stack.pop()
             with self._holds_lock:
-                self._holds.remove(hold)
-                released = {segment for segment in self._deferred & hold
-                            if not any(segment in other for other in self._holds)}
+                self._holds.remove(hold)  # by identity: _Hold has no value equality
+                released = {segment for segment in self._deferred & hold.segments
+                            if not any(segment in other.segments for other in self._holds)}
                 self._deferred -= released
             if self._disown is not None:
                 for segment in sorted(released):
@@ -266,7 +266,7 @@ class LocalSegments:
         if stack:
             with self._holds_lock:
                 for hold in stack:
-                    hold.add(segment)
+                    hold.segments.add(segment)
 
     def write_alone(self, segment: int, digest: bytes, body: Body) -> ChunkLocation:
         """Write one record into a new segment of its own, durably, taking no lock and no
@@ -324,7 +324,7 @@ class LocalSegments:
             os.close(self._current_fd)
         previous = self._current
         with self._holds_lock:
-            if previous is not None and any(previous in hold for hold in self._holds):
+            if previous is not None and any(previous in hold.segments for hold in self._holds):
                 self._deferred.add(previous)  # disowned when those operations end
                 previous = None
         segment = self._allocate(previous)
@@ -544,6 +544,15 @@ def _open_for_append(path: Path) -> tuple[int, bool]:
         if e.errno != errno.EINVAL:
             raise
     return os.open(path, flags, 0o644), False
+
+
+class _Hold:
+    """The segments one uncommitted operation appended to."""
+
+    __slots__ = ("segments",)
+
+    def __init__(self) -> None:
+        self.segments: set[int] = set()
 
 
 class Appender:
