@@ -26,7 +26,7 @@ from vfsd.store.multipart import Uploads
 from vfsd.store.objects import Objects
 
 from . import auth, buckets, listing, multipart, objects, xml
-from .body import CONTINUE_SENT
+from .body import CONTINUE_SENT, send_continue
 from .config import GatewayConfig
 from .context import (
     CONFIG,
@@ -78,12 +78,28 @@ def create_app(config: GatewayConfig, metrics: Metrics | None = None) -> web.App
     app.cleanup_ctx.append(garbage_collection)
     # aiohttp would answer `Expect: 100-continue` before the middlewares run; handlers do it
     # themselves once the request is authenticated and its arguments checked (gateway.body).
-    app.router.add_route("*", "/{path:.*}", dispatch, expect_handler=_defer_continue)
+    # [\s\S], not `.`: a key may hold a newline (S3 takes any UTF-8), and `.` stops there.
+    app.router.add_route("*", r"/{path:[\s\S]*}", dispatch, expect_handler=_defer_continue)
+    app.on_response_prepare.append(_before_headers)
     return app
 
 
 async def _defer_continue(request: web.Request) -> None:
     return None
+
+
+async def _before_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response, streamed ones too (their headers go before the middlewares see
+    them), carries its request id. A client that sent `Expect: 100-continue` with an empty
+    body still gets its 100 Continue first: without it, the aws CLI's connection keeps the
+    final status as a stale interim one and its next request on that connection waits for
+    the read timeout (60 s)."""
+    s3 = request.get(S3)
+    if s3 is not None:
+        response.headers.setdefault("x-amz-request-id", s3.request_id)
+        response.headers.setdefault("x-amz-id-2", s3.request_id)
+    if request.content_length == 0:
+        await send_continue(request)
 
 
 async def store_context(app: web.Application) -> AsyncIterator[None]:
@@ -197,7 +213,13 @@ def _sent(response: web.StreamResponse | None, s3: S3Request) -> int:
 
 
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A key as one token of a log line: quotes and backslashes escaped, and control
+    characters written as escapes, so that no key can end the line or forge another."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    if not escaped.isprintable():
+        escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode()
+                          for c in escaped)
+    return '"' + escaped + '"'
 
 
 @web.middleware

@@ -46,9 +46,11 @@ async def send_continue(request: web.Request) -> None:
         return
     request[CONTINUE_SENT] = True
     if (request.version >= (1, 1)
-            and request.headers.get("Expect", "").lower() == "100-continue"):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
+            and request.headers.get("Expect", "").lower() == "100-continue"
+            and request.transport is not None):
+        # Straight to the transport: once a response is being prepared (app._before_headers)
+        # its writer drops bytes past the declared Content-Length, and these are not body.
+        request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
 class BodyStream:

@@ -47,8 +47,10 @@ def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
 
 async def _serve(config: GatewayConfig) -> int:
     metrics = Metrics()
+    # auto_decompress=False: a PUT with Content-Encoding: gzip stores the bytes as sent (S3
+    # keeps the encoding as metadata); aiohttp would inflate the body before we read it.
     runner = web.AppRunner(create_app(config, metrics), access_log=None, handle_signals=False,
-                           shutdown_timeout=config.shutdown_timeout)
+                           shutdown_timeout=config.shutdown_timeout, auto_decompress=False)
     metrics_runner: web.AppRunner | None = None
     try:
         context = ssl_context(config)

@@ -43,7 +43,13 @@ class Node:
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    # XML 1.0 has no way to carry most control characters (not even as references), and a
+    # key or message holding one would make the whole document unreadable to the client.
+    return str(value).translate(_NOT_XML)
+
+
+_NOT_XML = dict.fromkeys([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0xFFFE, 0xFFFF,
+                          *range(0xD800, 0xE000)], "\ufffd")
 
 
 def timestamp(ns: int) -> str:

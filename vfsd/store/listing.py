@@ -51,6 +51,10 @@ def list_objects(objects: Objects, bucket: str, prefix: bytes = b"", delimiter: 
     stale: list[int] = []
     truncated = False
     last: bytes | None = None
+    if max_keys == 0:
+        # S3 answers an empty page that is not truncated: truncated with no next marker
+        # would send a client that pages "while truncated" back to the start forever.
+        return Listing(entries, prefixes, truncated, last)
     with objects.env.read() as tx:
         base = U64.pack(objects.bucket_inode(tx, bucket).ino)
         full_prefix = base + prefix

@@ -311,7 +311,7 @@ class Uploads:
                 if number <= marker:
                     continue
                 if len(parts) == max_parts:
-                    return upload, parts, True
+                    return upload, parts, max_parts > 0  # see listing.list_objects
                 parts.append(_unpack_part(number, raw))
         return upload, parts, False
 
@@ -339,7 +339,7 @@ class Uploads:
                     and (u.initiated_ns, u.upload_id) > (marker.initiated_ns, marker.upload_id))]
             else:
                 found = [u for u in found if u.key > key_marker]
-        return found[:max_uploads], len(found) > max_uploads
+        return found[:max_uploads], max_uploads > 0 and len(found) > max_uploads
 
     # --- complete --------------------------------------------------------------------------
 

@@ -1,0 +1,94 @@
+"""What real clients notice on the wire, found by driving the gateway with them: encoded
+bodies stored as sent, 100 Continue for empty bodies, request ids on every response, keys
+with control characters, error documents a parser can read, and an empty listing page."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import zlib
+from urllib.parse import urlsplit
+
+import botocore.exceptions
+import pytest
+import requests
+from s3gateway import Gateway
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_content_encoded_body_is_stored_as_sent(s3, bucket, encoding):
+    """aws s3 cp --content-encoding gzip (signed body) and a presigned PUT (unsigned): S3
+    keeps the bytes and the encoding as metadata; nothing inflates them."""
+    text = b"hello world " * 1000
+    body = gzip.compress(text) if encoding == "gzip" else zlib.compress(text)
+    s3.put_object(Bucket=bucket, Key="signed", Body=body, ContentEncoding=encoding)
+    url = s3.generate_presigned_url("put_object", Params={
+        "Bucket": bucket, "Key": "presigned", "ContentEncoding": encoding})
+    answer = requests.put(url, data=body, headers={"Content-Encoding": encoding}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    for key in ("signed", "presigned"):
+        got = s3.get_object(Bucket=bucket, Key=key)
+        assert got["ContentEncoding"] == encoding
+        assert got["Body"].read() == body
+
+
+def test_an_empty_body_sent_with_expect_gets_100_continue_first(s3, bucket, gateway: Gateway):
+    url = urlsplit(s3.generate_presigned_url("put_object",
+                                             Params={"Bucket": bucket, "Key": "empty"}))
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                     "Expect: 100-continue\r\nContent-Length: 0\r\n\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer.partition(b"\r\n\r\n")[2] and len(answer) < 65536:
+            more = sock.recv(65536)
+            if not more:
+                break
+            answer += more
+    interim, _, final = answer.partition(b"\r\n\r\n")
+    assert interim == b"HTTP/1.1 100 Continue"
+    assert final.startswith(b"HTTP/1.1 200"), answer
+    assert s3.get_object(Bucket=bucket, Key="empty")["Body"].read() == b""
+
+
+def test_every_response_carries_a_request_id(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="small", Body=b"x")
+    s3.put_object(Bucket=bucket, Key="large", Body=b"y" * (1 << 20))
+    answers = [s3.head_object(Bucket=bucket, Key="small"),
+               s3.get_object(Bucket=bucket, Key="small"),
+               s3.get_object(Bucket=bucket, Key="large")]  # streamed from mapped pages
+    for answer in answers:
+        headers = answer["ResponseMetadata"]["HTTPHeaders"]
+        assert headers.get("x-amz-request-id") and headers.get("x-amz-id-2"), headers
+
+
+def test_keys_with_control_characters(s3, bucket, gateway: Gateway):
+    """S3 takes any UTF-8 in a key; a newline must neither miss the route nor split the
+    access log line."""
+    key = "a\nb\tc\rd"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"multi-line key")
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"multi-line key"
+    listed = s3.list_objects_v2(Bucket=bucket)["Contents"]  # boto3 asks for url encoding
+    assert [item["Key"] for item in listed] == [key]
+    log = gateway.process.log()
+    assert '"a\\nb\\tc\\rd"' in log
+    assert not any(line.startswith("b\tc") for line in log.splitlines())
+
+
+def test_an_error_about_a_control_character_is_readable_xml(s3, bucket):
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="nul\x00here", Body=b"x")
+    assert info.value.response["Error"]["Code"] == "InvalidArgument"
+
+
+def test_max_keys_zero_is_an_empty_page_that_is_not_truncated(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    v2 = s3.list_objects_v2(Bucket=bucket, MaxKeys=0)
+    v1 = s3.list_objects(Bucket=bucket, MaxKeys=0)
+    assert (v2["IsTruncated"], v2["KeyCount"], v1["IsTruncated"]) == (False, 0, False)
+    assert "Contents" not in v2 and "Contents" not in v1
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="m")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="m", UploadId=upload, PartNumber=1, Body=b"p")
+    parts = s3.list_parts(Bucket=bucket, Key="m", UploadId=upload, MaxParts=0)
+    uploads = s3.list_multipart_uploads(Bucket=bucket, MaxUploads=0)
+    assert (parts["IsTruncated"], uploads["IsTruncated"]) == (False, False)
+    s3.abort_multipart_upload(Bucket=bucket, Key="m", UploadId=upload)
