@@ -9,12 +9,16 @@ import ssl
 import sys
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from vfsd.store.errors import StoreError
 
 from .app import create_app
 from .config import GatewayConfig
 from .metrics import Metrics, metrics_app
+
+MAX_HEADER_LINE = 32 * 1024
+MAX_HEADERS = 1024
 
 
 def serve(config: GatewayConfig) -> int:
@@ -27,10 +31,23 @@ def serve(config: GatewayConfig) -> int:
         # format does not use (caller's frame, thread and process names: ~10 µs per line).
         logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
         logging._srcfile = None  # the knob logging's docs ("Optimization") name for this
+    logging.getLogger("aiohttp.server").addFilter(_malformed_request_without_traceback)
     try:
         return asyncio.run(_serve(config))
     except KeyboardInterrupt:
         return 0
+
+
+def _malformed_request_without_traceback(record: logging.LogRecord) -> bool:
+    """aiohttp answers a request it cannot parse (a garbled request line, too many or too
+    long headers) with a plain 400 and logs a traceback at ERROR. That is the client's
+    fault, not ours: one warning line instead."""
+    if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+        reason = " ".join(str(record.exc_info[1]).split())  # aiohttp's spans lines
+        record.msg, record.args = "%s: %s", (record.getMessage(), reason)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
+    return True
 
 
 def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
@@ -49,8 +66,12 @@ async def _serve(config: GatewayConfig) -> int:
     metrics = Metrics()
     # auto_decompress=False: a PUT with Content-Encoding: gzip stores the bytes as sent (S3
     # keeps the encoding as metadata); aiohttp would inflate the body before we read it.
+    # Header limits above aiohttp's (8 KiB lines, 128 headers): a request carrying too much
+    # metadata reaches the app and gets MetadataTooLarge, not aiohttp's plain-text 400.
     runner = web.AppRunner(create_app(config, metrics), access_log=None, handle_signals=False,
-                           shutdown_timeout=config.shutdown_timeout, auto_decompress=False)
+                           shutdown_timeout=config.shutdown_timeout, auto_decompress=False,
+                           max_line_size=MAX_HEADER_LINE, max_field_size=MAX_HEADER_LINE,
+                           max_headers=MAX_HEADERS)
     metrics_runner: web.AppRunner | None = None
     try:
         context = ssl_context(config)

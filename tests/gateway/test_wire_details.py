@@ -92,3 +92,23 @@ def test_max_keys_zero_is_an_empty_page_that_is_not_truncated(s3, bucket):
     uploads = s3.list_multipart_uploads(Bucket=bucket, MaxUploads=0)
     assert (parts["IsTruncated"], uploads["IsTruncated"]) == (False, False)
     s3.abort_multipart_upload(Bucket=bucket, Key="m", UploadId=upload)
+
+
+def test_too_much_metadata_is_metadata_too_large(s3, bucket):
+    """Past aiohttp's own header limits (one 8 KiB line, 128 headers) too: S3's error XML,
+    not a plain-text 400."""
+    for metadata in ({"a": "v" * 9000}, {f"m{i}": "v" * 20 for i in range(200)}):
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            s3.put_object(Bucket=bucket, Key="meta", Body=b"x", Metadata=metadata)
+        assert info.value.response["Error"]["Code"] == "MetadataTooLarge"
+
+
+def test_a_request_aiohttp_cannot_parse_gets_a_400_and_logs_no_traceback(gateway: Gateway):
+    for request in (b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 40000 + b"\r\n\r\n",
+                    b"GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+            sock.sendall(request)
+            answer = sock.recv(65536)
+        assert answer.split(b" ", 2)[1] == b"400", answer
+    log = gateway.process.log()
+    assert "Traceback" not in log and "Error handling request" in log
