@@ -174,3 +174,70 @@ def test_mount_widens_its_readahead_window(mnt):
     assert device is not None
     knob = SYSFS_BDI / device / "read_ahead_kb"
     wait_for(lambda: knob.read_text().strip() == str(READAHEAD_KIB), 10, "the readahead window")
+
+
+def test_o_trunc_empties_a_file_whose_writes_are_still_cached(mnt):
+    """Nothing of the file is in the store yet (size 0 there), but O_TRUNC must still drop
+    what the write-back cache and the fsync journal hold."""
+    for fsync in (False, True):
+        path = mnt / f"cached-{fsync}"
+        writer = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        os.write(writer, b"hello world")
+        if fsync:
+            os.fsync(writer)
+        truncating = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        assert os.fstat(truncating).st_size == 0
+        os.close(truncating)
+        os.close(writer)
+        assert path.read_bytes() == b""
+
+
+def test_o_trunc_of_an_empty_file_changes_its_times(mnt):
+    path = mnt / "empty"
+    path.write_bytes(b"")
+    old = path.stat()
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns - 10**9))  # a second in the past
+    before = path.stat().st_mtime_ns
+    with open(path, "wb"):  # `: > empty`, a cheap touch build tools rely on
+        pass
+    assert path.stat().st_mtime_ns > before
+
+
+def test_a_setgid_directory_hands_down_its_group(mnt):
+    shared = mnt / "shared"
+    shared.mkdir()
+    os.chown(shared, -1, 100)
+    os.chmod(shared, 0o2775)
+    (shared / "file").write_bytes(b"x")
+    (shared / "sub").mkdir()
+    os.symlink("file", shared / "link")
+    os.mkfifo(shared / "fifo")
+    for name in ("file", "sub", "link", "fifo"):
+        assert os.lstat(shared / name).st_gid == 100, name
+    assert os.stat(shared / "sub").st_mode & stat.S_ISGID
+    assert not os.stat(shared / "file").st_mode & stat.S_ISGID
+
+
+def test_renaming_or_adding_an_entry_for_each_one_listed_ends(mnt):
+    """POSIX leaves it open whether entries made during a listing show up in it; they must
+    not keep showing up (a renamed entry gets a new place at the end of the directory)."""
+    directory = mnt / "busy"
+    directory.mkdir()
+    names = {f"f{i:03d}" for i in range(300)}
+    for name in names:
+        (directory / name).write_bytes(b"")
+    seen = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            seen.append(entry.name)
+            os.rename(directory / entry.name, directory / (entry.name + ".x"))
+            assert len(seen) <= len(names)
+    assert sorted(seen) == sorted(names)
+    added = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            (directory / (entry.name + ".bak")).write_bytes(b"")
+            added += 1
+            assert added <= len(names)
+    assert added == len(names)
+    assert len(os.listdir(directory)) == 2 * len(names)  # a new listing sees everything

@@ -55,6 +55,12 @@ def handler(fn: F) -> F:
 
 
 @dataclass
+class DirHandle:
+    ino: int
+    bound: int | None = None  # cookies from here on were given after the listing began
+
+
+@dataclass
 class Handle:
     ino: int
     writable: bool
@@ -82,6 +88,7 @@ class Operations(pyfuse3.Operations):
         self.readmap = self.cache.readmap = ReadMap(store)
         store.env.on_commit = self.readmap.forget_committed
         self.handles: dict[int, Handle] = {}
+        self.dir_handles: dict[int, DirHandle] = {}
         self.open_count: Counter[int] = Counter()
         self.writers: Counter[int] = Counter()
         self.next_fh = 1
@@ -282,8 +289,10 @@ class Operations(pyfuse3.Operations):
         truncating = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
         if truncating and inode in self.privileged:  # set just now by `_new_handle` if need be
             await self._drop_privileges(inode)
-        if truncating and node.size:
-            # libfuse negotiates atomic O_TRUNC: the kernel leaves the truncation to us.
+        if truncating:
+            # libfuse negotiates atomic O_TRUNC: the kernel leaves the truncation to us. Even
+            # at a stored size of 0: writes may be waiting in the cache (or the journal), and
+            # an empty file's times still change.
             await self.cache.discard(inode)
             await self.run(self.store.truncate, inode, 0)
         return info
@@ -431,11 +440,23 @@ class Operations(pyfuse3.Operations):
         node = await self.run(self.store.getattr, inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return inode
+        fh = self.next_fh
+        self.next_fh += 1
+        self.dir_handles[fh] = DirHandle(inode)
+        return fh
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        entries = await self.run(self.store.readdir_attrs, fh, start_id, 256)
+        handle = self.dir_handles[fh]
+        if start_id == 0:
+            handle.bound = None  # opendir or rewinddir: the directory as it is now
+        entries, bound = await self.run(self.store.readdir_attrs, handle.ino, start_id, 256,
+                                        handle.bound)
+        if handle.bound is None:
+            # Entries made after this (a new file, a renamed one: new cookies) are not listed
+            # by this stream, as POSIX allows; otherwise a program that renames or creates an
+            # entry for each one it reads would never reach the end.
+            handle.bound = bound
         for entry, inode in entries:
             if not pyfuse3.readdir_reply(token, entry.name, self.attributes(inode),
                                          entry.cookie):
@@ -443,7 +464,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def releasedir(self, fh: int) -> None:
-        return None
+        self.dir_handles.pop(fh, None)
 
     @handler
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

@@ -94,20 +94,29 @@ def lookup(tx: Tx, parent: int, name: bytes) -> DirEntry | None:
     return DirEntry(name, ino, cookie, mode_type)
 
 
-def readdir(tx: Tx, parent: int, after_cookie: int, limit: int) -> list[DirEntry]:
-    """Entries in cookie order (creation order): a cursor stays valid while entries change."""
+def readdir(tx: Tx, parent: int, after_cookie: int, limit: int,
+            before_cookie: int | None = None) -> list[DirEntry]:
+    """Entries in cookie order (creation order): a cursor stays valid while entries change.
+    `before_cookie` (a `cookie_bound` taken earlier) leaves out entries made since."""
     cursor = tx.cursor(tx.db.dircookies)
     prefix = U64.pack(parent)
     out: list[DirEntry] = []
     if not cursor.set_range(prefix + U64.pack(after_cookie + 1)):
         return out
+    stop = prefix + U64.pack(before_cookie) if before_cookie is not None else None
     for key, name in cursor:
-        if key[:8] != prefix or len(out) >= limit:
+        if key[:8] != prefix or len(out) >= limit or (stop is not None and key >= stop):
             break
         entry = lookup(tx, parent, name)
         if entry is not None:
             out.append(entry)
     return out
+
+
+def cookie_bound(tx: Tx) -> int:
+    """Every entry made from now on (a new name, a rename) gets a cookie at least this."""
+    raw = tx.get(tx.db.meta, NEXT_COOKIE)
+    return U64.unpack(raw)[0] if raw else 1
 
 
 # --- the S3 key index --------------------------------------------------------------------
@@ -220,6 +229,13 @@ def make(tx: Tx, origin: int, parent_ino: int, name: bytes, mode: int, uid: int,
     check_writable_dir(parent)
     if lookup(tx, parent_ino, name) is not None:
         raise Exists(f"{name.decode(errors='replace')} exists")
+    if parent.mode & stat.S_ISGID:
+        # A setgid directory hands its group down, and its setgid bit to subdirectories (as
+        # Linux's inode_init_owner; the kernel leaves this to a FUSE file system). Not done:
+        # clearing a new file's own setgid bit when its creator is outside that group.
+        gid = parent.gid
+        if stat.S_ISDIR(mode):
+            mode |= stat.S_ISGID
     child = new_inode(tx, mode, uid, gid, parent=parent_ino, name=name, flags=flags, rdev=rdev)
     if child.is_symlink:
         child.size = len(symlink_target)

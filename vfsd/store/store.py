@@ -196,13 +196,16 @@ class Store:
             namespace.get_dir(tx, ino)
             return namespace.readdir(tx, ino, after_cookie, limit)
 
-    def readdir_attrs(self, ino: int, after_cookie: int = 0, limit: int = 256
-                      ) -> list[tuple[DirEntry, Inode]]:
-        """readdir with each entry's attributes, in one transaction (FUSE readdirplus)."""
+    def readdir_attrs(self, ino: int, after_cookie: int = 0, limit: int = 256,
+                      before_cookie: int | None = None
+                      ) -> tuple[list[tuple[DirEntry, Inode]], int]:
+        """readdir with each entry's attributes, in one transaction (FUSE readdirplus), and
+        the cookie bound as of that transaction (see namespace.readdir)."""
         with self.env.read() as tx:
             namespace.get_dir(tx, ino)
-            return [(e, namespace.get_inode(tx, e.ino))
-                    for e in namespace.readdir(tx, ino, after_cookie, limit)]
+            entries = [(e, namespace.get_inode(tx, e.ino))
+                       for e in namespace.readdir(tx, ino, after_cookie, limit, before_cookie)]
+            return entries, namespace.cookie_bound(tx)
 
     def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
                 gid: int | None = None, size: int | None = None, atime_ns: int | None = None,
