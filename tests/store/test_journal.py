@@ -7,6 +7,7 @@ process, as the gateway would make it.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -44,6 +45,7 @@ def store(new_store: Callable[..., Store]) -> Store:
 def crash(journal: Journal) -> None:
     """The process dies: its journal stays as it was written, its hook goes with it."""
     journal.env.inode_hook = None
+    journal.writer.close()
     os.close(journal.fd)
 
 
@@ -209,3 +211,27 @@ def test_a_clean_unmounts_ring_is_reused_without_its_records(store: Store,
     assert (report.journals, report.replayed, report.dropped) == (1, 0, 0)
     assert store.read(ino, 0, 10) == b"a" * 10
     assert not taking.exists()
+
+
+def test_records_go_direct_where_the_disk_takes_it_and_buffered_once_it_refuses(
+        store: Store, dead_holder: Holder, monkeypatch: pytest.MonkeyPatch) -> None:
+    ino = make_file(store, b"a" * 14)
+    journal = Journal(store, dead_holder)
+    if journal.writer.direct_fd is None:
+        pytest.skip("the file system under the test store has no O_DIRECT")
+    journal.append(ino, [(0, b"direct")], 14, 1)
+    real_pwrite = os.pwrite
+
+    def larger_sectors(fd: int, data: bytes, offset: int) -> int:
+        """A disk with 4 KiB logical sectors refuses records aligned to 512 bytes."""
+        if fd == journal.writer.direct_fd:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", larger_sectors)
+    journal.append(ino, [(6, b"buffered")], 14, 2)
+    assert not journal.writer.direct
+    monkeypatch.undo()
+    crash(journal)
+    assert recover(store).replayed == 2
+    assert store.read(ino, 0, 14) == b"directbuffered"

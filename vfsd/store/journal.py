@@ -27,7 +27,9 @@ of dead processes are replayed (`recover`), by the next mount, gateway or CLI co
 The file is a ring of RING_BYTES written with zeros when it is made, so that a record
 overwrites blocks the file system has already allocated: an O_DSYNC write then costs one
 device flush (~60 µs here) instead of a file-system journal commit for the new size (~90 µs
-and more). Its first block says which lap of the ring is current; records carry their lap,
+and more). Records go through a second descriptor opened O_DIRECT where the file system
+takes it: the write then skips the page cache and its writeback, 4 KiB in ~50 µs against ~80
+(`_RecordWriter`). Its first block says which lap of the ring is current; records carry their lap,
 so those of an earlier lap further on are ignored. The ring starts a new lap once every set
 in it is covered; until then a record that does not fit grows the file.
 """
@@ -35,8 +37,10 @@ in it is covered; until then a record that does not fit grows the file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -154,6 +158,7 @@ class Journal:
         self.key = _owner_key(holder.pid, holder.start_time)
         with store_errors(f"making the fsync journal {self.path}"):
             self.fd, self.lap = _take_spare(directory, self.path)
+            self.writer = _RecordWriter(self.path, self.fd)
         _sync_dir(directory)
         self.lock = threading.Lock()
         self.end = ALIGN
@@ -191,7 +196,7 @@ class Journal:
             offset = self.end
             self.end += len(record)
         with store_errors("writing the fsync journal"):
-            written = os.pwrite(self.fd, record, offset)
+            written = self.writer.pwrite(record, offset)
         if written != len(record):
             raise StoreError("cannot write the journal: short write")
         return seq
@@ -271,6 +276,7 @@ class Journal:
         """At a clean unmount, after the last flush: with every set covered the file and its
         marks go; otherwise they stay for the next mount to replay."""
         self.env.inode_hook = None
+        self.writer.close()
         os.close(self.fd)
         if not self._idle():
             log.warning("event=journal-kept path=%s reason=uncommitted-sets", self.path)
@@ -284,6 +290,52 @@ class Journal:
             self.path.unlink(missing_ok=True)
         else:
             self.path.rename(spare)
+
+
+class _RecordWriter:
+    """Writes records with O_DIRECT | O_DSYNC where the file system allows it, else through
+    the ring's buffered O_DSYNC descriptor. Records start and end on ALIGN boundaries; a
+    device whose sectors are larger refuses them (EINVAL), and from then on every record
+    goes the buffered way. O_DIRECT also wants aligned memory: each thread copies its record
+    into a page-aligned buffer of its own (a copy of a few KiB costs far less than the page
+    cache's)."""
+
+    def __init__(self, path: Path, buffered_fd: int):
+        self.buffered_fd = buffered_fd
+        try:
+            self.direct_fd: int | None = os.open(
+                path, os.O_RDWR | os.O_DSYNC | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self.direct_fd = None  # a file system without O_DIRECT
+        self.direct = self.direct_fd is not None
+        self.buffers = threading.local()
+
+    def pwrite(self, record: bytes, offset: int) -> int:
+        if self.direct_fd is not None and self.direct:
+            buffer = self._aligned(len(record))
+            buffer[:len(record)] = record
+            try:
+                return os.pwrite(self.direct_fd, buffer[:len(record)], offset)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                log.info("event=journal-direct-write-refused action=buffered")
+                self.direct = False  # the descriptor stays open: another thread may be using it
+        return os.pwrite(self.buffered_fd, record, offset)
+
+    def _aligned(self, size: int) -> memoryview:
+        view: memoryview | None = getattr(self.buffers, "view", None)
+        if view is None or len(view) < size:
+            capacity = max(size + (-size % mmap.PAGESIZE), 64 * 1024)
+            view = self.buffers.view = memoryview(mmap.mmap(-1, capacity))
+        return view
+
+    def close(self) -> None:
+        if self.direct_fd is not None:
+            os.close(self.direct_fd)
+            self.direct_fd = None
 
 
 def _take_spare(directory: Path, path: Path) -> tuple[int, int]:
