@@ -29,6 +29,7 @@ def test_files_dirs_and_errnos(mnt):
     expect_errno(errno.ENOTDIR, os.listdir, mnt / "d" / "f")
     expect_errno(errno.EISDIR, os.unlink, mnt / "d")
     expect_errno(errno.ENAMETOOLONG, os.mkdir, mnt / ("x" * 256))
+    expect_errno(errno.ENAMETOOLONG, os.stat, mnt / ("x" * 256))  # a lookup, not a create
     expect_errno(errno.EEXIST, os.open, mnt / "d" / "f", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     with open(mnt / "d" / "f", "ab") as f:
         f.write(b" world")

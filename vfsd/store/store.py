@@ -23,12 +23,14 @@ from .errors import (
     Exists,
     FileTooBig,
     InvalidArgument,
+    NameTooLong,
     NoAttribute,
     NotADirectory,
     PermissionDenied,
 )
 from .files import FileData, check_file_writable
 from .leases import Holder, Leases
+from .names import NAME_MAX
 from .records import (
     ROOT_INO,
     Change,
@@ -183,6 +185,8 @@ class Store:
             namespace.get_dir(tx, parent)
             entry = namespace.lookup(tx, parent, name)
             if entry is None:
+                if len(name) > NAME_MAX:  # stat/open of such a name: ENAMETOOLONG, as Linux
+                    raise NameTooLong(f"name is {len(name)} bytes; the limit is {NAME_MAX}")
                 raise namespace.NotFound(f"{name.decode(errors='replace')} does not exist")
             return namespace.get_inode(tx, entry.ino)
 
