@@ -34,3 +34,28 @@ def test_quota_statfs_and_enospc(mount, mnt, store_path):
                     "--store", str(store_path)], check=True, capture_output=True)
     (mnt / "after").write_bytes(b"space again")
     assert (mnt / "after").read_bytes() == b"space again"
+
+
+def test_fsynced_past_the_quota_the_store_stays_usable(mount, mnt, store_path):
+    """fsync journals the bytes (one record) though the pool cannot take them; close then
+    says ENOSPC. After unmount every command replays the journal when it opens the store:
+    the replay keeps the acknowledged bytes past the quota instead of failing all of them."""
+    vfsd = [sys.executable, "-m", "vfsd"]
+    subprocess.run([*vfsd, "pool", "set", "--quota", "1M", "--store", str(store_path)],
+                   check=True, capture_output=True)
+    (mnt / "bkt").mkdir()
+    data = os.urandom(MiB)
+    fd = os.open(mnt / "bkt" / "f", os.O_CREAT | os.O_WRONLY)
+    os.write(fd, data)
+    os.fsync(fd)
+    with pytest.raises(OSError) as info:
+        os.close(fd)
+    assert info.value.errno == errno.ENOSPC
+    mount.stop()
+    assert "event=unmount-unwritten files=1" in mount.output()
+    for verb in (["stats"], ["fsck"], ["pool", "set", "--quota", "none"]):
+        done = subprocess.run([*vfsd, *verb, "--store", str(store_path)], capture_output=True,
+                              text=True, check=False)
+        assert done.returncode == 0, done.stderr
+    mount.start()
+    assert (mnt / "bkt" / "f").read_bytes() == data

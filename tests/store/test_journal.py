@@ -235,3 +235,20 @@ def test_records_go_direct_where_the_disk_takes_it_and_buffered_once_it_refuses(
     crash(journal)
     assert recover(store).replayed == 2
     assert store.read(ino, 0, 14) == b"directbuffered"
+
+
+def test_a_replay_takes_the_pool_past_its_quota_rather_than_fail(store: Store,
+                                                                dead_holder: Holder) -> None:
+    """The mount fsynced 2 MiB into the journal while the pool (1 MiB) was full, and died.
+    The bytes were acknowledged: the replay keeps them, and the store stays usable (every
+    command replays on open; a failing replay left not even `pool set` working)."""
+    ino = make_file(store, b"")
+    store.set_quota(1 << 20)
+    journal = Journal(store, dead_holder)
+    data = os.urandom(2 << 20)
+    journal.append(ino, [(0, data)], len(data), 1)
+    crash(journal)
+    assert recover(store).replayed == 1
+    assert store.read(ino, 0, len(data)) == data
+    assert fsck.check(store).clean
+    store.set_quota(None)

@@ -144,6 +144,13 @@ async def serve(ops: Operations, mountpoint: Path) -> None:
     # The kernel session is over (unmount or terminate): make everything durable.
     try:
         await ops.cache.flush_all()
+        unwritten = {ino: len(f.dirty) for ino, f in ops.cache.files.items() if f.dirty}
+        if unwritten:
+            # A flush that kept failing (the pool full, the disk failing): the writers heard
+            # of it (ENOSPC/EIO at fsync or close), and what an fsync journaled is replayed by
+            # the next mount; the rest goes with this process. Say so, once, loudly.
+            log.error("event=unmount-unwritten files=%d chunks=%d inodes=%s", len(unwritten),
+                      sum(unwritten.values()), ",".join(map(str, sorted(unwritten)[:20])))
     finally:
         ops.workers.close()
 

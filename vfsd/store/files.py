@@ -204,10 +204,11 @@ class FileData:
 
     # --- writing -------------------------------------------------------------------------
 
-    def _stage(self, contents: Mapping[int, bytes | bytearray | memoryview]
-               ) -> dict[int, StagedChunk | None]:
+    def _stage(self, contents: Mapping[int, bytes | bytearray | memoryview],
+               within_pool: bool = True) -> dict[int, StagedChunk | None]:
         nonzero = {i: c for i, c in contents.items() if len(c) and not self.is_zero(c)}
-        staged = chunks.stage(self.env, self.segments, nonzero.values(), self.capacity_left())
+        capacity = self.capacity_left() if within_pool else None
+        staged = chunks.stage(self.env, self.segments, nonzero.values(), capacity)
         result: dict[int, StagedChunk | None] = dict.fromkeys(contents)
         result.update(zip(nonzero, staged))
         return result
@@ -242,7 +243,7 @@ class FileData:
                 bases: Mapping[int, bytes | None] | None = None, size: int | None = None,
                 grow_to: int = 0, drop_from: int | None = None, drop_stop: int | None = None,
                 mtime_ns: int | None = None,
-                truncating: bool = False) -> Inode:
+                truncating: bool = False, within_pool: bool = True) -> Inode:
         with self.env.write() as tx:
             inode = namespace.get_inode(tx, ino)
             check_file_writable(inode)
@@ -258,7 +259,8 @@ class FileData:
                 inode.stored += chunks.set_chunk(tx, ino, index, chunk)
             if drop_from is not None:
                 inode.stored += chunks.drop_chunks_from(tx, ino, drop_from, drop_stop)
-            chunks.check_pool(tx)
+            if within_pool:
+                chunks.check_pool(tx)
             now = time.time_ns()
             inode.size = new_size
             inode.mtime_ns = mtime_ns if mtime_ns is not None else now
@@ -313,13 +315,15 @@ class FileData:
 
     def write_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview],
                      *, size: int | None, grow_to: int = 0,
-                     mtime_ns: int | None = None) -> Inode:
+                     mtime_ns: int | None = None, within_pool: bool = True) -> Inode:
         """Replace whole chunk bodies and set the size (or, with size None, grow it to at least
         `grow_to`): the write-back cache's flush. The caller owns the file (it holds the
-        lease), so no read-modify-write check is needed."""
+        lease), so no read-modify-write check is needed. `within_pool=False` lets the write
+        take the pool past its quota (a journal replay: data an fsync acknowledged)."""
         with self.segments.held_until_committed():
-            staged = self._stage(contents)
-            return self._commit(ino, staged, size=size, grow_to=grow_to, mtime_ns=mtime_ns)
+            staged = self._stage(contents, within_pool)
+            return self._commit(ino, staged, size=size, grow_to=grow_to, mtime_ns=mtime_ns,
+                                within_pool=within_pool)
 
     def truncate(self, ino: int, size: int) -> Inode:
         """ftruncate(2): shrinking frees chunks past the end and cuts the straddling one;

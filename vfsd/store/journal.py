@@ -488,6 +488,8 @@ def _replay(store: Store, ino: int, pending: list[JournalSet], mark_version: int
                 if len(body) < hi:
                     body.extend(bytes(hi - len(body)))
                 body[lo:hi] = data[index * cs + lo - offset: index * cs + hi - offset]
+    # Past the pool's quota if need be: an fsync acknowledged these bytes, and a replay that
+    # failed would leave the store unopenable by every command, `pool set` included.
     store.write_chunks(ino, contents, size=None, grow_to=max(s.size for s in pending),
-                       mtime_ns=pending[-1].mtime_ns)
+                       mtime_ns=pending[-1].mtime_ns, within_pool=False)
     return True

@@ -438,9 +438,10 @@ class Store:
         return len(data)
 
     def write_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview], *,
-                     size: int | None, grow_to: int = 0, mtime_ns: int | None = None) -> Inode:
+                     size: int | None, grow_to: int = 0, mtime_ns: int | None = None,
+                     within_pool: bool = True) -> Inode:
         return self.data.write_chunks(ino, contents, size=size, grow_to=grow_to,
-                                      mtime_ns=mtime_ns)
+                                      mtime_ns=mtime_ns, within_pool=within_pool)
 
     def truncate(self, ino: int, size: int) -> Inode:
         if size < 0:
