@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+MAX_SIZE = (1 << 63) - 1
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 
@@ -16,6 +17,9 @@ def parse_size(text: str) -> int:
     value = int(float(number) * _UNITS[unit.upper()])
     if value <= 0:
         raise ValueError(f"invalid size {text!r}: must be positive")
+    if value > MAX_SIZE:
+        raise ValueError(f"invalid size {text!r}: at most 8 EiB - 1 byte (the largest file "
+                         "Linux can hold)")
     return value
 
 

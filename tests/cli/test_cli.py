@@ -69,6 +69,14 @@ def test_bad_sizes_are_usage_errors(store):
                                store=store), 2)
     assert "20X" in line
     one_line_error(vfsd("volume", "create", "v", "--size", "-1G", store=store), 2)
+    # Past the largest file Linux can hold (8 EiB): such a disk broke every listing of its
+    # directory on the mount, and 16 EiB did not fit the index's 64-bit field.
+    for size in ("8192P", "16384P"):
+        assert "8 EiB" in one_line_error(vfsd("volume", "create", "v", "--size", size,
+                                              store=store), 2)
+        one_line_error(vfsd("vm", "create", "big", "--disk", "1G", "--memory", size,
+                            store=store), 2)
+        one_line_error(vfsd("pool", "set", "--quota", size, store=store), 2)
 
 
 def test_vm_and_volume_lifecycle(store):

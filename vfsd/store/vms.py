@@ -76,9 +76,14 @@ def check_vm_name(name: str) -> bytes:
     return raw
 
 
+MAX_DISK_SIZE = (1 << 63) - SECTOR  # a whole number of sectors within Linux's off_t
+
 def check_disk_size(size: int) -> int:
     if size <= 0:
         raise InvalidArgument("a disk size must be positive")
+    if size > MAX_DISK_SIZE:
+        raise InvalidArgument("a disk can be at most 8 EiB minus one sector (the largest "
+                              "file Linux can hold)")
     return (size + SECTOR - 1) // SECTOR * SECTOR
 
 
@@ -150,6 +155,8 @@ class Vms:
         disk_size = check_disk_size(disk_size)
         if memory <= 0 or memory % (1024 * 1024):
             raise InvalidArgument("memory must be a positive whole number of MiB")
+        if memory > MAX_DISK_SIZE:  # it is the size of the swap file
+            raise InvalidArgument("memory can be at most 8 EiB minus one sector")
         if firmware not in FIRMWARES:
             raise InvalidArgument(f"firmware must be one of {', '.join(FIRMWARES)}")
         if firmware == "uefi" and not uefi_vars:
