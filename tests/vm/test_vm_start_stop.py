@@ -62,6 +62,8 @@ def test_start_refuse_stop(store_path: Path, mount: Mount):
         assert again.returncode != 0
         assert again.stderr.count("\n") == 1 and "already running" in again.stderr, again.stderr
         assert running_qemu(store_path) == pid
+        removing = vfsd(store_path, "vm", "rm", VM)  # would orphan QEMU and its files
+        assert removing.returncode != 0 and "is running" in removing.stderr, removing.stderr
 
         stopped = vfsd(store_path, "vm", "stop", VM, "--timeout", "2")
         assert stopped.returncode == 0, stopped.stderr
@@ -94,6 +96,9 @@ def test_start_refused_while_disk_is_open_for_writing(store_path: Path, mount: M
         assert refused.stderr.count("\n") == 1 and "open for writing" in refused.stderr, \
             refused.stderr
         assert running_qemu(store_path) is None
+        removing = vfsd(store_path, "vm", "rm", VM)
+        assert removing.returncode != 0 and "open for writing" in removing.stderr, \
+            removing.stderr
     finally:
         holder.stdin.close()
         holder.wait(timeout=10)

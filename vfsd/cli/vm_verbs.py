@@ -65,7 +65,13 @@ def cmd_vm_show(args: argparse.Namespace) -> int:
 
 
 def cmd_vm_rm(args: argparse.Namespace) -> int:
+    from vfsd import vmctl
+
     with open_store(args) as store:
+        pid = vmctl.VmRuntime.of(store, args.name).running_pid()
+        if pid is not None:
+            raise StoreError(f"VM {args.name} is running (QEMU pid {pid}); "
+                             f"`vfsd vm stop {args.name}` first")
         Vms(store).remove(args.name)
     print(f"removed VM {args.name}")
     return 0

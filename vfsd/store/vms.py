@@ -211,7 +211,13 @@ class Vms:
             return info
 
     def remove(self, name: str) -> None:
-        """Delete a VM and its instance storage; attached volumes are detached and kept."""
+        """Delete a VM and its instance storage; attached volumes are detached and kept.
+        Refused while any of its files is open for writing (a running VM, a copy into it)."""
+        with self.store.env.read() as tx:
+            vm_dir = self._vm_dir(tx, name)
+            files = [namespace.get_inode(tx, entry.ino)
+                     for entry in namespace.readdir(tx, vm_dir.ino, 0, 1 << 62)]
+        self._check_not_written(files, f"VM {name}")
         with self.store.env.write() as tx:
             vm_dir = self._vm_dir(tx, name)
             settings = self._settings(tx, vm_dir, name)
@@ -319,6 +325,7 @@ class Vms:
             if vm is None:
                 raise InvalidArgument(f"volume {name} is not attached")
             settings = self._settings(tx, self._vm_dir(tx, vm), vm)
+        self._check_not_written([extent], f"volume {name}")
         settings.disks = [d for d in settings.disks if d != f"{name}.vmdk"]
         staged = self.store.data.stage_bytes(settings.render())
         with self.store.env.write() as tx:
@@ -329,6 +336,13 @@ class Vms:
             self._unlink_volume(tx, vm_dir, name, extent)
             self._write_settings(tx, vm_dir, settings, staged)
         return vm
+
+    def _check_not_written(self, files: list[Inode], what: str) -> None:
+        for inode in files:
+            holder = self.store.leases.settled_holder(inode.ino)
+            if holder is not None:
+                raise Busy(f"{what} is open for writing by {holder.kind} (pid {holder.pid}); "
+                           "stop it first")
 
     def _unlink_volume(self, tx: Tx, vm_dir: Inode, name: str, extent: Inode) -> None:
         for file in (f"{name}.vmdk", f"{name}-flat.vmdk"):
