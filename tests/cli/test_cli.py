@@ -134,3 +134,30 @@ def test_every_verb_has_help(store):
                  ["vm", "resize"], ["volume", "attach"], ["user", "add"]):
         result = vfsd(*verb, "--help", check=True)
         assert "usage: vfsd" in result.stdout
+
+
+def test_a_broken_vm_directory_is_listed_as_such_and_can_be_removed(store):
+    """Through the mount anyone can make a directory under vms/, or delete a VM's .vmx: one
+    such entry must not stop `vm ls` for all the others, and `vm rm` must clean it up
+    (detaching a volume the broken VM still holds)."""
+    from vfsd.store import Store
+
+    for name in ("good", "bad"):
+        vfsd("vm", "create", name, "--disk", "1G", "--memory", "1G", store=store, check=True)
+    vfsd("volume", "create", "data", "--size", "1G", store=store, check=True)
+    vfsd("volume", "attach", "data", "--vm", "bad", store=store, check=True)
+    with Store.open(store) as opened:
+        opened.mkdir(opened.resolve("vms").ino, b"junk")
+        opened.unlink(opened.resolve("vms/bad").ino, b"bad.vmx")
+    listed = vfsd("vm", "ls", store=store, check=True).stdout
+    assert "broken" in listed and "good" in listed
+    rows = json.loads(vfsd("vm", "ls", "--json", store=store, check=True).stdout)
+    assert {row["name"]: "error" in row for row in rows} == {
+        "bad": True, "good": False, "junk": True}
+    for name in ("junk", "bad"):
+        vfsd("vm", "rm", name, store=store, check=True)
+    assert [row["name"] for row in json.loads(
+        vfsd("vm", "ls", "--json", store=store, check=True).stdout)] == ["good"]
+    volumes = json.loads(vfsd("volume", "ls", "--json", store=store, check=True).stdout)
+    assert volumes[0]["attached_to"] is None
+    assert vfsd("fsck", store=store).returncode == 0

@@ -46,14 +46,21 @@ def cmd_vm_create(args: argparse.Namespace) -> int:
 
 
 def cmd_vm_ls(args: argparse.Namespace) -> int:
+    rows: list[tuple[dict[str, Any], str]] = []
     with open_store(args) as store:
         vms = Vms(store)
-        infos = [vms.show(name) for name in vms.names()]
-    text = "\n".join(
-        f"{i.name:24} {format_size(i.memory):>10} memory  "
-        f"{format_size(sum(d.size for d in i.disks)):>10} disk  {i.firmware}" for i in infos
-    ) or "no VMs"
-    emit(args, [i.as_dict() for i in infos], text)
+        for name in vms.names():
+            try:
+                info = vms.show(name)
+            except StoreError as e:
+                # A directory under vms/ that is not (or no longer) a whole VM, made or broken
+                # through the mount: list it as such, and keep listing the others.
+                rows.append(({"name": name, "error": str(e)}, f"{name:24} (broken: {e})"))
+                continue
+            disk = format_size(sum(d.size for d in info.disks))
+            line = f"{info.name:24} {format_size(info.memory):>10} memory  {disk:>10} disk  "
+            rows.append((info.as_dict(), line + info.firmware))
+    emit(args, [row for row, _ in rows], "\n".join(text for _, text in rows) or "no VMs")
     return 0
 
 

@@ -220,11 +220,14 @@ class Vms:
         self._check_not_written(files, f"VM {name}")
         with self.store.env.write() as tx:
             vm_dir = self._vm_dir(tx, name)
-            settings = self._settings(tx, vm_dir, name)
-            for disk in settings.disks:
-                volume = disk[: -len(".vmdk")]
-                extent = self._child(tx, vm_dir, f"{volume}-flat.vmdk")
-                if extent and tx.get(tx.db.xattrs, namespace.xattr_key(extent.ino, ATTACHED)):
+            # Attached volumes by what the directory holds, not by the .vmx: a VM whose
+            # settings were deleted or renamed on the mount can still be removed.
+            for entry in namespace.readdir(tx, vm_dir.ino, 0, 1 << 62):
+                if not entry.name.endswith(b"-flat.vmdk"):
+                    continue
+                extent = namespace.get_inode(tx, entry.ino)
+                if tx.get(tx.db.xattrs, namespace.xattr_key(extent.ino, ATTACHED)):
+                    volume = entry.name[: -len(b"-flat.vmdk")].decode(errors="surrogateescape")
                     self._unlink_volume(tx, vm_dir, volume, extent)
             vms = namespace.get_inode(tx, vm_dir.parent)
             namespace.remove_tree(tx, self.origin, vms, name.encode())
