@@ -361,3 +361,19 @@ def test_sigkill_during_snapshots_and_clones(tmp_path, probe) -> None:
                     f"{vm}.vmdk", f"{vm}-flat.vmdk", f"{vm}.vswp", f"{vm}.nvram", f"{vm}.vmx"}
                 flat = store.resolve(f"vms/{vm}/{vm}-flat.vmdk").ino
                 assert bytes(store.read(flat, 0, 8 * MiB)) == data
+
+
+def test_a_new_volume_does_not_take_an_old_volumes_snapshots(new_store, probe) -> None:
+    """Snapshots outlive their volume (to clone from later); a new volume of the same name
+    would list them as its own and revert to an unrelated (smaller) disk: refused."""
+    store = new_store()
+    vms, snaps = Vms(store), Snapshots(store)
+    vms.create_volume("vs", 4 * MiB)
+    snaps.create_volume_snapshot("vs", "s1")
+    vms.remove_volume("vs")
+    with pytest.raises(Exists, match="snapshots of an earlier volume vs"):
+        vms.create_volume("vs", 64 * MiB)
+    snaps.clone_volume("vs", "vs-copy", snapshot="s1")  # what they are kept for
+    snaps.remove_volume_snapshot("vs", "s1")
+    assert vms.create_volume("vs", 64 * MiB).size == 64 * MiB
+    probe.fsck_clean(store)

@@ -265,6 +265,13 @@ class Vms:
                 raise Exists(f"volume {name} already exists")
             if namespace.lookup(tx, volumes.ino, raw + b"-flat.vmdk") is not None:
                 raise Exists(f"volumes/{name}-flat.vmdk already exists")
+            snapshots = namespace.lookup(tx, volumes.ino, b".snapshots")
+            if snapshots is not None and namespace.lookup(tx, snapshots.ino, raw) is not None:
+                # They outlive their volume on purpose (clone from them later), but a new
+                # volume of that name would take them as its own: revert would swap in an
+                # unrelated, maybe smaller, disk.
+                raise Exists(f"snapshots of an earlier volume {name} still exist (vfsd volume "
+                             f"snapshots {name}); remove them or choose another name")
             self._new_file(tx, volumes, f"{name}.vmdk", DESCRIPTOR_FLAGS, len(desc), staged)
             self._new_file(tx, volumes, f"{name}-flat.vmdk", DISK_FLAGS, size)
         return self.show_volume(name)
