@@ -108,12 +108,27 @@ def start(store: Store, name: str, accel: str = "auto", console: bool = False,
     deadline = time.monotonic() + 10
     while not runtime.qmp.exists():
         if proc.poll() is not None:
-            log = runtime.console.with_suffix(".log").read_text(errors="replace").strip()
-            raise StoreError(f"QEMU exited at once: {log.splitlines()[-1] if log else '?'}")
+            _exited_at_once(runtime)
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
+    # The QMP socket is made before the machine (its RAM above all) is set up, and answered
+    # only once it is: a VM QEMU cannot build dies after the socket appears.
+    try:
+        qmp(runtime.qmp, "query-status", timeout=30)
+    except (OSError, ValueError):
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return proc.pid  # alive: its monitor is only slow to answer
+        _exited_at_once(runtime)
     return proc.pid
+
+
+def _exited_at_once(runtime: VmRuntime) -> None:
+    runtime.pidfile.unlink(missing_ok=True)
+    log = runtime.console.with_suffix(".log").read_text(errors="replace").strip()
+    raise StoreError(f"QEMU exited at once: {log.splitlines()[-1] if log else '?'}")
 
 
 def qmp(socket_path: Path, command_name: str, timeout: float = 5.0) -> dict:

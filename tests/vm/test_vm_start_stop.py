@@ -119,3 +119,16 @@ def test_start_refused_while_disk_is_open_for_writing(store_path: Path, mount: M
     finally:
         if pid and process_start_time(pid) is not None:
             os.kill(pid, 9)
+
+
+def test_a_vm_qemu_cannot_build_is_not_reported_started(store_path: Path, mount: Mount):
+    """QEMU makes its monitor socket before the machine; with memory it cannot have it dies
+    just after. `vm start` must say so, not 'started' (exit 0) with nothing running."""
+    made = vfsd(store_path, "vm", "create", "huge", "--disk", "1M", "--memory", "100P")
+    assert made.returncode == 0, made.stderr
+    started = vfsd(store_path, "vm", "start", "huge", "--accel", "tcg")
+    assert started.returncode != 0, started.stdout
+    assert started.stderr.count("\n") == 1 and "QEMU exited at once" in started.stderr, \
+        started.stderr
+    again = vfsd(store_path, "vm", "start", "huge", "--accel", "tcg")
+    assert "already running" not in again.stderr
