@@ -11,7 +11,9 @@ import errno
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -252,3 +254,27 @@ def test_a_replay_takes_the_pool_past_its_quota_rather_than_fail(store: Store,
     assert store.read(ino, 0, len(data)) == data
     assert fsck.check(store).clean
     store.set_quota(None)
+
+
+def test_a_killed_writer_that_cannot_finish_dying_counts_as_dead(store: Store) -> None:
+    """A mount daemon killed while one of its threads waits inside the kernel (a page lock
+    during an inode invalidation) stays a zombie for as long as its dead FUSE connection
+    lives. It runs no more code: its journal is replayed like any dead writer's."""
+    child = subprocess.Popen(["true"])  # exits, and stays a zombie until reaped below
+    try:
+        fields = b""
+        for _ in range(500):
+            raw = Path(f"/proc/{child.pid}/stat").read_bytes()
+            fields = raw.rsplit(b")", 1)[1].split()
+            if fields[0] == b"Z":
+                break
+            time.sleep(0.01)
+        assert fields[0] == b"Z"
+        ino = make_file(store, b"a" * 10)
+        journal = Journal(store, Holder(child.pid, int(fields[19]), "a mount"))
+        journal.append(ino, [(0, b"fsynced")], 10, 1)
+        crash(journal)
+        assert recover(store).replayed == 1
+        assert store.read(ino, 0, 10) == b"fsyncedaaa"
+    finally:
+        child.wait()

@@ -38,13 +38,22 @@ class Holder:
 
 
 def process_start_time(pid: int) -> int | None:
+    """The process's start time (a pid reused later has another), or None if it is gone.
+    A process that was killed but cannot finish dying counts as gone: its state is Z (or X)
+    while one of its threads waits in the kernel, as a FUSE daemon killed inside an
+    invalidation can for as long as its dead connection lives. It runs no more code, so its
+    journal must be replayed and its leases ignored."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
-    # Field 22 (starttime); the command name (field 2) may contain spaces, so split after ')'.
-    return int(stat.rsplit(b")", 1)[1].split()[19])
+    # The command name (field 2) may contain spaces, so split after ')': then field 3 (state)
+    # comes first and field 22 (starttime) 20th.
+    fields = stat.rsplit(b")", 1)[1].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
 
 
 class Leases:
