@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,23 @@ def test_leased_object_is_refused(objs: Objects, store: Store):
     finally:
         store.leases.release(info.ino, other)
     assert objs.delete_object("bkt", b"disk")
+
+
+def test_a_lease_released_just_after_the_request_came_is_waited_for(objs: Objects,
+                                                                     store: Store):
+    """The kernel sends FUSE's RELEASE after close() returns: a PUT or DELETE sent right
+    after a close on the mount may find the lease still there for a few milliseconds."""
+    parent = os.getppid()
+    other = Holder(parent, process_start_time(parent) or 0, "mount")
+    for call in (lambda: put(objs, b"disk", b"y"), lambda: objs.delete_object("bkt", b"disk")):
+        info = put(objs, b"disk", b"x")
+        store.leases.acquire(info.ino, other)
+        releasing = threading.Timer(0.1, store.leases.release, (info.ino, other))
+        releasing.start()
+        try:
+            call()
+        finally:
+            releasing.join()
 
 
 def test_copy_shares_chunks(objs: Objects, store: Store):

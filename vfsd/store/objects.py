@@ -68,6 +68,7 @@ STAGE_BATCH_BYTES = 4 << 20  # bytes staged per fdatasync
 READ_WINDOW = 1 << 20
 FILE_MODE = stat.S_IFREG | 0o644
 DIR_MODE = stat.S_IFDIR | 0o755
+RELEASE_WAIT_SECONDS = 0.5  # see Objects._wait_for_release
 _RETRIES = 5
 
 
@@ -419,6 +420,13 @@ class Objects:
                etags.pack_record(inode.version, *etag_record))
         return inode
 
+    def _wait_for_release(self, ino: int) -> None:
+        """Outside any transaction: the kernel sends FUSE's RELEASE after close() returns, so
+        a writer on the mount that just closed the file may still hold its lease for a few
+        milliseconds; a PUT or DELETE right after that close waits for it rather than
+        answering 409. A file still open stays refused (checked again in the transaction)."""
+        self.store.leases.settled_holder(ino, settle=RELEASE_WAIT_SECONDS)
+
     def _check_replaceable(self, inode: Inode, key: bytes) -> None:
         check_file_writable(inode)
         if inode.flags & (InodeFlags.VM_FILE | InodeFlags.FIXED_SIZE):
@@ -454,6 +462,8 @@ class Objects:
             existing = self._lookup(tx, self.bucket_inode(tx, bucket), key)
         if conditions and conditions.if_none_match == ("*",) and existing is not None:
             raise PreconditionFailed("the object exists (If-None-Match: *)")
+        if existing is not None:
+            self._wait_for_release(existing.ino)
         # A body longer than a segment must not lose its first segments to gc meanwhile.
         with self.store.segments.held_until_committed():
             staged, size, md5 = self._stage(bodies)
@@ -560,6 +570,10 @@ class Objects:
     def delete_object(self, bucket: str, key: bytes) -> bool:
         """Remove the object and the parent directories it leaves empty (not the bucket).
         True if there was an object. One write transaction."""
+        with self.env.read() as tx:
+            existing = self._lookup(tx, self.bucket_inode(tx, bucket), key)
+        if existing is not None:
+            self._wait_for_release(existing.ino)
         with self.env.write() as tx:
             return self._delete(tx, self.bucket_inode(tx, bucket), key)
 
