@@ -161,3 +161,9 @@ def test_a_broken_vm_directory_is_listed_as_such_and_can_be_removed(store):
     volumes = json.loads(vfsd("volume", "ls", "--json", store=store, check=True).stdout)
     assert volumes[0]["attached_to"] is None
     assert vfsd("fsck", store=store).returncode == 0
+
+
+def test_fsck_grace_without_repair_is_a_usage_error(store):
+    assert "--repair" in one_line_error(vfsd("fsck", "--grace", "1", store=store), 2)
+    done = vfsd("fsck", "--repair", "--grace", "1", store=store)
+    assert done.returncode == 0 and "unreferenced bytes" in done.stdout, done.stdout

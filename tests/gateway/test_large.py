@@ -131,7 +131,7 @@ def test_kill_9_during_a_large_put(tmp_path, gateway_process, existed):
     fsck = subprocess.run([sys.executable, "-m", "vfsd", "fsck", "--store", str(store)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
-    assert "orphan bytes" in fsck.stdout
+    assert "unreferenced bytes" in fsck.stdout
 
     process = gateway_process(store)
     s3 = client(process.endpoint, keys)

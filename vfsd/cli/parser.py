@@ -86,9 +86,11 @@ def build_parser() -> Parser:
              "damaged. With --repair, first rebuild what can be derived from the chunk maps "
              "(refcounts, counters, the S3 key index, directory cookies), re-index chunks "
              "found intact in segments, turn lost chunks into holes (reporting the files), "
-             "and reclaim orphan bytes.")
+             "and run a gc pass. Unreferenced bytes (dead records, orphans of interrupted "
+             "writes, padding) are not damage: gc gives a segment back once at least half of "
+             "it is unreferenced.")
     p.add_argument("--repair", action="store_true", help="repair, then check")
-    p.add_argument("--grace", type=duration_arg, default=5.0, metavar="SECONDS",
+    p.add_argument("--grace", type=duration_arg, default=None, metavar="SECONDS",
                    help="with --repair: gc grace period for retired segments (default 5s)")
 
     vm = verbs.add_parser("vm", help="virtual machines: create, list, show, resize, remove",

@@ -10,7 +10,15 @@ from vfsd.store import Store, users
 from vfsd.store import fsck as fsck_module
 from vfsd.store import stats as stats_module
 
-from .common import EXIT_DAMAGE, emit, open_store, size_arg, store_path, tqdm_progress
+from .common import (
+    EXIT_DAMAGE,
+    UsageError,
+    emit,
+    open_store,
+    size_arg,
+    store_path,
+    tqdm_progress,
+)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -43,11 +51,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
+    if args.grace is not None and not args.repair:
+        raise UsageError("vfsd fsck: --grace only applies with --repair")
     with open_store(args) as store:
         if args.repair:
             from vfsd.store import repair
 
-            repaired = repair.repair(store, tqdm_progress, grace=args.grace)
+            grace = 5.0 if args.grace is None else args.grace
+            repaired = repair.repair(store, tqdm_progress, grace=grace)
             print(repaired.summary())
             if repaired.data_lost:
                 for damaged in repaired.damaged:

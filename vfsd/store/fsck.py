@@ -62,7 +62,7 @@ class FsckReport:
         state = "clean" if self.clean else f"{len(self.damage)} problem(s)"
         return (f"{state}: {self.inodes} inodes ({self.files} files, {self.directories} dirs), "
                 f"{self.chunks} chunks, {self.chunk_refs} references, {self.keys} keys, "
-                f"{self.segments} segments, {self.orphan_bytes} orphan bytes")
+                f"{self.segments} segments, {self.orphan_bytes} unreferenced bytes")
 
 
 def check(store: Store, progress: Progress = no_progress) -> FsckReport:
