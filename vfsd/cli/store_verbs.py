@@ -37,7 +37,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f"physical     {format_size(st.physical_bytes)}   (unique chunk bodies)",
         f"dedup ratio  {st.dedup_ratio:.2f}",
         f"apparent     {format_size(st.apparent_bytes)}   (sum of file sizes, holes included)",
-        f"provisioned  {format_size(st.provisioned_bytes)}   (VM disks and volumes, thin)",
+        (f"provisioned  {format_size(st.provisioned_bytes)}   "
+         "(VM disks, swap and NVRAM files, volumes; thin)"),
         f"capacity     {format_size(st.capacity_bytes)}"
         + ("   (quota)" if st.quota_bytes else "   (free disk + stored)"),
         f"overcommit   {st.overcommit:.2f}"
