@@ -18,8 +18,9 @@ an inode newer than `covered` are replayed, oldest first, if the inode is still 
 left it: its version is the newest set's base version or the mark's version. Any other
 version means another process changed the file after the writer died (a PUT over it): that
 change is newer, and the sets are dropped. Data that was never fsynced may come back older
-than what a background flush had committed, as POSIX allows, but never mixed with bytes of
-another file or version of it.
+than what a background flush had committed, as POSIX allows: the replayed sets lay the
+fsynced bytes back over it, byte range by byte range, so a later unsynced write can come
+back in part. Never bytes of another file, nor bytes the file never held.
 
 A journal is named after its process (pid and start time, as leases are): only the journals
 of dead processes are replayed (`recover`), by the next mount, gateway or CLI command.
