@@ -332,5 +332,13 @@ def from_core(error: core.StoreError) -> S3Error:
     for cls in type(error).__mro__:
         mapped = FROM_CORE.get(cls)
         if mapped is not None:
-            return mapped(str(error))
+            # The core says which bucket or key when a request names two (CopyObject's source);
+            # otherwise the middleware fills in the request's own.
+            fields = {}
+            bucket, key = getattr(error, "bucket", None), getattr(error, "key", None)
+            if bucket:
+                fields["BucketName"] = bucket
+            if key:
+                fields["Key"] = key.decode(errors="replace")
+            return mapped(str(error), **fields)
     return InternalError()

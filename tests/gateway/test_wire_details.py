@@ -113,3 +113,16 @@ def test_a_request_aiohttp_cannot_parse_gets_a_400_and_logs_no_traceback(gateway
         assert answer.split(b" ", 2)[1] == b"400", answer
     log = gateway.process.log()
     assert "Traceback" not in log and "Error handling request" in log
+
+
+def test_copy_errors_name_the_missing_source(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="there", Body=b"x")
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="copy", CopySource={"Bucket": "no-such-bkt",
+                                                              "Key": "there"})
+    assert info.value.response["Error"]["Code"] == "NoSuchBucket"
+    assert info.value.response["Error"]["BucketName"] == "no-such-bkt"
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="copy", CopySource={"Bucket": bucket, "Key": "gone"})
+    assert info.value.response["Error"]["Code"] == "NoSuchKey"
+    assert info.value.response["Error"]["Key"] == "gone"

@@ -86,9 +86,17 @@ class NoAttribute(StoreError):
 class NoSuchBucket(NotFound):
     """No bucket by that name: no top-level directory with a valid bucket name."""
 
+    def __init__(self, message: str, bucket: str | None = None):
+        super().__init__(message)
+        self.bucket = bucket  # which one (CopyObject names two)
+
 
 class NoSuchKey(NotFound):
     """No object at that key: no regular file at that path inside the bucket."""
+
+    def __init__(self, message: str, key: bytes | None = None):
+        super().__init__(message)
+        self.key = key  # which one (CopyObject names two)
 
 
 class InvalidBucketName(InvalidName):

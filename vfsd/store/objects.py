@@ -141,7 +141,7 @@ class Objects:
         raw = name.encode()
         entry = namespace.lookup(tx, ROOT_INO, raw) if is_bucket_name(raw) else None
         if entry is None or not stat.S_ISDIR(entry.mode_type):
-            raise NoSuchBucket(f"no bucket {name}")
+            raise NoSuchBucket(f"no bucket {name}", bucket=name)
         return namespace.get_inode(tx, entry.ino)
 
     def _bucket_info(self, tx: Tx, inode: Inode) -> Bucket:
@@ -523,7 +523,8 @@ class Objects:
               headers: dict[str, str], source_conditions: Conditions | None) -> ObjectInfo:
         src = self._lookup(tx, self.bucket_inode(tx, src_bucket), src_key)
         if src is None:
-            raise NoSuchKey(f"no object {src_key.decode(errors='replace')!r} in {src_bucket}")
+            raise NoSuchKey(f"no object {src_key.decode(errors='replace')!r} in {src_bucket}",
+                            key=src_key)
         etag, fingerprint, checksum = self._etag_in_tx(tx, src)
         if source_conditions:
             source_conditions.check(etag, src.mtime_ns, reading=False)
