@@ -167,3 +167,10 @@ def test_fsck_grace_without_repair_is_a_usage_error(store):
     assert "--repair" in one_line_error(vfsd("fsck", "--grace", "1", store=store), 2)
     done = vfsd("fsck", "--repair", "--grace", "1", store=store)
     assert done.returncode == 0 and "unreferenced bytes" in done.stdout, done.stdout
+
+
+def test_a_long_vm_name_gets_one_limit_whatever_its_length(store):
+    for length in (201, 255, 300):
+        line = one_line_error(vfsd("vm", "create", "v" * length, "--disk", "1G", "--memory",
+                                   "1G", store=store))
+        assert f"{length} bytes; 200 at most" in line, line

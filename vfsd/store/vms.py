@@ -68,11 +68,12 @@ class VolumeInfo:
 
 def check_vm_name(name: str) -> bytes:
     raw = name.encode()
+    if len(raw) > 200:  # leaves room for the suffixes of the files named after it
+        raise InvalidArgument(f"name {name[:40]!r}… is too long ({len(raw)} bytes; "
+                              "200 at most)")
     check_name(raw)
     if raw.startswith(b".") or not name.isprintable():
         raise InvalidArgument(f"invalid name {name!r}: no leading '.', no control characters")
-    if len(raw) > 200:  # leaves room for the suffixes of the files named after it
-        raise InvalidArgument(f"name {name!r} is too long (200 bytes at most)")
     return raw
 
 
