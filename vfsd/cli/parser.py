@@ -209,7 +209,8 @@ def build_parser() -> Parser:
     p.add_argument("snap")
     p = verb(vol_verbs, "snapshots", cmd_snapshots, "list a volume's snapshots", json=True)
     p.add_argument("name")
-    p = verb(vol_verbs, "revert", cmd_revert, "give a volume a snapshot's data (refused while a VM writes to it)")
+    p = verb(vol_verbs, "revert", cmd_revert,
+             "give a volume a snapshot's data (refused while a VM writes to it)")
     p.add_argument("name")
     p.add_argument("snap")
     p = verb(vol_verbs, "snapshot-rm", cmd_snapshot_rm, "delete a volume snapshot")

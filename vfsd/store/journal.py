@@ -57,7 +57,7 @@ from .env import Tx
 from .errors import NotFound, StoreError
 from .leases import Holder
 from .records import Inode, ino_key
-from .segments import store_errors
+from .segments import store_errors, sync_directory
 
 if TYPE_CHECKING:
     from .store import Store
@@ -160,7 +160,7 @@ class Journal:
         with store_errors(f"making the fsync journal {self.path}"):
             self.fd, self.lap = _take_spare(directory, self.path)
             self.writer = _RecordWriter(self.path, self.fd)
-        _sync_dir(directory)
+        sync_directory(directory)
         self.lock = threading.Lock()
         self.end = ALIGN
         self.seq = 0
@@ -380,14 +380,6 @@ def _lap_of(block: bytes | memoryview) -> int | None:
     return lap
 
 
-def _sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _drop_marks(tx: Tx, key: bytes) -> None:
     cursor = tx.cursor(tx.db.journals)
     if cursor.set_range(key):
@@ -448,7 +440,7 @@ def _recover_one(store: Store, path: Path, key: bytes, report: Recovery) -> None
         with store.env.write() as tx:
             _drop_marks(tx, key)
         path.unlink()
-        _sync_dir(path.parent)
+        sync_directory(path.parent)
     report.journals += 1
     log.info("event=journal-recovered path=%s sets=%d", path, len(sets))
 

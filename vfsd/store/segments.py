@@ -457,11 +457,7 @@ class LocalSegments:
         return size
 
     def _sync_directory(self) -> None:
-        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        sync_directory(self.directory)
 
     def forget(self, segments: set[int]) -> None:
         """Close cached read handles of segments others may delete (they pin disk space)."""
@@ -544,6 +540,15 @@ def _open_for_append(path: Path) -> tuple[int, bool]:
         if e.errno != errno.EINVAL:
             raise
     return os.open(path, flags, 0o644), False
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory: the names made or removed in it survive a crash."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 class _Hold:

@@ -185,12 +185,6 @@ class Snapshots:
             # the volume's last snapshot: drop volumes/.snapshots/VOL too
             namespace.remove_tree(tx, self.origin, namespace.get_inode(tx, parent.parent), key)
 
-    def _check_not_leased(self, inodes: builtins.list[Inode], what: str) -> None:
-        for inode in inodes:
-            holder = self.store.leases.settled_holder(inode.ino)
-            if holder is not None:
-                raise Busy(f"{what} is in use by {holder.kind} (pid {holder.pid}); stop it first")
-
     # --- VMs -----------------------------------------------------------------------------
 
     def vm_inodes(self, vm: str) -> builtins.list[int]:
@@ -248,7 +242,7 @@ class Snapshots:
         with self.store.env.read() as tx:
             vm_dir = self.vms._vm_dir(tx, vm)
             current = [i for i in self._entries(tx, vm_dir).values() if i.is_file]
-        self._check_not_leased(current, f"VM {vm}")
+        self.vms._check_not_written(current, f"VM {vm}")
         with self.store.env.write() as tx:
             vm_dir = self.vms._vm_dir(tx, vm)
             snap_dir = self._snapshot_dir(tx, vm_dir, b"", snap)
@@ -381,7 +375,7 @@ class Snapshots:
         raw = check_vm_name(volume)
         with self.store.env.read() as tx:
             _vol_dir, extent = self.vms._volume_extent(tx, volume)
-        self._check_not_leased([extent], f"volume {volume}")
+        self.vms._check_not_written([extent], f"volume {volume}")
         with self.store.env.write() as tx:
             vol_dir, extent = self.vms._volume_extent(tx, volume)
             desc = self.vms._child(tx, vol_dir, f"{volume}.vmdk")
