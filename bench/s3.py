@@ -62,6 +62,8 @@ ROWS = [
     ("GET 16M", "GET", 16 * MiB, 4, 8),
 ]
 TARGETS = ("gateway", "moto", "bare")
+# Also on request (--only): the gateway as one process, to see what its server processes bring.
+EXTRA_TARGETS = ("gateway1",)
 
 
 def fs_type(path: Path) -> str:
@@ -98,11 +100,24 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30.
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2:].split()  # fields from 3 (state) on
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15
+    """utime + stime of a process (all its threads) and of its descendants (a gateway's
+    server processes), in seconds."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        pid = pending.pop()
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2:].split()  # fields from 3 (state) on
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15
+        for task in tasks:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                pending.extend(int(child) for child in f.read().split())
+    return total
 
 
 def busy_seconds() -> float:
@@ -128,10 +143,13 @@ class Target:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start_gateway(tmp: Path, store_dir: Path) -> Target:
+def start_gateway(tmp: Path, store_dir: Path, name: str = "gateway",
+                  processes: int | None = None) -> Target:
+    """The gateway as `vfsd gateway` runs it (its default server processes), or with
+    `processes` server processes."""
     py = sys.executable
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    store = store_dir / "store"
+    store = store_dir / name
     subprocess.run([py, "-m", "vfsd", "init", "--store", str(store)], check=True, cwd=REPO,
                    env=env, stdout=subprocess.DEVNULL)
     out = subprocess.run([py, "-m", "vfsd", "user", "add", "bench", "--json", "--store",
@@ -139,13 +157,19 @@ def start_gateway(tmp: Path, store_dir: Path) -> Target:
                          text=True).stdout
     keys = json.loads(out)
     port = free_port()
-    log = tmp / "gateway.log"
+    log = tmp / f"{name}.log"
+    more = [] if processes is None else ["--processes", str(processes)]
     with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen([py, "-m", "vfsd", "gateway", "--store", str(store),
-                                 "--listen", f"127.0.0.1:{port}"], cwd=REPO, env=env,
+                                 "--listen", f"127.0.0.1:{port}", *more], cwd=REPO, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
-    target = Target("gateway", proc, port, keys["access_key"], keys["secret_key"], log)
-    wait_port(port, proc, "gateway")
+    target = Target(name, proc, port, keys["access_key"], keys["secret_key"], log)
+    wait_port(port, proc, name)
+    deadline = time.monotonic() + 60
+    while b"vfsd gateway: serving" not in log.read_bytes():  # all server processes listen
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start: {log.read_text(errors='replace')}")
+        time.sleep(0.1)
     return target
 
 
@@ -285,7 +309,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per timed run")
     ap.add_argument("--warmup", type=float, default=1.0,
                     help="untimed seconds before each (whole seconds, 0 for none)")
-    ap.add_argument("--only", default=",".join(TARGETS), help="targets, comma-separated")
+    ap.add_argument("--only", default=",".join(TARGETS),
+                    help="targets, comma-separated (%(default)s; also: "
+                         f"{', '.join(EXTRA_TARGETS)}: the gateway as a single process)")
     ap.add_argument("--rows", default=",".join(row[0] for row in ROWS),
                     help="rows, comma-separated (default all: %(default)s)")
     ap.add_argument("--allow-tmpfs", action="store_true")
@@ -294,6 +320,9 @@ def main() -> int:
                          "(to attach a profiler to a run started by hand)")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n]
+    unknown = set(names) - set(TARGETS) - set(EXTRA_TARGETS)
+    if unknown:
+        ap.error(f"unknown targets: {', '.join(sorted(unknown))}")
     wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
     rows = [row for row in ROWS if row[0] in wanted]
     if unknown := set(wanted) - {row[0] for row in ROWS}:
@@ -328,6 +357,7 @@ def main() -> int:
         print(f"load: wrk -t1, presigned SigV4 URLs, {args.duration:g}s per run after "
               f"{args.warmup:g}s warm-up; {os.cpu_count()} CPUs shared by client and servers")
         starters = {"gateway": lambda: start_gateway(tmp, store_dir),
+                    "gateway1": lambda: start_gateway(tmp, store_dir, "gateway1", 1),
                     "moto": lambda: start_moto(tmp),
                     "bare": lambda: start_bare(tmp, shm)}
         for name in names:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import GatewayConfig
+from .config import GatewayConfig, default_processes
 from .server import serve
 
 
@@ -23,6 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--domain", action="append", dest="domains", metavar="DOMAIN",
                         help="serve virtual-host-style requests to BUCKET.DOMAIN "
                              "(repeatable; default: localhost)")
+    parser.add_argument("--processes", type=int, default=default_processes(),
+                        help="server processes sharing the port (default: one per core, up "
+                             "to 4)")
     parser.add_argument("--workers", default=8, type=int, help="threads for store calls (8)")
     parser.add_argument("--no-access-log", action="store_true", help="no per-request log line")
     parser.add_argument("--tls-cert", type=Path, metavar="PEM",
@@ -42,13 +45,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not port.isdigit() or int(port) > 65535:
             parser.error(f"--metrics-listen {args.metrics_listen}: expected HOST:PORT")
         metrics_host, metrics_port = host.strip("[]") or "127.0.0.1", int(port)
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
     if args.tls_key and not args.tls_cert:
         parser.error("--tls-key needs --tls-cert")
     config = GatewayConfig(store=args.store, host=args.host, port=args.port, region=args.region,
                            domains=tuple(args.domains or ("localhost",)), workers=args.workers,
                            access_log=not args.no_access_log, tls_cert=args.tls_cert,
                            tls_key=args.tls_key, metrics_host=metrics_host,
-                           metrics_port=metrics_port, gc_interval=args.gc_interval or None)
+                           metrics_port=metrics_port, gc_interval=args.gc_interval or None,
+                           processes=args.processes)
     return serve(config)
 
 

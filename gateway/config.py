@@ -3,8 +3,11 @@ down explicitly: no module-level settings."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 GiB = 1 << 30
 
@@ -17,6 +20,9 @@ class GatewayConfig:
     region: str = "us-east-1"
     # Host names under which `bucket.<domain>` is virtual-host-style addressing.
     domains: tuple[str, ...] = ("localhost",)
+    # Server processes sharing the port (SO_REUSEPORT): one event loop runs on one core at a
+    # time, so small requests scale with cores only across processes (gateway/supervisor.py).
+    processes: int = 1
     workers: int = 8  # threads running short core calls (metadata, reads, listings)
     # Threads staging PUT bodies: each waits on its client's socket for as long as the upload
     # lasts, so uploads get their own pool and cannot starve everything else. It also bounds
@@ -47,6 +53,18 @@ class GatewayConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """The configuration as JSON values: what a supervisor hands its server processes."""
+        return {name: str(value) if isinstance(value, Path) else value
+                for name, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> GatewayConfig:
+        paths = {"store", "tls_cert", "tls_key"}
+        return cls(**{name: Path(value) if name in paths and value is not None
+                      else tuple(value) if name == "domains" else value
+                      for name, value in values.items()})
+
     @property
     def scheme(self) -> str:
         return "https" if self.tls_cert is not None else "http"
@@ -55,3 +73,9 @@ class GatewayConfig:
     def endpoint(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+
+def default_processes() -> int:
+    """One server process per core this process may run on, up to four: past that the
+    store's single LMDB writer, not the event loops, bounds small requests."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))

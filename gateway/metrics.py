@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -48,6 +50,28 @@ class Metrics:
         self.bytes_in[operation] += received
         self.bytes_out[operation] += sent
         self.latency[operation].observe(seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The series as JSON values: a server process's answer to its supervisor's scrape."""
+        return {"requests": [[op, status, n] for (op, status), n in self.requests.items()],
+                "bytes_in": dict(self.bytes_in), "bytes_out": dict(self.bytes_out),
+                "latency": {op: [h.counts, h.total, h.count] for op, h in self.latency.items()},
+                "in_flight": self.in_flight}
+
+    def add(self, snapshot: dict[str, Any]) -> None:
+        """Sum another process's series into these (`snapshot` as `snapshot()` makes it)."""
+        for operation, status, count in snapshot["requests"]:
+            self.requests[(operation, status)] += count
+        for operation, count in snapshot["bytes_in"].items():
+            self.bytes_in[operation] += count
+        for operation, count in snapshot["bytes_out"].items():
+            self.bytes_out[operation] += count
+        for operation, (counts, total, count) in snapshot["latency"].items():
+            histogram = self.latency[operation]
+            histogram.counts = [a + b for a, b in zip(histogram.counts, counts, strict=True)]
+            histogram.total += total
+            histogram.count += count
+        self.in_flight += snapshot["in_flight"]
 
     def render(self) -> bytes:
         out: list[str] = []
@@ -95,14 +119,14 @@ def _label(value: str) -> str:
 METRICS = web.AppKey("metrics", Metrics)
 
 
-def metrics_app(metrics: Metrics) -> web.Application:
-    """The /metrics listener's app (no S3 auth: bind it to a private address)."""
+def metrics_app(collect: Callable[[], Awaitable[Metrics]]) -> web.Application:
+    """The /metrics listener's app (no S3 auth: bind it to a private address). `collect`
+    gives the series to show: the server's own, or its processes' summed."""
     app = web.Application()
-    app[METRICS] = metrics
 
     async def serve_metrics(request: web.Request) -> web.Response:
-        return web.Response(body=request.app[METRICS].render(),
-                            headers={"Content-Type": CONTENT_TYPE})
+        metrics = await collect()
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     app.router.add_get("/metrics", serve_metrics)
     return app

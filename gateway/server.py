@@ -7,6 +7,7 @@ import logging
 import signal
 import ssl
 import sys
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -19,11 +20,25 @@ from .metrics import Metrics, metrics_app
 
 MAX_HEADER_LINE = 32 * 1024
 MAX_HEADERS = 1024
+# What a listener that cannot start raises: reported in one line, exit status 1.
+START_ERRORS = (StoreError, OSError, ValueError, ssl.SSLError)
 
 
 def serve(config: GatewayConfig) -> int:
     """Serve `config.store` on `config.host:config.port`; print the endpoint once listening.
     Returns the exit status: 0 after a clean stop, 1 if the gateway could not start."""
+    setup_logging()
+    try:
+        if config.processes > 1:
+            from .supervisor import supervise
+
+            return asyncio.run(supervise(config))
+        return asyncio.run(_serve(config))
+    except KeyboardInterrupt:
+        return 0
+
+
+def setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -32,10 +47,6 @@ def serve(config: GatewayConfig) -> int:
         logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
         logging._srcfile = None  # the knob logging's docs ("Optimization") name for this
     logging.getLogger("aiohttp.server").addFilter(_malformed_request_without_traceback)
-    try:
-        return asyncio.run(_serve(config))
-    except KeyboardInterrupt:
-        return 0
 
 
 def _malformed_request_without_traceback(record: logging.LogRecord) -> bool:
@@ -62,47 +73,78 @@ def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def _serve(config: GatewayConfig) -> int:
-    metrics = Metrics()
+def s3_runner(config: GatewayConfig, metrics: Metrics) -> web.AppRunner:
     # auto_decompress=False: a PUT with Content-Encoding: gzip stores the bytes as sent (S3
     # keeps the encoding as metadata); aiohttp would inflate the body before we read it.
     # Header limits above aiohttp's (8 KiB lines, 128 headers): a request carrying too much
     # metadata reaches the app and gets MetadataTooLarge, not aiohttp's plain-text 400.
-    runner = web.AppRunner(create_app(config, metrics), access_log=None, handle_signals=False,
-                           shutdown_timeout=config.shutdown_timeout, auto_decompress=False,
-                           max_line_size=MAX_HEADER_LINE, max_field_size=MAX_HEADER_LINE,
-                           max_headers=MAX_HEADERS)
-    metrics_runner: web.AppRunner | None = None
+    return web.AppRunner(create_app(config, metrics), access_log=None, handle_signals=False,
+                         shutdown_timeout=config.shutdown_timeout, auto_decompress=False,
+                         max_line_size=MAX_HEADER_LINE, max_field_size=MAX_HEADER_LINE,
+                         max_headers=MAX_HEADERS)
+
+
+async def start_s3(runner: web.AppRunner, config: GatewayConfig, reuse_port: bool = False
+                   ) -> None:
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port, reuse_address=True,
+                      reuse_port=reuse_port, ssl_context=ssl_context(config)).start()
+
+
+async def start_metrics(config: GatewayConfig, collect: Callable[[], Awaitable[Metrics]]
+                        ) -> web.AppRunner | None:
+    """The /metrics listener, if the configuration asks for one."""
+    if config.metrics_port is None:
+        return None
+    runner = web.AppRunner(metrics_app(collect), access_log=None, handle_signals=False)
+    await runner.setup()
     try:
-        context = ssl_context(config)
-        await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port, reuse_address=True,
-                           ssl_context=context)
-        await site.start()
-        if config.metrics_port is not None:
-            metrics_runner = web.AppRunner(metrics_app(metrics), access_log=None,
-                                           handle_signals=False)
-            await metrics_runner.setup()
-            await web.TCPSite(metrics_runner, config.metrics_host, config.metrics_port,
-                              reuse_address=True).start()
-    except (StoreError, OSError, ValueError, ssl.SSLError) as e:
-        print(f"vfsd gateway: cannot start: {e}", file=sys.stderr, flush=True)
-        if metrics_runner is not None:
-            await metrics_runner.cleanup()
+        await web.TCPSite(runner, config.metrics_host, config.metrics_port,
+                          reuse_address=True).start()
+    except BaseException:
         await runner.cleanup()
-        return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    host, port = runner.addresses[0][:2]
-    shown = f"[{host}]" if ":" in host else host
+        raise
+    return runner
+
+
+def announce(config: GatewayConfig, port: int, metrics_runner: web.AppRunner | None,
+             processes: int = 1) -> None:
+    shown = f"[{config.host}]" if ":" in config.host else config.host
+    more = f", {processes} processes" if processes > 1 else ""
     print(f"vfsd gateway: serving {config.store} at {config.scheme}://{shown}:{port} "
-          f"(region {config.region})", flush=True)
+          f"(region {config.region}{more})", flush=True)
     if metrics_runner is not None:
         host, port = metrics_runner.addresses[0][:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"vfsd gateway: metrics at http://{shown}:{port}/metrics", flush=True)
+
+
+def stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _serve(config: GatewayConfig) -> int:
+    """One process: the S3 listener and, if asked for, the /metrics one."""
+    metrics = Metrics()
+    runner = s3_runner(config, metrics)
+    metrics_runner: web.AppRunner | None = None
+    try:
+        await start_s3(runner, config)
+
+        async def collect() -> Metrics:
+            return metrics
+
+        metrics_runner = await start_metrics(config, collect)
+    except START_ERRORS as e:
+        print(f"vfsd gateway: cannot start: {e}", file=sys.stderr, flush=True)
+        await runner.cleanup()
+        return 1
+    stop = stop_on_signals()
+    announce(config, runner.addresses[0][1], metrics_runner)
     try:
         await stop.wait()
     finally:

@@ -79,6 +79,13 @@ def test_bad_sizes_are_usage_errors(store):
         one_line_error(vfsd("pool", "set", "--quota", size, store=store), 2)
 
 
+@pytest.mark.parametrize("count", ["0", "-2", "two"])
+def test_bad_gateway_process_counts_are_usage_errors(store, count):
+    line = one_line_error(vfsd("gateway", "--processes", count, "--listen", "127.0.0.1:0",
+                               store=store), 2)
+    assert count in line
+
+
 def test_vm_and_volume_lifecycle(store):
     created = json.loads(vfsd("vm", "create", "web", "--disk", "20G", "--memory", "2G",
                               "--json", store=store, check=True).stdout)

@@ -73,8 +73,8 @@ class GatewayProcess:
     def endpoint(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
-    def start(self) -> GatewayProcess:
-        self.port = free_port()
+    def start(self, port: int | None = None) -> GatewayProcess:
+        self.port = port or free_port()
         with open(self.log_path, "ab") as log:
             # preexec_fn: subprocess has no other way to set the child's PDEATHSIG.
             self.proc = subprocess.Popen(
@@ -89,6 +89,8 @@ class GatewayProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"the gateway exited with {self.proc.returncode}:\n{self.log()}")
+        if "vfsd gateway: serving" not in self.log():
+            return False  # a supervisor announces once all its server processes listen
         try:
             if self.tls:
                 conn: http.client.HTTPConnection = http.client.HTTPSConnection(
@@ -117,15 +119,37 @@ class GatewayProcess:
             return self.proc.wait()
 
     def kill(self) -> None:
+        """SIGKILL every process of the gateway (its server processes first: they hold the
+        requests), and return once all are gone."""
         assert self.proc is not None
+        servers = self.server_pids()
+        for pid in [p for p in servers if p != self.proc.pid]:
+            os.kill(pid, signal.SIGKILL)
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in servers
+                                 if pid != self.proc.pid),
+                 what="the gateway's server processes to die")
+
+    def server_pids(self) -> list[int]:
+        """The processes that serve requests: the supervised ones if the gateway has any
+        (gateway/supervisor.py), else the gateway itself."""
+        assert self.proc is not None
+        try:
+            children = [int(pid) for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
+                        for pid in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            return []  # it has exited
+        return children or [self.proc.pid]
 
     def status(self, field: str) -> int:
-        """A /proc/PID/status field in bytes (VmRSS, VmHWM)."""
-        assert self.proc is not None
-        text = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1)) * 1024
+        """A /proc/PID/status field in bytes (VmRSS, VmHWM), summed over the processes that
+        serve requests."""
+        total = 0
+        for pid in self.server_pids():
+            text = Path(f"/proc/{pid}/status").read_text()
+            total += int(re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE).group(1))
+        return total * 1024
 
 
 def client(endpoint: str, keys: Keys, verify: str | bool | None = None, **config: Any):

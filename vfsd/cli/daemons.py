@@ -74,7 +74,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from gateway.config import GatewayConfig
+    from gateway.config import GatewayConfig, default_processes
     from gateway.server import serve
 
     load_config(store_path(args))  # one clear line for a missing store, before anything starts
@@ -88,7 +88,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return serve(GatewayConfig(store=store_path(args), host=host, port=port,
                                region=args.region, tls_cert=args.tls_cert,
                                tls_key=args.tls_key, metrics_host=metrics_host,
-                               metrics_port=metrics_port))
+                               metrics_port=metrics_port,
+                               processes=args.processes or default_processes()))
 
 
 def reexec_with_tunables(argv: Sequence[str]) -> None:

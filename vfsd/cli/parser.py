@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vfsd import __version__
 
-from .common import DEFAULT_USER, Parser, duration_arg, size_arg
+from .common import DEFAULT_USER, Parser, count_arg, duration_arg, size_arg
 from .daemons import cmd_gateway, cmd_mount, cmd_up, parse_listen
 from .store_verbs import (
     cmd_fsck,
@@ -262,6 +262,9 @@ def build_parser() -> Parser:
     p.add_argument("--metrics-listen", type=parse_listen, metavar="HOST:PORT",
                    help="serve Prometheus /metrics here (off by default; unauthenticated, "
                         "keep it private)")
+    p.add_argument("--processes", type=count_arg, default=None, metavar="N",
+                   help="server processes sharing the port (default: one per core, up to "
+                   "4): a process serves small requests on about one core")
     pool = verbs.add_parser("pool", help="the storage pool: its quota",
                             description="The pool is what the store may use on disk: a quota, "
                             "else the backing file system's free space. Writes past it fail "

@@ -1,0 +1,95 @@
+"""`python -m gateway.worker FD`: one server process of a supervised gateway
+(gateway/supervisor.py), talking to its supervisor over the socket FD.
+
+The protocol is one JSON object per line, the supervisor asking and this process answering:
+
+    {"index": N, "config": {...}}  ->  {"ready": true}  or  {"failed": "why"}
+    {"metrics": true}              ->  {"metrics": {...}}   (Metrics.snapshot())
+
+The process listens on the configured port with SO_REUSEPORT beside its siblings. It stops,
+finishing its requests, on SIGTERM or when the socket closes; it ignores SIGINT (a Ctrl-C
+reaches the whole process group, and the supervisor decides), and dies with its supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .config import GatewayConfig
+from .metrics import Metrics
+from .server import START_ERRORS, s3_runner, setup_logging, start_s3
+from .supervisor import CONTROL_LINE
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """SIGKILL when the supervisor dies, however it dies: a `kill -9` of the gateway stops
+    all of it. The check after the call covers a supervisor that died before it."""
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(json.dumps(message).encode() + b"\n")
+    await writer.drain()
+
+
+async def serve_supervised(control: socket.socket) -> int:
+    reader, writer = await asyncio.open_unix_connection(sock=control, limit=CONTROL_LINE)
+    hello = json.loads(await reader.readline() or b"null")
+    if hello is None:
+        return 1  # the supervisor went away before saying anything
+    config = GatewayConfig.from_json(hello["config"])
+    metrics = Metrics()
+    runner = s3_runner(config, metrics)
+    try:
+        await start_s3(runner, config, reuse_port=True)
+    except START_ERRORS as e:
+        await runner.cleanup()
+        await _send(writer, {"failed": str(e)})
+        return 1
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await _send(writer, {"ready": True})
+
+    async def answer() -> None:
+        try:
+            while line := await reader.readline():
+                if json.loads(line).get("metrics"):
+                    await _send(writer, {"metrics": metrics.snapshot()})
+        except (ConnectionError, ValueError):
+            pass
+        stop.set()  # no supervisor: nobody can stop or restart this process any more
+
+    answering = asyncio.ensure_future(answer())
+    try:
+        await stop.wait()
+    finally:
+        answering.cancel()
+        await runner.cleanup()
+        writer.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_logging()
+    control = socket.socket(fileno=int(args[0]))
+    return asyncio.run(serve_supervised(control))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
