@@ -149,9 +149,13 @@ async def garbage_collection(app: web.Application) -> AsyncIterator[None]:
 
 async def _collect_garbage(app: web.Application, interval: float) -> None:
     loop = asyncio.get_running_loop()
+    passes = app[CONFIG].gc_passes
     while True:
         await asyncio.sleep(interval)
         try:
+            if not passes:
+                await loop.run_in_executor(app[EXECUTOR], gc.release_retired, app[STORE])
+                continue
             report = await loop.run_in_executor(app[EXECUTOR], gc.collect, app[STORE])
         except StoreError as e:
             log.warning("event=gc-failed error=%s", e)

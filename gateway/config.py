@@ -44,6 +44,9 @@ class GatewayConfig:
     # old change-log entries. A mount of the same store runs its own; passes are safe side
     # by side. None: never (tests that count segments).
     gc_interval: float | None = 10.0
+    # False: leave the passes to another process (the first of a gateway's server processes)
+    # and only let go, every gc_interval, of the segments its passes retire.
+    gc_passes: bool = True
     access_log: bool = True
     # TLS: both set, or neither (plain HTTP). PEM files; the key may be in the cert file.
     tls_cert: Path | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Awaitable, Callable
@@ -84,11 +85,17 @@ def s3_runner(config: GatewayConfig, metrics: Metrics) -> web.AppRunner:
                          max_headers=MAX_HEADERS)
 
 
-async def start_s3(runner: web.AppRunner, config: GatewayConfig, reuse_port: bool = False
-                   ) -> None:
+async def start_s3(runner: web.AppRunner, config: GatewayConfig,
+                   listener: socket.socket | None = None) -> None:
+    """Serve on config.host:config.port, or on `listener` (a supervisor's socket)."""
     await runner.setup()
-    await web.TCPSite(runner, config.host, config.port, reuse_address=True,
-                      reuse_port=reuse_port, ssl_context=ssl_context(config)).start()
+    site: web.BaseSite
+    if listener is None:
+        site = web.TCPSite(runner, config.host, config.port, reuse_address=True,
+                           ssl_context=ssl_context(config))
+    else:
+        site = web.SockSite(runner, listener, ssl_context=ssl_context(config))
+    await site.start()
 
 
 async def start_metrics(config: GatewayConfig, collect: Callable[[], Awaitable[Metrics]]

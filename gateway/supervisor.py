@@ -4,20 +4,21 @@ A gateway process spends most of a small request in Python on its event-loop thr
 process tops out near one core however many the machine has. With `processes` > 1 this
 process becomes a supervisor:
 
-- it binds the port once without SO_REUSEPORT (so a port anything else holds, another gateway
-  included, is refused), then sets SO_REUSEPORT on that bound socket and never listens on it:
-  it only keeps the port, and a port 0 resolved, for its server processes;
-- it starts `processes` server processes (`python -m gateway.worker`), each listening on the
-  port with SO_REUSEPORT, so the kernel spreads connections across them. Each opens the store
-  itself: LMDB is made for many processes, and each already shares it with the mount;
+- it makes one listening socket per server process, all on the port, in one SO_REUSEPORT
+  group, so the kernel spreads new connections across them (`listen_sockets`). It keeps them:
+  connections that arrive while a server process restarts wait in its socket's queue;
+- it starts the server processes (`python -m gateway.worker`), each with its socket. Each
+  opens the store itself: LMDB is made for many processes, and each already shares the store
+  with the mount;
 - it talks to each over a socket pair (gateway/worker.py has the protocol): the configuration
   goes down, "ready" or the reason it could not start comes back, and later the metrics series
-  that the supervisor's /metrics listener sums;
+  that its /metrics listener adds up;
 - it restarts a server process that dies, unless they keep dying (a crash loop stops the
   gateway instead), and on SIGTERM/SIGINT stops them all, each finishing its requests.
 
-Server processes die with the supervisor (PR_SET_PDEATHSIG), so `kill -9` of the gateway's pid
-stops all of it, as it would a single process.
+Server processes run in a process group of their own (a terminal's Ctrl-C reaches only the
+supervisor, which stops them in order) and die with the supervisor (PR_SET_PDEATHSIG), so a
+`kill -9` of the gateway's pid stops all of it, as it would a single process.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -48,125 +50,168 @@ log = logging.getLogger("gateway.supervisor")
 CRASH_LOOP = (3, 60.0)  # deaths, seconds
 START_TIMEOUT = 120.0  # opening a big store replays dead mounts' journals first
 CONTROL_LINE = 16 << 20  # longest message on a control socket (a metrics snapshot)
+BACKLOG = 128  # aiohttp's default
 
 
 class CannotStart(Exception):
     pass
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port, to share with server processes through SO_REUSEPORT.
+def listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` sockets listening on host:port, in one SO_REUSEPORT group.
 
-    The bind happens without the option, so it fails like any server's would when the port is
-    taken (by a gateway too); the option set afterwards is what the kernel compares when the
-    server processes bind. The socket never listens: the kernel hands connections only to
-    listening sockets."""
+    The first binds and listens without SO_REUSEPORT, so it fails as any server would on a
+    port something holds, another gateway included; once it listens, no one else can bind the
+    port. SO_REUSEPORT set on it afterwards is what the kernel compares when the others bind
+    with it, and their listen puts the first in their group too."""
     family, kind, proto, _name, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    holder = socket.socket(family, kind, proto)
+    sockets: list[socket.socket] = []
     try:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        holder.bind(address)
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        for i in range(count):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio's create_server does
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if i:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            if not i:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                address = sock.getsockname()  # port 0 resolved
     except BaseException:
-        holder.close()
+        for sock in sockets:
+            sock.close()
         raise
-    return holder
+    return sockets
 
 
 class ServerProcess:
-    """One `python -m gateway.worker` and its end of the control socket pair."""
+    """One `python -m gateway.worker`, its listening socket and the control socket pair."""
 
-    def __init__(self, index: int, config: GatewayConfig) -> None:
+    def __init__(self, index: int, config: GatewayConfig, listener: socket.socket) -> None:
         self.index = index
         self.config = config
+        self.listener = listener
         self.proc: asyncio.subprocess.Process | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.started = 0.0
-        self.lock = asyncio.Lock()  # one question at a time on the control socket
+        self.last: dict[str, Any] | None = None  # its latest metrics, until it is retired
+        # One exchange at a time on the control socket; held through a start, so that a
+        # scrape waits for the new process's hello instead of going first.
+        self.lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Start the process and wait until it listens; CannotStart says why it did not."""
-        ours, theirs = socket.socketpair()
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway.worker", str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),))
-        finally:
-            theirs.close()
-        self.started = time.monotonic()
-        self.reader, self.writer = await asyncio.open_unix_connection(sock=ours,
-                                                                      limit=CONTROL_LINE)
-        hello = {"index": self.index, "config": self.config.to_json()}
-        try:
-            answer = await asyncio.wait_for(self.ask(hello), START_TIMEOUT)
-        except (ConnectionError, TimeoutError):
-            answer = {"failed": "its process exited while starting"}
-        if "failed" in answer:
-            await self.stop()
-            raise CannotStart(answer["failed"])
-
-    async def ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        assert self.reader is not None and self.writer is not None
         async with self.lock:
-            self.writer.write(json.dumps(message).encode() + b"\n")
-            await self.writer.drain()
-            line = await self.reader.readline()
-        if not line:
-            raise ConnectionResetError("the server process is gone")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
+            self.reader = self.writer = self.last = None
+            ours, theirs = socket.socketpair()
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "gateway.worker", str(theirs.fileno()),
+                    str(self.listener.fileno()),
+                    pass_fds=(theirs.fileno(), self.listener.fileno()), process_group=0)
+            finally:
+                theirs.close()
+            self.started = time.monotonic()
+            reader, writer = await asyncio.open_unix_connection(sock=ours, limit=CONTROL_LINE)
+            hello = {"index": self.index, "config": self.config.to_json()}
+            try:
+                answer = await asyncio.wait_for(_exchange(reader, writer, hello),
+                                                START_TIMEOUT)
+            except (ConnectionError, TimeoutError):
+                answer = {"failed": "its process exited while starting"}
+            if "failed" in answer:
+                writer.close()
+                await self._end(timeout=10)
+                raise CannotStart(answer["failed"])
+            self.reader, self.writer = reader, writer
 
-    async def metrics(self) -> dict[str, Any] | None:
-        """Its series, or None if it is gone (it takes its counts with it, as a Prometheus
-        target that restarts does)."""
-        try:
-            return (await self.ask({"metrics": True}))["metrics"]
-        except (ConnectionError, OSError):
-            return None
+    async def metrics(self) -> None:
+        """Ask for its series (kept in `last`); a process gone or starting keeps its last."""
+        async with self.lock:
+            if self.reader is None or self.writer is None:
+                return
+            try:
+                self.last = (await _exchange(self.reader, self.writer,
+                                             {"metrics": True}))["metrics"]
+            except (ConnectionError, OSError):
+                pass
 
-    async def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (it finishes the requests it has), then SIGKILL after `timeout`."""
+    async def stop(self, timeout: float) -> bool:
+        """SIGTERM (it finishes the requests it has), SIGKILL after `timeout`. True if it
+        stopped as asked (dying of that SIGTERM, before it could handle it, counts) or had
+        already exited (its exit was reported then)."""
         if self.writer is not None:
             self.writer.close()
-        if self.proc is None:
-            return None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        return self.proc.returncode
+        if self.proc is None or self.proc.returncode is not None:
+            return True
+        with contextlib.suppress(ProcessLookupError):
+            # os.kill, not proc.send_signal: that one reaps the process through Popen.poll
+            # behind asyncio's child watcher, which then logs a stray warning.
+            os.kill(self.proc.pid, signal.SIGTERM)
+        status = await self._end(timeout)
+        if status not in (0, -signal.SIGTERM):
+            log.warning("event=server-process-stopped index=%d status=%s", self.index, status)
+            return False
+        return True
+
+    async def _end(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+            return await self.proc.wait()
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    message: dict[str, Any]) -> dict[str, Any]:
+    writer.write(json.dumps(message).encode() + b"\n")
+    await writer.drain()
+    line = await reader.readline()
+    if not line:
+        raise ConnectionResetError("the server process is gone")
+    answer: dict[str, Any] = json.loads(line)
+    return answer
 
 
 class Supervisor:
-    def __init__(self, config: GatewayConfig, port: int) -> None:
-        # The server processes bind the port this process holds; the supervisor serves
-        # /metrics itself, and one server process runs gc for all (passes are safe side by
-        # side, but N of them would only do the same work N times).
+    def __init__(self, config: GatewayConfig, listeners: list[socket.socket]) -> None:
+        # The supervisor serves /metrics itself; one server process runs gc passes for all
+        # (passes are safe side by side, but N of them would do the same work N times).
         self.config = config
         self.failed = False  # a server process could not be kept running
-        shared = dataclasses.replace(config, port=port, processes=1, metrics_port=None)
+        self.retired = Metrics()  # the counts of server processes that have died
+        shared = dataclasses.replace(config, port=listeners[0].getsockname()[1], processes=1,
+                                     metrics_port=None)
         self.servers = [
-            ServerProcess(i, shared if i == 0 else dataclasses.replace(shared, gc_interval=None))
-            for i in range(config.processes)]
+            ServerProcess(i, dataclasses.replace(shared, gc_passes=i == 0), listener)
+            for i, listener in enumerate(listeners)]
 
     async def start(self) -> None:
-        try:
-            await asyncio.gather(*(server.start() for server in self.servers))
-        except BaseException:
-            await self.stop()
-            raise
+        """Start them all; if one cannot start, the first reason (the caller stops them)."""
+        await _all_or_first_error(server.start() for server in self.servers)
 
     async def collect(self) -> Metrics:
+        """The series summed over server processes, the dead ones' included: counters never
+        go down, as Prometheus wants of one target."""
+        await asyncio.gather(*(s.metrics() for s in self.servers))
         total = Metrics()
-        for snapshot in await asyncio.gather(*(s.metrics() for s in self.servers)):
-            if snapshot is not None:
-                total.add(snapshot)
+        total.add(self.retired.snapshot())
+        for server in self.servers:
+            if server.last is not None:
+                total.add(server.last)
         return total
+
+    def _retire(self, server: ServerProcess) -> None:
+        if server.last is not None:
+            self.retired.add({**server.last, "in_flight": 0})
+            server.last = None
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Restart server processes that die; give up (and stop) if they keep dying."""
@@ -184,9 +229,9 @@ class Supervisor:
                 return
             for future in done:
                 server = waits[future]
-                lived = time.monotonic() - server.started
+                self._retire(server)
                 log.warning("event=server-process-exited index=%d status=%s lived_s=%.1f",
-                            server.index, future.result(), lived)
+                            server.index, future.result(), time.monotonic() - server.started)
                 deaths.append(time.monotonic())
                 if len(deaths) == deaths.maxlen and deaths[-1] - deaths[0] < CRASH_LOOP[1]:
                     log.error("event=server-process-crash-loop deaths=%d seconds=%.0f: "
@@ -205,47 +250,23 @@ class Supervisor:
                 log.info("event=server-process-restarted index=%d", server.index)
 
     async def stop(self) -> bool:
-        """Stop them all at once; True if each stopped cleanly."""
+        """Stop them all at once; True if each stopped as asked."""
         timeout = self.config.shutdown_timeout + 20
-        statuses = await asyncio.gather(*(s.stop(timeout) for s in self.servers))
-        for server, status in zip(self.servers, statuses, strict=True):
-            if status not in (0, None):
-                log.warning("event=server-process-stopped index=%d status=%s", server.index,
-                            status)
-        return all(status in (0, None) for status in statuses)
+        return all(await asyncio.gather(*(s.stop(timeout) for s in self.servers)))
 
 
-async def supervise(config: GatewayConfig) -> int:
-    """Serve with `config.processes` server processes until SIGTERM/SIGINT; the exit status."""
+async def _all_or_first_error(works: Iterable[Awaitable[None]]) -> None:
+    """Await all of `works`; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(work) for work in works]
     try:
-        ssl_context(config)  # a bad certificate: one line now, not one per server process
-        holder = reserve_port(config.host, config.port)
-    except START_ERRORS as e:
-        print(f"vfsd gateway: cannot start: {e}", file=sys.stderr, flush=True)
-        return 1
-    with holder:
-        stop = stop_on_signals()  # a SIGTERM while starting stops the start, cleanly
-        supervisor = Supervisor(config, holder.getsockname()[1])
-        metrics_runner: web.AppRunner | None = None
-        try:
-            if not await _unless_stopped(supervisor.start(), stop):
-                return 0 if await supervisor.stop() else 1
-            metrics_runner = await start_metrics(config, supervisor.collect)
-        except (CannotStart, *START_ERRORS) as e:
-            print(f"vfsd gateway: cannot start: {e}", file=sys.stderr, flush=True)
-            await supervisor.stop()
-            return 1
-        announce(config, holder.getsockname()[1], metrics_runner, config.processes)
-        watcher = asyncio.ensure_future(supervisor.watch(stop))
-        try:
-            await stop.wait()
-        finally:
-            print("vfsd gateway: stopping", flush=True)
-            watcher.cancel()
-            if metrics_runner is not None:
-                await metrics_runner.cleanup()
-            clean = await supervisor.stop()
-    return 0 if clean and not supervisor.failed else 1
+        done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
 
 async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
@@ -261,3 +282,47 @@ async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return False
+
+
+async def supervise(config: GatewayConfig) -> int:
+    """Serve with `config.processes` server processes until SIGTERM/SIGINT; the exit status."""
+    try:
+        ssl_context(config)  # a bad certificate: one line now, not one per server process
+        listeners = listen_sockets(config.host, config.port, config.processes)
+    except START_ERRORS as e:
+        print(f"vfsd gateway: cannot start: {e}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        return await _supervise(config, listeners)
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+async def _supervise(config: GatewayConfig, listeners: list[socket.socket]) -> int:
+    stop = stop_on_signals()  # a SIGTERM while starting stops the start, cleanly
+    supervisor = Supervisor(config, listeners)
+    metrics_runner: web.AppRunner | None = None
+    try:
+        if not await _unless_stopped(supervisor.start(), stop):
+            return 0 if await supervisor.stop() else 1
+        metrics_runner = await start_metrics(config, supervisor.collect)
+    except (CannotStart, *START_ERRORS) as e:
+        print(f"vfsd gateway: cannot start: {e}", file=sys.stderr, flush=True)
+        await supervisor.stop()
+        return 1
+    announce(config, listeners[0].getsockname()[1], metrics_runner, config.processes)
+    watcher = asyncio.ensure_future(supervisor.watch(stop))
+    try:
+        await stop.wait()
+    finally:
+        print("vfsd gateway: stopping", flush=True)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+        for listener in listeners:  # new connections are refused, not queued, from now on
+            listener.close()
+        clean = await supervisor.stop()
+    return 0 if clean and not supervisor.failed else 1

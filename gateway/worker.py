@@ -1,14 +1,14 @@
-"""`python -m gateway.worker FD`: one server process of a supervised gateway
-(gateway/supervisor.py), talking to its supervisor over the socket FD.
+"""`python -m gateway.worker CONTROL_FD LISTEN_FD`: one server process of a supervised gateway
+(gateway/supervisor.py): it accepts connections on the listening socket LISTEN_FD and talks to
+its supervisor over the socket CONTROL_FD.
 
 The protocol is one JSON object per line, the supervisor asking and this process answering:
 
     {"index": N, "config": {...}}  ->  {"ready": true}  or  {"failed": "why"}
     {"metrics": true}              ->  {"metrics": {...}}   (Metrics.snapshot())
 
-The process listens on the configured port with SO_REUSEPORT beside its siblings. It stops,
-finishing its requests, on SIGTERM or when the socket closes; it ignores SIGINT (a Ctrl-C
-reaches the whole process group, and the supervisor decides), and dies with its supervisor.
+It stops, finishing its requests, on SIGTERM or SIGINT or when the control socket closes, and
+dies with its supervisor.
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
     await writer.drain()
 
 
-async def serve_supervised(control: socket.socket) -> int:
+async def serve_supervised(control: socket.socket, listener: socket.socket) -> int:
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     reader, writer = await asyncio.open_unix_connection(sock=control, limit=CONTROL_LINE)
     hello = json.loads(await reader.readline() or b"null")
     if hello is None:
@@ -54,13 +57,11 @@ async def serve_supervised(control: socket.socket) -> int:
     metrics = Metrics()
     runner = s3_runner(config, metrics)
     try:
-        await start_s3(runner, config, reuse_port=True)
+        await start_s3(runner, config, listener)
     except START_ERRORS as e:
         await runner.cleanup()
         await _send(writer, {"failed": str(e)})
         return 1
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await _send(writer, {"ready": True})
 
     async def answer() -> None:
@@ -85,10 +86,9 @@ async def serve_supervised(control: socket.socket) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging()
-    control = socket.socket(fileno=int(args[0]))
-    return asyncio.run(serve_supervised(control))
+    control, listener = (socket.socket(fileno=int(fd)) for fd in args[:2])
+    return asyncio.run(serve_supervised(control, listener))
 
 
 if __name__ == "__main__":

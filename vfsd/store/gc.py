@@ -70,8 +70,7 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
     sizes = store.segments.segment_sizes()
     current = store.segments.current()
 
-    retired = {i.segment for i in infos if i.state == SEGMENT_RETIRED}
-    store.segments.forget(retired)
+    store.segments.forget({i.segment for i in infos if i.state == SEGMENT_RETIRED})
     for info in infos:
         if info.state != SEGMENT_RETIRED:
             continue
@@ -100,6 +99,16 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
             report.retired += 1
             report.waiting += 1
     return report
+
+
+def release_retired(store: Store) -> None:
+    """Close this process's cached read handles (descriptors, maps) on retired segments, as a
+    pass does first: a process that reads the store but leaves passes to another (a gateway's
+    other server processes) would otherwise keep deleted segment files, and their space,
+    alive."""
+    with store.env.read() as tx:
+        infos = [SegmentInfo.unpack(U64.unpack(k)[0], v) for k, v in tx.cursor(tx.db.segments)]
+    store.segments.forget({i.segment for i in infos if i.state == SEGMENT_RETIRED})
 
 
 def _move_live_records(store: Store, segment: int) -> int:
