@@ -79,6 +79,6 @@ class GatewayConfig:
 
 
 def default_processes() -> int:
-    """One server process per core this process may run on, up to four: past that the
-    store's single LMDB writer, not the event loops, bounds small requests."""
+    """One server process per core this process may run on, up to four (each has its own
+    thread pools, caches and store handles; more than four has not been measured)."""
     return max(1, min(4, len(os.sched_getaffinity(0))))
