@@ -15,7 +15,6 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -43,6 +42,7 @@ from .context import (
 )
 from .errors import InternalError, S3Error, from_core
 from .metrics import METRICS, Metrics
+from .pool import Pool
 from .routing import Router, address
 
 log = logging.getLogger("gateway")
@@ -105,8 +105,8 @@ async def _before_headers(request: web.Request, response: web.StreamResponse) ->
 async def store_context(app: web.Application) -> AsyncIterator[None]:
     """The store and the thread pool live exactly as long as the app."""
     config = app[CONFIG]
-    executor = ThreadPoolExecutor(config.workers, thread_name_prefix="vfsd-gateway")
-    uploads = ThreadPoolExecutor(config.upload_workers, thread_name_prefix="vfsd-upload")
+    executor = Pool(config.workers, "vfsd-gateway")
+    uploads = Pool(config.upload_workers, "vfsd-upload")
     try:
         store = Store.open(config.store)
         # A mount that died leaves what it fsynced in its journal: serve it, not older data.

@@ -8,7 +8,6 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,6 +20,7 @@ from vfsd.store.users import User
 
 from .auth import Identity
 from .config import GatewayConfig
+from .pool import Pool
 
 T = TypeVar("T")
 
@@ -28,8 +28,8 @@ CONFIG = web.AppKey("config", GatewayConfig)
 STORE = web.AppKey("store", Store)
 OBJECTS = web.AppKey("objects", Objects)
 MULTIPART = web.AppKey("multipart", Uploads)
-EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
-UPLOADS = web.AppKey("uploads", ThreadPoolExecutor)  # for calls that stream request bodies
+EXECUTOR = web.AppKey("executor", Pool)
+UPLOADS = web.AppKey("uploads", Pool)  # for calls that stream request bodies
 STOPPING = web.AppKey("stopping", threading.Event)  # set at shutdown: body readers give up
 
 
@@ -62,19 +62,16 @@ class S3Request:
 S3 = web.RequestKey("s3", S3Request)
 
 
-async def run(request: web.Request, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call the synchronous core in the app's thread pool."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(request.app[EXECUTOR],
-                                      functools.partial(fn, *args, **kwargs))
+def run(request: web.Request, fn: Callable[..., T], *args: Any,
+        **kwargs: Any) -> asyncio.Future[T]:
+    """Call the synchronous core in the app's thread pool (the call is queued at once)."""
+    return request.app[EXECUTOR].call(functools.partial(fn, *args, **kwargs))
 
 
-async def run_upload(request: web.Request, fn: Callable[..., T], *args: Any,
-                     **kwargs: Any) -> T:
+def run_upload(request: web.Request, fn: Callable[..., T], *args: Any,
+               **kwargs: Any) -> asyncio.Future[T]:
     """Call the core in the upload pool: for calls that consume a request body."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(request.app[UPLOADS],
-                                      functools.partial(fn, *args, **kwargs))
+    return request.app[UPLOADS].call(functools.partial(fn, *args, **kwargs))
 
 
 class UserCache:
@@ -91,9 +88,8 @@ class UserCache:
         hit = self.entries.get(access_key)
         if hit is not None and hit[1] > now:
             return hit[0]
-        loop = asyncio.get_running_loop()
-        user = await loop.run_in_executor(self.app[EXECUTOR], users.by_access_key,
-                                          self.app[STORE], access_key)
+        user = await self.app[EXECUTOR].call(
+            functools.partial(users.by_access_key, self.app[STORE], access_key))
         if len(self.entries) > 10_000:
             self.entries.clear()
         self.entries[access_key] = (user, now + self.ttl)
