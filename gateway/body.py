@@ -82,8 +82,14 @@ class BodyStream:
                 or self.request.headers.get("Expect", "").lower() == "100-continue"):
             return
         try:
-            async with asyncio.timeout(self.idle_timeout):
-                self.preloaded = await self._read(self.length)
+            await send_continue(self.request)
+            # Usually the whole body has arrived with the headers: then no timer and no
+            # waiter (the timeout's setup and teardown were ~4% of a 64 KiB PUT's loop time).
+            data = self.request.content.read_nowait(self.length)
+            if len(data) < self.length:
+                async with asyncio.timeout(self.idle_timeout):
+                    data += await self._read(self.length - len(data))
+            self.preloaded = data
         except TimeoutError:
             raise RequestTimeout() from None
         except Exception:  # noqa: BLE001 - EOF, reset, content-length error: the client left

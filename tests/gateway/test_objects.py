@@ -415,6 +415,26 @@ def test_incomplete_body_stores_nothing(gateway, s3, bucket):
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
 
 
+def test_small_body_arriving_in_parts(gateway, s3, bucket):
+    """A small body (read on the event loop before the worker hop) of which only a part came
+    with the headers: the rest is waited for, and the object holds all of it, in order."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    url = urlsplit(gateway.client(signature_version="s3v4").generate_presigned_url(
+        "put_object", Params={"Bucket": bucket, "Key": "parts"}))
+    body = bytes(range(256)) * 400
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:1000])
+        time.sleep(0.2)  # nothing to poll: the gateway must be waiting for the rest
+        sock.sendall(body[1000:])
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    assert s3.get_object(Bucket=bucket, Key="parts")["Body"].read() == body
+
+
 def test_leased_object_is_refused(gateway, s3, bucket):
     """A file the mount holds open for writing (a lease by another live process) is neither
     replaced nor deleted: 409 OperationAborted."""
