@@ -115,8 +115,11 @@ def cpu_seconds(pid: int) -> float:
         fields = stat[stat.rindex(")") + 2:].split()  # fields from 3 (state) on
         total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15
         for task in tasks:
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                pending.extend(int(child) for child in f.read().split())
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    pending.extend(int(child) for child in f.read().split())
+            except FileNotFoundError:
+                continue  # a thread that ended meanwhile
     return total
 
 
