@@ -46,3 +46,16 @@ def test_test_modules_have_unique_names():
     name in different directories stop the whole run at collection."""
     names = [p.name for p in (ROOT / "tests").rglob("*.py") if p.name != "conftest.py"]
     assert sorted({n for n in names if names.count(n) > 1}) == []
+
+
+def test_test_modules_have_unique_basenames():
+    """The test directories are not packages, so pytest imports each module by its basename:
+    two with one basename fail the whole run at collection."""
+    seen: dict[str, str] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        where = str(path.relative_to(ROOT))
+        if path.name in seen:
+            clashes.append(f"{seen[path.name]} and {where}")
+        seen.setdefault(path.name, where)
+    assert clashes == []
