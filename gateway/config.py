@@ -23,10 +23,14 @@ class GatewayConfig:
     # Server processes sharing the port (SO_REUSEPORT): one event loop runs on one core at a
     # time, so small requests scale with cores only across processes (gateway/supervisor.py).
     processes: int = 1
-    workers: int = 8  # threads running short core calls (metadata, reads, listings)
+    # Threads running short core calls (metadata, reads, listings), shared out among the
+    # server processes (each gets its share, rounded up): the store sees as many calls in
+    # flight as one process gave it, and each process's threads contend less for its GIL.
+    workers: int = 8
     # Threads staging PUT bodies: each waits on its client's socket for as long as the upload
     # lasts, so uploads get their own pool and cannot starve everything else. It also bounds
-    # concurrent uploads (more wait their turn).
+    # concurrent uploads (more wait their turn). Shared out among server processes as
+    # `workers` is.
     upload_workers: int = 32
     max_put_size: int = 5 * GiB  # single PUT limit (S3's), larger needs multipart
     body_piece: int = 1 << 20  # request body read from the socket per hop into a worker

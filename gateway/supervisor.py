@@ -187,8 +187,10 @@ class Supervisor:
         self.config = config
         self.failed = False  # a server process could not be kept running
         self.retired = Metrics()  # the counts of server processes that have died
-        shared = dataclasses.replace(config, port=listeners[0].getsockname()[1], processes=1,
-                                     metrics_port=None)
+        count = len(listeners)
+        shared = dataclasses.replace(
+            config, port=listeners[0].getsockname()[1], processes=1, metrics_port=None,
+            workers=-(-config.workers // count), upload_workers=-(-config.upload_workers // count))
         self.servers = [
             ServerProcess(i, dataclasses.replace(shared, gc_passes=i == 0), listener)
             for i, listener in enumerate(listeners)]
