@@ -45,8 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not port.isdigit() or int(port) > 65535:
             parser.error(f"--metrics-listen {args.metrics_listen}: expected HOST:PORT")
         metrics_host, metrics_port = host.strip("[]") or "127.0.0.1", int(port)
-    if args.processes < 1:
-        parser.error("--processes must be at least 1")
+    if args.processes < 1 or args.workers < 1:
+        parser.error("--processes and --workers must be at least 1")
     if args.tls_key and not args.tls_cert:
         parser.error("--tls-key needs --tls-cert")
     config = GatewayConfig(store=args.store, host=args.host, port=args.port, region=args.region,

@@ -114,6 +114,9 @@ class ServerProcess:
                     sys.executable, "-m", "gateway.worker", str(theirs.fileno()),
                     str(self.listener.fileno()),
                     pass_fds=(theirs.fileno(), self.listener.fileno()), process_group=0)
+            except OSError as e:  # fork or exec refused (EAGAIN, ENOMEM)
+                ours.close()
+                raise CannotStart(f"cannot start a server process: {e}") from e
             finally:
                 theirs.close()
             self.started = time.monotonic()
@@ -253,7 +256,8 @@ class Supervisor:
 
     async def stop(self) -> bool:
         """Stop them all at once; True if each stopped as asked."""
-        timeout = self.config.shutdown_timeout + 20
+        # aiohttp gives handlers up to twice its shutdown timeout, then the pools drain.
+        timeout = 2 * self.config.shutdown_timeout + 30
         return all(await asyncio.gather(*(s.stop(timeout) for s in self.servers)))
 
 
@@ -315,13 +319,17 @@ async def _supervise(config: GatewayConfig, listeners: list[socket.socket]) -> i
         return 1
     announce(config, listeners[0].getsockname()[1], metrics_runner, config.processes)
     watcher = asyncio.ensure_future(supervisor.watch(stop))
+    # A watcher that ends for any reason leaves dead server processes unreplaced: stop.
+    watcher.add_done_callback(lambda _task: stop.set())
     try:
         await stop.wait()
     finally:
         print("vfsd gateway: stopping", flush=True)
         watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for outcome in await asyncio.gather(watcher, return_exceptions=True):
+            if not isinstance(outcome, (asyncio.CancelledError, type(None))):
+                log.error("event=supervisor-watch-failed error=%r", outcome)
+                supervisor.failed = True
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         for listener in listeners:  # new connections are refused, not queued, from now on

@@ -6,6 +6,7 @@ cleanly, and a `kill -9` of the gateway leaves none running."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import http.client
 import os
 import re
@@ -325,3 +326,53 @@ def deleted_segments_open(pids: list[int]) -> dict[int, list[str]]:
         if held:
             pinned[pid] = sorted(held)
     return pinned
+
+
+def test_a_restart_that_cannot_spawn_still_stops_the_gateway_cleanly(tmp_path, monkeypatch):
+    """A server process dies and its replacement cannot be spawned (fork: EAGAIN/ENOMEM, as
+    under the memory pressure that may have killed it): the gateway must not go on without a
+    watcher (no restarts; the dead process's socket queues connections nobody accepts), and
+    a SIGTERM must still stop the other server process as asked, not raise past it."""
+    make_store(tmp_path / "store")
+    config = GatewayConfig(store=tmp_path / "store", port=0, processes=2, gc_interval=None,
+                           access_log=False)
+    made: list[supervisor_module.Supervisor] = []
+    real_init = supervisor_module.Supervisor.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(supervisor_module.Supervisor, "__init__", init)
+
+    async def fail_spawn(*args, **kwargs):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    async def main() -> tuple[int | BaseException, bool]:
+        listeners = supervisor_module.listen_sockets("127.0.0.1", 0, 2)
+        gateway = asyncio.ensure_future(supervisor_module._supervise(config, listeners))
+        while not made or not all(s.writer is not None for s in made[0].servers):
+            assert not gateway.done(), gateway
+            await asyncio.sleep(0.05)
+        supervisor = made[0]
+        monkeypatch.setattr(supervisor_module.asyncio, "create_subprocess_exec", fail_spawn)
+        victim, other = supervisor.servers
+        victim.proc.kill()
+        await asyncio.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler sets the stop event
+        try:
+            outcome: int | BaseException = await asyncio.wait_for(gateway, 60)
+        except BaseException as e:  # noqa: BLE001
+            outcome = e
+        finally:
+            for listener in listeners:
+                listener.close()
+        other_alive = other.proc.returncode is None
+        if other_alive:
+            other.proc.kill()
+            await other.proc.wait()
+        return outcome, other_alive
+
+    outcome, other_alive = asyncio.run(main())
+    assert not other_alive, f"the other server process was left running; _supervise: {outcome!r}"
+    assert outcome == 1, f"_supervise ended with {outcome!r}, not exit status 1"
