@@ -26,7 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=default_processes(),
                         help="server processes sharing the port (default: one per core, up "
                              "to 4)")
-    parser.add_argument("--workers", default=8, type=int, help="threads for store calls, shared out among the server processes (8)")
+    parser.add_argument("--workers", default=8, type=int,
+                        help="threads for store calls, shared out among the server processes "
+                             "(8)")
     parser.add_argument("--no-access-log", action="store_true", help="no per-request log line")
     parser.add_argument("--tls-cert", type=Path, metavar="PEM",
                         help="serve HTTPS with this certificate (chain) file")

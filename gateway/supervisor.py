@@ -42,6 +42,7 @@ from aiohttp import web
 from .config import GatewayConfig
 from .metrics import Metrics
 from .server import START_ERRORS, announce, ssl_context, start_metrics, stop_on_signals
+from .worker import CONTROL_LINE, send
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -49,7 +50,6 @@ log = logging.getLogger("gateway.supervisor")
 # the next ones too): the gateway stops instead, for its own supervisor to see.
 CRASH_LOOP = (3, 60.0)  # deaths, seconds
 START_TIMEOUT = 120.0  # opening a big store replays dead mounts' journals first
-CONTROL_LINE = 16 << 20  # longest message on a control socket (a metrics snapshot)
 BACKLOG = 128  # aiohttp's default
 
 
@@ -174,8 +174,7 @@ class ServerProcess:
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     message: dict[str, Any]) -> dict[str, Any]:
-    writer.write(json.dumps(message).encode() + b"\n")
-    await writer.drain()
+    await send(writer, message)
     line = await reader.readline()
     if not line:
         raise ConnectionResetError("the server process is gone")

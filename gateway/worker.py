@@ -25,10 +25,10 @@ from typing import Any
 
 from .config import GatewayConfig
 from .metrics import Metrics
-from .server import START_ERRORS, s3_runner, setup_logging, start_s3
-from .supervisor import CONTROL_LINE
+from .server import START_ERRORS, s3_runner, setup_logging, start_s3, stop_on_signals
 
 PR_SET_PDEATHSIG = 1
+CONTROL_LINE = 16 << 20  # longest message on a control socket (a metrics snapshot)
 
 
 def die_with_parent() -> None:
@@ -40,15 +40,14 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+async def send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    """One message of the protocol, either way."""
     writer.write(json.dumps(message).encode() + b"\n")
     await writer.drain()
 
 
 async def serve_supervised(control: socket.socket, listener: socket.socket) -> int:
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     reader, writer = await asyncio.open_unix_connection(sock=control, limit=CONTROL_LINE)
     hello = json.loads(await reader.readline() or b"null")
     if hello is None:
@@ -60,15 +59,15 @@ async def serve_supervised(control: socket.socket, listener: socket.socket) -> i
         await start_s3(runner, config, listener)
     except START_ERRORS as e:
         await runner.cleanup()
-        await _send(writer, {"failed": str(e)})
+        await send(writer, {"failed": str(e)})
         return 1
-    await _send(writer, {"ready": True})
+    await send(writer, {"ready": True})
 
     async def answer() -> None:
         try:
             while line := await reader.readline():
                 if json.loads(line).get("metrics"):
-                    await _send(writer, {"metrics": metrics.snapshot()})
+                    await send(writer, {"metrics": metrics.snapshot()})
         except (ConnectionError, ValueError):
             pass
         stop.set()  # no supervisor: nobody can stop or restart this process any more
