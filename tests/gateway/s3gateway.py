@@ -58,6 +58,15 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started (none if it has exited)."""
+    try:
+        return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
 class GatewayProcess:
     """`python -m gateway` on a store; start, stop (SIGTERM), kill (SIGKILL), restart."""
 
@@ -135,12 +144,9 @@ class GatewayProcess:
         """The processes that serve requests: the supervised ones if the gateway has any
         (gateway/supervisor.py), else the gateway itself."""
         assert self.proc is not None
-        try:
-            children = [int(pid) for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
-                        for pid in (task / "children").read_text().split()]
-        except FileNotFoundError:
+        if not Path(f"/proc/{self.proc.pid}").exists():
             return []  # it has exited
-        return children or [self.proc.pid]
+        return child_pids(self.proc.pid) or [self.proc.pid]
 
     def status(self, field: str) -> int:
         """A /proc/PID/status field in bytes (VmRSS, VmHWM), summed over the processes that

@@ -18,7 +18,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from s3gateway import ROOT, GatewayProcess, client, free_port, make_store, wait_for
+from s3gateway import (
+    ROOT,
+    GatewayProcess,
+    Keys,
+    child_pids,
+    client,
+    free_port,
+    make_store,
+    wait_for,
+)
 
 from gateway import supervisor as supervisor_module
 from gateway.config import GatewayConfig
@@ -47,12 +56,18 @@ def requests_counted(metrics_port: int, operation: str) -> float:
         re.MULTILINE))
 
 
-def test_connections_spread_and_metrics_add_up(tmp_path):
+def metered_gateway(tmp_path: Path, processes: int) -> tuple[GatewayProcess, Keys, int]:
+    """A gateway of `processes` server processes with /metrics on a port of its own."""
     keys = make_store(tmp_path / "store")
     metrics_port = free_port()
     process = GatewayProcess(tmp_path / "store", tmp_path / "log",
-                             ["--processes", "3", "--metrics-listen",
+                             ["--processes", str(processes), "--metrics-listen",
                               f"127.0.0.1:{metrics_port}"]).start()
+    return process, keys, metrics_port
+
+
+def test_connections_spread_and_metrics_add_up(tmp_path):
+    process, keys, metrics_port = metered_gateway(tmp_path, 3)
     try:
         assert len(process.server_pids()) == 3
         assert "3 processes" in process.log()
@@ -143,14 +158,6 @@ def test_server_processes_that_keep_dying_stop_the_gateway(tmp_path):
     assert "event=server-process-crash-loop" in process.log()
 
 
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-                for c in (task / "children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
 def spawn(store: Path, log: Path, port: int, session: bool = False) -> subprocess.Popen[bytes]:
     """A two-process gateway started by hand: SIGINT at its default, as from a terminal."""
     with open(log, "ab") as out:
@@ -189,7 +196,7 @@ def test_sigterm_while_server_processes_start_is_a_clean_stop(tmp_path):
     make_store(tmp_path / "store")
     log = tmp_path / "log"
     proc = spawn(tmp_path / "store", log, free_port())
-    wait_for(lambda: len(children(proc.pid)) == 2, what="the server processes to be started")
+    wait_for(lambda: len(child_pids(proc.pid)) == 2, what="the server processes to be started")
     proc.send_signal(signal.SIGTERM)
     status = proc.wait(timeout=60)
     text = log.read_text()
@@ -202,7 +209,7 @@ def test_ctrl_c_while_server_processes_start_leaves_no_traceback(tmp_path):
     make_store(tmp_path / "store")
     log = tmp_path / "log"
     proc = spawn(tmp_path / "store", log, free_port(), session=True)
-    wait_for(lambda: len(children(proc.pid)) == 2, what="the server processes to be started")
+    wait_for(lambda: len(child_pids(proc.pid)) == 2, what="the server processes to be started")
     time.sleep(0.2)  # they are importing aiohttp and the store
     os.killpg(proc.pid, signal.SIGINT)
     status = proc.wait(timeout=60)
@@ -254,11 +261,7 @@ def test_a_scrape_while_a_server_process_restarts_waits_for_it(tmp_path, monkeyp
 def test_summed_counters_do_not_go_down_when_a_server_process_restarts(tmp_path):
     """/metrics is one Prometheus target: its counters, sums over the server processes, must
     keep the counts of one that died (a drop reads as a reset to 0, and rate() spikes)."""
-    keys = make_store(tmp_path / "store")
-    metrics_port = free_port()
-    process = GatewayProcess(tmp_path / "store", tmp_path / "log",
-                             ["--processes", "2", "--metrics-listen",
-                              f"127.0.0.1:{metrics_port}"]).start()
+    process, keys, metrics_port = metered_gateway(tmp_path, 2)
     try:
         client(process.endpoint, keys).create_bucket(Bucket="counted")
         for i in range(20):  # fresh clients: connections spread over both processes
