@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from vfsd.threads import run_as_batch
+
 T = TypeVar("T")
 
 
@@ -83,6 +85,7 @@ class Pool(concurrent.futures.Executor):
                 _call_on(loop, future.cancel)
 
     def _work(self) -> None:
+        run_as_batch()
         while (job := self._jobs.get()) is not None:
             fn, loop, future = job
             del job

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -71,5 +72,14 @@ async def test_a_cancelled_caller_still_waits_for_its_call() -> None:
             await pool.run(call)
         # Not abandoned: the cancel took effect only once the call had finished.
         assert finished.is_set()
+    finally:
+        pool.close()
+
+
+async def test_workers_run_in_sched_batch_so_a_wakeup_never_preempts_the_loop() -> None:
+    pool = WorkerPool(2)
+    try:
+        assert await pool.run(os.sched_getscheduler, 0) == os.SCHED_BATCH
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the loop's own thread is not
     finally:
         pool.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
@@ -97,5 +98,17 @@ def test_shutdown_cancels_queued_jobs_and_refuses_new_ones() -> None:
         with pytest.raises(RuntimeError):
             pool.call(lambda: None)
         assert all(not t.is_alive() for t in pool._threads)
+
+    asyncio.run(main())
+
+
+def test_workers_run_in_sched_batch_so_a_wakeup_never_preempts_the_loop() -> None:
+    async def main() -> None:
+        pool = Pool(2, "test-pool")
+        try:
+            assert await pool.call(lambda: os.sched_getscheduler(0)) == os.SCHED_BATCH
+            assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the loop's own thread is not
+        finally:
+            pool.shutdown()
 
     asyncio.run(main())

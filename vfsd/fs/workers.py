@@ -22,6 +22,8 @@ from typing import Any
 import outcome
 import trio
 
+from vfsd.threads import run_as_batch
+
 _STOP = None
 
 
@@ -49,6 +51,7 @@ class WorkerPool:
 
     def _work(self) -> None:
         assert self._token is not None
+        run_as_batch()
         reschedule, run_soon = trio.lowlevel.reschedule, self._token.run_sync_soon
         while True:
             job = self._jobs.get()
