@@ -41,6 +41,8 @@ def test_a_patch_reads_as_the_writes_laid_on_its_base(writes_, base) -> None:
     # onto(): the base under the patch, zeros past the base's end.
     end = patch.ranges[-1][1]
     assert patch.onto(base) == model[:max(len(base), end)]
+    body = bytearray(base)  # laid_on(): the same, in the caller's buffer
+    assert patch.laid_on(body) is body and body == model[:max(len(base), end)]
     # overlay(): only written bytes are copied, into any window.
     out = bytearray(b"\xee" * CS)
     patch.overlay(out, 100, CS - 50, 7)

@@ -98,12 +98,15 @@ class Patch:
 
     def onto(self, base: bytes | bytearray | memoryview) -> bytearray:
         """The whole chunk: `base` (the stored body; zeros past its end) under the patch."""
-        out = bytearray(base)
+        return self.laid_on(bytearray(base))
+
+    def laid_on(self, body: bytearray) -> bytearray:
+        """`onto` without the copy: the patch is laid on `body` itself, which it returns."""
         end = self.ranges[-1][1] if self.ranges else 0
-        if len(out) < end:
-            out.extend(bytes(end - len(out)))
-        self.overlay(out, 0, len(out), 0)
-        return out
+        if len(body) < end:
+            body.extend(bytes(end - len(body)))
+        self.overlay(body, 0, len(body), 0)
+        return body
 
     def overlay(self, out: bytearray | memoryview, lo: int, hi: int, dest: int) -> None:
         """Copy the patched bytes of chunk range [lo, hi) into `out` at `dest`."""
@@ -659,11 +662,11 @@ def _commit_flush(store: Store, ino: int, snapshot: dict[int, Chunk], size: int 
     contents: dict[int, bytes | bytearray | memoryview] = {
         i: chunk for i, chunk in snapshot.items() if not isinstance(chunk, Patch)}
     if patches:
-        bases = store.read_chunks(ino, patches)
+        bases = store.read_chunks(ino, patches)  # buffers of our own: patched in place
         for i in patches:
             patch = snapshot[i]
             assert isinstance(patch, Patch)
-            contents[i] = patch.onto(bases.get(i, b""))
+            contents[i] = patch.laid_on(bases[i]) if i in bases else patch.onto(b"")
     with journal.covering(ino, covers) if journal else contextlib.nullcontext():
         store.write_chunks(ino, contents, size=size, grow_to=grow_to, mtime_ns=mtime_ns or None)
     return {i: c for i, c in contents.items() if isinstance(c, bytearray)}

@@ -191,16 +191,25 @@ class FileData:
             location = self._locations(tx, ino, index, index).get(index)
         return b"" if location is None else self.segments.read(location)
 
-    def read_chunks(self, ino: int, indices: Iterable[int]) -> dict[int, bytes]:
+    def read_chunks(self, ino: int, indices: Iterable[int]) -> dict[int, bytearray]:
         """Stored bodies of some chunks, holes left out: the bases a flush merges partly
-        written chunks onto. One read transaction finds them; bodies are read after it."""
+        written chunks onto, in buffers of their own that the caller may change. One read
+        transaction finds them; bodies are read after it, each straight into its buffer
+        (`segments.read` would copy it twice more: out of the record, then the caller's)."""
         with self.env.read() as tx:
-            locations = {i: loc for i in indices
+            locations = {i: loc for i in sorted(indices)
                          for loc in [self._locations(tx, ino, i, i).get(i)] if loc is not None}
         # Scattered bases (random writes) would be read one disk round trip at a time: ask
         # for all of them first, so the device works on them together.
         self.segments.prefetch(locations.values())
-        return {i: self.segments.read(loc) for i, loc in locations.items()}
+        bodies = {i: bytearray(location.length) for i, location in locations.items()}
+        reads = [(location, memoryview(bodies[i])) for i, location in locations.items()]
+        try:
+            self.segments.read_many_into(reads)  # a run of records back to back: one preadv
+        finally:
+            for _, view in reads:
+                view.release()  # or the caller could not resize its buffers
+        return bodies
 
     # --- writing -------------------------------------------------------------------------
 

@@ -411,7 +411,7 @@ class Store:
     def read_chunk(self, ino: int, index: int) -> bytes:
         return self.data.read_chunk(ino, index)
 
-    def read_chunks(self, ino: int, indices: Iterable[int]) -> dict[int, bytes]:
+    def read_chunks(self, ino: int, indices: Iterable[int]) -> dict[int, bytearray]:
         return self.data.read_chunks(ino, indices)
 
     def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview) -> int:
