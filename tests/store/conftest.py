@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from vfsd.store import Store, fsck
+from vfsd.store.records import ChunkLocation
 
 
 @pytest.fixture
@@ -51,6 +52,17 @@ class Probe:
         report = fsck.check(store)
         assert report.clean, "fsck found damage:\n" + "\n".join(report.damage)
         return report
+
+    @staticmethod
+    def flip_bit(store: Store, location: ChunkLocation, at: int) -> None:
+        """Damage a stored body: flip the low bit of its byte `at`, through the page cache
+        (what later reads of the record see, as after a bad sector)."""
+        fd = os.open(store.segments.path(location.segment), os.O_RDWR)
+        try:
+            byte = os.pread(fd, 1, location.offset + at)
+            os.pwrite(fd, bytes([byte[0] ^ 1]), location.offset + at)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def key_index(store: Store) -> list[bytes]:

@@ -73,15 +73,10 @@ def test_close_gives_back_descriptors_and_maps(store: Store) -> None:
     extents.close()  # twice is harmless
 
 
-def test_a_damaged_record_is_refused_before_anything_is_sent(store: Store) -> None:
+def test_a_damaged_record_is_refused_before_anything_is_sent(store: Store, probe) -> None:
     ino = store.write_file("f", os.urandom(3 * CS)).ino
     location = store.read_located(ino, 0, 3 * CS)[2][1]
-    fd = os.open(store.segments.path(location.segment), os.O_RDWR)
-    try:
-        byte = os.pread(fd, 1, location.offset + 1000)
-        os.pwrite(fd, bytes([byte[0] ^ 1]), location.offset + 1000)
-    finally:
-        os.close(fd)
+    probe.flip_bit(store, location, 1000)
     before = open_descriptors()
     with pytest.raises(StoreError, match="checksum"):
         store.data.extents(ino, 0, 3 * CS)

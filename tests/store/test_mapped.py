@@ -66,15 +66,10 @@ def test_a_segment_that_grew_is_mapped_again(store: Store) -> None:
     assert bytes(store.segments.view_cached(later) or b"") == later_content
 
 
-def test_a_damaged_record_is_left_to_the_usual_read(store: Store) -> None:
+def test_a_damaged_record_is_left_to_the_usual_read(store: Store, probe) -> None:
     ino = store.write_file("f", os.urandom(CS)).ino
     location = locations_of(store, ino, CS)[0]
-    fd = os.open(store.segments.path(location.segment), os.O_RDWR)
-    try:
-        byte = os.pread(fd, 1, location.offset + 1000)
-        os.pwrite(fd, bytes([byte[0] ^ 1]), location.offset + 1000)  # through the page cache
-    finally:
-        os.close(fd)
+    probe.flip_bit(store, location, 1000)
     assert store.segments.view_cached(location) is None
     with pytest.raises(StoreError):
         store.segments.read(location)

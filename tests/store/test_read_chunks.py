@@ -38,15 +38,10 @@ def test_bodies_come_back_in_buffers_of_their_own_and_holes_stay_out(store: Stor
     assert store.read(ino, 0, 4) != b"mine"
 
 
-def test_a_damaged_base_is_refused(store: Store) -> None:
+def test_a_damaged_base_is_refused(store: Store, probe) -> None:
     ino = store.write_file("f", os.urandom(2 * CS)).ino
     location = store.read_located(ino, 0, 2 * CS)[2][1]
-    fd = os.open(store.segments.path(location.segment), os.O_RDWR)
-    try:
-        byte = os.pread(fd, 1, location.offset + 500)
-        os.pwrite(fd, bytes([byte[0] ^ 1]), location.offset + 500)
-    finally:
-        os.close(fd)
+    probe.flip_bit(store, location, 500)
     with pytest.raises(StoreError, match="checksum"):
         store.read_chunks(ino, [0, 1])
     assert list(store.read_chunks(ino, [0])) == [0]
