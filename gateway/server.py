@@ -8,7 +8,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -86,16 +86,17 @@ def s3_runner(config: GatewayConfig, metrics: Metrics) -> web.AppRunner:
 
 
 async def start_s3(runner: web.AppRunner, config: GatewayConfig,
-                   listener: socket.socket | None = None) -> None:
-    """Serve on config.host:config.port, or on `listener` (a supervisor's socket)."""
+                   listeners: Sequence[socket.socket] = ()) -> None:
+    """Serve on config.host:config.port, or on `listeners` (a supervisor's sockets)."""
     await runner.setup()
-    site: web.BaseSite
-    if listener is None:
-        site = web.TCPSite(runner, config.host, config.port, reuse_address=True,
-                           ssl_context=ssl_context(config))
-    else:
-        site = web.SockSite(runner, listener, ssl_context=ssl_context(config))
-    await site.start()
+    context = ssl_context(config)
+    sites: list[web.BaseSite] = [web.SockSite(runner, listener, ssl_context=context)
+                                 for listener in listeners]
+    if not listeners:
+        sites.append(web.TCPSite(runner, config.host, config.port, reuse_address=True,
+                                 ssl_context=context))
+    for site in sites:
+        await site.start()
 
 
 async def start_metrics(config: GatewayConfig, collect: Callable[[], Awaitable[Metrics]]

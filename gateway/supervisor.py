@@ -57,44 +57,60 @@ class CannotStart(Exception):
     pass
 
 
-def listen_sockets(host: str, port: int, count: int) -> list[socket.socket]:
-    """`count` sockets listening on host:port, in one SO_REUSEPORT group.
+def listen_sockets(host: str, port: int, count: int) -> list[list[socket.socket]]:
+    """For each of `count` server processes, a socket listening on host:port for every address
+    `host` names (`localhost` is often both ::1 and 127.0.0.1; aiohttp's own listener, with one
+    process, listens on all of them too). The sockets of one address are in one SO_REUSEPORT
+    group.
 
-    The first binds and listens without SO_REUSEPORT, so it fails as any server would on a
-    port something holds, another gateway included; once it listens, no one else can bind the
-    port. SO_REUSEPORT set on it afterwards is what the kernel compares when the others bind
-    with it, and their listen puts the first in their group too."""
-    family, kind, proto, _name, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    sockets: list[socket.socket] = []
+    The first socket of each address binds and listens without SO_REUSEPORT, so it fails as
+    any server would on a port something holds, another gateway included; once it listens, no
+    one else can bind the port. SO_REUSEPORT set on it afterwards is what the kernel compares
+    when the others bind with it, and their listen puts the first in their group too. Port 0
+    is resolved by the first address, and the others take the same port."""
+    addresses: list[tuple[socket.AddressFamily, socket.SocketKind, int, Any]] = []
+    for family, kind, proto, _name, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        if all((family, address) != (f, a) for f, _k, _p, a in addresses):
+            addresses.append((family, kind, proto, address))
+    groups: list[list[socket.socket]] = [[] for _ in range(count)]
     try:
-        for i in range(count):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:  # as asyncio's create_server does
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if i:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(address)
-            sock.listen(BACKLOG)
-            if not i:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                address = sock.getsockname()  # port 0 resolved
+        for family, kind, proto, address in addresses:
+            if port == 0 and groups[0]:
+                address = (address[0], groups[0][0].getsockname()[1], *address[2:])
+            for i, group in enumerate(groups):
+                sock = socket.socket(family, kind, proto)
+                group.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:  # as asyncio's create_server does
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if i:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind(address)
+                sock.listen(BACKLOG)
+                if not i:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    address = sock.getsockname()  # port 0 resolved
     except BaseException:
-        for sock in sockets:
-            sock.close()
+        close_all(groups)
         raise
-    return sockets
+    return groups
+
+
+def close_all(groups: list[list[socket.socket]]) -> None:
+    for group in groups:
+        for sock in group:
+            sock.close()
 
 
 class ServerProcess:
     """One `python -m gateway.worker`, its listening socket and the control socket pair."""
 
-    def __init__(self, index: int, config: GatewayConfig, listener: socket.socket) -> None:
+    def __init__(self, index: int, config: GatewayConfig,
+                 listeners: list[socket.socket]) -> None:
         self.index = index
         self.config = config
-        self.listener = listener
+        self.listeners = listeners  # one per address of the host name
         self.proc: asyncio.subprocess.Process | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -110,10 +126,10 @@ class ServerProcess:
             self.reader = self.writer = self.last = None
             ours, theirs = socket.socketpair()
             try:
+                fds = [theirs.fileno(), *(listener.fileno() for listener in self.listeners)]
                 self.proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "gateway.worker", str(theirs.fileno()),
-                    str(self.listener.fileno()),
-                    pass_fds=(theirs.fileno(), self.listener.fileno()), process_group=0)
+                    sys.executable, "-m", "gateway.worker", *map(str, fds), pass_fds=fds,
+                    process_group=0)
             except OSError as e:  # fork or exec refused (EAGAIN, ENOMEM)
                 ours.close()
                 raise CannotStart(f"cannot start a server process: {e}") from e
@@ -183,7 +199,7 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 class Supervisor:
-    def __init__(self, config: GatewayConfig, listeners: list[socket.socket]) -> None:
+    def __init__(self, config: GatewayConfig, listeners: list[list[socket.socket]]) -> None:
         # The supervisor serves /metrics itself; one server process runs gc passes for all
         # (passes are safe side by side, but N of them would do the same work N times).
         self.config = config
@@ -191,11 +207,11 @@ class Supervisor:
         self.retired = Metrics()  # the counts of server processes that have died
         count = len(listeners)
         shared = dataclasses.replace(
-            config, port=listeners[0].getsockname()[1], processes=1, metrics_port=None,
+            config, port=listeners[0][0].getsockname()[1], processes=1, metrics_port=None,
             workers=-(-config.workers // count), upload_workers=-(-config.upload_workers // count))
         self.servers = [
-            ServerProcess(i, dataclasses.replace(shared, gc_passes=i == 0), listener)
-            for i, listener in enumerate(listeners)]
+            ServerProcess(i, dataclasses.replace(shared, gc_passes=i == 0), group)
+            for i, group in enumerate(listeners)]
 
     async def start(self) -> None:
         """Start them all; if one cannot start, the first reason (the caller stops them)."""
@@ -300,11 +316,10 @@ async def supervise(config: GatewayConfig) -> int:
     try:
         return await _supervise(config, listeners)
     finally:
-        for listener in listeners:
-            listener.close()
+        close_all(listeners)
 
 
-async def _supervise(config: GatewayConfig, listeners: list[socket.socket]) -> int:
+async def _supervise(config: GatewayConfig, listeners: list[list[socket.socket]]) -> int:
     stop = stop_on_signals()  # a SIGTERM while starting stops the start, cleanly
     supervisor = Supervisor(config, listeners)
     metrics_runner: web.AppRunner | None = None
@@ -316,7 +331,7 @@ async def _supervise(config: GatewayConfig, listeners: list[socket.socket]) -> i
         print(f"vfsd gateway: cannot start: {e}", file=sys.stderr, flush=True)
         await supervisor.stop()
         return 1
-    announce(config, listeners[0].getsockname()[1], metrics_runner, config.processes)
+    announce(config, listeners[0][0].getsockname()[1], metrics_runner, config.processes)
     watcher = asyncio.ensure_future(supervisor.watch(stop))
     # A watcher that ends for any reason leaves dead server processes unreplaced: stop.
     watcher.add_done_callback(lambda _task: stop.set())
@@ -331,7 +346,6 @@ async def _supervise(config: GatewayConfig, listeners: list[socket.socket]) -> i
                 supervisor.failed = True
         if metrics_runner is not None:
             await metrics_runner.cleanup()
-        for listener in listeners:  # new connections are refused, not queued, from now on
-            listener.close()
+        close_all(listeners)  # new connections are refused, not queued, from now on
         clean = await supervisor.stop()
     return 0 if clean and not supervisor.failed else 1

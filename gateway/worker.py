@@ -1,6 +1,6 @@
-"""`python -m gateway.worker CONTROL_FD LISTEN_FD`: one server process of a supervised gateway
-(gateway/supervisor.py): it accepts connections on the listening socket LISTEN_FD and talks to
-its supervisor over the socket CONTROL_FD.
+"""`python -m gateway.worker CONTROL_FD LISTEN_FD...`: one server process of a supervised
+gateway (gateway/supervisor.py): it accepts connections on the listening sockets LISTEN_FD (one
+per address of the host name) and talks to its supervisor over the socket CONTROL_FD.
 
 The protocol is one JSON object per line, the supervisor asking and this process answering:
 
@@ -46,7 +46,7 @@ async def send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
     await writer.drain()
 
 
-async def serve_supervised(control: socket.socket, listener: socket.socket) -> int:
+async def serve_supervised(control: socket.socket, listeners: Sequence[socket.socket]) -> int:
     stop = stop_on_signals()
     reader, writer = await asyncio.open_unix_connection(sock=control, limit=CONTROL_LINE)
     hello = json.loads(await reader.readline() or b"null")
@@ -56,7 +56,7 @@ async def serve_supervised(control: socket.socket, listener: socket.socket) -> i
     metrics = Metrics()
     runner = s3_runner(config, metrics)
     try:
-        await start_s3(runner, config, listener)
+        await start_s3(runner, config, listeners)
     except START_ERRORS as e:
         await runner.cleanup()
         await send(writer, {"failed": str(e)})
@@ -86,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     die_with_parent()
     setup_logging()
-    control, listener = (socket.socket(fileno=int(fd)) for fd in args[:2])
-    return asyncio.run(serve_supervised(control, listener))
+    control, *listeners = (socket.socket(fileno=int(fd)) for fd in args)
+    return asyncio.run(serve_supervised(control, listeners))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import http.client
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -144,6 +145,55 @@ def test_one_process_serves_without_a_supervisor(tmp_path):
         assert process.stop() == 0, process.log()
 
 
+DUAL_STACK_NAME = '''
+import socket
+
+_getaddrinfo = socket.getaddrinfo
+
+
+def getaddrinfo(host, *args, **kwargs):
+    """`dual.test` resolves as `localhost` does on most machines: ::1, then 127.0.0.1."""
+    if host == "dual.test":
+        return [*_getaddrinfo("::1", *args, **kwargs), *_getaddrinfo("127.0.0.1", *args, **kwargs)]
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = getaddrinfo
+'''
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback address here")
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_host_name_of_two_addresses_is_served_on_both(tmp_path, monkeypatch, processes):
+    """`--listen localhost:9000` where localhost is ::1 and 127.0.0.1: aiohttp's listener (one
+    process) takes both, and so must a supervisor's. The name's resolution is the only thing
+    made up here (a sitecustomize in the gateway's PYTHONPATH): this machine's hosts file
+    decides what `localhost` is."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(DUAL_STACK_NAME)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path / 'site'}:{os.environ.get('PYTHONPATH', '')}")
+    keys = make_store(tmp_path / "store")
+    process = GatewayProcess(tmp_path / "store", tmp_path / "log",
+                             ["--host", "dual.test", "--processes", str(processes)]).start()
+    try:
+        client(process.endpoint, keys).create_bucket(Bucket="both")
+        v6 = client(f"http://[::1]:{process.port}", keys)
+        assert [b["Name"] for b in v6.list_buckets()["Buckets"]] == ["both"]
+        if processes > 1:
+            assert len(process.server_pids()) == processes
+    finally:
+        assert process.stop() == 0, process.log()
+
+
 def test_server_processes_that_keep_dying_stop_the_gateway(tmp_path):
     make_store(tmp_path / "store")
     process = GatewayProcess(tmp_path / "store", tmp_path / "log", ["--processes", "2"]).start()
@@ -252,8 +302,7 @@ def test_a_scrape_while_a_server_process_restarts_waits_for_it(tmp_path, monkeyp
         finally:
             monkeypatch.undo()
             assert await supervisor.stop()
-            for listener in listeners:
-                listener.close()
+            supervisor_module.close_all(listeners)
 
     asyncio.run(main())
 
@@ -368,8 +417,7 @@ def test_a_restart_that_cannot_spawn_still_stops_the_gateway_cleanly(tmp_path, m
         except BaseException as e:  # noqa: BLE001
             outcome = e
         finally:
-            for listener in listeners:
-                listener.close()
+            supervisor_module.close_all(listeners)
         other_alive = other.proc.returncode is None
         if other_alive:
             other.proc.kill()
