@@ -3,6 +3,7 @@
 import errno
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,27 @@ def test_attributes(mnt):
     assert "user.color" in os.listxattr(p)
     os.removexattr(p, "user.color")
     expect_errno(errno.ENODATA, os.getxattr, p, "user.color")
+
+
+def test_posix_acls_are_refused_so_cp_a_keeps_modes(mnt, tmp_path):
+    """The mount does not do POSIX ACLs. Stored as plain xattrs, cp -a's ACL (the way it
+    copies a mode where ACLs work) left copies at cp's interim 0600 and enforced nothing;
+    EOPNOTSUPP makes cp fall back to chmod, as on any file system without ACLs."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "readme").write_text("hi")
+    os.chmod(tmp_path / "tree" / "readme", 0o644)
+    os.chmod(tmp_path / "tree", 0o755)
+    subprocess.run(["cp", "-a", str(tmp_path / "tree"), str(mnt / "tree")], check=True)
+    assert stat.S_IMODE(os.stat(mnt / "tree").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(mnt / "tree" / "readme").st_mode) == 0o644
+    p = mnt / "tree" / "readme"
+    # USER_OBJ rw-, GROUP_OBJ r--, OTHER r--: the ACL that is just the mode 0644
+    acl = bytes.fromhex("02000000" "01000600ffffffff" "04000400ffffffff" "20000400ffffffff")
+    # (the kernel itself refuses a default ACL on a file: EACCES)
+    for path, name in ((p, "system.posix_acl_access"), (mnt / "tree", "system.posix_acl_default")):
+        expect_errno(errno.EOPNOTSUPP, os.setxattr, path, name, acl)
+        expect_errno(errno.EOPNOTSUPP, os.getxattr, path, name)
+        assert not [n for n in os.listxattr(path) if n.startswith("system.posix_acl")]
 
 
 def test_rename_flags(mnt):

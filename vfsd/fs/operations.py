@@ -33,6 +33,10 @@ from .writeback import WriteBack
 log = logging.getLogger("vfsd.fs")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 INTERNAL_XATTR = b"vfsd."
+# POSIX ACLs: without FUSE_POSIX_ACL the kernel hands them to us as plain xattrs and leaves
+# the mode and the checks to us. We do neither, so we refuse them as a file system without
+# ACLs does: cp -a and rsync -A then set the mode with chmod instead.
+ACL_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
 ATTR_TIMEOUT = 1.0  # the change-log tail invalidates sooner when another process changes things
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
 
@@ -490,6 +494,7 @@ class Operations(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if name.startswith(INTERNAL_XATTR):
             raise pyfuse3.FUSEError(errno.ENODATA)
+        _refuse_acl(name)
         if name == CAPABILITY_XATTR:
             self.capability_requests += 1
             # The kernel asks before writes to drop file capabilities (before every write
@@ -511,6 +516,7 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         if name.startswith(INTERNAL_XATTR):
             raise pyfuse3.FUSEError(errno.EPERM)
+        _refuse_acl(name)
         self.capabilities.pop(inode, None)
         if name == CAPABILITY_XATTR:
             self.privileged.add(inode)
@@ -519,11 +525,18 @@ class Operations(pyfuse3.Operations):
     @handler
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         names = await self.run(self.store.list_xattrs, inode)
-        return [n for n in names if not n.startswith(INTERNAL_XATTR)]
+        # ACLs an earlier version stored as plain xattrs stay hidden, as they are refused.
+        return [n for n in names if not n.startswith(INTERNAL_XATTR) and n not in ACL_XATTRS]
 
     @handler
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         if name.startswith(INTERNAL_XATTR):
             raise pyfuse3.FUSEError(errno.EPERM)
+        _refuse_acl(name)
         self.capabilities.pop(inode, None)
         await self.run(self.store.remove_xattr, inode, name)
+
+
+def _refuse_acl(name: bytes) -> None:
+    if name in ACL_XATTRS:
+        raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
