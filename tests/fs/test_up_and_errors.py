@@ -81,3 +81,58 @@ def test_corrupt_chunk_reads_eio_and_the_mount_survives(mount, mnt, store_path):
     finally:
         os.close(fd)
     assert (mnt / "good").read_bytes() == b"g" * 70_000  # the mount is still serving
+
+
+def test_up_with_a_port_it_cannot_have_stops_before_mounting(tmp_path):
+    store, mnt = tmp_path / "data", tmp_path / "mnt"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        try:
+            result = subprocess.run([sys.executable, "-m", "vfsd", "up", "--store", str(store),
+                                     "--mnt", str(mnt), "--listen", f"127.0.0.1:{port}"],
+                                    capture_output=True, text=True, timeout=60, check=False)
+        finally:  # (before the fix `up` mounted anyway, and the timeout killed it)
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True,
+                           check=False)
+    assert result.returncode == 1, result
+    assert "Address already in use" in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == (
+        "vfsd: error: the S3 gateway did not start (exit status 1); nothing was mounted")
+    assert not os.path.ismount(mnt) and "Traceback" not in result.stdout + result.stderr
+
+
+def test_up_reports_a_gateway_that_dies_and_keeps_the_mount_serving(tmp_path):
+    store, mnt, port = tmp_path / "data", tmp_path / "mnt", free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vfsd", "up", "--store", str(store),
+                             "--mnt", str(mnt), "--listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, "vfsd up")
+        gateway = int(subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "vfsd gateway"],
+                                     capture_output=True, text=True, check=True).stdout.split()[0])
+        os.kill(gateway, signal.SIGKILL)
+        wait_for(lambda: not answers(port), 30, "the gateway to die")
+        (mnt / "after").write_bytes(b"still served")  # the mount goes on
+        assert (mnt / "after").read_bytes() == b"still served"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 1
+        assert not os.path.ismount(mnt)
+        errors = proc.stderr.read()
+        assert "event=gateway-exited how='killed by SIGKILL': S3 is down" in errors, errors
+        assert "Traceback" not in errors
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
+
+
+def test_up_refuses_a_mount_point_that_is_a_file_before_making_a_store(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = subprocess.run([sys.executable, "-m", "vfsd", "up", "--store",
+                             str(tmp_path / "data"), "--mnt", str(tmp_path / "file")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"vfsd: error: mount point {tmp_path / 'file'} is not a directory"
+    assert not (tmp_path / "data").exists()

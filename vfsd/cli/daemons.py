@@ -4,16 +4,19 @@ re-exec that gives them their glibc tunables."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from vfsd.store import Store, StoreError, users
 from vfsd.store.config import load_config
 
-from .common import DEFAULT_USER, UsageError, open_store, store_path
+from .common import DEFAULT_USER, EXIT_ERROR, UsageError, open_store, store_path
 
 
 def _mount_config(args: argparse.Namespace, mountpoint: Path, foreground: bool):
@@ -34,6 +37,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     from vfsd.fs.mount import check_mountpoint, mount
 
     path = store_path(args)
+    mnt = Path(args.mnt)
+    if not mnt.exists():
+        mnt.mkdir(parents=True)
+    check_mountpoint(mnt)  # before anything is made: a bad --mnt leaves no store behind
     if not (path / "store.toml").exists():
         Store.init(path).close()
         print(f"initialised store {path}")
@@ -42,24 +49,74 @@ def cmd_up(args: argparse.Namespace) -> int:
         if user is None:
             user = users.add(store, DEFAULT_USER)
             print(f"created S3 user {DEFAULT_USER}")
-    mnt = Path(args.mnt)
-    mnt.mkdir(parents=True, exist_ok=True)
-    check_mountpoint(mnt)
     host, port = args.listen
-    gateway = subprocess.Popen([sys.executable, "-m", "vfsd", "gateway", "--store", str(path),
-                                "--listen", f"{host}:{port}"])
-    print(f"S3 endpoint  http://{host}:{port}   access key {user.access_key}   "
-          f"secret key {user.secret_key}", flush=True)
-    print(f"mounting {path} on {mnt} (Ctrl-C to flush, unmount and stop)", flush=True)
+    gateway = GatewayChild(path, host, port)
     try:
-        return mount(_mount_config(args, mnt, foreground=True))
+        gateway.wait_until_serving()
+        print(f"S3 endpoint  http://{host}:{port}   access key {user.access_key}   "
+              f"secret key {user.secret_key}", flush=True)
+        print(f"mounting {path} on {mnt} (Ctrl-C to flush, unmount and stop)", flush=True)
+        status = mount(_mount_config(args, mnt, foreground=True))
     finally:
-        if gateway.poll() is None:
-            gateway.terminate()
+        gateway.stop()
+    return EXIT_ERROR if gateway.failed else status
+
+
+class GatewayChild:
+    """The `vfsd gateway` that `vfsd up` runs beside its mount. Its output is passed on, line
+    by line; the mount starts only once it serves (a port it cannot have stops `up` before
+    anything is mounted); if it dies later, `up` says so at once and exits non-zero at the
+    end, but the mount keeps serving meanwhile: VMs may be running on it."""
+
+    def __init__(self, store: Path, host: str, port: int):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vfsd", "gateway", "--store", str(store),
+             "--listen", f"{host}:{port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.stopping = False
+        self.failed = False
+
+    def wait_until_serving(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            _pass_on(line)
+            if line.startswith("vfsd gateway: serving"):
+                threading.Thread(target=self._watch, name="vfsd-up-gateway",
+                                 daemon=True).start()
+                return
+        raise StoreError(f"the S3 gateway did not start ({_status(self.proc.wait())}); "
+                         "nothing was mounted")
+
+    def _watch(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            _pass_on(line)
+        status = self.proc.wait()
+        if status != 0 and not self.stopping:
+            self.failed = True
+            # To the mount's log and the terminal (the mount logs to both in the foreground).
+            logging.getLogger("vfsd.up").error(
+                "event=gateway-exited how=%r: S3 is down; the mount keeps serving until "
+                "Ctrl-C, then `vfsd up` exits with status 1", _status(status))
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.proc.poll() is None:
+            self.proc.terminate()
         try:
-            gateway.wait(timeout=30)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            gateway.kill()
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _pass_on(line: str) -> None:
+    sys.stdout.write(line)
+    sys.stdout.flush()
+
+
+def _status(code: int) -> str:
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
