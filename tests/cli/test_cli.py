@@ -118,7 +118,9 @@ def test_users(store):
     listed = json.loads(vfsd("user", "ls", "--json", store=store, check=True).stdout)
     assert [u["access_key"] for u in listed] == [user["access_key"]]
     assert "secret" not in json.dumps(listed)
-    vfsd("user", "rm", "alice", store=store, check=True)
+    # `list` and `remove` are the same verbs as `ls` and `rm`
+    assert json.loads(vfsd("user", "list", "--json", store=store, check=True).stdout) == listed
+    vfsd("user", "remove", "alice", store=store, check=True)
     one_line_error(vfsd("user", "rm", "alice", store=store))
 
 

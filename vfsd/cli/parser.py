@@ -65,7 +65,9 @@ def build_parser() -> Parser:
 
     def verb(sub: argparse._SubParsersAction, name: str, func: Callable[..., int], help: str,
              description: str = "", json: bool = False) -> Parser:
-        p = sub.add_parser(name, help=help, description=description or help,
+        # `list` and `remove` as well: the words people type (and the help once used).
+        aliases = {"ls": ["list"], "rm": ["remove"]}.get(name, [])
+        p = sub.add_parser(name, help=help, description=description or help, aliases=aliases,
                            parents=[common] + ([json_flag] if json else []))
         p.set_defaults(func=func)
         return p
@@ -93,7 +95,8 @@ def build_parser() -> Parser:
     p.add_argument("--grace", type=duration_arg, default=None, metavar="SECONDS",
                    help="with --repair: gc grace period for retired segments (default 5s)")
 
-    vm = verbs.add_parser("vm", help="virtual machines: create, list, show, resize, remove",
+    vm = verbs.add_parser("vm", help="virtual machines: create, ls, show, start, stop, snapshot, "
+                          "clone, resize, rm, import, export",
                           description="VMs live in vms/NAME/ as VMware-style files: NAME.vmdk "
                           "(descriptor), NAME-flat.vmdk (thin disk), NAME.vswp (swap), "
                           "NAME.nvram (firmware variables) and NAME.vmx (settings).")
@@ -186,7 +189,7 @@ def build_parser() -> Parser:
     p.add_argument("dst")
     p.add_argument("--snapshot", metavar="SNAP", help="clone this snapshot of SRC instead")
 
-    volume = verbs.add_parser("volume", help="detachable disks: create, attach, detach, remove",
+    volume = verbs.add_parser("volume", help="detachable disks: create, ls, attach, detach, snapshot, rm",
                               description="Volumes live in volumes/ and outlive the VMs they "
                               "are attached to (a hard link into the VM's directory).")
     vol_verbs = volume.add_subparsers(dest="volume_verb", metavar="VERB", required=True,
@@ -285,7 +288,7 @@ def build_parser() -> Parser:
     p.add_argument("--wait", action="store_true",
                    help="wait out the grace period and delete what this pass retired")
 
-    user = verbs.add_parser("user", help="S3 users: add, list, remove")
+    user = verbs.add_parser("user", help="S3 users: add, ls, rm")
     user_verbs = user.add_subparsers(dest="user_verb", metavar="VERB", required=True,
                                      parser_class=Parser)
     p = verb(user_verbs, "add", cmd_user_add, "create a user and print its new key pair",
