@@ -70,7 +70,18 @@ def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
         raise ValueError("a TLS key needs a TLS certificate (tls_cert)")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(config.tls_cert, config.tls_key)
+    # OpenSSL's own words ("[SSL] PEM lib (_ssl.c:3905)", "[Errno 2] No such file or
+    # directory") name neither the file nor the fault.
+    files = f"{config.tls_cert}" + (f" and {config.tls_key}" if config.tls_key else "")
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except ssl.SSLError as e:
+        raise ValueError(f"cannot load the TLS certificate and key from {files}: not a PEM "
+                         f"certificate with its private key, or a key that does not match "
+                         f"({e.reason or e})") from None
+    except OSError as e:
+        raise ValueError(f"cannot read the TLS certificate and key from {files}: "
+                         f"{e.strerror or e}") from None
     return context
 
 

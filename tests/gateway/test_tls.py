@@ -130,3 +130,5 @@ def test_bad_certificate_fails_to_start(tmp_path):
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 1, done.stdout + done.stderr
         assert "cannot start" in done.stderr
+        assert "Traceback" not in done.stderr and str(cert) in done.stderr, done.stderr
+    assert "not a PEM certificate with its private key" in done.stderr, done.stderr
