@@ -132,3 +132,18 @@ def test_daemon_mode_returns_once_mounted_and_fusermount_stops_it(store_path: Pa
     assert (mnt / "hello").read_bytes() == b"daemon"
     assert subprocess.run(["fusermount3", "-u", str(mnt)], check=False).returncode == 0
     wait_for(lambda: daemons(store_path) == [], 30, "the daemon to exit")
+
+
+def test_a_mount_whose_daemon_was_killed_gets_a_hint_to_unmount(store_path: Path,
+                                                                  tmp_path: Path, cleanup):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    assert vfsd("mount", "--store", store_path, mnt).returncode == 0
+    for pid in daemons(store_path):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not daemons(store_path), 10, "the daemon to die")
+    result = vfsd("mount", "--store", store_path, mnt)
+    expect_one_line_error(result, f"fusermount3 -u {mnt}", "daemon is gone")
+    subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    assert vfsd("mount", "--store", store_path, mnt).returncode == 0  # as the hint says
+    subprocess.run(["fusermount3", "-u", str(mnt)], check=True)

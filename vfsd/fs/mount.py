@@ -6,6 +6,7 @@ flushed before the process exits.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -51,7 +52,13 @@ class MountConfig:
 
 
 def check_mountpoint(path: Path) -> None:
-    if not path.exists():
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:
+            raise MountError(f"{path} is still mounted but its daemon is gone (killed?): "
+                             f"unmount it with `fusermount3 -u {path}`, then mount again "
+                             "(what was fsynced is replayed)") from None
         raise MountError(f"mount point {path} does not exist")
     if not path.is_dir():
         raise MountError(f"mount point {path} is not a directory")
