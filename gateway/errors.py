@@ -130,6 +130,13 @@ class InvalidRange(S3Error):
     status = 416
 
 
+class InvalidPartNumber(S3Error):
+    """The requested partnumber is not satisfiable"""
+
+    code = "InvalidPartNumber"
+    status = 416
+
+
 class InvalidRequest(S3Error):
     """Invalid Request"""
 

@@ -27,6 +27,7 @@ from .buckets import xml_response
 from .context import CONFIG, EXECUTOR, OBJECTS, S3, run, run_upload
 from .errors import (
     InvalidArgument,
+    InvalidPartNumber,
     InvalidRequest,
     NotImplementedS3,
     ServiceUnavailable,
@@ -121,8 +122,7 @@ async def head_object(request: web.Request) -> web.StreamResponse:
 
 async def _get(request: web.Request, head: bool) -> web.StreamResponse:
     s3 = request[S3]
-    if "partNumber" in request.query:
-        raise NotImplementedS3("partNumber is for multipart objects, not implemented yet")
+    part_number = _part_number(request)
     config = request.app[CONFIG]
     objects = request.app[OBJECTS]
     sendfile = not head and can_sendfile(request)
@@ -131,7 +131,8 @@ async def _get(request: web.Request, head: bool) -> web.StreamResponse:
     # window: each hop costs a thread wake-up and a GIL hand-over both ways.
     info, span, first, not_modified = await run(
         request, _open_read, objects, s3.bucket, s3.key, conditions(request.headers),
-        request.headers.get("Range"), window, config.inline_answer if sendfile else None)
+        request.headers.get("Range"), part_number, window,
+        config.inline_answer if sendfile else None)
     if not_modified:
         return web.Response(status=304, headers={"ETag": f'"{info.etag}"',
                                                  "Last-Modified": http_date(info.mtime_ns)})
@@ -143,6 +144,8 @@ async def _get(request: web.Request, head: bool) -> web.StreamResponse:
           and request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"):
         headers[f"x-amz-checksum-{info.checksum[0]}"] = info.checksum[1]
         headers["x-amz-checksum-type"] = "FULL_OBJECT"
+    if part_number is not None and info.part_sizes is not None:
+        headers["x-amz-mp-parts-count"] = str(len(info.part_sizes))
     status = 206 if span else 200
     if not head and not isinstance(first, Extents) and start + len(first) == end:
         # The whole answer is in hand: aiohttp sends headers and body in one write (a view
@@ -177,8 +180,30 @@ def _whole_bytes(data: bytes | bytearray | memoryview) -> bool:
 Piece = bytes | bytearray | memoryview | Extents
 
 
+def _part_number(request: web.Request) -> int | None:
+    """GET/HEAD ?partNumber=N: the object's part N (a single-part object has one part), as a
+    range of it (206)."""
+    raw = request.query.get("partNumber")
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        raise InvalidArgument("Part number must be an integer between 1 and 10000, inclusive")
+    if "Range" in request.headers:
+        raise InvalidRequest("Cannot specify both Range header and partNumber query parameter")
+    return int(raw)
+
+
+def _part_span(info: ObjectInfo, number: int) -> tuple[int, int] | None:
+    sizes = info.part_sizes or (info.size,)
+    if number > len(sizes):
+        raise InvalidPartNumber(f"the object has {len(sizes)} part(s), not {number}")
+    start = sum(sizes[:number - 1])
+    return (start, start + sizes[number - 1]) if info.size else None
+
+
 def _open_read(objects: Objects, bucket: str, key: bytes, wanted: Conditions,
-               range_header: str | None, window: int, inline_answer: int | None
+               range_header: str | None, part_number: int | None, window: int,
+               inline_answer: int | None
                ) -> tuple[ObjectInfo, tuple[int, int] | None, Piece, bool]:
     """In a pool thread: (info, range, first window, not-modified) of a GET or HEAD (window
     0). The first window is bytes, or, with `inline_answer` set, extents to sendfile when the
@@ -190,7 +215,8 @@ def _open_read(objects: Objects, bucket: str, key: bytes, wanted: Conditions,
             wanted.check(info.etag, info.mtime_ns, reading=True)
         except NotModified:
             return info, None, b"", True
-        span = parse_range(range_header, info.size)
+        span = (_part_span(info, part_number) if part_number is not None
+                else parse_range(range_header, info.size))
         start, end = span or (0, info.size)
         if not window or end == start:
             return info, span, b"", False
@@ -313,5 +339,7 @@ ROUTES = [
     ("object", "PUT", "", "PutObject", put_or_copy),
     ("object", "GET", "", "GetObject", get_object),
     ("object", "HEAD", "", "HeadObject", head_object),
+    ("object", "GET", "partNumber", "GetObject", get_object),
+    ("object", "HEAD", "partNumber", "HeadObject", head_object),
     ("object", "DELETE", "", "DeleteObject", delete_object),
 ]

@@ -80,3 +80,22 @@ def test_stopped_vm_disk_downloads_as_an_object(both, tmp_path):
     assert len(raw) == 64 << 20
     assert raw[1 << 20:(1 << 20) + 65536] == b"\x5a" * 65536
     assert raw[:1 << 20] == bytes(1 << 20)
+
+
+def test_a_multipart_object_keeps_its_parts_until_the_mount_changes_its_bytes(both):
+    s3, mnt, _store = both
+    s3.create_bucket(Bucket="mpu")
+    parts = [os.urandom(5 << 20), os.urandom(1000)]
+    upload = s3.create_multipart_upload(Bucket="mpu", Key="obj")["UploadId"]
+    etags = [s3.upload_part(Bucket="mpu", Key="obj", UploadId=upload, PartNumber=n,
+                            Body=body)["ETag"] for n, body in enumerate(parts, 1)]
+    s3.complete_multipart_upload(Bucket="mpu", Key="obj", UploadId=upload, MultipartUpload={
+        "Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]})
+    os.chmod(mnt / "mpu" / "obj", 0o600)  # metadata only: the ETag and the parts hold
+    assert s3.get_object(Bucket="mpu", Key="obj", PartNumber=2)["Body"].read() == parts[1]
+    with open(mnt / "mpu" / "obj", "r+b") as f:  # the bytes change: one plain part from now on
+        f.write(b"changed")
+    data = b"changed" + (parts[0] + parts[1])[7:]
+    head = s3.head_object(Bucket="mpu", Key="obj", PartNumber=1)
+    assert head["ETag"].strip('"') == hashlib.md5(data).hexdigest()
+    assert head["ContentLength"] == len(data) and "PartsCount" not in head

@@ -77,6 +77,44 @@ def test_multipart_round_trip(s3, bucket, sizes):
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+def test_get_and_head_by_part_number(s3, bucket):
+    """?partNumber=N reads part N of a multipart object as a range of it (206, with the parts
+    count); a single-part object has one part; copies keep the parts, a plain PUT drops them."""
+    sizes = [5 * MiB + 7, 5 * MiB, 1000]
+    parts = [os.urandom(n) for n in sizes]
+    upload(s3, bucket, "parts.bin", parts)
+    offset = 0
+    for number, body in enumerate(parts, 1):
+        got = s3.get_object(Bucket=bucket, Key="parts.bin", PartNumber=number)
+        assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
+        assert got["Body"].read() == body
+        assert got["ContentRange"] == f"bytes {offset}-{offset + len(body) - 1}/{sum(sizes)}"
+        assert got["PartsCount"] == 3 and got["ETag"] == s3_etag(parts)
+        head = s3.head_object(Bucket=bucket, Key="parts.bin", PartNumber=number)
+        assert head["ContentLength"] == len(body) and head["PartsCount"] == 3
+        offset += len(body)
+    for bad, error in ((4, "InvalidPartNumber"), (0, "InvalidArgument"),
+                       (10_001, "InvalidArgument")):
+        with pytest.raises(ClientError) as e:
+            s3.get_object(Bucket=bucket, Key="parts.bin", PartNumber=bad)
+        assert code(e) == error, bad
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket=bucket, Key="parts.bin", PartNumber=1, Range="bytes=0-9")
+    assert code(e) == "InvalidRequest"
+
+    s3.copy_object(Bucket=bucket, Key="copy.bin", CopySource={"Bucket": bucket,
+                                                               "Key": "parts.bin"})
+    assert s3.get_object(Bucket=bucket, Key="copy.bin", PartNumber=3)["Body"].read() == parts[2]
+
+    s3.put_object(Bucket=bucket, Key="parts.bin", Body=b"one part now")
+    whole = s3.get_object(Bucket=bucket, Key="parts.bin", PartNumber=1)
+    assert whole["Body"].read() == b"one part now" and "PartsCount" not in whole
+    assert whole["ContentRange"] == "bytes 0-11/12"
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket=bucket, Key="parts.bin", PartNumber=2)
+    assert code(e) == "InvalidPartNumber"
+
+
 def test_upload_file_100mib(s3, bucket, tmp_path):
     src = tmp_path / "src"
     with open(src, "wb") as f:

@@ -14,6 +14,11 @@ from .env import U64, Tx
 
 ETAG_XATTR = b"vfsd.s3.etag"
 _RECORD = struct.Struct(">Q32s")  # inode version, chunk-map fingerprint; then etag [" " checksum]
+# A multipart object's part sizes, for GET/HEAD ?partNumber=N: the chunk-map fingerprint they
+# were stitched into, then one u64 per part. They hold while the ETag record has the same
+# fingerprint (a file rewritten through the mount gets a plain MD5 ETag and loses its parts).
+PARTS_XATTR = b"vfsd.s3.parts"
+_FINGERPRINT = struct.Struct(">32s")
 
 
 class NeedEtag(Exception):
@@ -35,6 +40,16 @@ def unpack_record(raw: bytes | memoryview) -> tuple[int, bytes, str, tuple[str, 
     etag, _, checksum = tail.partition(" ")
     algorithm, _, value = checksum.partition(":")
     return version, fingerprint, etag, (algorithm, value) if checksum else None
+
+
+def pack_parts(fingerprint: bytes, sizes: list[int]) -> bytes:
+    return _FINGERPRINT.pack(fingerprint) + struct.pack(f">{len(sizes)}Q", *sizes)
+
+
+def unpack_parts(raw: bytes | memoryview) -> tuple[bytes, tuple[int, ...]]:
+    (fingerprint,) = _FINGERPRINT.unpack_from(raw)
+    count = (len(raw) - _FINGERPRINT.size) // 8
+    return fingerprint, struct.unpack_from(f">{count}Q", raw, _FINGERPRINT.size)
 
 
 def fingerprint(tx: Tx, ino: int, size: int) -> bytes:

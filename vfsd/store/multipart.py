@@ -396,7 +396,8 @@ class Uploads:
                     parent, existing = objects._place(tx, b, parts_key)
                     inode = objects._install(tx, parent, existing, parts_key[-1], key,
                                              current.metadata, current.headers, staged, size,
-                                             (fingerprint, etag, None))
+                                             (fingerprint, etag, None),
+                                             [part.size for part in parts])
                     _drop(tx, upload_id)
                     return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
                                       inode.version, etag, dict(current.metadata),

@@ -93,6 +93,7 @@ class ObjectInfo:
     metadata: dict[str, str] = field(default_factory=dict)  # x-amz-meta-<name> -> value
     headers: dict[str, str] = field(default_factory=dict)  # Content-Type & co, lower-case
     checksum: tuple[str, str] | None = None  # (algorithm, base64), as the client sent it
+    part_sizes: tuple[int, ...] | None = None  # a multipart object's, while its ETag holds
 
 
 # --- key and name checks ---------------------------------------------------------------------
@@ -208,6 +209,7 @@ class Objects:
         """The object's attributes and xattrs; the flag says whether its ETag is current."""
         info = ObjectInfo(bucket, key, inode.ino, inode.size, inode.mtime_ns, inode.version, "")
         fresh = False
+        fingerprint, parts = b"", None
         cursor = tx.cursor(tx.db.xattrs)
         prefix = ino_key(inode.ino)
         if cursor.set_range(prefix):
@@ -223,9 +225,14 @@ class Objects:
                     if header in CONTENT_HEADERS:
                         info.headers[header] = bytes(value).decode(errors="surrogateescape")
                 elif name == etags.ETAG_XATTR:
-                    version, _fp, etag, checksum = etags.unpack_record(value)
+                    version, fingerprint, etag, checksum = etags.unpack_record(value)
                     if version == inode.version:
                         info.etag, info.checksum, fresh = etag, checksum, True
+                elif name == etags.PARTS_XATTR:
+                    parts = etags.unpack_parts(value)
+        if fresh and parts is not None and parts[0] == fingerprint and info.etag.endswith(
+                f"-{len(parts[1])}"):
+            info.part_sizes = parts[1]
         return info, fresh
 
     def head_object(self, bucket: str, key: bytes) -> ObjectInfo:
@@ -240,10 +247,9 @@ class Objects:
                 info, fresh = self._info(tx, bucket, key, inode)
             if fresh:
                 return info
-            etag, version = self.etag(info.ino)
-            if version == info.version:
-                info.etag = etag
-                return info
+            # Revalidated or recomputed for this version, the ETag record is fresh when read
+            # again (with the part sizes, if a multipart object's ETag still holds).
+            self.etag(info.ino)
         raise ObjectChanged("the object kept changing while its ETag was computed")
 
     def read(self, ino: int, version: int, offset: int, size: int
@@ -405,10 +411,11 @@ class Objects:
     def _install(self, tx: Tx, parent: Inode, existing: Inode | None, name: bytes,
                  key: bytes, metadata: Mapping[str, str], headers: Mapping[str, str],
                  staged: list[StagedChunk | None], size: int,
-                 etag_record: tuple[bytes, str, tuple[str, str] | None]) -> Inode:
+                 etag_record: tuple[bytes, str, tuple[str, str] | None],
+                 part_sizes: list[int] | None = None) -> Inode:
         """Inside a PUT's or a multipart completion's transaction: make `name` in `parent`
         (new, or `existing` replaced) hold `staged`, with its S3 metadata and ETag record
-        (fingerprint, etag, checksum)."""
+        (fingerprint, etag, checksum), and a multipart object's part sizes."""
         if existing is None:
             inode = namespace.make(tx, self.origin, parent.ino, name, FILE_MODE, 0, 0)
         else:
@@ -418,6 +425,9 @@ class Objects:
         inode = self.store.data.install(tx, inode.ino, staged, size)
         tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.ETAG_XATTR),
                etags.pack_record(inode.version, *etag_record))
+        if part_sizes is not None:
+            tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.PARTS_XATTR),
+                   etags.pack_parts(etag_record[0], part_sizes))
         return inode
 
     def _wait_for_release(self, ino: int) -> None:
@@ -437,7 +447,7 @@ class Objects:
     def _set_s3_xattrs(self, tx: Tx, ino: int, metadata: Mapping[str, str],
                        headers: Mapping[str, str]) -> None:
         for old in namespace.list_xattrs(tx, ino):
-            if old.startswith(USER_PREFIX) or old == etags.ETAG_XATTR:
+            if old.startswith(USER_PREFIX) or old in (etags.ETAG_XATTR, etags.PARTS_XATTR):
                 tx.delete(tx.db.xattrs, namespace.xattr_key(ino, old))
         for name, value in _s3_xattrs(metadata, headers).items():
             tx.put(tx.db.xattrs, namespace.xattr_key(ino, name), value)
@@ -552,6 +562,8 @@ class Objects:
             inode.stored = chunks.copy_chunks(tx, src.ino, inode.ino)
             inode.size = src.size
             changelog.record(tx, self.origin, ChangeOp.DATA, inode.ino)
+        raw_parts = tx.get(tx.db.xattrs, namespace.xattr_key(src.ino, etags.PARTS_XATTR))
+        src_parts = bytes(raw_parts) if raw_parts is not None else None  # a self-copy drops it
         self._set_s3_xattrs(tx, inode.ino, metadata, headers)
         for name, value in user.items():
             if value is not None:
@@ -563,6 +575,8 @@ class Objects:
             changelog.record(tx, self.origin, ChangeOp.ATTR, inode.ino)
         tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.ETAG_XATTR),
                etags.pack_record(inode.version, fingerprint, etag, checksum))
+        if src_parts is not None and etags.unpack_parts(src_parts)[0] == fingerprint:
+            tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.PARTS_XATTR), src_parts)
         return ObjectInfo(dst_bucket, dst_key, inode.ino, inode.size, inode.mtime_ns,
                           inode.version, etag, dict(metadata), _lower(headers), checksum)
 
