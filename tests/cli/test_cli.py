@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from vfsd.store import Store
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -77,6 +79,16 @@ def test_bad_sizes_are_usage_errors(store):
         one_line_error(vfsd("vm", "create", "big", "--disk", "1G", "--memory", size,
                             store=store), 2)
         one_line_error(vfsd("pool", "set", "--quota", size, store=store), 2)
+
+
+def test_a_quota_below_physical_use_is_set_with_a_warning(store):
+    with Store.open(store) as s:
+        s.write_file("data", os.urandom(3 << 20))
+    out = vfsd("pool", "set", "--quota", "1M", store=store, check=True).stdout
+    assert "pool quota: 1.0 MiB; physical use 3.0 MiB" in out
+    assert "warning: the quota is below what the pool already holds" in out
+    out = vfsd("pool", "set", "--quota", "1G", store=store, check=True).stdout
+    assert "warning" not in out
 
 
 @pytest.mark.parametrize("count", ["0", "-2", "two"])

@@ -85,6 +85,9 @@ def cmd_pool_set(args: argparse.Namespace) -> int:
         st = stats_module.collect(store)
     limit = format_size(args.quota) if args.quota else "none (the backing disk's free space)"
     print(f"pool quota: {limit}; physical use {format_size(st.physical_bytes)}")
+    if args.quota and args.quota < st.physical_bytes:
+        print("warning: the quota is below what the pool already holds: writes that need new "
+              "space fail (ENOSPC on the mount, 507 from S3) until data is deleted and gc'd")
     if st.overcommit > 1:
         print(f"warning: thin disks ({format_size(st.provisioned_bytes)}) could outgrow the pool "
               f"({format_size(st.capacity_bytes)}): overcommit {st.overcommit:.2f}")
