@@ -66,10 +66,19 @@ HEADER_NAMES = {
 }
 
 
+# Accepting these and storing plain bytes would tell the client its data is encrypted.
+ENCRYPTION_HEADERS = ("x-amz-server-side-encryption",
+                      "x-amz-server-side-encryption-aws-kms-key-id")
+
+
 def _refuse_unsupported(request: web.Request) -> None:
     for name in UNSUPPORTED_HEADERS:
         if name in request.headers:
             raise NotImplementedS3(f"the {name} header is not implemented by this gateway")
+    for name in ENCRYPTION_HEADERS:
+        if name in request.headers:
+            raise NotImplementedS3(f"server-side encryption ({name}) is not implemented by "
+                                   "this gateway: objects are stored unencrypted")
 
 
 async def put_object(request: web.Request) -> web.Response:

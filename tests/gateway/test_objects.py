@@ -304,6 +304,21 @@ def test_unsupported_features_answer_not_implemented(gateway, s3, bucket):
     with pytest.raises(ClientError) as e:
         s3.put_object(Bucket=bucket, Key="t", Body=b"x", Tagging="a=b")
     assert error_of(e) == (501, "NotImplemented")
+    # Encryption asked for is refused, not ignored: the bytes would be stored in the clear.
+    for kwargs in ({"ServerSideEncryption": "AES256"},
+                   {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "k"}):
+        with pytest.raises(ClientError) as e:
+            s3.put_object(Bucket=bucket, Key="t", Body=b"x", **kwargs)
+        assert error_of(e) == (501, "NotImplemented")
+        assert "unencrypted" in e.value.response["Error"]["Message"]
+        with pytest.raises(ClientError) as e:
+            s3.create_multipart_upload(Bucket=bucket, Key="t", **kwargs)
+        assert error_of(e) == (501, "NotImplemented")
+        with pytest.raises(ClientError) as e:
+            s3.copy_object(Bucket=bucket, Key="t", CopySource={"Bucket": bucket, "Key": "o"},
+                           **kwargs)
+        assert error_of(e) == (501, "NotImplemented")
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="t")
     r = signed(gateway, "POST", f"/{bucket}/o")
     assert (r.status, r.code) == (405, "MethodNotAllowed")
 
