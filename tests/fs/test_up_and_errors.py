@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from mounting import wait_for
@@ -136,3 +137,35 @@ def test_up_refuses_a_mount_point_that_is_a_file_before_making_a_store(tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == f"vfsd: error: mount point {tmp_path / 'file'} is not a directory"
     assert not (tmp_path / "data").exists()
+
+
+def test_up_passes_the_gateway_options_on(tmp_path):
+    store, mnt, port, metrics = tmp_path / "data", tmp_path / "mnt", free_port(), free_port()
+    result = subprocess.run([sys.executable, "-m", "vfsd", "up", "--store", str(store), "--mnt",
+                             str(mnt), "--tls-cert", str(tmp_path / "cert.pem")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and "--tls-cert and --tls-key go together" in result.stderr
+    assert not store.exists()
+    proc = subprocess.Popen([sys.executable, "-m", "vfsd", "up", "--store", str(store), "--mnt",
+                             str(mnt), "--listen", f"127.0.0.1:{port}", "--processes", "1",
+                             "--metrics-listen", f"127.0.0.1:{metrics}", "--region", "eu-x-1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, "vfsd up")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as r:
+            assert b"vfsd_gateway_requests_in_flight" in r.read()
+        gateway = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "vfsd gateway"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+        assert len(gateway) == 1
+        # --processes 1: the gateway serves itself, no server processes under it
+        assert subprocess.run(["pgrep", "-P", gateway[0]], capture_output=True,
+                              check=False).returncode == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        output = proc.stdout.read()
+        assert f"metrics at http://127.0.0.1:{metrics}/metrics" in output
+        assert "(region eu-x-1)" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)

@@ -37,6 +37,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from vfsd.fs.mount import check_mountpoint, mount
 
     path = store_path(args)
+    gateway_args = _gateway_args(args, "up")
     mnt = Path(args.mnt)
     if not mnt.exists():
         mnt.mkdir(parents=True)
@@ -50,10 +51,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             user = users.add(store, DEFAULT_USER)
             print(f"created S3 user {DEFAULT_USER}")
     host, port = args.listen
-    gateway = GatewayChild(path, host, port)
+    gateway = GatewayChild(path, host, port, gateway_args)
     try:
         gateway.wait_until_serving()
-        print(f"S3 endpoint  http://{host}:{port}   access key {user.access_key}   "
+        scheme = "https" if args.tls_cert else "http"
+        shown = f"[{host}]" if ":" in host else host
+        print(f"S3 endpoint  {scheme}://{shown}:{port}   access key {user.access_key}   "
               f"secret key {user.secret_key}", flush=True)
         print(f"mounting {path} on {mnt} (Ctrl-C to flush, unmount and stop)", flush=True)
         status = mount(_mount_config(args, mnt, foreground=True))
@@ -68,10 +71,10 @@ class GatewayChild:
     anything is mounted); if it dies later, `up` says so at once and exits non-zero at the
     end, but the mount keeps serving meanwhile: VMs may be running on it."""
 
-    def __init__(self, store: Path, host: str, port: int):
+    def __init__(self, store: Path, host: str, port: int, options: Sequence[str] = ()):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vfsd", "gateway", "--store", str(store),
-             "--listen", f"{host}:{port}"],
+             "--listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}", *options],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.stopping = False
         self.failed = False
@@ -130,16 +133,32 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _gateway_args(args: argparse.Namespace, verb: str) -> list[str]:
+    """Check the gateway's options (before anything starts) and give them back as `vfsd
+    gateway` arguments, for the gateway `vfsd up` starts."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError(f"vfsd {verb}: --tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key):
+        if path is not None and not path.is_file():
+            raise StoreError(f"cannot read {path}")
+    out = ["--region", args.region]
+    if args.tls_cert is not None:
+        out += ["--tls-cert", str(args.tls_cert.resolve()),
+                "--tls-key", str(args.tls_key.resolve())]
+    if args.metrics_listen is not None:
+        host, port = args.metrics_listen
+        out += ["--metrics-listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if args.processes is not None:
+        out += ["--processes", str(args.processes)]
+    return out
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.config import GatewayConfig, default_processes
     from gateway.server import serve
 
     load_config(store_path(args))  # one clear line for a missing store, before anything starts
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise UsageError("vfsd gateway: --tls-cert and --tls-key go together")
-    for path in (args.tls_cert, args.tls_key):
-        if path is not None and not path.is_file():
-            raise StoreError(f"cannot read {path}")
+    _gateway_args(args, "gateway")
     host, port = args.listen
     metrics_host, metrics_port = args.metrics_listen or ("127.0.0.1", None)
     return serve(GatewayConfig(store=store_path(args), host=host, port=port,

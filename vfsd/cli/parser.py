@@ -242,7 +242,24 @@ def build_parser() -> Parser:
     p.add_argument("mountpoint", help="an empty directory")
     p.add_argument("--foreground", action="store_true", help="stay in the foreground")
     p.set_defaults(func=cmd_mount)
-    p = verbs.add_parser("up", parents=[common, mount_opts], help="the main job: init if "
+    # The gateway's options, for `vfsd gateway` and for the gateway `vfsd up` starts.
+    gateway_opts = argparse.ArgumentParser(add_help=False)
+    gateway_opts.add_argument("--region", default="us-east-1",
+                              help="the region clients sign for")
+    gateway_opts.add_argument("--tls-cert", type=Path, metavar="PEM",
+                              help="serve HTTPS with this certificate (with --tls-key); "
+                              "clients then send aws-chunked bodies")
+    gateway_opts.add_argument("--tls-key", type=Path, metavar="PEM",
+                              help="the certificate's private key")
+    gateway_opts.add_argument("--metrics-listen", type=parse_listen, metavar="HOST:PORT",
+                              help="serve Prometheus /metrics here (off by default; "
+                              "unauthenticated, keep it private)")
+    gateway_opts.add_argument("--processes", type=count_arg, default=None, metavar="N",
+                              help="server processes sharing the port (default: one per "
+                              "core, up to 4): a process serves small requests on about "
+                              "one core")
+    p = verbs.add_parser("up", parents=[common, mount_opts, gateway_opts],
+                         help="the main job: init if "
                          "needed, mount in the foreground and serve S3 beside it",
                          description="Initialise the store if missing, create the S3 user "
                          f"{DEFAULT_USER!r} on first run, start the S3 gateway and mount the "
@@ -251,23 +268,15 @@ def build_parser() -> Parser:
     p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 9000),
                    metavar="HOST:PORT", help="the S3 gateway's address (default 127.0.0.1:9000)")
     p.set_defaults(func=cmd_up)
-    p = verb(verbs, "gateway", cmd_gateway, "serve the store over S3 (HTTP)",
-             "Serve the store as S3: top-level directories are buckets, files are objects. "
-             "Requests are signed (SigV4) with keys from `vfsd user add`. Runs until "
-             "SIGTERM/SIGINT.")
+    p = verbs.add_parser("gateway", parents=[common, gateway_opts],
+                         help="serve the store over S3 (HTTP)",
+                         description="Serve the store as S3: top-level directories are "
+                         "buckets, files are objects. Requests are signed (SigV4) with keys "
+                         "from `vfsd user add`. Runs until SIGTERM/SIGINT.")
+    p.set_defaults(func=cmd_gateway)
     p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 9000),
                    metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:9000; "
                    "binding beyond loopback must be asked for explicitly)")
-    p.add_argument("--region", default="us-east-1", help="the region clients sign for")
-    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this "
-                   "certificate (with --tls-key); clients then send aws-chunked bodies")
-    p.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
-    p.add_argument("--metrics-listen", type=parse_listen, metavar="HOST:PORT",
-                   help="serve Prometheus /metrics here (off by default; unauthenticated, "
-                        "keep it private)")
-    p.add_argument("--processes", type=count_arg, default=None, metavar="N",
-                   help="server processes sharing the port (default: one per core, up to "
-                   "4): a process serves small requests on about one core")
     pool = verbs.add_parser("pool", help="the storage pool: its quota",
                             description="The pool is what the store may use on disk: a quota, "
                             "else the backing file system's free space. Writes past it fail "
