@@ -99,3 +99,22 @@ def test_a_multipart_object_keeps_its_parts_until_the_mount_changes_its_bytes(bo
     head = s3.head_object(Bucket="mpu", Key="obj", PartNumber=1)
     assert head["ETag"].strip('"') == hashlib.md5(data).hexdigest()
     assert head["ContentLength"] == len(data) and "PartsCount" not in head
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a PUT over an existing key rewrites the file's inode in place (found by a QA pass, "
+    "session 9): it should replace the name as rename(2) does, the old inode parked as an "
+    "orphan while the mount (or an in-flight GET) has it open"))
+def test_a_put_replaces_the_name_as_a_rename_does(both):
+    s3, mnt, _store = both
+    s3.create_bucket(Bucket="site")
+    old, new = b"A" * (4 << 20), b"B" * (4 << 20)
+    s3.put_object(Bucket="site", Key="page", Body=old)
+    os.link(mnt / "site" / "page", mnt / "site" / "twin")
+    with open(mnt / "site" / "page", "rb") as reader:
+        first = reader.read(1 << 20)
+        s3.put_object(Bucket="site", Key="page", Body=new)
+        wait_for(lambda: (mnt / "site" / "page").read_bytes() == new, 1, "the PUT on the mount")
+        rest = reader.read()
+    assert (mnt / "site" / "twin").read_bytes() == old  # the other name keeps its bytes
+    assert first + rest == old  # an open reader keeps the file it opened
