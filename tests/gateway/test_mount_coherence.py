@@ -118,3 +118,18 @@ def test_a_put_replaces_the_name_as_a_rename_does(both):
         rest = reader.read()
     assert (mnt / "site" / "twin").read_bytes() == old  # the other name keeps its bytes
     assert first + rest == old  # an open reader keeps the file it opened
+
+
+@pytest.mark.xfail(strict=True, raises=OSError, reason=(
+    "a DELETE frees the inode at once although the mount has it open: the reader's next read "
+    "gets ENOENT (session 9); it should stay readable until the last close, as after unlink"))
+def test_a_delete_leaves_a_file_open_on_the_mount_readable(both):
+    s3, mnt, _store = both
+    s3.create_bucket(Bucket="gone")
+    body = os.urandom(8 << 20)
+    s3.put_object(Bucket="gone", Key="f", Body=body)
+    with open(mnt / "gone" / "f", "rb") as reader:
+        first = reader.read(1 << 20)
+        s3.delete_object(Bucket="gone", Key="f")
+        wait_for(lambda: not (mnt / "gone" / "f").exists(), 1, "the DELETE on the mount")
+        assert first + reader.read() == body
