@@ -249,7 +249,10 @@ class Objects:
                 return info
             # Revalidated or recomputed for this version, the ETag record is fresh when read
             # again (with the part sizes, if a multipart object's ETag still holds).
-            self.etag(info.ino)
+            try:
+                self.etag(info.ino)
+            except NotFound:
+                continue  # deleted meanwhile: the lookup above now says NoSuchKey
         raise ObjectChanged("the object kept changing while its ETag was computed")
 
     def read(self, ino: int, version: int, offset: int, size: int
