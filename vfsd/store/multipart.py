@@ -260,6 +260,9 @@ class Uploads:
             if old is not None:
                 for digest in _part_digests(old):
                     chunks.decref(tx, digest)
+            # Staging checked each batch against the pool as it stood; the part as a whole,
+            # and parts staged side by side, are judged here, as a PUT's commit is.
+            chunks.check_pool(tx)
             tx.put(tx.db.uploads, _key(upload_id, number), _pack_part(part))
         return part
 
