@@ -91,6 +91,52 @@ def test_posix_acls_are_refused_so_cp_a_keeps_modes(mnt, tmp_path):
         assert not [n for n in os.listxattr(path) if n.startswith("system.posix_acl")]
 
 
+def test_o_creat_without_o_excl_opens_a_file_another_process_just_made(mnt, store_path):
+    """Another process (the gateway) may make the name between the kernel's LOOKUP and its
+    CREATE: open(2) without O_EXCL then opens that file; only O_EXCL may fail with EEXIST.
+    (A QA pass: 47 of 300 such opens failed with EEXIST.)"""
+    import threading
+
+    from vfsd.store import Store
+
+    (mnt / "race").mkdir()
+    outcomes: dict[str, int] = {}
+    with Store.open(store_path) as s:
+        for i in range(150):
+            maker = threading.Thread(target=s.write_file, args=(f"race/f{i}", b"other"))
+            maker.start()
+            try:
+                os.close(os.open(mnt / "race" / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                                 0o644))
+                outcomes["opened"] = outcomes.get("opened", 0) + 1
+            except OSError as e:
+                outcomes[errno.errorcode[e.errno]] = outcomes.get(errno.errorcode[e.errno], 0) + 1
+            finally:
+                maker.join()
+    assert outcomes == {"opened": 150}
+    expect_errno(errno.EEXIST, os.open, mnt / "race" / "f0", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+
+
+def test_the_permission_check_of_an_open_that_found_the_file_made():
+    """That open's file was checked by no one (the kernel checked the directory for a create):
+    `_may_open` makes default_permissions' mode check."""
+    from types import SimpleNamespace
+
+    from vfsd.fs.operations import _may_open
+    from vfsd.store import Inode
+
+    f = Inode(7, stat.S_IFREG | 0o640, uid=1000, gid=100)
+    for uid, gid, flags, allowed in [
+        (0, 0, os.O_RDWR, True),  # root
+        (1000, 5, os.O_RDWR, True),  # owner: rw-
+        (2000, 100, os.O_RDONLY, True),  # group: r--
+        (2000, 100, os.O_WRONLY, False),
+        (2000, 100, os.O_RDWR, False),
+        (3000, 300, os.O_RDONLY, False),  # other: ---
+    ]:
+        assert _may_open(f, flags | os.O_CREAT, SimpleNamespace(uid=uid, gid=gid)) is allowed
+
+
 def test_rename_flags(mnt):
     import ctypes
 

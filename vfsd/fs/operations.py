@@ -20,7 +20,7 @@ import pyfuse3
 import trio
 
 from vfsd.store import Inode, InodeFlags, Store
-from vfsd.store.errors import StoreError
+from vfsd.store.errors import Exists, StoreError
 from vfsd.store.leases import Holder
 from vfsd.store.store import CAPABILITY_XATTR
 
@@ -286,7 +286,10 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        node = await self.run(self.store.getattr, inode)
+        return await self._open(await self.run(self.store.getattr, inode), flags)
+
+    async def _open(self, node: Inode, flags: int) -> pyfuse3.FileInfo:
+        inode = node.ino
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         info = await self._new_handle(node, flags)
@@ -304,8 +307,22 @@ class Operations(pyfuse3.Operations):
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        inode = await self.run(self.store.create, parent_inode, name,
-                               stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask), ctx.uid, ctx.gid)
+        try:
+            inode = await self.run(self.store.create, parent_inode, name,
+                                   stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask), ctx.uid,
+                                   ctx.gid)
+        except Exists:
+            if flags & os.O_EXCL:
+                raise
+            # Made by another process since the kernel's lookup (a PUT through the gateway):
+            # without O_EXCL, open(2) opens the file that is there. The kernel checked only
+            # the directory, so the file's own permission is checked here.
+            existing = await self.run(self.store.lookup, parent_inode, name)
+            if not existing.is_file:
+                raise
+            if not _may_open(existing, flags, ctx):
+                raise pyfuse3.FUSEError(errno.EACCES) from None
+            return await self._open(existing, flags), self.attributes(existing)
         self.capabilities[inode.ino] = None  # a new file has none
         return await self._new_handle(inode, flags), self.attributes(inode)
 
@@ -535,6 +552,17 @@ class Operations(pyfuse3.Operations):
         _refuse_acl(name)
         self.capabilities.pop(inode, None)
         await self.run(self.store.remove_xattr, inode, name)
+
+
+def _may_open(inode: Inode, flags: int, ctx: Any) -> bool:
+    """The mode check default_permissions makes at open (supplementary groups unknown to
+    FUSE: a file only they grant is refused, never the other way round)."""
+    if ctx.uid == 0:
+        return True
+    shift = 6 if ctx.uid == inode.uid else 3 if ctx.gid == inode.gid else 0
+    access = flags & os.O_ACCMODE
+    wanted = {os.O_RDONLY: 4, os.O_WRONLY: 2}.get(access, 6)
+    return (inode.mode >> shift) & wanted == wanted
 
 
 def _refuse_acl(name: bytes) -> None:
