@@ -48,6 +48,7 @@ from .routing import Router, address
 log = logging.getLogger("gateway")
 access = logging.getLogger("gateway.access")
 ROUTER = web.AppKey("router", Router)
+JOURNAL_POLL = 1.0  # seconds: a dead mount's fsynced writes show within this, as a commit's do
 
 
 class RequestIds:
@@ -76,6 +77,7 @@ def create_app(config: GatewayConfig, metrics: Metrics | None = None) -> web.App
     app[STOPPING] = threading.Event()
     app.cleanup_ctx.append(store_context)
     app.cleanup_ctx.append(garbage_collection)
+    app.cleanup_ctx.append(journal_replay)
     # aiohttp would answer `Expect: 100-continue` before the middlewares run; handlers do it
     # themselves once the request is authenticated and its arguments checked (gateway.body).
     # [\s\S], not `.`: a key may hold a newline (S3 takes any UTF-8), and `.` stops there.
@@ -110,10 +112,7 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
     try:
         store = Store.open(config.store)
         # A mount that died leaves what it fsynced in its journal: serve it, not older data.
-        recovered = journal.recover(store)
-        if recovered.journals:
-            log.info("event=journal-recovered journals=%d sets_replayed=%d sets_dropped=%d",
-                     recovered.journals, recovered.replayed, recovered.dropped)
+        _replay_journals(store)
     except BaseException:
         executor.shutdown()
         uploads.shutdown()
@@ -131,6 +130,38 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
         uploads.shutdown(wait=True, cancel_futures=True)
         executor.shutdown(wait=True, cancel_futures=True)
         store.close()
+
+
+def _replay_journals(store: Store) -> None:
+    recovered = journal.recover(store)
+    if recovered.journals:
+        log.info("event=journal-recovered journals=%d sets_replayed=%d sets_dropped=%d",
+                 recovered.journals, recovered.replayed, recovered.dropped)
+
+
+async def journal_replay(app: web.Application) -> AsyncIterator[None]:
+    """Replay the journal of a mount that dies while we serve, within JOURNAL_POLL seconds.
+    What it fsynced was acknowledged; until replayed, we would serve the bytes from before
+    (a QA pass saw them, and a CopyObject would have made them permanent). One server
+    process does it (the one that runs gc passes); recover is safe beside a mount's."""
+    task = (asyncio.create_task(_watch_journals(app)) if app[CONFIG].gc_passes else None)
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _watch_journals(app: web.Application) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(JOURNAL_POLL)
+        try:
+            await loop.run_in_executor(app[EXECUTOR], _replay_journals, app[STORE])
+        except StoreError as e:
+            log.warning("event=journal-replay-failed error=%s", e)
 
 
 async def garbage_collection(app: web.Application) -> AsyncIterator[None]:
