@@ -209,3 +209,17 @@ def test_a_part_past_the_pool_quota_is_refused_whole(store: Store, uploads: Uplo
     assert physical < store.physical_bytes() <= (store.quota() or 0)
     assert [p.number for p in uploads.list_parts("bkt", b"big", upload.upload_id)[1]] == [1]
     assert fsck.check(store).clean
+
+
+def test_an_upload_to_a_key_s3_may_not_replace_is_refused_at_create(store: Store,
+                                                                      uploads: Uploads) -> None:
+    """A VM's files and read-only files refuse PUT at once; a multipart upload to them was
+    refused only at Complete, after its parts had taken pool space (a QA pass)."""
+    from vfsd.store.errors import PermissionDenied, ReadOnly
+    from vfsd.store.vms import Vms
+
+    Vms(store).create("web", 1 << 20, 64 << 20)
+    for key in (b"web/web-flat.vmdk", b"web/web.vmdk"):
+        with pytest.raises((PermissionDenied, ReadOnly)):
+            uploads.create("vms", key)
+    assert uploads.create("vms", b"web/notes.txt").key == b"web/notes.txt"  # not a VM file

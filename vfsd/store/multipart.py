@@ -219,7 +219,9 @@ class Uploads:
         upload = Upload(secrets.token_hex(_ID_LENGTH // 2), bucket, key, time.time_ns(),
                         metadata, _lower(headers or {}), checksum_algorithm)
         with self.env.write() as tx:
-            self.objects.bucket_inode(tx, bucket)
+            existing = self.objects._lookup(tx, self.objects.bucket_inode(tx, bucket), key)
+            if existing is not None:  # refused now, not after the parts filled the pool
+                self.objects.check_overwritable(existing, key)
             tx.put(tx.db.uploads, _key(upload.upload_id, 0), _pack_header(upload))
         return upload
 

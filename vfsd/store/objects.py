@@ -441,11 +441,16 @@ class Objects:
         self.store.leases.settled_holder(ino, settle=RELEASE_WAIT_SECONDS)
 
     def _check_replaceable(self, inode: Inode, key: bytes) -> None:
+        self.check_overwritable(inode, key)
+        self.store.leases.check_free(inode.ino, key.decode(errors="replace"))
+
+    def check_overwritable(self, inode: Inode, key: bytes) -> None:
+        """What no S3 request may replace or delete: read-only files (snapshots, descriptors)
+        and a VM's or volume's files. (A lease, checked at the change itself, may go.)"""
         check_file_writable(inode)
         if inode.flags & (InodeFlags.VM_FILE | InodeFlags.FIXED_SIZE):
             raise PermissionDenied(f"{key.decode(errors='replace')!r} belongs to a VM or "
                                    "volume; use `vfsd vm` / `vfsd volume`")
-        self.store.leases.check_free(inode.ino, key.decode(errors="replace"))
 
     def _set_s3_xattrs(self, tx: Tx, ino: int, metadata: Mapping[str, str],
                        headers: Mapping[str, str]) -> None:
