@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from mounting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
@@ -59,3 +60,25 @@ def test_fsynced_past_the_quota_the_store_stays_usable(mount, mnt, store_path):
         assert done.returncode == 0, done.stderr
     mount.start()
     assert (mnt / "bkt" / "f").read_bytes() == data
+
+
+def test_a_flush_that_keeps_failing_is_logged_once_a_minute(mount, mnt, store_path):
+    """Dirty data the full pool cannot take stays cached and is retried every commit
+    interval; it was logged at every retry (a QA pass: every ~0.5 s until the file went)."""
+    import time
+
+    subprocess.run([sys.executable, "-m", "vfsd", "pool", "set", "--quota", "8M",
+                    "--store", str(store_path)], check=True, capture_output=True)
+    with pytest.raises(OSError) as info, open(mnt / "too-big", "wb") as f:
+        f.writelines(os.urandom(MiB) for _ in range(16))
+        f.flush()
+        os.fsync(f.fileno())
+    assert info.value.errno == errno.ENOSPC
+    time.sleep(3.5)  # three commit intervals of retries
+    log = (store_path / "vfsd.log").read_text()
+    assert log.count("event=flush-failed") == 1, log
+    subprocess.run([sys.executable, "-m", "vfsd", "pool", "set", "--quota", "none",
+                    "--store", str(store_path)], check=True, capture_output=True)
+    wait_for(lambda: "event=flush-recovered" in (store_path / "vfsd.log").read_text(), 5,
+             "the retried flush to succeed")
+    assert len((mnt / "too-big").read_bytes()) == 16 * MiB

@@ -48,6 +48,7 @@ BATCHES_IN_FLIGHT = 2  # one stages (hash, disk) while the other commits (LMDB)
 CLEAN_PER_FILE = 8  # recently flushed, partly written chunks kept per writing file (512 KiB)
 FLUSH_BATCH_BYTES = 64 * 1024 * 1024  # per background commit: ~100 ms of work, one fdatasync
 JOURNAL_LIMIT = 1 << 20  # bytes written between fsyncs that go to the journal; more: a commit
+FAILURE_LOG_SECONDS = 60.0  # a file whose flush keeps failing (a full pool) is logged this often
 
 
 class Patch:
@@ -146,6 +147,9 @@ class FileCache:
     unjournaled: list[tuple[int, bytes | memoryview]] = field(default_factory=list)
     unjournaled_bytes: int = 0
     unjournaled_all: bool = True
+    # Flushes that failed in a row (retried every commit interval), and when that was logged.
+    failures: int = 0
+    failure_logged: float = 0.0
 
     @property
     def held(self) -> int:
@@ -533,10 +537,20 @@ class WriteBack:
             if not f.first_dirty:
                 f.first_dirty = time.monotonic()
             f.error = e if isinstance(e, StoreError) else StoreError(f"flush failed: {e!r}")
-            log.warning("event=flush-failed ino=%d error=%s", f.ino, e)
+            f.failures += 1
+            now = time.monotonic()
+            if f.failures == 1 or now - f.failure_logged >= FAILURE_LOG_SECONDS:
+                # The flusher retries every commit interval until it succeeds or the file
+                # goes: one line a minute, not one a second.
+                f.failure_logged = now
+                log.warning("event=flush-failed ino=%d failures=%d error=%s", f.ino,
+                            f.failures, e)
             raise
         else:
             self._remember_clean(f, merged)
+            if f.failures:
+                log.info("event=flush-recovered ino=%d failures=%d", f.ino, f.failures)
+                f.failures = 0
         finally:
             for index, chunk in snapshot.items():
                 if f.flushing.get(index) is chunk:
