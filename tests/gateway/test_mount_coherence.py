@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 from s3gateway import client, make_store, wait_for
+
+from vfsd.store import Store, fsck
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fs"))
 from mounting import Mount  # tests/fs/mounting.py
@@ -120,11 +123,10 @@ def test_a_put_replaces_the_name_as_a_rename_does(both):
     assert first + rest == old  # an open reader keeps the file it opened
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "a DELETE frees the inode at once although the mount has it open: the reader's next read "
-    "gets ENOENT (session 9); it should stay readable until the last close, as after unlink"))
 def test_a_delete_leaves_a_file_open_on_the_mount_readable(both):
-    s3, mnt, _store = both
+    """As after unlink(2): the reader keeps the file until its last close, then its space goes.
+    (The gateway freed it at once: the reader's next read got ENOENT. Session 9.)"""
+    s3, mnt, store = both
     s3.create_bucket(Bucket="gone")
     body = os.urandom(8 << 20)
     s3.put_object(Bucket="gone", Key="f", Body=body)
@@ -133,6 +135,38 @@ def test_a_delete_leaves_a_file_open_on_the_mount_readable(both):
         s3.delete_object(Bucket="gone", Key="f")
         wait_for(lambda: not (mnt / "gone" / "f").exists(), 1, "the DELETE on the mount")
         assert first + reader.read() == body
+    with Store.open(store) as s:
+        wait_for(lambda: orphans(s) == [], 5, "the orphan to go at the last close")
+        assert fsck.check(s).clean
+
+
+def orphans(store: Store) -> list[int]:
+    with store.env.read() as tx:
+        return [int.from_bytes(k, "big") for k in tx.cursor(tx.db.orphans).iternext(values=False)]
+
+
+def test_a_file_deleted_while_open_in_a_mount_that_dies_is_freed_by_gc(tmp_path,
+                                                                      gateway_process):
+    store = tmp_path / "store"
+    keys = make_store(store)
+    mount = Mount(store, tmp_path / "mnt").start()
+    try:
+        s3 = client(gateway_process(store).endpoint, keys)
+        s3.create_bucket(Bucket="gone")
+        s3.put_object(Bucket="gone", Key="f", Body=os.urandom(1 << 20))
+        reader = open(mount.path / "gone" / "f", "rb")  # noqa: SIM115 (the mount dies)
+        s3.delete_object(Bucket="gone", Key="f")
+        with Store.open(store) as s:
+            assert len(orphans(s)) == 1  # parked for the reader
+        mount.kill()
+        with contextlib.suppress(OSError):  # the mount is gone
+            reader.close()
+        subprocess.run([sys.executable, "-m", "vfsd", "gc", "--store", str(store)], check=True,
+                       capture_output=True)
+        with Store.open(store) as s:
+            assert orphans(s) == [] and fsck.check(s).clean
+    finally:
+        mount.stop()
 
 
 def test_what_a_killed_mount_fsynced_is_served_by_a_running_gateway(tmp_path, gateway_process):

@@ -286,7 +286,18 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        return await self._open(await self.run(self.store.getattr, inode), flags)
+        if self.open_count[inode]:
+            return await self._open(await self.run(self.store.getattr, inode), flags)
+        # The first handle: held (a lock, no hop), so that another process deleting the file
+        # parks it for us instead of freeing it under our reads (vfsd/store/opens.py).
+        self.store.opens.hold(inode)
+        try:
+            return await self._open(await self.run(self.store.getattr, inode), flags)
+        except BaseException:
+            if not self.open_count[inode]:
+                del self.open_count[inode]
+                self.store.opens.release(inode)
+            raise
 
     async def _open(self, node: Inode, flags: int) -> pyfuse3.FileInfo:
         inode = node.ino
@@ -322,8 +333,11 @@ class Operations(pyfuse3.Operations):
                 raise
             if not _may_open(existing, flags, ctx):
                 raise pyfuse3.FUSEError(errno.EACCES) from None
+            if not self.open_count[existing.ino]:
+                self.store.opens.hold(existing.ino)
             return await self._open(existing, flags), self.attributes(existing)
         self.capabilities[inode.ino] = None  # a new file has none
+        self.store.opens.hold(inode.ino)
         return await self._new_handle(inode, flags), self.attributes(inode)
 
     @handler
@@ -398,6 +412,7 @@ class Operations(pyfuse3.Operations):
                 del self.open_count[ino]
                 self.writers.pop(ino, None)
                 self.privileged.discard(ino)  # the next writable open looks again
+                self.store.opens.release(ino)
                 await self.run(self.store.release_orphan, ino)
 
     # --- holes and copies (handlers added to pyfuse3 by patches/pyfuse3-*.patch) ---------

@@ -40,17 +40,19 @@ class GcReport:
     freed_bytes: int = 0
     waiting: int = 0  # retired, still inside the grace period
     trimmed_changes: int = 0
+    orphans_freed: int = 0  # files deleted while open in a process that has died since
 
     @property
     def changed(self) -> bool:
         """Whether the pass changed anything (what daemons log a line for)."""
-        return bool(self.retired or self.deleted or self.trimmed_changes)
+        return bool(self.retired or self.deleted or self.trimmed_changes or self.orphans_freed)
 
     def summary(self) -> str:
         return (f"retired {self.retired} segments ({self.compacted} compacted, "
                 f"{self.moved_bytes} live bytes moved), deleted {self.deleted} "
                 f"freeing {self.freed_bytes} bytes, {self.waiting} waiting out the grace period, "
-                f"trimmed {self.trimmed_changes} change-log entries")
+                f"trimmed {self.trimmed_changes} change-log entries, freed "
+                f"{self.orphans_freed} orphans")
 
 
 def _owned(info: SegmentInfo) -> bool:
@@ -65,6 +67,8 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
     report = GcReport()
     now_ms = time.time_ns() // 1_000_000
     report.trimmed_changes = changelog.trim(store.env, now_ms)
+    # Before the segments are weighed: an orphan's chunks become garbage here.
+    report.orphans_freed = store.purge_orphans()
     with store.env.read() as tx:
         infos = [SegmentInfo.unpack(U64.unpack(k)[0], v) for k, v in tx.cursor(tx.db.segments)]
     sizes = store.segments.segment_sizes()

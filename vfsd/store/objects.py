@@ -630,7 +630,9 @@ class Objects:
             chain.append(namespace.get_inode(tx, entry.ino))
         self._check_replaceable(inode, key)
         namespace.check_writable_dir(chain[-1])
-        namespace.unlink(tx, self.origin, chain[-1].ino, parts[-1], still_open=False)
+        # A file the mount (or another process) has open is parked, not freed under its reads.
+        namespace.unlink(tx, self.origin, chain[-1].ino, parts[-1],
+                         still_open=self.store.opens.held_elsewhere(inode.ino))
         for depth in range(len(chain) - 1, 0, -1):
             directory = namespace.get_inode(tx, chain[depth].ino)
             if directory.flags & InodeFlags.READONLY or namespace.readdir(tx, directory.ino, 0, 1):

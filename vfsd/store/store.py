@@ -31,6 +31,7 @@ from .errors import (
 from .files import FileData, check_file_writable
 from .leases import Holder, Leases
 from .names import NAME_MAX
+from .opens import Opens
 from .records import (
     ROOT_INO,
     Change,
@@ -62,6 +63,7 @@ class Store:
                                       disown=self._disown_segment)
         self.env.rescue = self._rescue
         self.leases = Leases(config.path / "run")
+        self.opens = Opens(config.path / "run")
         self.data = FileData(self.env, self.segments, config.chunk_size, self.origin,
                              self.capacity_left)
 
@@ -84,6 +86,7 @@ class Store:
             with self.env.write() as tx:
                 self._disown(tx, current)
         self.leases.close()
+        self.opens.close()
         self.env.close()
 
     def __enter__(self) -> Self:
@@ -307,7 +310,14 @@ class Store:
                              target_still_open)
 
     def release_orphan(self, ino: int) -> None:
-        """Free an inode parked by `unlink(still_open=True)` once its last handle closes."""
+        """Free an inode parked by `unlink(still_open=True)` once its last handle closes (in
+        every process that has it open: see `opens`). Called at every last close: most files
+        are no orphans, which a read transaction tells without the writer lock."""
+        with self.env.read() as tx:
+            if tx.get(tx.db.orphans, ino_key(ino)) is None:
+                return
+        if self.opens.held_elsewhere(ino):
+            return
         with self.env.write() as tx:
             if tx.get(tx.db.orphans, ino_key(ino)) is None:
                 return
@@ -318,16 +328,23 @@ class Store:
                 tx.delete(tx.db.orphans, ino_key(ino))
 
     def purge_orphans(self) -> int:
-        """Free every parked orphan: called by a mount at start, when no handle can be open."""
-        with self.env.write() as tx:
+        """Free the parked orphans no live process has open (those of a process that died):
+        called by a mount at start and by gc passes. Returns how many went."""
+        with self.env.read() as tx:
             inos = [U64.unpack(k)[0] for k in tx.cursor(tx.db.orphans).iternext(values=False)]
-            for ino in inos:
+        dead = [ino for ino in inos if not self.opens.held_elsewhere(ino)]
+        if not dead:
+            return 0
+        with self.env.write() as tx:
+            for ino in dead:
+                if tx.get(tx.db.orphans, ino_key(ino)) is None:
+                    continue  # released meanwhile
                 inode = namespace.get_inode(tx, ino)
                 if inode.nlink == 0:
                     namespace.free_inode(tx, inode)
                 else:
                     tx.delete(tx.db.orphans, ino_key(ino))
-            return len(inos)
+            return len(dead)
 
     # --- xattrs --------------------------------------------------------------------------
 
