@@ -104,11 +104,9 @@ def test_a_multipart_object_keeps_its_parts_until_the_mount_changes_its_bytes(bo
     assert head["ContentLength"] == len(data) and "PartsCount" not in head
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a PUT over an existing key rewrites the file's inode in place (found by a QA pass, "
-    "session 9): it should replace the name as rename(2) does, the old inode parked as an "
-    "orphan while the mount (or an in-flight GET) has it open"))
 def test_a_put_replaces_the_name_as_a_rename_does(both):
+    """An open reader on the mount keeps the file it opened, and a hard-linked twin its bytes
+    (the PUT rewrote the inode in place: a QA pass, session 9)."""
     s3, mnt, _store = both
     s3.create_bucket(Bucket="site")
     old, new = b"A" * (4 << 20), b"B" * (4 << 20)
@@ -121,6 +119,9 @@ def test_a_put_replaces_the_name_as_a_rename_does(both):
         rest = reader.read()
     assert (mnt / "site" / "twin").read_bytes() == old  # the other name keeps its bytes
     assert first + rest == old  # an open reader keeps the file it opened
+    assert s3.get_object(Bucket="site", Key="page")["Body"].read() == new
+    with Store.open(_store) as s:
+        assert orphans(s) == [] and fsck.check(s).clean
 
 
 def test_a_delete_leaves_a_file_open_on_the_mount_readable(both):

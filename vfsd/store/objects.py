@@ -419,11 +419,7 @@ class Objects:
         """Inside a PUT's or a multipart completion's transaction: make `name` in `parent`
         (new, or `existing` replaced) hold `staged`, with its S3 metadata and ETag record
         (fingerprint, etag, checksum), and a multipart object's part sizes."""
-        if existing is None:
-            inode = namespace.make(tx, self.origin, parent.ino, name, FILE_MODE, 0, 0)
-        else:
-            self._check_replaceable(existing, key)
-            inode = existing
+        inode = self._target(tx, parent, existing, name, key)
         self._set_s3_xattrs(tx, inode.ino, metadata, headers)
         inode = self.store.data.install(tx, inode.ino, staged, size)
         tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.ETAG_XATTR),
@@ -432,6 +428,21 @@ class Objects:
             tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.PARTS_XATTR),
                    etags.pack_parts(etag_record[0], part_sizes))
         return inode
+
+    def _target(self, tx: Tx, parent: Inode, existing: Inode | None, name: bytes,
+                key: bytes) -> Inode:
+        """The inode a PUT, copy or completion writes `name`'s new contents into. A new one,
+        as rename(2) over the name would leave things, when the old file has other names or
+        another process (the mount) has it open: those keep the old bytes, and the old inode
+        is parked until its last close. Else the old inode itself (no churn, no orphan)."""
+        if existing is None:
+            return namespace.make(tx, self.origin, parent.ino, name, FILE_MODE, 0, 0)
+        self._check_replaceable(existing, key)
+        held = self.store.opens.held_elsewhere(existing.ino)
+        if existing.nlink == 1 and not held:
+            return existing
+        namespace.unlink(tx, self.origin, parent.ino, name, still_open=held)
+        return namespace.make(tx, self.origin, parent.ino, name, FILE_MODE, 0, 0)
 
     def _wait_for_release(self, ino: int) -> None:
         """Outside any transaction: the kernel sends FUSE's RELEASE after close() returns, so
@@ -562,11 +573,7 @@ class Objects:
             self._check_replaceable(existing, dst_key)
             inode = existing
         else:
-            if existing is None:
-                inode = namespace.make(tx, self.origin, parent.ino, parts[-1], FILE_MODE, 0, 0)
-            else:
-                self._check_replaceable(existing, dst_key)
-                inode = existing
+            inode = self._target(tx, parent, existing, parts[-1], dst_key)
             inode.stored = chunks.copy_chunks(tx, src.ino, inode.ino)
             inode.size = src.size
             changelog.record(tx, self.origin, ChangeOp.DATA, inode.ino)
