@@ -14,7 +14,8 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -144,14 +145,8 @@ async def journal_replay(app: web.Application) -> AsyncIterator[None]:
     What it fsynced was acknowledged; until replayed, we would serve the bytes from before
     (a QA pass saw them, and a CopyObject would have made them permanent). One server
     process does it (the one that runs gc passes); recover is safe beside a mount's."""
-    task = (asyncio.create_task(_watch_journals(app)) if app[CONFIG].gc_passes else None)
-    try:
+    async with _in_background(_watch_journals(app) if app[CONFIG].gc_passes else None):
         yield
-    finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def _watch_journals(app: web.Application) -> None:
@@ -168,7 +163,14 @@ async def garbage_collection(app: web.Application) -> AsyncIterator[None]:
     """A gc pass every `gc_interval` seconds: a gateway serving a store alone (no mount to do
     it) gives back the space of the objects it deletes and overwrites."""
     interval = app[CONFIG].gc_interval
-    task = asyncio.create_task(_collect_garbage(app, interval)) if interval else None
+    async with _in_background(_collect_garbage(app, interval) if interval else None):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _in_background(loop_forever: Coroutine[Any, Any, None] | None) -> AsyncIterator[None]:
+    """Run a periodic task (if any) for the app's life; cancelled and awaited at cleanup."""
+    task = asyncio.create_task(loop_forever) if loop_forever is not None else None
     try:
         yield
     finally:

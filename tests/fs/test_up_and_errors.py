@@ -30,11 +30,23 @@ def answers(port: int) -> bool:
         return False
 
 
+def up_argv(store, mnt, *more: str) -> list[str]:
+    return [sys.executable, "-m", "vfsd", "up", "--store", str(store), "--mnt", str(mnt), *more]
+
+
+def start_up(store, mnt, *more: str, stderr=subprocess.STDOUT) -> subprocess.Popen:
+    return subprocess.Popen(up_argv(store, mnt, *more), stdout=subprocess.PIPE, stderr=stderr,
+                            text=True)
+
+
+def run_up(store, mnt, *more: str) -> subprocess.CompletedProcess:
+    return subprocess.run(up_argv(store, mnt, *more), capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
 def test_up_inits_mounts_serves_s3_and_stops_cleanly_on_ctrl_c(tmp_path):
     store, mnt, port = tmp_path / "data", tmp_path / "mnt", free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vfsd", "up", "--store", str(store),
-                             "--mnt", str(mnt), "--listen", f"127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_up(store, mnt, "--listen", f"127.0.0.1:{port}")
     try:
         wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, "vfsd up")
         assert proc.poll() is None, proc.stdout.read()
@@ -91,9 +103,7 @@ def test_up_with_a_port_it_cannot_have_stops_before_mounting(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         try:
-            result = subprocess.run([sys.executable, "-m", "vfsd", "up", "--store", str(store),
-                                     "--mnt", str(mnt), "--listen", f"127.0.0.1:{port}"],
-                                    capture_output=True, text=True, timeout=60, check=False)
+            result = run_up(store, mnt, "--listen", f"127.0.0.1:{port}")
         finally:  # (before the fix `up` mounted anyway, and the timeout killed it)
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True,
                            check=False)
@@ -106,9 +116,7 @@ def test_up_with_a_port_it_cannot_have_stops_before_mounting(tmp_path):
 
 def test_up_reports_a_gateway_that_dies_and_keeps_the_mount_serving(tmp_path):
     store, mnt, port = tmp_path / "data", tmp_path / "mnt", free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vfsd", "up", "--store", str(store),
-                             "--mnt", str(mnt), "--listen", f"127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_up(store, mnt, "--listen", f"127.0.0.1:{port}", stderr=subprocess.PIPE)
     try:
         wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, "vfsd up")
         gateway = int(subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "vfsd gateway"],
@@ -131,9 +139,7 @@ def test_up_reports_a_gateway_that_dies_and_keeps_the_mount_serving(tmp_path):
 
 def test_up_refuses_a_mount_point_that_is_a_file_before_making_a_store(tmp_path):
     (tmp_path / "file").write_text("x")
-    result = subprocess.run([sys.executable, "-m", "vfsd", "up", "--store",
-                             str(tmp_path / "data"), "--mnt", str(tmp_path / "file")],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = run_up(tmp_path / "data", tmp_path / "file")
     assert result.returncode == 1
     assert result.stderr.strip() == f"vfsd: error: mount point {tmp_path / 'file'} is not a directory"
     assert not (tmp_path / "data").exists()
@@ -141,15 +147,11 @@ def test_up_refuses_a_mount_point_that_is_a_file_before_making_a_store(tmp_path)
 
 def test_up_passes_the_gateway_options_on(tmp_path):
     store, mnt, port, metrics = tmp_path / "data", tmp_path / "mnt", free_port(), free_port()
-    result = subprocess.run([sys.executable, "-m", "vfsd", "up", "--store", str(store), "--mnt",
-                             str(mnt), "--tls-cert", str(tmp_path / "cert.pem")],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = run_up(store, mnt, "--tls-cert", str(tmp_path / "cert.pem"))
     assert result.returncode == 2 and "--tls-cert and --tls-key go together" in result.stderr
     assert not store.exists()
-    proc = subprocess.Popen([sys.executable, "-m", "vfsd", "up", "--store", str(store), "--mnt",
-                             str(mnt), "--listen", f"127.0.0.1:{port}", "--processes", "1",
-                             "--metrics-listen", f"127.0.0.1:{metrics}", "--region", "eu-x-1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_up(store, mnt, "--listen", f"127.0.0.1:{port}", "--processes", "1",
+                    "--metrics-listen", f"127.0.0.1:{metrics}", "--region", "eu-x-1")
     try:
         wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, "vfsd up")
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as r:

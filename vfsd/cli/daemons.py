@@ -37,7 +37,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from vfsd.fs.mount import check_mountpoint, mount
 
     path = store_path(args)
-    gateway_args = _gateway_args(args, "up")
+    _check_gateway_options(args, "up")
+    gateway_args = _gateway_args(args)
     mnt = Path(args.mnt)
     if not mnt.exists():
         mnt.mkdir(parents=True)
@@ -133,14 +134,17 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _gateway_args(args: argparse.Namespace, verb: str) -> list[str]:
-    """Check the gateway's options (before anything starts) and give them back as `vfsd
-    gateway` arguments, for the gateway `vfsd up` starts."""
+def _check_gateway_options(args: argparse.Namespace, verb: str) -> None:
+    """Before anything starts: TLS files that go together and exist."""
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError(f"vfsd {verb}: --tls-cert and --tls-key go together")
     for path in (args.tls_cert, args.tls_key):
         if path is not None and not path.is_file():
             raise StoreError(f"cannot read {path}")
+
+
+def _gateway_args(args: argparse.Namespace) -> list[str]:
+    """The gateway's options as `vfsd gateway` arguments, for the gateway `vfsd up` starts."""
     out = ["--region", args.region]
     if args.tls_cert is not None:
         out += ["--tls-cert", str(args.tls_cert.resolve()),
@@ -158,7 +162,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.server import serve
 
     load_config(store_path(args))  # one clear line for a missing store, before anything starts
-    _gateway_args(args, "gateway")
+    _check_gateway_options(args, "gateway")
     host, port = args.listen
     metrics_host, metrics_port = args.metrics_listen or ("127.0.0.1", None)
     return serve(GatewayConfig(store=store_path(args), host=host, port=port,

@@ -286,15 +286,15 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        if self.open_count[inode]:
-            return await self._open(await self.run(self.store.getattr, inode), flags)
-        # The first handle: held (a lock, no hop), so that another process deleting the file
-        # parks it for us instead of freeing it under our reads (vfsd/store/opens.py).
-        self.store.opens.hold(inode)
+        first = not self.open_count[inode]
+        if first:
+            # Held (a lock, no hop), so that another process deleting the file parks it for
+            # us instead of freeing it under our reads (vfsd/store/opens.py).
+            self.store.opens.hold(inode)
         try:
             return await self._open(await self.run(self.store.getattr, inode), flags)
         except BaseException:
-            if not self.open_count[inode]:
+            if first and not self.open_count[inode]:
                 del self.open_count[inode]
                 self.store.opens.release(inode)
             raise
