@@ -138,10 +138,39 @@ async def _get(request: web.Request, head: bool) -> web.StreamResponse:
     window = 0 if head else config.send_window if sendfile else config.read_window
     # One hop into the pool finds the object, checks conditions and range, and reads the first
     # window: each hop costs a thread wake-up and a GIL hand-over both ways.
-    info, span, first, not_modified = await run(
-        request, _open_read, objects, s3.bucket, s3.key, conditions(request.headers),
-        request.headers.get("Range"), part_number, window,
-        config.inline_answer if sendfile else None)
+    info, span, first, not_modified, held = await request.app[EXECUTOR].call(
+        functools.partial(_open_read, objects, s3.bucket, s3.key, conditions(request.headers),
+                          request.headers.get("Range"), part_number, window,
+                          config.inline_answer if sendfile else None),
+        dropped=functools.partial(_abandoned, request))
+    try:
+        return await _answer(request, head, part_number, info, span, first, not_modified)
+    finally:
+        if held:  # in the pool, and not awaited: a cancelled GET must let go too
+            _let_go(request, info.ino)
+
+
+def _abandoned(request: web.Request,
+               opened: tuple[ObjectInfo, Any, Piece, bool, bool]) -> None:
+    """What `_open_read` found for a GET that was cancelled meanwhile: let go of it."""
+    info, _span, first, _not_modified, held = opened
+    _release(request, first)
+    if held:
+        _let_go(request, info.ino)
+
+
+def _let_go(request: web.Request, ino: int) -> None:
+    try:
+        request.app[EXECUTOR].submit(request.app[OBJECTS].let_go, ino)
+    except RuntimeError:  # the pool has shut down: the process is going
+        pass
+
+
+async def _answer(request: web.Request, head: bool, part_number: int | None,
+                  info: ObjectInfo, span: tuple[int, int] | None, first: Piece,
+                  not_modified: bool) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    objects = request.app[OBJECTS]
     if not_modified:
         return web.Response(status=304, headers={"ETag": f'"{info.etag}"',
                                                  "Last-Modified": http_date(info.mtime_ns)})
@@ -213,29 +242,39 @@ def _part_span(info: ObjectInfo, number: int) -> tuple[int, int] | None:
 def _open_read(objects: Objects, bucket: str, key: bytes, wanted: Conditions,
                range_header: str | None, part_number: int | None, window: int,
                inline_answer: int | None
-               ) -> tuple[ObjectInfo, tuple[int, int] | None, Piece, bool]:
-    """In a pool thread: (info, range, first window, not-modified) of a GET or HEAD (window
-    0). The first window is bytes, or, with `inline_answer` set, extents to sendfile when the
-    answer is longer than that. A change between the lookup and the first window is retried
-    here, before any header goes out."""
+               ) -> tuple[ObjectInfo, tuple[int, int] | None, Piece, bool, bool]:
+    """In a pool thread: (info, range, first window, not-modified, held) of a GET or HEAD
+    (window 0). The first window is bytes, or, with `inline_answer` set, extents to sendfile
+    when the answer is longer than that. An answer of several windows holds the object
+    (`Objects.hold`; the caller lets go). A change between the lookup and the first window
+    is retried here, before any header goes out."""
     for _attempt in range(3):
         info = objects.head_object(bucket, key)
         try:
             wanted.check(info.etag, info.mtime_ns, reading=True)
         except NotModified:
-            return info, None, b"", True
+            return info, None, b"", True, False
         span = (_part_span(info, part_number) if part_number is not None
                 else parse_range(range_header, info.size))
         start, end = span or (0, info.size)
         if not window or end == start:
-            return info, span, b"", False
+            return info, span, b"", False, False
         read = (objects.extents if inline_answer is not None and end - start > inline_answer
                 else objects.read)
+        held = end - start > window
+        if held:
+            objects.hold(info.ino)
         try:
             return info, span, read(info.ino, info.version, start,
-                                    min(window, end - start)), False
+                                    min(window, end - start)), False, held
         except ObjectChanged:
+            if held:
+                objects.let_go(info.ino)
             continue
+        except BaseException:
+            if held:
+                objects.let_go(info.ino)
+            raise
     raise ServiceUnavailable("the object kept changing; please retry")
 
 

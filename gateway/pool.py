@@ -25,9 +25,9 @@ class Pool(concurrent.futures.Executor):
     """`workers` threads, all started at once, taking jobs in order."""
 
     def __init__(self, workers: int, name: str):
-        # A job: (fn, loop, asyncio future) from `call`, (fn, None, concurrent future) from
-        # `submit`; None tells a worker to stop.
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Any, Any] | None] = (
+        # A job: (fn, loop, asyncio future, dropped) from `call`, (fn, None, concurrent future,
+        # None) from `submit`; None tells a worker to stop.
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Any, Any, Any] | None] = (
             queue.SimpleQueue())
         self._shutdown_lock = threading.Lock()
         self._closed = False
@@ -36,22 +36,23 @@ class Pool(concurrent.futures.Executor):
         for thread in self._threads:
             thread.start()
 
-    def call(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+    def call(self, fn: Callable[[], T],
+             dropped: Callable[[T], None] | None = None) -> asyncio.Future[T]:
         """`fn()` in a worker; call on the event loop. Cancelling the future before a worker
-        takes the job skips it; after, the result is dropped, as `run_in_executor` does (a
-        caller whose result needs closing shields the future and closes it when done)."""
+        takes the job skips it; after, the result is dropped, as `run_in_executor` does, and
+        handed to `dropped` on the loop if given (a result that holds something)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._put((fn, loop, future))
+        self._put((fn, loop, future, dropped))
         return future
 
     def submit(self, fn: Callable[..., T], /, *args: Any,
                **kwargs: Any) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._put(((lambda: fn(*args, **kwargs)), None, future))
+        self._put(((lambda: fn(*args, **kwargs)), None, future, None))
         return future
 
-    def _put(self, job: tuple[Callable[[], Any], Any, Any]) -> None:
+    def _put(self, job: tuple[Callable[[], Any], Any, Any, Any]) -> None:
         # Under the lock: a job queued behind the workers' stop signals would never settle.
         with self._shutdown_lock:
             if self._closed:  # ThreadPoolExecutor's error: callers catch it at shutdown
@@ -78,7 +79,7 @@ class Pool(concurrent.futures.Executor):
                 return
             if job is None:
                 continue
-            _fn, loop, future = job
+            _fn, loop, future, _dropped = job
             if loop is None:
                 future.cancel()
             else:
@@ -87,7 +88,7 @@ class Pool(concurrent.futures.Executor):
     def _work(self) -> None:
         run_as_batch()
         while (job := self._jobs.get()) is not None:
-            fn, loop, future = job
+            fn, loop, future, dropped = job
             del job
             if loop is None:
                 if future.set_running_or_notify_cancel():
@@ -101,11 +102,11 @@ class Pool(concurrent.futures.Executor):
                 except BaseException as e:  # noqa: BLE001 - the caller gets it
                     _call_on(loop, _fail, future, e)
                 else:
-                    _call_on(loop, _succeed, future, result)
+                    _call_on(loop, _succeed, future, result, dropped)
                     del result
             # Not held while waiting for the next job: a result (mapped extents) or an
             # exception (its traceback) could stay alive in an idle thread for ever.
-            del fn, loop, future
+            del fn, loop, future, dropped
 
 
 def _call_on(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
@@ -115,9 +116,12 @@ def _call_on(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any
         pass
 
 
-def _succeed(future: asyncio.Future[Any], result: Any) -> None:
+def _succeed(future: asyncio.Future[Any], result: Any,
+             dropped: Callable[[Any], None] | None) -> None:
     if not future.cancelled():
         future.set_result(result)
+    elif dropped is not None:
+        dropped(result)
 
 
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:

@@ -4,11 +4,13 @@ import errno
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from mounting import wait_for
 
+from vfsd.fs.mount import GC_INTERVAL
 from vfsd.fs.readahead import READAHEAD_KIB, SYSFS_BDI, mount_device
 
 pytestmark = pytest.mark.timeout(120)
@@ -166,6 +168,20 @@ def test_unlinked_open_file_lives_until_close(mnt, store_path):
     os.close(fd)
     st = os.statvfs(mnt)
     assert st.f_blocks > 0
+
+
+def test_unlinked_open_file_outlives_the_mounts_gc_passes(mnt):
+    # The mount's gc pass frees orphans nobody holds; its own open file is held.
+    p = mnt / "scratch"
+    data = os.urandom(300_000)
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.unlink(p)
+        time.sleep(GC_INTERVAL * 2)
+        assert os.pread(fd, len(data) + 1, 0) == data
+    finally:
+        os.close(fd)
 
 
 def test_thin_blocks_and_sparse_100g(mnt):

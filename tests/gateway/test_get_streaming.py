@@ -1,14 +1,18 @@
 """Large GETs over plain HTTP go from the segment files to the socket (gateway/sendfile.py):
 sparse objects and ranges come back byte for byte, and clients that leave mid-body cost the
-gateway no descriptor and log no traceback."""
+gateway no descriptor and log no traceback; a GET in flight outlives a DELETE or PUT of its
+key."""
 
 from __future__ import annotations
 
 import http.client
 import os
 import random
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+from botocore.exceptions import ClientError
 from s3gateway import client, make_store, wait_for
 
 from vfsd.store import Store
@@ -72,3 +76,32 @@ def test_clients_that_leave_mid_get_leak_nothing(tmp_path, gateway_process):
              what="the gateway giving back the descriptors of cut-off GETs")
     assert s3.get_object(Bucket="leave", Key="big")["Body"].read() == body
     assert "Traceback" not in process.log(), process.log()
+
+
+def parked(store: Path) -> int:
+    """Inodes whose last name went while some process had them open."""
+    with Store.open(store) as s, s.env.read() as tx:
+        return sum(1 for _ in tx.cursor(tx.db.orphans).iternext(values=False))
+
+
+def test_a_get_in_flight_finishes_with_the_bytes_it_started_with(tmp_path, gateway_process):
+    # One server process: the GET and the DELETE or PUT that races it share it.
+    store = tmp_path / "store"
+    keys = make_store(store)
+    s3 = client(gateway_process(store, "--processes", "1").endpoint, keys)
+    s3.create_bucket(Bucket="race")
+    old = os.urandom(40 * MiB)
+    for key in ("deleted", "replaced"):
+        s3.put_object(Bucket="race", Key=key, Body=old)
+    deleted = s3.get_object(Bucket="race", Key="deleted")["Body"]
+    replaced = s3.get_object(Bucket="race", Key="replaced")["Body"]
+    heads = deleted.read(MiB), replaced.read(MiB)  # the rest is not sent yet: 40 MiB
+    s3.delete_object(Bucket="race", Key="deleted")
+    s3.put_object(Bucket="race", Key="replaced", Body=b"new")
+    assert parked(store) == 2  # kept for the GETs, not freed
+    assert heads[0] + deleted.read() == old
+    assert heads[1] + replaced.read() == old
+    assert s3.get_object(Bucket="race", Key="replaced")["Body"].read() == b"new"
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket="race", Key="deleted")
+    wait_for(lambda: parked(store) == 0, timeout=10, what="the GETs' inodes freed at their end")

@@ -195,3 +195,14 @@ def test_what_a_killed_mount_fsynced_is_served_by_a_running_gateway(tmp_path, ga
                  b"B" * 4096 + b"A" * (10_000 - 4096), 5, "the fsynced bytes from the gateway")
     finally:
         mount.stop()
+
+
+def test_a_get_in_flight_outlives_rm_on_the_mount(both):
+    s3, mnt, _store = both
+    (mnt / "media").mkdir()
+    data = os.urandom(40 * 1024 * 1024)
+    (mnt / "media" / "film.bin").write_bytes(data)
+    body = s3.get_object(Bucket="media", Key="film.bin")["Body"]
+    head = body.read(1024 * 1024)  # most of the 40 MiB is not sent yet
+    (mnt / "media" / "film.bin").unlink()
+    assert head + body.read() == data

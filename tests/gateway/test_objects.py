@@ -379,29 +379,43 @@ def test_presigned_get_and_put(gateway, bucket, signature):
 
 
 def test_get_never_mixes_two_versions(gateway, s3, bucket):
-    """An object replaced while a GET streams it: the GET is cut short (the client sees fewer
-    bytes than Content-Length), it never continues with the new version's bytes."""
+    """An object replaced by a PUT while a GET streams it: the GET finishes with the old bytes
+    (the PUT wrote a new inode). Rewritten in place under the GET (the mount writes files in
+    place): the GET is cut short (fewer bytes than Content-Length), never continued with the
+    new bytes."""
     import http.client
     from urllib.parse import urlsplit
 
     size = 32 << 20
     old, new = os.urandom(size), os.urandom(size)
-    s3.put_object(Bucket=bucket, Key="moving", Body=old)
-    url = urlsplit(s3.generate_presigned_url("get_object", Params={"Bucket": bucket,
-                                                                   "Key": "moving"}))
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-    conn.request("GET", f"{url.path}?{url.query}")
-    response = conn.getresponse()
-    assert int(response.headers["Content-Length"]) == size
-    got = bytearray(response.read(64 << 10))
-    s3.put_object(Bucket=bucket, Key="moving", Body=new)
-    try:
-        while piece := response.read(1 << 20):
-            got += piece
-    except http.client.IncompleteRead as e:
-        got += e.partial
-    finally:
-        conn.close()
+
+    def streamed(change) -> bytes:
+        s3.put_object(Bucket=bucket, Key="moving", Body=old)
+        url = urlsplit(s3.generate_presigned_url("get_object", Params={"Bucket": bucket,
+                                                                       "Key": "moving"}))
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        conn.request("GET", f"{url.path}?{url.query}")
+        response = conn.getresponse()
+        assert int(response.headers["Content-Length"]) == size
+        got = bytearray(response.read(64 << 10))
+        change()
+        try:
+            while piece := response.read(1 << 20):
+                got += piece
+        except http.client.IncompleteRead as e:
+            got += e.partial
+        finally:
+            conn.close()
+        return bytes(got)
+
+    assert streamed(lambda: s3.put_object(Bucket=bucket, Key="moving", Body=new)) == old
+    assert s3.get_object(Bucket=bucket, Key="moving")["Body"].read() == new
+
+    def rewrite_in_place() -> None:
+        with Store.open(gateway.store) as store:
+            store.write(store.resolve(f"{bucket}/moving").ino, 0, new)
+
+    got = streamed(rewrite_in_place)
     assert len(got) < size
     assert got == old[:len(got)]
     assert s3.get_object(Bucket=bucket, Key="moving")["Body"].read() == new

@@ -75,6 +75,18 @@ def test_a_result_that_arrives_after_its_awaiter_gave_up_is_dropped() -> None:
             outer.cancel()
             gate.set()
             assert await inner == "late"
+            # One with a `dropped` callback gets its dropped result handed over (a GET's
+            # hold on its object, gateway/objects.py).
+            gate.clear()
+            started.clear()
+            handed: list[str] = []
+            future = pool.call(slow, dropped=handed.append)
+            await asyncio.to_thread(started.wait)
+            future.cancel()
+            gate.set()
+            assert await pool.call(lambda: "next") == "next"
+            await asyncio.sleep(0)
+            assert handed == ["late"]
             assert errors == []
         finally:
             pool.shutdown()

@@ -1,5 +1,5 @@
 """Which processes have a file open (vfsd/store/opens.py): another process's hold is seen,
-one's own is not, and a holder that dies holds nothing."""
+one's own is counted, and a holder that dies holds nothing."""
 
 from __future__ import annotations
 
@@ -42,3 +42,20 @@ def test_holds_of_other_processes_are_seen_and_die_with_them(tmp_path: Path) -> 
         if other.poll() is None:
             other.kill()
         mine.close()
+
+
+def test_holds_of_this_process_are_counted(tmp_path: Path) -> None:
+    # Two GETs of one object in a gateway process, or a mount's open file during its own
+    # gc pass: held until the last holder lets go.
+    opens = Opens(tmp_path / "run")
+    try:
+        opens.hold(3)
+        opens.hold(3)
+        opens.release(3)
+        assert opens.held(3) and not opens.held_elsewhere(3)
+        opens.release(3)
+        assert not opens.held(3)
+        opens.release(3)  # one release too many changes nothing
+        assert not opens.held(3)
+    finally:
+        opens.close()

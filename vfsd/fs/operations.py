@@ -238,9 +238,11 @@ class Operations(pyfuse3.Operations):
     @handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         entry = await self.run(self.store.lookup, parent_inode, name)
-        still_open = self.open_count[entry.ino] > 0
+        open_here = self.open_count[entry.ino] > 0
+        # Open elsewhere too: a GET the gateway is streaming finishes with these bytes.
+        still_open = open_here or self.store.opens.held_elsewhere(entry.ino)
         inode = await self.run(self.store.unlink, parent_inode, name, still_open=still_open)
-        if inode.nlink <= 1 and not still_open:
+        if inode.nlink <= 1 and not open_here:
             await self.cache.discard(inode.ino)
 
     @handler
@@ -253,7 +255,8 @@ class Operations(pyfuse3.Operations):
         target_open = False
         try:
             target = await self.run(self.store.lookup, parent_inode_new, name_new)
-            target_open = self.open_count[target.ino] > 0
+            target_open = (self.open_count[target.ino] > 0
+                           or self.store.opens.held_elsewhere(target.ino))
         except StoreError:
             pass
         await self.run(self.store.rename, parent_inode_old, name_old, parent_inode_new,

@@ -91,7 +91,7 @@ class FileData:
             inode = namespace.get_inode(tx, ino)
             if inode.is_dir:
                 raise IsADirectory(f"inode {ino} is a directory")
-            if version is not None and inode.version != version:
+            if version is not None and not namespace.same_data(tx, inode, version):
                 raise ObjectChanged("the object changed while it was being read")
             end = min(offset + size, inode.size)
             if offset >= end:

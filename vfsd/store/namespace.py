@@ -27,6 +27,7 @@ from .hlc import tick
 from .names import check_name, is_bucket_name
 from .records import (
     DIRENT,
+    ORPHAN,
     ROOT_INO,
     ChangeOp,
     DirEntry,
@@ -283,10 +284,21 @@ def drop_link(tx: Tx, inode: Inode, still_open: bool) -> None:
     if inode.nlink > 0:
         put_inode(tx, inode)
     elif still_open:
+        before = inode.version
         put_inode(tx, inode)
-        tx.put(tx.db.orphans, ino_key(inode.ino), b"")
+        tx.put(tx.db.orphans, ino_key(inode.ino), ORPHAN.pack(before, inode.version))
     else:
         free_inode(tx, inode)
+
+
+def same_data(tx: Tx, inode: Inode, version: int) -> bool:
+    """Whether `inode` holds what it held at `version`: unchanged, or changed only by losing
+    its last name while open (a GET in flight finishes after a DELETE or PUT, as on S3)."""
+    if inode.version == version:
+        return True
+    raw = tx.get(tx.db.orphans, ino_key(inode.ino))
+    return raw is not None and len(raw) == ORPHAN.size and ORPHAN.unpack(raw) == (
+        version, inode.version)
 
 
 def free_inode(tx: Tx, inode: Inode) -> None:

@@ -263,7 +263,7 @@ class Objects:
         if size <= 0:
             with self.env.read() as tx:
                 raw = tx.get(tx.db.inodes, ino_key(ino))
-                if raw is None or Inode.unpack(ino, raw).version != version:
+                if raw is None or not namespace.same_data(tx, Inode.unpack(ino, raw), version):
                     raise ObjectChanged("the object changed while it was being read")
             return b""
         try:
@@ -278,6 +278,17 @@ class Objects:
             return self.store.data.extents(ino, offset, size, version)
         except NotFound:
             raise ObjectChanged("the object was deleted while it was being read") from None
+
+    def hold(self, ino: int) -> None:
+        """A reader that will take several reads (a long GET): a DELETE or PUT of its key
+        meanwhile parks the inode instead of freeing or rewriting it, so the reads go on
+        with the bytes they started with, as on S3. Pair with `let_go`."""
+        self.store.opens.hold(ino)
+
+    def let_go(self, ino: int) -> None:
+        """The reader of `hold` is done: free the inode if its name went meanwhile."""
+        self.store.opens.release(ino)
+        self.store.release_orphan(ino)
 
     def iter_read(self, ino: int, version: int, offset: int, length: int,
                   window: int = READ_WINDOW) -> Iterator[bytes | bytearray | memoryview]:
@@ -438,7 +449,7 @@ class Objects:
         if existing is None:
             return namespace.make(tx, self.origin, parent.ino, name, FILE_MODE, 0, 0)
         self._check_replaceable(existing, key)
-        held = self.store.opens.held_elsewhere(existing.ino)
+        held = self.store.opens.held(existing.ino)
         if existing.nlink == 1 and not held:
             return existing
         namespace.unlink(tx, self.origin, parent.ino, name, still_open=held)
@@ -639,7 +650,7 @@ class Objects:
         namespace.check_writable_dir(chain[-1])
         # A file the mount (or another process) has open is parked, not freed under its reads.
         namespace.unlink(tx, self.origin, chain[-1].ino, parts[-1],
-                         still_open=self.store.opens.held_elsewhere(inode.ino))
+                         still_open=self.store.opens.held(inode.ino))
         for depth in range(len(chain) - 1, 0, -1):
             directory = namespace.get_inode(tx, chain[depth].ino)
             if directory.flags & InodeFlags.READONLY or namespace.readdir(tx, directory.ino, 0, 1):

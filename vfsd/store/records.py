@@ -15,6 +15,9 @@ ROOT_INO = 1
 
 U64 = struct.Struct(">Q")
 INO_INDEX = struct.Struct(">QQ")
+# An orphan's versions: before its last name went, and the one that unlink stamped (a reader
+# of the older one may go on: only the name changed). Stores before session 10 wrote b"".
+ORPHAN = struct.Struct(">QQ")
 
 
 class InodeFlags(enum.IntFlag):

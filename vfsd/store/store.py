@@ -316,7 +316,7 @@ class Store:
         with self.env.read() as tx:
             if tx.get(tx.db.orphans, ino_key(ino)) is None:
                 return
-        if self.opens.held_elsewhere(ino):
+        if self.opens.held(ino):
             return
         with self.env.write() as tx:
             if tx.get(tx.db.orphans, ino_key(ino)) is None:
@@ -328,11 +328,12 @@ class Store:
                 tx.delete(tx.db.orphans, ino_key(ino))
 
     def purge_orphans(self) -> int:
-        """Free the parked orphans no live process has open (those of a process that died):
-        called by a mount at start and by gc passes. Returns how many went."""
+        """Free the parked orphans no live holder has open, in this process or another (those
+        of a process that died): called by a mount at start and by gc passes. Returns how
+        many went."""
         with self.env.read() as tx:
             inos = [U64.unpack(k)[0] for k in tx.cursor(tx.db.orphans).iternext(values=False)]
-        dead = [ino for ino in inos if not self.opens.held_elsewhere(ino)]
+        dead = [ino for ino in inos if not self.opens.held(ino)]
         if not dead:
             return 0
         with self.env.write() as tx:
