@@ -330,6 +330,7 @@ FROM_CORE: dict[type[core.StoreError], type[S3Error]] = {
     core.InvalidPart: InvalidPart,
     core.InvalidPartOrder: InvalidPartOrder,
     core.EntityTooSmall: EntityTooSmall,
+    core.InvalidRequest: InvalidRequest,
 }
 
 

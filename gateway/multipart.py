@@ -11,6 +11,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from vfsd.store.checksums import TYPES as CHECKSUM_TYPES
+
 from . import xml
 from .body import open_body, read_small
 from .buckets import xml_response
@@ -18,7 +20,7 @@ from .context import CONFIG, MULTIPART, S3, owner, run, run_upload
 from .errors import InvalidArgument, InvalidRequest, MalformedXML
 from .headers import checksum, conditions, content_headers, content_md5, user_metadata
 from .listing import raw_params
-from .objects import _refuse_unsupported, copy_source
+from .objects import _refuse_unsupported, copy_source, write_conditions
 
 MAX_PART_SIZE = 5 << 30
 MAX_PARTS_LISTED = 1000
@@ -54,12 +56,14 @@ async def create_multipart_upload(request: web.Request) -> web.Response:
     upload = await run(request, request.app[MULTIPART].create, s3.bucket, s3.key,
                        metadata=user_metadata(request.headers),
                        headers=content_headers(request.headers),
-                       checksum_algorithm=algorithm.lower() if algorithm else None)
+                       checksum_algorithm=algorithm.lower() if algorithm else None,
+                       checksum_type=_checksum_type(request))
     doc = xml.Node("InitiateMultipartUploadResult", xmlns=xml.NS)
     doc.add("Bucket", s3.bucket).add("Key", s3.key_text).add("UploadId", upload.upload_id)
     headers = {}
-    if algorithm:
-        headers["x-amz-checksum-algorithm"] = algorithm.upper()
+    if upload.checksum_algorithm and upload.checksum_type:
+        headers["x-amz-checksum-algorithm"] = upload.checksum_algorithm.upper()
+        headers["x-amz-checksum-type"] = upload.checksum_type
     response = xml_response(doc.render())
     response.headers.update(headers)
     return response
@@ -112,11 +116,22 @@ async def upload_part_copy(request: web.Request) -> web.Response:
     return xml_response(doc.render())
 
 
-def parse_complete(body: bytes) -> list[tuple[int, str]]:
+def _checksum_type(request: web.Request) -> str | None:
+    value = request.headers.get("x-amz-checksum-type")
+    if value is None:
+        return None
+    if value.upper() not in CHECKSUM_TYPES:
+        raise InvalidRequest(f"x-amz-checksum-type must be one of {', '.join(CHECKSUM_TYPES)}")
+    return value.upper()
+
+
+def parse_complete(body: bytes) -> tuple[list[tuple[int, str]], dict[int, tuple[str, str]]]:
+    """(part number and ETag of each listed part, the checksums the list gives them)."""
     root = xml.parse(body)
     if root.tag != "CompleteMultipartUpload":
         raise MalformedXML()
     parts = []
+    listed: dict[int, tuple[str, str]] = {}
     for element in root.findall("Part"):
         number, etag = element.findtext("PartNumber"), element.findtext("ETag")
         if number is None or etag is None:
@@ -125,23 +140,40 @@ def parse_complete(body: bytes) -> list[tuple[int, str]]:
             parts.append((int(number.strip()), etag.strip()))
         except ValueError:
             raise MalformedXML() from None
+        for algorithm in CHECKSUM_ALGORITHMS:
+            value = element.findtext(f"Checksum{algorithm}")
+            if value is not None:
+                listed[parts[-1][0]] = (algorithm.lower(), value.strip())
     if not parts:
         raise MalformedXML("You must specify at least one part")
-    return parts
+    return parts, listed
 
 
 async def complete_multipart_upload(request: web.Request) -> web.Response:
     s3 = request[S3]
     identity = s3.identity
-    body = await read_small(request, identity.payload_sha256 if identity else None,
-                            checksum(request.headers), request.app[CONFIG].max_xml_body)
-    parts = parse_complete(body)
+    # x-amz-checksum-<algorithm> here is the object's checksum (made of its parts'), not the
+    # XML body's; a COMPOSITE one may come with its -<part count>.
+    claimed = checksum({name: value.strip().partition("-")[0]
+                        for name, value in request.headers.items()
+                        if name.lower().startswith("x-amz-checksum-")})
+    checksum_type = _checksum_type(request)
+    wanted = write_conditions(request.headers)
+    body = await read_small(request, identity.payload_sha256 if identity else None, None,
+                            request.app[CONFIG].max_xml_body)
+    parts, listed = parse_complete(body)
     info = await run(request, request.app[MULTIPART].complete, s3.bucket, s3.key,
-                     _upload_id(request), parts)
+                     _upload_id(request), parts, listed_checksums=listed,
+                     checksum=claimed.pair if claimed is not None else None,
+                     checksum_type=checksum_type, conditions=wanted)
     doc = xml.Node("CompleteMultipartUploadResult", xmlns=xml.NS)
     location = f"{request.scheme}://{request.host}/{s3.bucket}/{quote(s3.key or b'')}"
     doc.add("Location", location).add("Bucket", s3.bucket).add("Key", s3.key_text)
     doc.add("ETag", f'"{info.etag}"')
+    if info.checksum is not None:
+        algorithm, value = info.checksum
+        doc.add(f"Checksum{algorithm.upper()}", value)
+        doc.add("ChecksumType", "COMPOSITE" if "-" in value else "FULL_OBJECT")
     return xml_response(doc.render())
 
 
@@ -171,8 +203,9 @@ async def list_parts(request: web.Request) -> web.Response:
     if parts:
         doc.add("NextPartNumberMarker", parts[-1].number)
     doc.add("MaxParts", max_parts).add("IsTruncated", truncated)
-    if upload.checksum_algorithm:
+    if upload.checksum_algorithm and upload.checksum_type:
         doc.add("ChecksumAlgorithm", upload.checksum_algorithm.upper())
+        doc.add("ChecksumType", upload.checksum_type)
     for part in parts:
         node = doc.child("Part")
         node.add("PartNumber", part.number).add("LastModified", xml.timestamp(part.mtime_ns))

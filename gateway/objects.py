@@ -86,22 +86,26 @@ async def put_object(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     headers = request.headers
     _refuse_unsupported(request)
-    if_none_match = parse_etags(headers.get("if-none-match"))
-    if if_none_match not in (None, ("*",)):
-        raise NotImplementedS3("If-None-Match on PUT takes only '*'")
+    wanted = write_conditions(headers)
     digest = content_md5(headers)
     stream, check = open_body(request, config.max_put_size)
     await stream.preload()
     info = await run_upload(
         request, request.app[OBJECTS].put_object, s3.bucket, s3.key, stream.pieces(),
         metadata=user_metadata(headers), headers=content_headers(headers), content_md5=digest,
-        checksum=(lambda: check.pair) if check is not None else None,
-        conditions=Conditions(if_match=parse_etags(headers.get("if-match")),
-                              if_none_match=if_none_match))
+        checksum=(lambda: check.pair) if check is not None else None, conditions=wanted)
     out = {"ETag": f'"{info.etag}"'}
     if check is not None:
         out[check.header] = check.expected
     return web.Response(status=200, headers=out)
+
+
+def write_conditions(headers: Mapping[str, str]) -> Conditions:
+    """If-Match and If-None-Match of a write (PutObject, CompleteMultipartUpload)."""
+    if_none_match = parse_etags(headers.get("if-none-match"))
+    if if_none_match not in (None, ("*",)):
+        raise NotImplementedS3("If-None-Match on a write takes only '*'")
+    return Conditions(if_match=parse_etags(headers.get("if-match")), if_none_match=if_none_match)
 
 
 def object_headers(request: web.Request, info: ObjectInfo) -> dict[str, str]:
@@ -181,7 +185,8 @@ async def _answer(request: web.Request, head: bool, part_number: int | None,
     elif (info.checksum is not None
           and request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"):
         headers[f"x-amz-checksum-{info.checksum[0]}"] = info.checksum[1]
-        headers["x-amz-checksum-type"] = "FULL_OBJECT"
+        # A multipart object's checksum of its parts' checksums ends in -<part count>.
+        headers["x-amz-checksum-type"] = "COMPOSITE" if "-" in info.checksum[1] else "FULL_OBJECT"
     if part_number is not None and info.part_sizes is not None:
         headers["x-amz-mp-parts-count"] = str(len(info.part_sizes))
     status = 206 if span else 200

@@ -150,3 +150,7 @@ class InvalidPartOrder(StoreError):
 
 class EntityTooSmall(StoreError):
     """A multipart part other than the last is smaller than the minimum part size."""
+
+
+class InvalidRequest(StoreError):
+    """A request that cannot go with the state it meets (a multipart upload's checksum mode)."""

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from . import chunks
+from . import checksums, chunks
 from .chunks import StagedChunk
 from .conditions import Conditions
 from .env import Tx
@@ -39,8 +39,10 @@ from .errors import (
     InvalidArgument,
     InvalidPart,
     InvalidPartOrder,
+    InvalidRequest,
     NoSuchUpload,
     ObjectChanged,
+    PreconditionFailed,
 )
 from .etags import NeedEtag, staged_fingerprint
 from .objects import (
@@ -69,6 +71,7 @@ class Upload:
     metadata: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     checksum_algorithm: str | None = None
+    checksum_type: str | None = None  # COMPOSITE or FULL_OBJECT, with an algorithm
 
 
 @dataclass(slots=True)
@@ -99,14 +102,17 @@ def _pack_header(upload: Upload) -> bytes:
     return json.dumps({
         "bucket": upload.bucket, "key": upload.key.hex(), "initiated": upload.initiated_ns,
         "metadata": upload.metadata, "headers": upload.headers,
-        "checksum": upload.checksum_algorithm}, ensure_ascii=False,
-        ).encode("utf-8", errors="surrogateescape")
+        "checksum": upload.checksum_algorithm, "checksum_type": upload.checksum_type},
+        ensure_ascii=False).encode("utf-8", errors="surrogateescape")
 
 
 def _unpack_header(upload_id: str, raw: bytes | memoryview) -> Upload:
     d = json.loads(bytes(raw).decode("utf-8", errors="surrogateescape"))
+    algorithm = d["checksum"]
+    checksum_type = d.get("checksum_type") or (  # uploads begun before session 10
+        checksums.default_type(algorithm) if algorithm else None)
     return Upload(upload_id, d["bucket"], bytes.fromhex(d["key"]), d["initiated"],
-                  d["metadata"], d["headers"], d["checksum"])
+                  d["metadata"], d["headers"], algorithm, checksum_type)
 
 
 def _pack_part(part: Part) -> bytes:
@@ -180,6 +186,33 @@ def _drop(tx: Tx, upload_id: str) -> None:
     tx.delete(tx.db.uploads, _key(upload_id, 0))
 
 
+def _object_checksum(upload: Upload, parts: list[Part], claimed: tuple[str, str] | None,
+                     claimed_type: str | None) -> tuple[str, str] | None:
+    """The object's (algorithm, checksum) made of its parts' (None for an upload begun
+    without an algorithm), checked against the one the client claims, if any."""
+    algorithm, kind = upload.checksum_algorithm, upload.checksum_type
+    if claimed_type is not None and claimed_type != kind:
+        raise InvalidRequest(f"The upload was created using the {kind or 'null'} checksum "
+                             "mode. The complete request must use the same checksum mode.")
+    if claimed is not None and claimed[0] != algorithm:
+        raise InvalidRequest(f"The upload was created using a {algorithm or 'null'} checksum. "
+                             "The complete request must use the same checksum algorithm.")
+    if algorithm is None or kind is None:
+        return None
+    sums = [(p.checksum[1], p.size) for p in parts
+            if p.checksum is not None and p.checksum[0] == algorithm]
+    if len(sums) < len(parts):  # parts sent without one (UploadPartCopy, older clients)
+        if claimed is not None:
+            raise InvalidRequest(f"Every part needs a {algorithm.upper()} checksum for the "
+                                 "object's to be checked.")
+        return None
+    value = checksums.combine(algorithm, kind, sums)
+    if claimed is not None and claimed[1].partition("-")[0] != value.partition("-")[0]:
+        raise BadDigest(f"The {algorithm.upper()} you specified did not match the calculated "
+                        "checksum.")
+    return algorithm, value
+
+
 def multipart_etag(md5s: Iterable[bytes]) -> str:
     """S3's ETag of a multipart object: MD5 of the parts' binary MD5s, then -<part count>."""
     md5s = list(md5s)
@@ -211,13 +244,24 @@ class Uploads:
 
     def create(self, bucket: str, key: bytes, *, metadata: Mapping[str, str] | None = None,
                headers: Mapping[str, str] | None = None,
-               checksum_algorithm: str | None = None) -> Upload:
-        """CreateMultipartUpload: one write transaction recording the upload's header."""
+               checksum_algorithm: str | None = None,
+               checksum_type: str | None = None) -> Upload:
+        """CreateMultipartUpload: one write transaction recording the upload's header.
+        With a checksum algorithm, every part carries that checksum and the object gets one
+        made of them (`checksum_type`: COMPOSITE or FULL_OBJECT, default by algorithm)."""
         metadata = dict(metadata or {})
         _check_metadata(metadata)
         self.objects.check_key(key)
+        if checksum_type is not None:
+            if checksum_algorithm is None:
+                raise InvalidRequest("x-amz-checksum-type needs x-amz-checksum-algorithm")
+            if not checksums.type_allowed(checksum_algorithm, checksum_type):
+                raise InvalidRequest(f"The {checksum_type} checksum type cannot be used with "
+                                     f"the {checksum_algorithm.upper()} checksum algorithm.")
+        elif checksum_algorithm is not None:
+            checksum_type = checksums.default_type(checksum_algorithm)
         upload = Upload(secrets.token_hex(_ID_LENGTH // 2), bucket, key, time.time_ns(),
-                        metadata, _lower(headers or {}), checksum_algorithm)
+                        metadata, _lower(headers or {}), checksum_algorithm, checksum_type)
         with self.env.write() as tx:
             existing = self.objects._lookup(tx, self.objects.bucket_inode(tx, bucket), key)
             if existing is not None:  # refused now, not after the parts filled the pool
@@ -237,7 +281,7 @@ class Uploads:
             raise InvalidArgument(f"Part number must be an integer between 1 and "
                                   f"{MAX_PART_NUMBER}, inclusive")
         with self.env.read() as tx:  # fail fast, before reading a body
-            self._upload(tx, bucket, key, upload_id)
+            upload = self._upload(tx, bucket, key, upload_id)
         with self.store.segments.held_until_committed():
             staged, size, md5 = self.objects._stage(bodies)
             if content_md5 is not None and content_md5 != md5:
@@ -245,6 +289,10 @@ class Uploads:
                                 "received.")
             if callable(checksum):  # a trailing checksum, known once the body is consumed
                 checksum = checksum()
+            expected = upload.checksum_algorithm
+            if expected is not None and checksum is not None and checksum[0] != expected:
+                raise InvalidRequest(f"Checksum Type mismatch occurred, expected checksum "
+                                     f"Type: {expected}, actual checksum Type: {checksum[0]}")
             return self._record_part(bucket, key, upload_id, number, staged, size, md5,
                                      checksum)
 
@@ -349,12 +397,18 @@ class Uploads:
     # --- complete --------------------------------------------------------------------------
 
     def complete(self, bucket: str, key: bytes, upload_id: str,
-                 wanted: list[tuple[int, str]]) -> ObjectInfo:
+                 wanted: list[tuple[int, str]], *,
+                 listed_checksums: Mapping[int, tuple[str, str]] | None = None,
+                 checksum: tuple[str, str] | None = None, checksum_type: str | None = None,
+                 conditions: Conditions | None = None) -> ObjectInfo:
         """CompleteMultipartUpload. Checks the part list (InvalidPartOrder, InvalidPart,
-        EntityTooSmall), re-chunks what follows a part that is not a chunk multiple (staged
-        outside any write transaction), then one write transaction makes the object (as a
-        PUT does) and drops the upload and the references its parts held. A crash before that
-        commit leaves the upload as it was; after it, the object."""
+        EntityTooSmall; `listed_checksums`: part number -> the (algorithm, value) the list
+        gives it), the object's checksum made of the parts' (`checksum`, `checksum_type`: what
+        the client says it is) and the write conditions (If-Match, If-None-Match), re-chunks
+        what follows a part that is not a chunk multiple (staged outside any write
+        transaction), then one write transaction makes the object (as a PUT does) and drops
+        the upload and the references its parts held. A crash before that commit leaves the
+        upload as it was; after it, the object."""
         parts_key = self.objects.check_key(key)
         if not wanted:
             raise InvalidArgument("You must specify at least one part")
@@ -363,7 +417,10 @@ class Uploads:
             raise InvalidPartOrder("The list of parts was not in ascending order. The parts "
                                    "list must be specified in order by part number.")
         with self.env.read() as tx:
-            self._upload(tx, bucket, key, upload_id)
+            upload = self._upload(tx, bucket, key, upload_id)
+            if conditions and conditions.if_none_match == ("*",) and self.objects._lookup(
+                    tx, self.objects.bucket_inode(tx, bucket), key) is not None:
+                raise PreconditionFailed("the object exists (If-None-Match: *)")
             raws: dict[int, bytes] = {}
             for number, etag in wanted:
                 raw = tx.get(tx.db.uploads, _key(upload_id, number))
@@ -381,10 +438,16 @@ class Uploads:
                         if found is None:
                             raise NoSuchUpload("a part's chunk is missing")
                         locations[digest] = found[0]
+        for part in parts:
+            listed = (listed_checksums or {}).get(part.number)
+            if listed is not None and listed != part.checksum:
+                raise InvalidPart(f"The checksum of part {part.number} in the list does not "
+                                  "match the part's.")
         for part in parts[:-1]:
             if part.size < self.min_part_size:
                 raise EntityTooSmall("Your proposed upload is smaller than the minimum allowed "
                                      "object size.")
+        object_checksum = _object_checksum(upload, parts, checksum, checksum_type)
         staged, size = self._stitch(parts, locations)
         etag = multipart_etag(p.md5 for p in parts)
         fingerprint = staged_fingerprint(staged, size)
@@ -399,14 +462,15 @@ class Uploads:
                                                 "being completed")
                     b = objects.bucket_inode(tx, bucket)
                     parent, existing = objects._place(tx, b, parts_key)
+                    objects.check_write_conditions(tx, existing, conditions)
                     inode = objects._install(tx, parent, existing, parts_key[-1], key,
                                              current.metadata, current.headers, staged, size,
-                                             (fingerprint, etag, None),
+                                             (fingerprint, etag, object_checksum),
                                              [part.size for part in parts])
                     _drop(tx, upload_id)
                     return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
                                       inode.version, etag, dict(current.metadata),
-                                      dict(current.headers), None)
+                                      dict(current.headers), object_checksum)
             except NeedEtag as need:
                 objects.etag(need.ino)
         raise ObjectChanged("the object kept changing while the upload was completed")

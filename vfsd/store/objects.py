@@ -517,13 +517,7 @@ class Objects:
             def commit(tx: Tx) -> ObjectInfo:
                 b = self.bucket_inode(tx, bucket)
                 parent, existing = self._place(tx, b, parts)
-                if conditions:
-                    current = None
-                    if existing is not None:
-                        current = (self._etag_in_tx(tx, existing)[0]
-                                   if needs_etag(conditions) else "")
-                    conditions.check(current, existing.mtime_ns if existing else 0,
-                                     reading=False)
+                self.check_write_conditions(tx, existing, conditions)
                 inode = self._install(tx, parent, existing, parts[-1], key, metadata, headers,
                                       staged, size, (fingerprint, etag, checksum))
                 return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
@@ -536,6 +530,16 @@ class Objects:
                 except etags.NeedEtag as need:
                     self.etag(need.ino)
             raise ObjectChanged("the object kept changing while its ETag was checked")
+
+    def check_write_conditions(self, tx: Tx, existing: Inode | None,
+                               conditions: Conditions | None) -> None:
+        """If-Match / If-None-Match of a write (PUT, completion) against the object it
+        replaces, inside the transaction that replaces it."""
+        if conditions:
+            current = None
+            if existing is not None:
+                current = self._etag_in_tx(tx, existing)[0] if needs_etag(conditions) else ""
+            conditions.check(current, existing.mtime_ns if existing else 0, reading=False)
 
     def copy_object(self, src_bucket: str, src_key: bytes, dst_bucket: str, dst_key: bytes, *,
                     replace_metadata: bool = False,
