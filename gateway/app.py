@@ -41,7 +41,7 @@ from .context import (
     S3Request,
     UserCache,
 )
-from .errors import InternalError, S3Error, from_core
+from .errors import InternalError, NotImplementedS3, S3Error, from_core
 from .metrics import METRICS, Metrics
 from .pool import Pool
 from .routing import Router, address
@@ -317,7 +317,14 @@ def _error_fields(error: S3Error, s3: S3Request) -> dict[str, str]:
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     config = request.app[CONFIG]
-    request[S3].identity = await auth.verify(
+    s3 = request[S3]
+    if (request.method == "POST" and s3.bucket and s3.key is None
+            and request.content_type == "multipart/form-data"):
+        # A browser form's upload signs its policy, not the request: without this it would
+        # look anonymous and get AccessDenied, which says nothing of why.
+        raise NotImplementedS3("POST uploads from HTML forms are not implemented by this "
+                               "gateway; use PUT (presigned PUT URLs work)")
+    s3.identity = await auth.verify(
         request.method, request.raw_path, request.headers, request.app[USERS].lookup,
         config.region, config.max_clock_skew, bucket_host=request[S3].virtual_host)
     return await handler(request)

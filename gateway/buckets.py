@@ -1,5 +1,5 @@
 """Service- and bucket-level operations: ListBuckets, CreateBucket, HeadBucket, DeleteBucket,
-GetBucketLocation, DeleteObjects. Thin: parse, call the core in the pool, render."""
+GetBucketLocation, GetBucketVersioning, DeleteObjects. Thin: parse, call the core in the pool, render."""
 
 from __future__ import annotations
 
@@ -95,6 +95,13 @@ async def get_bucket_location(request: web.Request) -> web.Response:
     return xml_response(doc.render())
 
 
+async def get_bucket_versioning(request: web.Request) -> web.Response:
+    """What S3 answers for a bucket never versioned (clients such as rclone ask routinely);
+    turning versioning on (PUT ?versioning) is not implemented."""
+    await run(request, request.app[OBJECTS].head_bucket, request[S3].bucket)
+    return xml_response(xml.Node("VersioningConfiguration", xmlns=xml.NS).render())
+
+
 async def delete_objects(request: web.Request) -> web.Response:
     s3 = request[S3]
     identity = s3.identity
@@ -136,5 +143,6 @@ ROUTES = [
     ("bucket", "HEAD", "", "HeadBucket", head_bucket),
     ("bucket", "DELETE", "", "DeleteBucket", delete_bucket),
     ("bucket", "GET", "location", "GetBucketLocation", get_bucket_location),
+    ("bucket", "GET", "versioning", "GetBucketVersioning", get_bucket_versioning),
     ("bucket", "POST", "delete", "DeleteObjects", delete_objects),
 ]

@@ -137,6 +137,13 @@ class InvalidPartNumber(S3Error):
     status = 416
 
 
+class InvalidStorageClass(S3Error):
+    """The storage class you specified is not valid"""
+
+    code = "InvalidStorageClass"
+    status = 400
+
+
 class InvalidRequest(S3Error):
     """Invalid Request"""
 

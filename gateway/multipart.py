@@ -228,28 +228,37 @@ async def list_multipart_uploads(request: web.Request) -> web.Response:
             errors="replace")
 
     prefix = params.get("prefix", b"")
+    delimiter = params.get("delimiter", b"")
     key_marker = params.get("key-marker", b"")
     id_marker = params.get("upload-id-marker", b"").decode(errors="replace")
     max_uploads = _int(request, "max-uploads", MAX_UPLOADS_LISTED, 0, MAX_UPLOADS_LISTED)
-    uploads, truncated = await run(request, request.app[MULTIPART].list_uploads, s3.bucket,
-                                   prefix, key_marker, id_marker, max_uploads)
+    listed, truncated = await run(request, request.app[MULTIPART].list_uploads, s3.bucket,
+                                  prefix, key_marker, id_marker, max_uploads, delimiter)
     doc = xml.Node("ListMultipartUploadsResult", xmlns=xml.NS)
     doc.add("Bucket", s3.bucket).add("KeyMarker", text(key_marker))
     doc.add("UploadIdMarker", id_marker)
-    if uploads:
-        doc.add("NextKeyMarker", text(uploads[-1].key))
-        doc.add("NextUploadIdMarker", uploads[-1].upload_id)
+    if listed:
+        last = listed[-1]
+        doc.add("NextKeyMarker", text(last if isinstance(last, bytes) else last.key))
+        doc.add("NextUploadIdMarker", "" if isinstance(last, bytes) else last.upload_id)
     doc.add("Prefix", text(prefix))
+    if delimiter:
+        doc.add("Delimiter", text(delimiter))
     if encoding is not None:
         doc.add("EncodingType", "url")
     doc.add("MaxUploads", max_uploads).add("IsTruncated", truncated)
     ident, name = owner(request)
-    for upload in uploads:
+    for entry in listed:
+        if isinstance(entry, bytes):
+            continue
         node = doc.child("Upload")
-        node.add("Key", text(upload.key)).add("UploadId", upload.upload_id)
+        node.add("Key", text(entry.key)).add("UploadId", entry.upload_id)
         for tag in ("Initiator", "Owner"):
             node.child(tag).add("ID", ident).add("DisplayName", name)
-        node.add("StorageClass", "STANDARD").add("Initiated", xml.timestamp(upload.initiated_ns))
+        node.add("StorageClass", "STANDARD").add("Initiated", xml.timestamp(entry.initiated_ns))
+    for entry in listed:
+        if isinstance(entry, bytes):
+            doc.child("CommonPrefixes").add("Prefix", text(entry))
     return xml_response(doc.render())
 
 

@@ -29,6 +29,7 @@ from .errors import (
     InvalidArgument,
     InvalidPartNumber,
     InvalidRequest,
+    InvalidStorageClass,
     NotImplementedS3,
     ServiceUnavailable,
 )
@@ -66,12 +67,22 @@ HEADER_NAMES = {
 }
 
 
+STORAGE_CLASSES = frozenset({
+    "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+    "GLACIER", "DEEP_ARCHIVE", "OUTPOSTS", "GLACIER_IR", "SNOW", "EXPRESS_ONEZONE",
+})
+
+
 # Accepting these and storing plain bytes would tell the client its data is encrypted.
 ENCRYPTION_HEADERS = ("x-amz-server-side-encryption",
                       "x-amz-server-side-encryption-aws-kms-key-id")
 
 
 def _refuse_unsupported(request: web.Request) -> None:
+    storage_class = request.headers.get("x-amz-storage-class")
+    if storage_class is not None and storage_class not in STORAGE_CLASSES:
+        # Any valid class is taken and kept as STANDARD: the store has one class.
+        raise InvalidStorageClass(StorageClassRequested=storage_class)
     for name in UNSUPPORTED_HEADERS:
         if name in request.headers:
             raise NotImplementedS3(f"the {name} header is not implemented by this gateway")
@@ -368,14 +379,16 @@ async def copy_object(request: web.Request) -> web.Response:
     if directive not in ("COPY", "REPLACE"):
         raise InvalidArgument("Unknown metadata directive.",
                               ArgumentName="x-amz-metadata-directive", ArgumentValue=directive)
-    if (bucket, src_key) == (s3.bucket, s3.key) and directive == "COPY":
+    to_itself = (bucket, src_key) == (s3.bucket, s3.key)
+    if to_itself and directive == "COPY" and "x-amz-storage-class" not in headers:
         raise InvalidRequest("This copy request is illegal because it is trying to copy an "
                              "object to itself without changing the object's metadata, storage "
                              "class, website redirect location or encryption attributes.")
     info = await run(request, request.app[OBJECTS].copy_object, bucket, src_key, s3.bucket,
                      s3.key, replace_metadata=directive == "REPLACE",
                      metadata=user_metadata(headers), headers=content_headers(headers),
-                     source_conditions=conditions(headers, "x-amz-copy-source-"))
+                     source_conditions=conditions(headers, "x-amz-copy-source-"),
+                     to_itself=to_itself)
     doc = xml.Node("CopyObjectResult", xmlns=xml.NS)
     doc.add("LastModified", xml.timestamp(info.mtime_ns)).add("ETag", f'"{info.etag}"')
     return xml_response(doc.render())

@@ -315,3 +315,24 @@ def test_kill_9_during_upload_part(tmp_path, gateway_process):
         Bucket="crash", Key="k", UploadId=uid,
         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
     assert s3.get_object(Bucket="crash", Key="k")["Body"].read() == first + second
+
+
+def test_list_uploads_with_a_delimiter(s3, bucket):
+    for key in ("a/1", "a/2", "b/x/1", "c", "d/1"):
+        s3.create_multipart_upload(Bucket=bucket, Key=key)
+    page = s3.list_multipart_uploads(Bucket=bucket, Delimiter="/")
+    assert [u["Key"] for u in page["Uploads"]] == ["c"]
+    assert [p["Prefix"] for p in page["CommonPrefixes"]] == ["a/", "b/", "d/"]
+    page = s3.list_multipart_uploads(Bucket=bucket, Delimiter="/", Prefix="b/")
+    assert "Uploads" not in page and [p["Prefix"] for p in page["CommonPrefixes"]] == ["b/x/"]
+    # Paged two at a time: a common prefix counts as one, and the next page starts past it.
+    seen, marker = [], {}
+    while True:
+        page = s3.list_multipart_uploads(Bucket=bucket, Delimiter="/", MaxUploads=2, **marker)
+        seen += [u["Key"] for u in page.get("Uploads", [])]
+        seen += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+        if not page["IsTruncated"]:
+            break
+        marker = {"KeyMarker": page["NextKeyMarker"],
+                  "UploadIdMarker": page["NextUploadIdMarker"]}
+    assert sorted(seen) == ["a/", "b/", "c", "d/"]

@@ -126,3 +126,43 @@ def test_copy_errors_name_the_missing_source(s3, bucket):
         s3.copy_object(Bucket=bucket, Key="copy", CopySource={"Bucket": bucket, "Key": "gone"})
     assert info.value.response["Error"]["Code"] == "NoSuchKey"
     assert info.value.response["Error"]["Key"] == "gone"
+
+
+def test_what_rclone_and_s3cmd_ask_of_a_bucket(s3, bucket):
+    """Found by a QA pass with rclone (it logs an ERROR when GetBucketVersioning fails) and
+    with clients that change storage classes."""
+    assert "Status" not in s3.get_bucket_versioning(Bucket=bucket)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.get_bucket_versioning(Bucket="no-such-bucket-here")
+    assert e.value.response["Error"]["Code"] == "NoSuchBucket"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.put_object(Bucket=bucket, Key="k", Body=b"x", StorageClass="FOO")
+    assert e.value.response["Error"]["Code"] == "InvalidStorageClass"
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x", StorageClass="STANDARD_IA",
+                  Metadata={"kept": "yes"})
+    # A copy onto itself that changes only the storage class is allowed (rclone settier).
+    s3.copy_object(Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "k"},
+                   StorageClass="STANDARD")
+    head = s3.head_object(Bucket=bucket, Key="k")
+    assert head["Metadata"] == {"kept": "yes"} and head["ContentLength"] == 1
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        s3.copy_object(Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "k"})
+    assert e.value.response["Error"]["Code"] == "InvalidRequest"
+
+
+def test_a_browser_form_upload_is_not_implemented_rather_than_denied(s3, bucket):
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    post = s3.generate_presigned_post(bucket, "from-a-form")
+    boundary = uuid.uuid4().hex
+    fields = [(name, value.encode()) for name, value in post["fields"].items()]
+    body = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
+                    .encode() + value + b"\r\n" for name, value in fields + [("file", b"x")])
+    body += f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(post["url"], data=body, method="POST", headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(request, timeout=10)
+    assert e.value.code == 501 and b"<Code>NotImplemented</Code>" in e.value.read()

@@ -369,10 +369,12 @@ class Uploads:
         return upload, parts, False
 
     def list_uploads(self, bucket: str, prefix: bytes = b"", key_marker: bytes = b"",
-                     upload_id_marker: str = "", max_uploads: int = 1000
-                     ) -> tuple[list[Upload], bool]:
-        """Unfinished uploads of `bucket` by (key, initiation time). One read transaction;
-        scans every upload header (uploads are few)."""
+                     upload_id_marker: str = "", max_uploads: int = 1000,
+                     delimiter: bytes = b"") -> tuple[list[Upload | bytes], bool]:
+        """Unfinished uploads of `bucket` by (key, initiation time), and with a delimiter the
+        common prefixes (bytes) that stand for the uploads below them, in key order, as
+        ListObjects has them. One read transaction; scans every upload header (uploads are
+        few)."""
         found = []
         with self.env.read() as tx:
             self.objects.bucket_inode(tx, bucket)
@@ -392,7 +394,18 @@ class Uploads:
                     and (u.initiated_ns, u.upload_id) > (marker.initiated_ns, marker.upload_id))]
             else:
                 found = [u for u in found if u.key > key_marker]
-        return found[:max_uploads], max_uploads > 0 and len(found) > max_uploads
+            if delimiter and key_marker.endswith(delimiter):  # a common prefix: past it
+                found = [u for u in found if not u.key.startswith(key_marker)]
+        listed: list[Upload | bytes] = []
+        for upload in found:
+            cut = upload.key.find(delimiter, len(prefix)) if delimiter else -1
+            entry: Upload | bytes = upload if cut < 0 else upload.key[:cut + len(delimiter)]
+            if isinstance(entry, bytes) and listed and listed[-1] == entry:
+                continue
+            if len(listed) == max_uploads:
+                return listed, max_uploads > 0
+            listed.append(entry)
+        return listed, False
 
     # --- complete --------------------------------------------------------------------------
 

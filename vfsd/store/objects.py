@@ -545,10 +545,13 @@ class Objects:
                     replace_metadata: bool = False,
                     metadata: Mapping[str, str] | None = None,
                     headers: Mapping[str, str] | None = None,
-                    source_conditions: Conditions | None = None) -> ObjectInfo:
+                    source_conditions: Conditions | None = None,
+                    to_itself: bool = False) -> ObjectInfo:
         """CopyObject: the destination gets the source's chunk map by reference (no bytes
         move) and the source's metadata (COPY) or the given one (REPLACE), in one write
-        transaction. Copying an object onto itself only changes its metadata."""
+        transaction. Copying an object onto itself only changes its metadata; it needs
+        `replace_metadata`, or `to_itself` when what changes is nothing the store keeps (S3
+        allows such a copy to change the storage class)."""
         metadata, headers = dict(metadata or {}), dict(headers or {})
         if replace_metadata:
             _check_metadata(metadata)
@@ -557,14 +560,16 @@ class Objects:
             try:
                 with self.env.write() as tx:
                     return self._copy(tx, src_bucket, src_key, dst_bucket, dst_key, parts,
-                                      replace_metadata, metadata, headers, source_conditions)
+                                      replace_metadata, metadata, headers, source_conditions,
+                                      to_itself)
             except etags.NeedEtag as need:
                 self.etag(need.ino)
         raise ObjectChanged("the source kept changing while its ETag was computed")
 
     def _copy(self, tx: Tx, src_bucket: str, src_key: bytes, dst_bucket: str, dst_key: bytes,
               parts: list[bytes], replace_metadata: bool, metadata: dict[str, str],
-              headers: dict[str, str], source_conditions: Conditions | None) -> ObjectInfo:
+              headers: dict[str, str], source_conditions: Conditions | None,
+              to_itself: bool) -> ObjectInfo:
         src = self._lookup(tx, self.bucket_inode(tx, src_bucket), src_key)
         if src is None:
             raise NoSuchKey(f"no object {src_key.decode(errors='replace')!r} in {src_bucket}",
@@ -582,7 +587,7 @@ class Objects:
             user = {}
         parent, existing = self._place(tx, self.bucket_inode(tx, dst_bucket), parts)
         if existing is not None and existing.ino == src.ino:
-            if not replace_metadata:
+            if not replace_metadata and not to_itself:
                 raise InvalidArgument("this copy request is illegal because it is trying to "
                                       "copy an object to itself without changing its metadata")
             self._check_replaceable(existing, dst_key)
