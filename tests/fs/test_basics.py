@@ -12,6 +12,7 @@ from mounting import wait_for
 
 from vfsd.fs.mount import GC_INTERVAL
 from vfsd.fs.readahead import READAHEAD_KIB, SYSFS_BDI, mount_device
+from vfsd.store import Store
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -326,3 +327,39 @@ def test_renaming_or_adding_an_entry_for_each_one_listed_ends(mnt):
             assert added <= len(names)
     assert added == len(names)
     assert len(os.listdir(directory)) == 2 * len(names)  # a new listing sees everything
+
+
+def test_a_removed_working_directory_lists_as_empty(mnt):
+    (mnt / "gone").mkdir()
+    here = os.getcwd()
+    os.chdir(mnt / "gone")
+    try:
+        (mnt / "gone").rmdir()
+        time.sleep(1.1)  # past the kernel's cached attributes: the mount is asked
+        assert os.listdir(".") == []  # ext4 and tmpfs answer this, not ENOENT
+        assert os.stat(".").st_nlink == 0
+        expect_errno(errno.ENOENT, os.open, "new", os.O_CREAT | os.O_WRONLY)
+    finally:
+        os.chdir(here)
+
+
+def test_reading_sets_the_access_time_as_relatime_does(mount, store_path):
+    p = mount.path / "mailbox"
+    p.write_bytes(b"new mail")
+    st = os.stat(p)
+    os.utime(p, ns=(st.st_mtime_ns - 10**9, st.st_mtime_ns))  # read before the last write
+    time.sleep(1.1)  # past the kernel's cached attributes
+    assert os.stat(p).st_atime_ns < os.stat(p).st_mtime_ns
+    before = time.time_ns()
+    assert p.read_bytes() == b"new mail"
+    time.sleep(1.1)
+    read_at = os.stat(p).st_atime_ns
+    assert read_at >= before > os.stat(p).st_mtime_ns  # what mail readers and biff look at
+    # relatime: newer than the mtime now, so reading again leaves it; O_NOATIME never sets it.
+    p.read_bytes()
+    os.close(os.open(p, os.O_RDONLY | os.O_NOATIME))
+    time.sleep(1.1)
+    assert os.stat(p).st_atime_ns == read_at
+    mount.stop()  # written to the store at unmount at the latest
+    with Store.open(store_path) as store:
+        assert store.resolve("mailbox").atime_ns == read_at

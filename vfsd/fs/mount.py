@@ -146,11 +146,13 @@ async def serve(ops: Operations, mountpoint: Path) -> None:
         nursery.start_soon(ops.own_changes.run)
         nursery.start_soon(_stop_on_signal, ops)
         nursery.start_soon(_collect_garbage, ops)
+        nursery.start_soon(_write_access_times, ops)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
     # The kernel session is over (unmount or terminate): make everything durable.
     try:
         await ops.cache.flush_all()
+        await _store_access_times(ops)
         unwritten = {ino: len(f.dirty) for ino, f in ops.cache.files.items() if f.dirty}
         if unwritten:
             # A flush that kept failing (the pool full, the disk failing): the writers heard
@@ -180,6 +182,25 @@ async def _collect_garbage(ops: Operations) -> None:
             continue
         if report.changed:
             log.info("event=gc %s", report.summary())
+
+
+async def _write_access_times(ops: Operations) -> None:
+    """Access times read meanwhile, a transaction every few seconds (vfsd/fs/atime.py)."""
+    while True:
+        await trio.sleep(GC_INTERVAL)
+        await _store_access_times(ops)
+
+
+async def _store_access_times(ops: Operations) -> None:
+    times = dict(ops.atimes.pending)
+    if not times:
+        return
+    try:
+        await ops.run(ops.store.set_access_times, times)
+    except StoreError as e:  # a full disk, say: access times are not worth failing for
+        log.warning("event=atime-write-failed error=%s", e)
+    else:
+        ops.atimes.written(times)
 
 
 async def _stop_on_signal(ops: Operations) -> None:

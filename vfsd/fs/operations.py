@@ -20,10 +20,12 @@ import pyfuse3
 import trio
 
 from vfsd.store import Inode, InodeFlags, Store
-from vfsd.store.errors import Exists, StoreError
+from vfsd.store.errors import Exists, NotFound, StoreError
 from vfsd.store.leases import Holder
 from vfsd.store.store import CAPABILITY_XATTR
 
+from . import atime
+from .atime import AccessTimes
 from .errno_map import errno_for
 from .invalidate import OwnChanges
 from .readmap import ReadMap
@@ -37,6 +39,7 @@ INTERNAL_XATTR = b"vfsd."
 # the mode and the checks to us. We do neither, so we refuse them as a file system without
 # ACLs does: cp -a and rsync -A then set the mode with chmod instead.
 ACL_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
+REMOVED_DIRS_KEPT = 64
 ATTR_TIMEOUT = 1.0  # the change-log tail invalidates sooner when another process changes things
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
 
@@ -99,6 +102,10 @@ class Operations(pyfuse3.Operations):
         self.holder = Holder.this_process("the mount")
         self.own_changes = OwnChanges()
         self.capabilities: dict[int, bytes | None] = {}  # security.capability, see getxattr
+        # Directories removed here, for a process whose cwd one was (fstat, `ls .`): the
+        # store forgets a directory at rmdir, the kernel only at FORGET. The last few.
+        self.removed_dirs: dict[int, Inode] = {}
+        self.atimes = AccessTimes()
         # Inodes whose next write must drop setuid/setgid/capabilities, as far as we know:
         # opened for writing with them (or with capabilities unknown), given them since.
         self.privileged: set[int] = set()
@@ -146,7 +153,7 @@ class Operations(pyfuse3.Operations):
         a.st_blksize = self.store.chunk_size
         held = cached.held * self.store.chunk_size if cached else 0
         a.st_blocks = (inode.stored + held + 511) // 512
-        a.st_atime_ns = inode.atime_ns
+        a.st_atime_ns = self.atimes.of(inode.ino, inode.atime_ns)
         a.st_mtime_ns = cached.mtime_ns if cached and cached.mtime_ns else inode.mtime_ns
         a.st_ctime_ns = inode.ctime_ns
         return a
@@ -165,7 +172,12 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
-        return await self._attrs(inode)
+        try:
+            return await self._attrs(inode)
+        except NotFound:
+            if inode not in self.removed_dirs:
+                raise
+            return self.attributes(self.removed_dirs[inode])
 
     @handler
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -191,6 +203,7 @@ class Operations(pyfuse3.Operations):
             changes["gid"] = attr.st_gid
         if fields.update_atime:
             changes["atime_ns"] = attr.st_atime_ns
+            self.atimes.drop(inode)
         if fields.update_mtime:
             changes["mtime_ns"] = attr.st_mtime_ns
             cached = self.cache.cached(inode)
@@ -247,7 +260,12 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        gone = await self.run(self.store.lookup, parent_inode, name)
         await self.run(self.store.rmdir, parent_inode, name)
+        gone.nlink = 0
+        self.removed_dirs[gone.ino] = gone
+        while len(self.removed_dirs) > REMOVED_DIRS_KEPT:
+            del self.removed_dirs[next(iter(self.removed_dirs))]
 
     @handler
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -278,6 +296,8 @@ class Operations(pyfuse3.Operations):
         self.next_fh += 1
         self.handles[fh] = Handle(inode.ino, writable, bool(inode.flags & InodeFlags.EPHEMERAL),
                                   descriptor=descriptor)
+        if atime.due(inode, flags):
+            self.atimes.accessed(inode.ino)
         self.open_count[inode.ino] += 1
         if writable:
             self.writers[inode.ino] += 1
@@ -476,8 +496,11 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def opendir(self, inode: int, ctx: Any) -> int:
-        node = await self.run(self.store.getattr, inode)
-        if not node.is_dir:
+        try:
+            node = await self.run(self.store.getattr, inode)
+        except NotFound:
+            node = None  # removed while a process has it as its cwd: lists as empty
+        if node is not None and not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = self.next_fh
         self.next_fh += 1
@@ -489,8 +512,11 @@ class Operations(pyfuse3.Operations):
         handle = self.dir_handles[fh]
         if start_id == 0:
             handle.bound = None  # opendir or rewinddir: the directory as it is now
-        entries, bound = await self.run(self.store.readdir_attrs, handle.ino, start_id, 256,
-                                        handle.bound)
+        try:
+            entries, bound = await self.run(self.store.readdir_attrs, handle.ino, start_id, 256,
+                                            handle.bound)
+        except NotFound:
+            return  # removed (rmdir) since it was opened: nothing in it, as Linux lists it
         if handle.bound is None:
             # Entries made after this (a new file, a renamed one: new cookies) are not listed
             # by this stream, as POSIX allows; otherwise a program that renames or creates an

@@ -291,6 +291,17 @@ def drop_link(tx: Tx, inode: Inode, still_open: bool) -> None:
         free_inode(tx, inode)
 
 
+def set_access_times(tx: Tx, times: dict[int, int]) -> None:
+    """Store access times (ino -> ns) of files that still exist. Not a change: no new
+    version, no change-log entry, so no cache, ETag record or GET in flight is disturbed."""
+    for ino, atime_ns in times.items():
+        raw = tx.get(tx.db.inodes, ino_key(ino))
+        if raw is not None:
+            inode = Inode.unpack(ino, raw)
+            inode.atime_ns = atime_ns
+            tx.put(tx.db.inodes, ino_key(ino), inode.pack())
+
+
 def same_data(tx: Tx, inode: Inode, version: int) -> bool:
     """Whether `inode` holds what it held at `version`: unchanged, or changed only by losing
     its last name while open (a GET in flight finishes after a DELETE or PUT, as on S3)."""

@@ -309,6 +309,12 @@ class Store:
             namespace.rename(tx, self.origin, old_parent, old_name, new_parent, new_name, flags,
                              target_still_open)
 
+    def set_access_times(self, times: dict[int, int]) -> None:
+        """Access times read through the mount (vfsd/fs/atime.py), in one transaction."""
+        if times:
+            with self.env.write() as tx:
+                namespace.set_access_times(tx, times)
+
     def release_orphan(self, ino: int) -> None:
         """Free an inode parked by `unlink(still_open=True)` once its last handle closes (in
         every process that has it open: see `opens`). Called at every last close: most files
