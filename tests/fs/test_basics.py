@@ -185,6 +185,14 @@ def test_unlinked_open_file_outlives_the_mounts_gc_passes(mnt):
         os.close(fd)
 
 
+def test_a_small_file_being_written_uses_no_more_blocks_than_its_size(mnt):
+    with open(mnt / "small", "wb") as f:
+        f.write(os.urandom(10_000))
+        f.flush()
+        os.fsync(f.fileno())  # journaled: the chunk stays dirty in the mount's cache
+        assert 0 < os.fstat(f.fileno()).st_blocks * 512 <= 10_240
+
+
 def test_thin_blocks_and_sparse_100g(mnt):
     p = mnt / "disk"
     with open(p, "wb") as f:

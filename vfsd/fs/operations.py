@@ -151,8 +151,9 @@ class Operations(pyfuse3.Operations):
         a.st_uid, a.st_gid, a.st_rdev = inode.uid, inode.gid, inode.rdev
         a.st_size = max(inode.size, cached.size) if cached else inode.size
         a.st_blksize = self.store.chunk_size
+        # Dirty chunks count whole until flushed; no file uses more than its size.
         held = cached.held * self.store.chunk_size if cached else 0
-        a.st_blocks = (inode.stored + held + 511) // 512
+        a.st_blocks = (min(inode.stored + held, a.st_size) + 511) // 512
         a.st_atime_ns = self.atimes.of(inode.ino, inode.atime_ns)
         a.st_mtime_ns = cached.mtime_ns if cached and cached.mtime_ns else inode.mtime_ns
         a.st_ctime_ns = inode.ctime_ns
