@@ -294,11 +294,13 @@ def signed_headers_for(gateway, method: str, path: str) -> dict[str, str]:
 
 def test_unsupported_features_answer_not_implemented(gateway, s3, bucket):
     s3.put_object(Bucket=bucket, Key="o", Body=b"x")
-    for path in (f"/{bucket}?acl", f"/{bucket}?versioning", f"/{bucket}?policy",
-                 f"/{bucket}?lifecycle", f"/{bucket}?cors", f"/{bucket}?tagging",
-                 f"/{bucket}?website", f"/{bucket}/o?acl",
-                 f"/{bucket}/o?tagging"):
-        r = signed(gateway, "GET", path)
+    for method, path in (("GET", f"/{bucket}?acl"), ("PUT", f"/{bucket}?versioning"),
+                         ("GET", f"/{bucket}?versions"), ("GET", f"/{bucket}?policy"),
+                         ("GET", f"/{bucket}?lifecycle"), ("GET", f"/{bucket}?cors"),
+                         ("GET", f"/{bucket}?tagging"), ("GET", f"/{bucket}?website"),
+                         ("GET", f"/{bucket}/o?acl"), ("GET", f"/{bucket}/o?tagging"),
+                         ("GET", f"/{bucket}/o?attributes")):
+        r = signed(gateway, method, path)
         assert (r.status, r.code) == (501, "NotImplemented"), path
         assert r.headers["content-type"] == "application/xml"
     with pytest.raises(ClientError) as e:
