@@ -75,8 +75,16 @@ def test_buckets_are_directories(gateway, s3):
         store.makedirs("not_a_bucket")  # not a valid bucket name: not listed
     names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
     assert name in names and "not_a_bucket" not in names
+    # The empty directory at the bottom is a folder marker: an object, so the bucket is not
+    # empty; deleting it takes the directories it leaves empty too.
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=name)["Contents"]] == [
+        "made/by/the/core/"]
+    with pytest.raises(ClientError) as e:
+        s3.delete_bucket(Bucket=name)
+    assert e.value.response["Error"]["Code"] == "BucketNotEmpty"
+    s3.delete_object(Bucket=name, Key="made/by/the/core/")
     assert s3.list_objects_v2(Bucket=name)["KeyCount"] == 0
-    s3.delete_bucket(Bucket=name)  # only empty directories inside: empty as a bucket
+    s3.delete_bucket(Bucket=name)
 
 
 def test_list_buckets_pages(gateway, s3):

@@ -206,3 +206,21 @@ def test_a_get_in_flight_outlives_rm_on_the_mount(both):
     head = body.read(1024 * 1024)  # most of the 40 MiB is not sent yet
     (mnt / "media" / "film.bin").unlink()
     assert head + body.read() == data
+
+
+def test_empty_directories_and_folder_markers_are_one_thing(both):
+    s3, mnt, store = both
+    (mnt / "share").mkdir()
+    (mnt / "share" / "inbox").mkdir()  # made on the mount: a folder to S3 clients
+    listed = s3.list_objects_v2(Bucket="share")
+    assert [o["Key"] for o in listed["Contents"]] == ["inbox/"]
+    s3.put_object(Bucket="share", Key="outbox/sent/", Body=b"")  # made by a console
+    wait_for(lambda: (mnt / "share" / "outbox" / "sent").is_dir(), 1, "the folder on the mount")
+    (mnt / "share" / "inbox" / "mail.txt").write_text("hi")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="share")["Contents"]] == [
+        "inbox/mail.txt", "outbox/sent/"]
+    (mnt / "share" / "outbox" / "sent").rmdir()
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="share")["Contents"]] == [
+        "inbox/mail.txt", "outbox/"]  # emptied: outbox is a folder marker now
+    with Store.open(store) as s:
+        assert fsck.check(s).clean

@@ -17,6 +17,7 @@ from vfsd.store.errors import (
     BadDigest,
     BucketExists,
     Busy,
+    InvalidArgument,
     InvalidBucketName,
     InvalidName,
     KeyConflict,
@@ -73,7 +74,10 @@ def test_buckets(objs: Objects, store: Store):
     with pytest.raises(NotEmpty):
         objs.delete_bucket("bkt")
     objs.delete_object("bkt", b"a/b/c")
-    store.makedirs("bkt/empty/dirs")  # empty directories do not make a bucket non-empty
+    store.makedirs("bkt/empty/dirs")  # an empty directory is a folder marker: an object
+    with pytest.raises(NotEmpty):
+        objs.delete_bucket("bkt")
+    assert objs.delete_object("bkt", b"empty/dirs/")  # and the emptied parent with it
     objs.delete_bucket("bkt")
     with pytest.raises(NoSuchBucket):
         objs.head_bucket("bkt")
@@ -101,9 +105,11 @@ def test_put_get_and_core_agree(objs: Objects, store: Store):
 
 
 def test_keys_that_cannot_be_paths(objs: Objects):
-    for bad in (b"", b"/a", b"a/", b"a//b", b"a/./b", b"../a", b"a\0b"):
+    for bad in (b"", b"/a", b"/", b"a//", b"a//b", b"a/./b", b"../a", b"a/../", b"a\0b"):
         with pytest.raises(InvalidName):
             put(objs, bad, b"x")
+    with pytest.raises(InvalidArgument):  # a folder marker holds no bytes
+        put(objs, b"a/", b"x")
     with pytest.raises(KeyTooLong):
         put(objs, b"x" * 256, b"x")
     with pytest.raises(KeyTooLong):

@@ -472,16 +472,21 @@ def test_key_index_follows_renames(store, probe) -> None:
                       (docs.ino, b"readme")}
     archive = store.resolve("docs2/archive")
     store.rename(archive.ino, b"2024", ROOT_INO, b"y2024")  # a directory becomes a bucket
+    # docs2/archive is left empty: a folder marker, keyed 'archive/'
     assert keys() == {(photos.ino, b"t"), (photos.ino, b"c-link"), (docs.ino, b"readme"),
-                      (store.resolve("y2024").ino, b"b.jpg"),
+                      (docs.ino, b"archive/"), (store.resolve("y2024").ino, b"b.jpg"),
                       (store.resolve("y2024").ino, b"x/c.jpg")}
     store.replace(photos.ino, b"readme", [b"put"])  # a PUT of a new object adds its key
     store.replace(docs.ino, b"readme", [b"replaced"])  # a PUT over one keeps it
     store.unlink(store.resolve("y2024/x").ino, b"c.jpg")
     store.unlink(photos.ino, b"c-link")
+    assert (store.resolve("y2024").ino, b"x/") in keys()  # emptied: a marker
     store.rmdir(store.resolve("y2024").ino, b"x")
     assert keys() == {(photos.ino, b"t"), (photos.ino, b"readme"), (docs.ino, b"readme"),
-                      (store.resolve("y2024").ino, b"b.jpg")}
+                      (docs.ino, b"archive/"), (store.resolve("y2024").ino, b"b.jpg")}
+    probe.fsck_clean(store)
+    store.create(store.resolve("docs2/archive").ino, b"f")  # not empty: no marker
+    assert (docs.ino, b"archive/") not in keys()
     probe.fsck_clean(store)
 
 
@@ -516,3 +521,18 @@ def test_long_paths_inside_buckets(store, probe, how) -> None:
             assert after == before
         assert store.getattr(deep.ino).nlink == 1
     probe.fsck_clean(store)
+
+
+def test_a_store_from_before_folder_markers_gets_them_at_open(tmp_path, probe) -> None:
+    from vfsd.store.namespace import DIR_MARKERS
+
+    with Store.init(tmp_path / "s") as store:
+        bucket = store.mkdir(ROOT_INO, b"bkt")
+        store.mkdir(store.mkdir(bucket.ino, b"a").ino, b"empty")
+        store.write_file("bkt/full/f", b"x")
+        with store.env.write() as tx:  # as session 9 left it: no markers, no flag
+            tx.delete(tx.db.keys, U64.pack(bucket.ino) + b"a/empty/")
+            tx.delete(tx.db.meta, DIR_MARKERS)
+    with Store.open(tmp_path / "s") as store:
+        assert sorted(k[8:] for k in probe.key_index(store)) == [b"a/empty/", b"full/f"]
+        probe.fsck_clean(store)

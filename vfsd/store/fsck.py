@@ -262,8 +262,13 @@ def _expected_keys(tx: Tx, inodes: dict[int, Inode]) -> Iterator[tuple[bytes, in
 
 def _walk(tx: Tx, bucket: int, directory: int, prefix: bytes
           ) -> Iterator[tuple[bytes, int]]:
+    empty = True
     for entry in namespace.readdir(tx, directory, 0, 1 << 62):
+        empty = False
         if stat.S_ISREG(entry.mode_type):
             yield U64.pack(bucket) + prefix + entry.name, entry.ino
         elif stat.S_ISDIR(entry.mode_type):
             yield from _walk(tx, bucket, entry.ino, prefix + entry.name + b"/")
+    marker = namespace.marker_key((bucket, prefix)) if empty else None
+    if marker is not None:
+        yield marker, directory  # an empty directory is a folder marker

@@ -3,6 +3,7 @@ under a delimiter, in O(page) (DESIGN.md, "The namespace")."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,8 @@ from .etags import ETAG_XATTR, unpack_record
 
 if TYPE_CHECKING:
     from .objects import Objects
+
+EMPTY_ETAG = hashlib.md5(b"").hexdigest()  # a folder marker's
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,12 @@ def list_objects(objects: Objects, bucket: str, prefix: bytes = b"", delimiter: 
                 truncated = True
                 break
             inode = namespace.get_inode(tx, U64.unpack(cursor.value())[0])
+            if inode.is_dir:  # an empty directory: a folder marker
+                entries.append(ListEntry(key, 0, inode.mtime_ns, EMPTY_ETAG))
+                count += 1
+                last = key
+                found = cursor.next()
+                continue
             raw = tx.get(tx.db.xattrs, namespace.xattr_key(inode.ino, ETAG_XATTR))
             record = unpack_record(raw) if raw else None
             etag = record[2] if record and record[0] == inode.version else ""

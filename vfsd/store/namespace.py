@@ -39,6 +39,7 @@ from .records import (
 
 NEXT_INO = b"next_ino"
 NEXT_COOKIE = b"next_cookie"
+DIR_MARKERS = b"dir_markers"  # meta: set once empty directories are in the key index
 MAX_INDEX_KEY = 511  # LMDB's key size limit: 8 bytes of bucket inode + the object key
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -73,6 +74,24 @@ def ensure_root(tx: Tx) -> None:
                      ctime_ns=now, parent=ROOT_INO)
         put_inode(tx, root)
         tx.put(tx.db.meta, NEXT_INO, U64.pack(ROOT_INO + 1))
+        tx.put(tx.db.meta, DIR_MARKERS, b"1")
+    elif tx.get(tx.db.meta, DIR_MARKERS) is None:
+        # A store from before session 10: key its empty directories once.
+        for entry in readdir(tx, ROOT_INO, 0, 1 << 62):
+            if stat.S_ISDIR(entry.mode_type) and is_bucket_name(entry.name):
+                _mark_empty_below(tx, get_inode(tx, entry.ino), (entry.ino, b""))
+        tx.put(tx.db.meta, DIR_MARKERS, b"1")
+
+
+def _mark_empty_below(tx: Tx, directory: Inode, where: tuple[int, bytes]) -> None:
+    empty = True
+    for entry in readdir(tx, directory.ino, 0, 1 << 62):
+        empty = False
+        if stat.S_ISDIR(entry.mode_type):
+            _mark_empty_below(tx, get_inode(tx, entry.ino),
+                              (where[0], where[1] + entry.name + b"/"))
+    if empty:
+        _mark_empty(tx, where, directory.ino, empty=True)
 
 
 def new_inode(tx: Tx, mode: int, uid: int, gid: int, *, parent: int, name: bytes = b"",
@@ -151,16 +170,43 @@ def _index_file(tx: Tx, where: tuple[int, bytes] | None, name: bytes, ino: int, 
         tx.delete(tx.db.keys, key)
 
 
+def marker_key(where: tuple[int, bytes] | None) -> bytes | None:
+    """The key-index key of a directory whose own files sit at `where`: its path with a
+    trailing '/' (S3's folder marker); None for a bucket itself, outside buckets, or past
+    the index's key limit."""
+    if where is None or not where[1]:
+        return None
+    key = U64.pack(where[0]) + where[1]
+    return key if len(key) <= MAX_INDEX_KEY else None
+
+
+def _mark_empty(tx: Tx, where: tuple[int, bytes] | None, ino: int, empty: bool) -> None:
+    """An empty directory in a bucket is an object to S3, as a folder marker ('a/b/', no
+    bytes) is: keyed while it is empty, not once it holds anything."""
+    key = marker_key(where)
+    if key is None:
+        return
+    if empty:
+        tx.put(tx.db.keys, key, U64.pack(ino))
+    else:
+        tx.delete(tx.db.keys, key)
+
+
 def index_subtree(tx: Tx, directory: Inode, where: tuple[int, bytes] | None, add: bool) -> None:
-    """Add or remove the keys of every file below `directory`, whose own files sit at `where`."""
+    """Add or remove the keys of every file below `directory`, whose own files sit at `where`,
+    and the folder markers of its empty directories (itself included)."""
     if where is None:
         return
+    empty = True
     for entry in readdir(tx, directory.ino, 0, 1 << 62):
+        empty = False
         if stat.S_ISREG(entry.mode_type):
             _index_file(tx, where, entry.name, entry.ino, add)
         elif stat.S_ISDIR(entry.mode_type):
             child = get_inode(tx, entry.ino)
             index_subtree(tx, child, (where[0], where[1] + entry.name + b"/"), add)
+    if empty:
+        _mark_empty(tx, where, directory.ino, add)
 
 
 def _dir_location(tx: Tx, directory: Inode) -> tuple[int, bytes] | None:
@@ -176,10 +222,12 @@ def add_entry(tx: Tx, origin: int, parent: Inode, name: bytes, child: Inode,
     tx.put(tx.db.dirents, dirent_key(parent.ino, name),
            DIRENT.pack(child.ino, cookie, stat.S_IFMT(child.mode)))
     tx.put(tx.db.dircookies, U64.pack(parent.ino) + U64.pack(cookie), name)
+    where = _dir_location(tx, parent)
     if child.is_file:
-        _index_file(tx, _dir_location(tx, parent), name, child.ino, add=True)
+        _index_file(tx, where, name, child.ino, add=True)
     elif child.is_dir:
         index_subtree(tx, child, _child_dir_location(tx, parent, name, child.ino), add=True)
+    _mark_empty(tx, where, parent.ino, empty=False)
     now = time.time_ns()
     parent.mtime_ns = parent.ctime_ns = now
     if child.is_dir:
@@ -203,10 +251,13 @@ def remove_entry(tx: Tx, origin: int, parent: Inode, name: bytes, child: Inode) 
     _ino, cookie, _mode = DIRENT.unpack(raw)
     tx.delete(tx.db.dirents, dirent_key(parent.ino, name))
     tx.delete(tx.db.dircookies, U64.pack(parent.ino) + U64.pack(cookie))
+    where = _dir_location(tx, parent)
     if child.is_file:
-        _index_file(tx, _dir_location(tx, parent), name, child.ino, add=False)
+        _index_file(tx, where, name, child.ino, add=False)
     elif child.is_dir:
         index_subtree(tx, child, _child_dir_location(tx, parent, name, child.ino), add=False)
+    if where is not None and not readdir(tx, parent.ino, 0, 1):
+        _mark_empty(tx, where, parent.ino, empty=True)
     now = time.time_ns()
     parent.mtime_ns = parent.ctime_ns = now
     if child.is_dir:

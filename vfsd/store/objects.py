@@ -55,6 +55,8 @@ from .records import ROOT_INO, ChangeOp, Inode, InodeFlags, ino_key
 from .segments import Extents
 from .store import Store
 
+EMPTY_ETAG = listing.EMPTY_ETAG
+
 CREATED_XATTR = b"vfsd.s3.created"
 USER_PREFIX = b"user."
 S3_PREFIX = b"user.s3."
@@ -175,8 +177,8 @@ class Objects:
             return self._bucket_info(tx, inode)
 
     def delete_bucket(self, name: str) -> None:
-        """Remove a bucket that holds no objects (empty directories below it go with it);
-        NotEmpty if it holds objects or anything that is not a directory. Its unfinished
+        """Remove a bucket that holds no objects; NotEmpty if it holds objects (an empty
+        directory is one: a folder marker) or anything that is not a directory. Its unfinished
         multipart uploads go with it (as in S3). One transaction."""
         with self.env.write() as tx:
             bucket = self.bucket_inode(tx, name)
@@ -200,10 +202,22 @@ class Objects:
     # --- reading ---------------------------------------------------------------------------
 
     def _lookup(self, tx: Tx, bucket: Inode, key: bytes) -> Inode | None:
+        """The file a key names, or for a key ending in '/' (a folder marker) the directory:
+        an empty one is in the key index; one holding objects is found in the tree."""
         if not key or len(key) > self.max_key:
             return None
         raw = tx.get(tx.db.keys, U64.pack(bucket.ino) + key)
-        return namespace.get_inode(tx, U64.unpack(raw)[0]) if raw else None
+        if raw:
+            return namespace.get_inode(tx, U64.unpack(raw)[0])
+        if key.endswith(b"/") and len(key) > 1:
+            inode = bucket
+            for part in key[:-1].split(b"/"):
+                entry = namespace.lookup(tx, inode.ino, part)
+                if entry is None or not stat.S_ISDIR(entry.mode_type):
+                    return None
+                inode = namespace.get_inode(tx, entry.ino)
+            return inode
+        return None
 
     def _info(self, tx: Tx, bucket: str, key: bytes, inode: Inode) -> tuple[ObjectInfo, bool]:
         """The object's attributes and xattrs; the flag says whether its ETag is current."""
@@ -233,6 +247,9 @@ class Objects:
         if fresh and parts is not None and parts[0] == fingerprint and info.etag.endswith(
                 f"-{len(parts[1])}"):
             info.part_sizes = parts[1]
+        if inode.is_dir:  # a folder marker: no bytes
+            info.size, info.etag, info.checksum, info.part_sizes = 0, EMPTY_ETAG, None, None
+            return info, True
         return info, fresh
 
     def head_object(self, bucket: str, key: bytes) -> ObjectInfo:
@@ -497,6 +514,8 @@ class Objects:
         may be a callable giving the pair once the body is consumed (a trailing checksum)."""
         metadata, headers = dict(metadata or {}), dict(headers or {})
         _check_metadata(metadata)
+        if key.endswith(b"/"):
+            return self._put_folder(bucket, key, bodies, content_md5, checksum, conditions)
         parts = self.check_key(key)
         with self.env.read() as tx:  # fail fast, before reading a body
             existing = self._lookup(tx, self.bucket_inode(tx, bucket), key)
@@ -537,9 +556,44 @@ class Objects:
         replaces, inside the transaction that replaces it."""
         if conditions:
             current = None
-            if existing is not None:
+            if existing is not None and existing.is_dir:
+                current = EMPTY_ETAG
+            elif existing is not None:
                 current = self._etag_in_tx(tx, existing)[0] if needs_etag(conditions) else ""
             conditions.check(current, existing.mtime_ns if existing else 0, reading=False)
+
+    def _put_folder(self, bucket: str, key: bytes,
+                    bodies: Iterable[bytes | bytearray | memoryview],
+                    content_md5: bytes | None,
+                    checksum: tuple[str, str] | Callable[[], tuple[str, str]] | None,
+                    conditions: Conditions | None) -> ObjectInfo:
+        """PUT of a key ending in '/', S3's folder marker (consoles, rclone, s3fs make them):
+        the directory, made with its parents if missing. It holds no bytes; while empty it
+        lists as that key, as a directory made on the mount does."""
+        parts = self.check_key(key[:-1])
+        for piece in bodies:  # read to the end: the body stream checks its signature there
+            if len(piece):
+                raise InvalidArgument("a key ending in '/' is a folder: it holds no bytes")
+        if content_md5 is not None and content_md5 != hashlib.md5(b"").digest():
+            raise BadDigest("the Content-MD5 you specified did not match what was received")
+        if callable(checksum):
+            checksum()
+        with self.env.write() as tx:
+            b = self.bucket_inode(tx, bucket)
+            self.check_write_conditions(tx, self._lookup(tx, b, key), conditions)
+            folder = b
+            for depth, part in enumerate(parts):
+                entry = namespace.lookup(tx, folder.ino, part)
+                if entry is None:
+                    folder = namespace.make(tx, self.origin, folder.ino, part, DIR_MODE, 0, 0)
+                    continue
+                folder = namespace.get_inode(tx, entry.ino)
+                if not folder.is_dir:
+                    path = b"/".join(parts[:depth + 1]).decode(errors="replace")
+                    raise KeyConflict(f"{path!r} is an object (or not a directory), so it "
+                                      "cannot be a folder")
+        return ObjectInfo(bucket, key, folder.ino, 0, folder.mtime_ns, folder.version,
+                          EMPTY_ETAG)
 
     def copy_object(self, src_bucket: str, src_key: bytes, dst_bucket: str, dst_key: bytes, *,
                     replace_metadata: bool = False,
@@ -555,6 +609,9 @@ class Objects:
         metadata, headers = dict(metadata or {}), dict(headers or {})
         if replace_metadata:
             _check_metadata(metadata)
+        if src_key.endswith(b"/") or dst_key.endswith(b"/"):
+            return self._copy_folder(src_bucket, src_key, dst_bucket, dst_key,
+                                     source_conditions)
         parts = self.check_key(dst_key)
         for _attempt in range(_RETRIES):
             try:
@@ -565,6 +622,17 @@ class Objects:
             except etags.NeedEtag as need:
                 self.etag(need.ino)
         raise ObjectChanged("the source kept changing while its ETag was computed")
+
+    def _copy_folder(self, src_bucket: str, src_key: bytes, dst_bucket: str, dst_key: bytes,
+                     source_conditions: Conditions | None) -> ObjectInfo:
+        """A folder marker copies to a folder marker (rclone copies empty directories so)."""
+        if not (src_key.endswith(b"/") and dst_key.endswith(b"/")):
+            raise InvalidArgument("a folder marker (a key ending in '/') copies only to "
+                                  "another one")
+        source = self.head_object(src_bucket, src_key)
+        if source_conditions:
+            source_conditions.check(source.etag, source.mtime_ns, reading=False)
+        return self._put_folder(dst_bucket, dst_key, [], None, None, None)
 
     def _copy(self, tx: Tx, src_bucket: str, src_key: bytes, dst_bucket: str, dst_key: bytes,
               parts: list[bytes], replace_metadata: bool, metadata: dict[str, str],
@@ -648,6 +716,8 @@ class Objects:
         inode = self._lookup(tx, bucket, key)
         if inode is None:
             return False
+        if inode.is_dir:
+            return self._delete_folder(tx, bucket, key, inode)
         parts = key.split(b"/")
         chain = [bucket]
         for part in parts[:-1]:
@@ -660,12 +730,35 @@ class Objects:
         # A file the mount (or another process) has open is parked, not freed under its reads.
         namespace.unlink(tx, self.origin, chain[-1].ino, parts[-1],
                          still_open=self.store.opens.held(inode.ino))
+        self._remove_emptied(tx, chain, parts)
+        return True
+
+    def _delete_folder(self, tx: Tx, bucket: Inode, key: bytes, folder: Inode) -> bool:
+        """DELETE of a folder marker: the directory goes if it is empty (it is the marker);
+        one that holds objects stays, as those objects stay on S3."""
+        if namespace.readdir(tx, folder.ino, 0, 1):
+            return True
+        parts = key[:-1].split(b"/")
+        chain = [bucket]
+        for part in parts[:-1]:
+            entry = namespace.lookup(tx, chain[-1].ino, part)
+            if entry is None:
+                raise KeyConflict("the key index and the tree disagree")  # fsck would say
+            chain.append(namespace.get_inode(tx, entry.ino))
+        if folder.flags & InodeFlags.READONLY:
+            raise ReadOnly(f"{key.decode(errors='replace')!r} is read-only")
+        namespace.check_writable_dir(chain[-1])
+        namespace.rmdir(tx, self.origin, chain[-1].ino, parts[-1])
+        self._remove_emptied(tx, chain, parts)
+        return True
+
+    def _remove_emptied(self, tx: Tx, chain: list[Inode], parts: list[bytes]) -> None:
+        """The implicit parent directories a deletion left empty go too (not the bucket)."""
         for depth in range(len(chain) - 1, 0, -1):
             directory = namespace.get_inode(tx, chain[depth].ino)
             if directory.flags & InodeFlags.READONLY or namespace.readdir(tx, directory.ino, 0, 1):
                 break
             namespace.rmdir(tx, self.origin, chain[depth - 1].ino, parts[depth - 1])
-        return True
 
     # --- listing ---------------------------------------------------------------------------
 
