@@ -411,18 +411,7 @@ class Objects:
         """Inside a write transaction: make the key's implicit parent directories and return
         (parent directory, existing file or None). Refuses paths that need a file and a
         directory at one place; an empty directory where the file goes is replaced."""
-        parent = bucket
-        for depth, part in enumerate(parts[:-1]):
-            entry = namespace.lookup(tx, parent.ino, part)
-            if entry is None:
-                parent = namespace.make(tx, self.origin, parent.ino, part, DIR_MODE, 0, 0)
-                continue
-            child = namespace.get_inode(tx, entry.ino)
-            if not child.is_dir:
-                path = b"/".join(parts[:depth + 1]).decode(errors="replace")
-                raise KeyConflict(f"{path!r} is an object (or not a directory), so it cannot "
-                                  "hold other objects")
-            parent = child
+        parent = self._directories(tx, bucket, parts[:-1])
         name = parts[-1]
         entry = namespace.lookup(tx, parent.ino, name)
         if entry is None:
@@ -438,6 +427,21 @@ class Objects:
         if not existing.is_file:
             raise KeyConflict(f"{key!r} is a symlink or special file")
         return parent, existing
+
+    def _directories(self, tx: Tx, bucket: Inode, parts: list[bytes]) -> Inode:
+        """The directory at `parts` below the bucket, made with its parents where missing."""
+        directory = bucket
+        for depth, part in enumerate(parts):
+            entry = namespace.lookup(tx, directory.ino, part)
+            if entry is None:
+                directory = namespace.make(tx, self.origin, directory.ino, part, DIR_MODE, 0, 0)
+                continue
+            directory = namespace.get_inode(tx, entry.ino)
+            if not directory.is_dir:
+                path = b"/".join(parts[:depth + 1]).decode(errors="replace")
+                raise KeyConflict(f"{path!r} is an object (or not a directory), so it cannot "
+                                  "hold other objects")
+        return directory
 
     def _install(self, tx: Tx, parent: Inode, existing: Inode | None, name: bytes,
                  key: bytes, metadata: Mapping[str, str], headers: Mapping[str, str],
@@ -581,17 +585,7 @@ class Objects:
         with self.env.write() as tx:
             b = self.bucket_inode(tx, bucket)
             self.check_write_conditions(tx, self._lookup(tx, b, key), conditions)
-            folder = b
-            for depth, part in enumerate(parts):
-                entry = namespace.lookup(tx, folder.ino, part)
-                if entry is None:
-                    folder = namespace.make(tx, self.origin, folder.ino, part, DIR_MODE, 0, 0)
-                    continue
-                folder = namespace.get_inode(tx, entry.ino)
-                if not folder.is_dir:
-                    path = b"/".join(parts[:depth + 1]).decode(errors="replace")
-                    raise KeyConflict(f"{path!r} is an object (or not a directory), so it "
-                                      "cannot be a folder")
+            folder = self._directories(tx, b, parts)
         return ObjectInfo(bucket, key, folder.ino, 0, folder.mtime_ns, folder.version,
                           EMPTY_ETAG)
 
