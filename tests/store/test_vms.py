@@ -79,6 +79,30 @@ def test_resize_grows_and_rewrites_descriptor(store):
         vms.resize("web", GiB)
 
 
+def test_resize_is_refused_while_the_disk_is_written_and_volumes_grow_too(store):
+    from vfsd.store.leases import Holder
+
+    vms = Vms(store)
+    vms.create("web", GiB, GiB)
+    flat = store.resolve("vms/web/web-flat.vmdk")
+    holder = Holder.this_process("mount")  # a running VM: QEMU has the disk open
+    store.leases.acquire(flat.ino, holder)
+    try:
+        with pytest.raises(Busy):
+            vms.resize("web", 2 * GiB)
+    finally:
+        store.leases.release(flat.ino, holder)
+    assert store.resolve("vms/web/web-flat.vmdk").size == GiB  # nothing half-done
+    assert b"RW 2097152 FLAT" in store.read_file("vms/web/web.vmdk")
+    vms.create_volume("data", GiB)
+    vms.attach("data", "web")
+    assert vms.resize_volume("data", 3 * GiB).size == 3 * GiB
+    assert store.resolve("vms/web/data-flat.vmdk").size == 3 * GiB  # the same inode
+    assert b"RW 6291456 FLAT" in store.read_file("vms/web/data.vmdk")
+    with pytest.raises(PermissionDenied):
+        vms.resize_volume("data", GiB)
+
+
 def test_volume_moves_between_vms_and_survives_vm_rm(store):
     vms = Vms(store)
     vms.create("a", GiB, GiB)

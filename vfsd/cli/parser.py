@@ -41,6 +41,7 @@ from .vm_verbs import (
     cmd_volume_create,
     cmd_volume_detach,
     cmd_volume_ls,
+    cmd_volume_resize,
     cmd_volume_rm,
 )
 
@@ -117,7 +118,8 @@ def build_parser() -> Parser:
     p = verb(vm_verbs, "rm", cmd_vm_rm, "delete a VM and its instance disks",
              "Delete vms/NAME/ and the VM's own disks. Attached volumes are detached and kept.")
     p.add_argument("name")
-    p = verb(vm_verbs, "resize", cmd_vm_resize, "grow a VM's disk", json=True)
+    p = verb(vm_verbs, "resize", cmd_vm_resize, "grow a VM's disk (refused while it runs)",
+             json=True)
     p.add_argument("name")
     p.add_argument("--disk", type=size_arg, required=True, metavar="SIZE",
                    help="the new size; shrinking is refused")
@@ -189,7 +191,8 @@ def build_parser() -> Parser:
     p.add_argument("dst")
     p.add_argument("--snapshot", metavar="SNAP", help="clone this snapshot of SRC instead")
 
-    volume = verbs.add_parser("volume", help="detachable disks: create, ls, attach, detach, snapshot, rm",
+    volume = verbs.add_parser("volume", help="detachable disks: create, ls, attach, detach, resize, "
+                              "snapshot, rm",
                               description="Volumes live in volumes/ and outlive the VMs they "
                               "are attached to (a hard link into the VM's directory).")
     vol_verbs = volume.add_subparsers(dest="volume_verb", metavar="VERB", required=True,
@@ -204,6 +207,11 @@ def build_parser() -> Parser:
     p.add_argument("--vm", required=True, help="the VM to attach it to")
     p = verb(vol_verbs, "detach", cmd_volume_detach, "detach a volume from its VM")
     p.add_argument("name")
+    p = verb(vol_verbs, "resize", cmd_volume_resize,
+             "grow a volume (refused while a running VM has it)", json=True)
+    p.add_argument("name")
+    p.add_argument("--size", type=size_arg, required=True, metavar="SIZE",
+                   help="the new size; shrinking is refused")
     p = verb(vol_verbs, "rm", cmd_volume_rm, "delete a detached volume")
     p.add_argument("name")
     p = verb(vol_verbs, "snapshot", cmd_snapshot, "snapshot a volume (metadata only)",

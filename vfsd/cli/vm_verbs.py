@@ -251,6 +251,13 @@ def cmd_volume_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_volume_resize(args: argparse.Namespace) -> int:
+    with open_store(args) as store:
+        info = Vms(store).resize_volume(args.name, args.size)
+    emit(args, info.as_dict(), f"volume {info.name}: {format_size(info.size)}")
+    return 0
+
+
 def cmd_volume_ls(args: argparse.Namespace) -> int:
     with open_store(args) as store:
         vms = Vms(store)

@@ -10,6 +10,7 @@ bodies staged before it.
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import namespace
@@ -234,24 +235,40 @@ class Vms:
             namespace.remove_tree(tx, self.origin, vms, name.encode())
 
     def resize(self, name: str, disk_size: int) -> VmInfo:
-        """Grow disk 0 (the descriptor is regenerated); shrinking would lose data: refused."""
+        """Grow disk 0 (the descriptor is regenerated); shrinking would lose data: refused,
+        as is a VM that runs (QEMU holds the disk's old size)."""
+        self._grow(lambda tx: self._vm_dir(tx, name), name, f"VM {name}", disk_size)
+        return self.show(name)
+
+    def resize_volume(self, name: str, size: int) -> VolumeInfo:
+        """Grow a volume, as `resize` a VM's disk (refused while a running VM has it)."""
+        self._grow(lambda tx: self._volume_extent(tx, name)[0], name, f"volume {name}", size)
+        return self.show_volume(name)
+
+    def _grow(self, directory_of: Callable[[Tx], Inode], base: str, what: str,
+              disk_size: int) -> None:
+        """Grow the disk `base`-flat.vmdk in the directory and regenerate `base`.vmdk."""
         disk_size = check_disk_size(disk_size)
-        desc = descriptor(f"{name}-flat.vmdk", disk_size)
+        desc = descriptor(f"{base}-flat.vmdk", disk_size)
         staged = self.store.data.stage_bytes(desc)
+        with self.store.env.read() as tx:
+            extent = self._child(tx, directory_of(tx), f"{base}-flat.vmdk")
+        if extent is not None:
+            # The mount writing it back would undo the new size under the guest (QA pass).
+            self._check_not_written([extent], what)
         with self.store.env.write() as tx:
-            vm_dir = self._vm_dir(tx, name)
-            extent = self._child(tx, vm_dir, f"{name}-flat.vmdk")
-            descriptor_inode = self._child(tx, vm_dir, f"{name}.vmdk")
+            directory = directory_of(tx)
+            extent = self._child(tx, directory, f"{base}-flat.vmdk")
+            descriptor_inode = self._child(tx, directory, f"{base}.vmdk")
             if extent is None or descriptor_inode is None:
-                raise NotFound(f"VM {name} has no disk {name}.vmdk")
+                raise NotFound(f"{what} has no disk {base}.vmdk")
             if disk_size < extent.size:
                 raise PermissionDenied(
-                    f"shrinking {name}'s disk from {extent.size} to {disk_size} bytes would "
+                    f"shrinking {what}'s disk from {extent.size} to {disk_size} bytes would "
                     "lose data; only growing is supported")
             extent.size = disk_size
             namespace.put_inode(tx, extent)
             self.store.data.install(tx, descriptor_inode.ino, staged, len(desc))
-        return self.show(name)
 
     # --- volumes -------------------------------------------------------------------------
 
