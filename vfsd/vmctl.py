@@ -62,7 +62,9 @@ def command(store: Store, name: str, accel: str = "auto", console: bool = False,
     info = Vms(store).show(name)
     vm_dir = mountpoint / "vms" / name
     runtime = VmRuntime.of(store, name)
-    disks = [Path(d.descriptor) for d in info.disks] + [Path(f"{name}.vswp")]
+    # The raw extents, not the descriptors: QEMU's vmdk driver drops discards, so a guest's
+    # TRIM would never give space back to the pool (a QA pass; tests/vm/test_guest_disk.py).
+    disks = [Path(d.extent) for d in info.disks] + [Path(f"{name}.vswp")]
     try:
         resolved = qemu.choose_accel(accel)
     except ValueError as e:
@@ -71,7 +73,7 @@ def command(store: Store, name: str, accel: str = "auto", console: bool = False,
         vm_dir, name, info.memory, disks, firmware=info.firmware, accel=resolved,
         cache="none", discard="unmap", detect_zeroes="unmap",
         serial="stdio" if console else runtime.console, qmp_socket=runtime.qmp,
-        formats=[None] * len(info.disks) + ["raw"],
+        formats=["raw"] * (len(info.disks) + 1),
         kernel=kernel, initrd=initrd, append=append,
     )
 

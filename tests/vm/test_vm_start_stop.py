@@ -64,6 +64,13 @@ def test_start_refuse_stop(store_path: Path, mount: Mount):
         assert running_qemu(store_path) == pid
         removing = vfsd(store_path, "vm", "rm", VM)  # would orphan QEMU and its files
         assert removing.returncode != 0 and "is running" in removing.stderr, removing.stderr
+        resizing = vfsd(store_path, "vm", "resize", VM, "--disk", "2G")  # QEMU has the disk
+        assert resizing.returncode != 0 and resizing.stderr.count("\n") == 1, resizing.stderr
+        # QEMU runs the raw extents, where guest discards reach the store (not the vmdk
+        # driver, which drops them).
+        args = vfsd(store_path, "vm", "qemu-args", VM, "--accel", "tcg").stdout
+        assert f"{VM}-flat.vmdk,format=raw,cache=none,discard=unmap" in args, args
+        assert f"{VM}.vmdk," not in args, args
 
         stopped = vfsd(store_path, "vm", "stop", VM, "--timeout", "2")
         assert stopped.returncode == 0, stopped.stderr

@@ -154,8 +154,9 @@ def build_parser() -> Parser:
     p = vm_verbs.add_parser("qemu-args", parents=[common, accel_opts],
                             help="print the QEMU command line `vm start` would run",
                             description="Print the QEMU command that runs the VM from its files "
-                            "on the store's live mount (descriptors as vmdk with cache=none "
-                            "and discard=unmap, the swap file as an extra disk).")
+                            "on the store's live mount (each disk's raw -flat.vmdk extent with "
+                            "cache=none and discard=unmap, so guest TRIM frees pool space; the "
+                            "swap file as an extra disk).")
     p.add_argument("name")
     p.set_defaults(func=cmd_vm_qemu_args)
     p = vm_verbs.add_parser("start", parents=[common, accel_opts], help="start a VM in QEMU",
