@@ -118,6 +118,32 @@ def test_lost_chunk_becomes_a_hole_and_the_file_is_reported(store, probe) -> Non
     probe.fsck_clean(store)
 
 
+@pytest.mark.parametrize("how", ["truncated", "deleted"])
+def test_chunks_of_a_cut_or_missing_segment_become_holes(store, probe, how) -> None:
+    """A segment file cut short or deleted (a QA pass): its chunks are gone, not corrupt, so
+    repair makes them holes and names the files, and the store is clean afterwards."""
+    data = store.read_file("bucket/dir/a.bin")
+    _digest, location = chunk_of(store, "bucket/dir/a.bin", 5)
+    path = store.segments.path(location.segment)
+    if how == "truncated":
+        with open(path, "r+b") as f:
+            f.truncate(location.offset + 10)  # chunks 0-4 stay whole, 5 and on are cut
+    else:
+        path.unlink()
+    store.segments.forget({location.segment})
+    summary = fsck.check(store).summary()
+    assert "problem" in summary and " -" not in summary  # no negative byte counts
+    report = repair(store)
+    assert report.corrupt == {} and report.damaged
+    lost = {tuple(d.paths): d.lost_chunks for d in report.damaged}
+    assert 5 in lost[("/bucket/dir/a.bin",)]
+    got = store.read_file("bucket/dir/a.bin")
+    for i in range(8):
+        part = got[i * CS:(i + 1) * CS]
+        assert part == (bytes(CS) if i in lost[("/bucket/dir/a.bin",)] else data[i * CS:(i + 1) * CS])
+    probe.fsck_clean(store)
+
+
 def test_deleted_key_index_entry_is_rebuilt(store, probe) -> None:
     objects = Objects(store)
     bucket = store.resolve("bucket").ino

@@ -88,8 +88,10 @@ def build_parser() -> Parser:
              "entries, link counts and the S3 key index agree. Exits 3 if anything is "
              "damaged. With --repair, first rebuild what can be derived from the chunk maps "
              "(refcounts, counters, the S3 key index, directory cookies), re-index chunks "
-             "found intact in segments, turn lost chunks into holes (reporting the files), "
-             "and run a gc pass. Unreferenced bytes (dead records, orphans of interrupted "
+             "found intact in segments, turn lost chunks (records gone with a cut or missing "
+             "segment file) into holes, reporting the files, and run a gc pass. A chunk whose "
+             "bytes are there but fail their checksum, with no intact copy, is left and named "
+             "(reads of it fail with EIO): restore or delete those files. Unreferenced bytes (dead records, orphans of interrupted "
              "writes, padding) are not damage: gc gives a segment back once at least half of "
              "it is unreferenced.")
     p.add_argument("--repair", action="store_true", help="repair, then check")

@@ -184,7 +184,9 @@ def check(store: Store, progress: Progress = no_progress) -> FsckReport:
                 sizes.pop(info.segment, None)  # waiting out its grace period: not counted
         report.segments = len(sizes)
         report.segment_bytes = sum(sizes.values())
-        report.live_bytes = sum(live.values())
+        # Records past the end of a truncated or missing file are damage, reported above;
+        # they are not counted as bytes the files hold.
+        report.live_bytes = sum(min(n, sizes.get(seg, 0)) for seg, n in live.items())
         for segment in live:
             if segment not in sizes:
                 bad(f"segment {segment} holds live chunks but its file is missing")

@@ -6,9 +6,12 @@ The chunk maps and directory entries are the truth; the rest is rebuilt from the
 - a chunk-map entry whose chunk is not indexed is first looked for in the segment files (a
   record whose body hashes to the name is indexed again); if no such record exists the slot
   becomes a hole and the file is reported as damaged, with its paths;
-- a chunk whose body fails its CRC or hash is repointed at an intact copy in another record
-  if one exists, else left in place (reads of it fail with Corrupt, EIO on the mount) and
-  reported with the paths of the files using it;
+- a chunk whose record is gone (its segment file missing, or cut short before the record's
+  end) is repointed at an intact copy in another record if one exists, else it is lost: the
+  slots naming it become holes and the files are reported as damaged, with their paths;
+- a chunk whose body is there but fails its CRC or hash is repointed at an intact copy if one
+  exists, else left in place (reads of it fail with Corrupt, EIO on the mount: the bytes may
+  still matter to someone) and reported with the paths of the files using it;
 - reference counts, unreferenced index entries, per-inode `stored` bytes, nlink, the physical
   and logical byte counters, segment live bytes, and the S3 key index.
 Then one gc pass reclaims orphan and dead segment bytes.
@@ -97,13 +100,16 @@ def repair(store: Store, progress: Progress = no_progress, *, grace: float = gc.
     for digest, location in progress(list(indexed.items()), len(indexed), "verify"):
         if not _intact(store, digest, location):
             bad[digest] = location
+    sizes = store.segments.segment_sizes()
+    gone = {digest for digest, location in bad.items()
+            if location.offset + location.length > sizes.get(location.segment, 0)}
     wanted = (referenced - indexed.keys()) | bad.keys()
     found = _find_records(store, wanted, retired, progress) if wanted else {}
 
     # 2. one write transaction: rebuild from the chunk maps and the entries
     with store.env.write() as tx:
         _fix_entries(tx, store, report)
-        _fix_chunks(tx, store, report, bad, found)
+        _fix_chunks(tx, store, report, bad, gone, found)
         _fix_keys(tx, report)
     # 3. reclaim what is dead now (short transactions of their own)
     report.gc = gc.collect(store, grace=grace, dead_ratio=dead_ratio)
@@ -184,7 +190,7 @@ def _fix_entries(tx: Tx, store: Store, report: RepairReport) -> None:
 
 
 def _fix_chunks(tx: Tx, store: Store, report: RepairReport, bad: dict[bytes, ChunkLocation],
-                found: dict[bytes, ChunkLocation]) -> None:
+                gone: set[bytes], found: dict[bytes, ChunkLocation]) -> None:
     cs = store.chunk_size
     # chunk index entries re-found in segments, or repointed at an intact copy
     for digest, location in found.items():
@@ -198,6 +204,8 @@ def _fix_chunks(tx: Tx, store: Store, report: RepairReport, bad: dict[bytes, Chu
     if report.recovered:
         report.fixed.append(f"{report.recovered} chunks indexed again from intact segment "
                             "records")
+    for digest in gone - found.keys():  # no bytes left anywhere: lost, holes below
+        tx.delete(tx.db.chunks, digest)
     # the chunk maps: count references, drop entries that cannot stand
     refs: Counter[bytes] = Counter()
     stored: Counter[int] = Counter()
