@@ -21,6 +21,9 @@ def register(store: Path, mountpoint: Path) -> Path:
     mounted would stat our own mount before we serve it, a deadlock."""
     entry = store / MOUNTS_DIR / f"{os.getpid()}.json"
     entry.parent.mkdir(parents=True, exist_ok=True)
+    for other in entry.parent.glob("*.json"):  # those of mounts killed before cleaning up
+        if _live(other) is None:
+            other.unlink(missing_ok=True)
     tmp = entry.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(),
                                "start_time": process_start_time(os.getpid()),
@@ -35,11 +38,18 @@ def find_mountpoint(store: Path) -> Path | None:
     if not directory.is_dir():
         return None
     for entry in sorted(directory.glob("*.json")):
-        try:
-            info = json.loads(entry.read_text())
-        except (OSError, ValueError):
-            continue
-        if process_start_time(info["pid"]) == info["start_time"]:
-            return Path(info["mountpoint"])
+        mountpoint = _live(entry)
+        if mountpoint is not None:
+            return mountpoint
         entry.unlink(missing_ok=True)  # a daemon that died without cleaning up
     return None
+
+
+def _live(entry: Path) -> Path | None:
+    """The mount point an entry names if its daemon still runs."""
+    try:
+        info = json.loads(entry.read_text())
+        alive = process_start_time(info["pid"]) == info["start_time"]
+        return Path(info["mountpoint"]) if alive else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -195,3 +195,15 @@ def test_a_long_vm_name_gets_one_limit_whatever_its_length(store):
         line = one_line_error(vfsd("vm", "create", "v" * length, "--disk", "1G", "--memory",
                                    "1G", store=store))
         assert f"{length} bytes; 200 at most" in line, line
+
+
+def test_a_reader_that_leaves_early_is_no_error(store):
+    """`vfsd stats | head -1`: the pipe closes before vfsd is done writing."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "vfsd", "stats", "--store", str(store)],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.stderr == "" and result.returncode == 141

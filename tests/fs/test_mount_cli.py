@@ -147,3 +147,20 @@ def test_a_mount_whose_daemon_was_killed_gets_a_hint_to_unmount(store_path: Path
     subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
     assert vfsd("mount", "--store", store_path, mnt).returncode == 0  # as the hint says
     subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+
+
+def test_registry_entries_of_killed_mounts_are_cleared(store_path: Path, tmp_path: Path, mount):
+    """Each mount records itself in STORE/run/mounts; entries of daemons killed with -9 went
+    only when a lookup happened to reach them (a QA pass found seven after six kills)."""
+    from vfsd.mounts import MOUNTS_DIR, register
+
+    registry = store_path / MOUNTS_DIR
+    dead = [registry / f"{pid}.json" for pid in (999_999_001, 999_999_002)]
+    for entry in dead:
+        entry.write_text('{"pid": %s, "start_time": 1, "mountpoint": "/nowhere"}' % entry.stem)
+    entry = register(store_path, tmp_path / "elsewhere")  # as a second mount would
+    try:
+        assert {p.name for p in registry.glob("*.json")} == {
+            f"{mount.proc.pid}.json", f"{os.getpid()}.json"}  # the live mount's and ours
+    finally:
+        entry.unlink()

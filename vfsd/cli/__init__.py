@@ -32,6 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vfsd: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `vfsd stats | head`: the reader has gone, as with any Unix tool, quietly. Python
+        # flushes stdout again at exit; point it at /dev/null so that write cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe killed
     except OSError as e:
         print(f"vfsd: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
               file=sys.stderr)
