@@ -7,6 +7,7 @@ stopped, and refused while another process has the disk open for writing through
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -72,10 +73,17 @@ def test_start_refuse_stop(store_path: Path, mount: Mount):
         assert f"{VM}-flat.vmdk,format=raw,cache=none,discard=unmap" in args, args
         assert f"{VM}.vmdk," not in args, args
 
+        # What QEMU says of the guest (a full pool pauses it with io-error).
+        listed = json.loads(vfsd(store_path, "vm", "ls", "--json").stdout)
+        assert [(v["name"], v["state"]) for v in listed] == [(VM, "running")]
+        assert "running" in vfsd(store_path, "vm", "show", VM).stdout.splitlines()[0]
+
         stopped = vfsd(store_path, "vm", "stop", VM, "--timeout", "2")
         assert stopped.returncode == 0, stopped.stderr
         assert process_start_time(pid) is None, "QEMU still runs after vm stop"
         assert running_qemu(store_path) is None
+        assert json.loads(vfsd(store_path, "vm", "show", VM, "--json").stdout)[
+            "state"] == "stopped"
 
         not_running = vfsd(store_path, "vm", "stop", VM)
         assert not_running.returncode != 0 and "not running" in not_running.stderr

@@ -19,8 +19,9 @@ from .common import emit, open_store, store_path
 OVMF_VARS = (Path("/usr/share/OVMF/OVMF_VARS_4M.fd"), Path("/usr/share/OVMF/OVMF_VARS.fd"))
 
 
-def describe_vm(info: VmInfo) -> str:
-    lines = [f"VM {info.name}: memory {format_size(info.memory)}, firmware {info.firmware}"]
+def describe_vm(info: VmInfo, state: str | None = None) -> str:
+    lines = [f"VM {info.name}: memory {format_size(info.memory)}, firmware {info.firmware}"
+             + (f", {state}" if state else "")]
     for disk in info.disks:
         kind = f"volume {disk.volume}" if disk.volume else "instance disk"
         lines.append(f"  {disk.descriptor:24} {format_size(disk.size):>10} "
@@ -46,6 +47,8 @@ def cmd_vm_create(args: argparse.Namespace) -> int:
 
 
 def cmd_vm_ls(args: argparse.Namespace) -> int:
+    from vfsd import vmctl
+
     rows: list[tuple[dict[str, Any], str]] = []
     with open_store(args) as store:
         vms = Vms(store)
@@ -58,16 +61,21 @@ def cmd_vm_ls(args: argparse.Namespace) -> int:
                 rows.append(({"name": name, "error": str(e)}, f"{name:24} (broken: {e})"))
                 continue
             disk = format_size(sum(d.size for d in info.disks))
-            line = f"{info.name:24} {format_size(info.memory):>10} memory  {disk:>10} disk  "
-            rows.append((info.as_dict(), line + info.firmware))
+            state = vmctl.state(store, name)
+            line = (f"{info.name:24} {state:10} {format_size(info.memory):>10} memory  "
+                    f"{disk:>10} disk  {info.firmware}")
+            rows.append(({**info.as_dict(), "state": state}, line))
     emit(args, [row for row, _ in rows], "\n".join(text for _, text in rows) or "no VMs")
     return 0
 
 
 def cmd_vm_show(args: argparse.Namespace) -> int:
+    from vfsd import vmctl
+
     with open_store(args) as store:
         info = Vms(store).show(args.name)
-    emit(args, info.as_dict(), describe_vm(info))
+        state = vmctl.state(store, args.name)
+    emit(args, {**info.as_dict(), "state": state}, describe_vm(info, state))
     return 0
 
 
