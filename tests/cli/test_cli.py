@@ -207,3 +207,12 @@ def test_a_reader_that_leaves_early_is_no_error(store):
     finally:
         os.close(write_end)
     assert result.stderr == "" and result.returncode == 141
+
+
+def test_snapshot_errors_name_the_vm_and_one_limit(store):
+    assert one_line_error(vfsd("vm", "snapshot", "nosuch", "s", store=store)) == (
+        "vfsd: error: no VM named nosuch")
+    vfsd("vm", "create", "a", "--disk", "1G", "--memory", "64M", store=store, check=True)
+    for length in (220, 300):  # both past the 200-byte limit, however far
+        assert "200 bytes at most" in one_line_error(
+            vfsd("vm", "snapshot", "a", "x" * length, store=store))

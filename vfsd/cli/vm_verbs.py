@@ -11,7 +11,7 @@ from typing import Any
 
 from vfsd.sizes import format_size
 from vfsd.store import Store, StoreError
-from vfsd.store.snapshots import Snapshots
+from vfsd.store.snapshots import Snapshots, check_snapshot_name
 from vfsd.store.vms import VmInfo, Vms
 
 from .common import emit, open_store, store_path
@@ -210,7 +210,10 @@ SNAPSHOT_KINDS = {
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     kind = SNAPSHOT_KINDS[args.kind]
+    check_snapshot_name(args.snap)
     with open_store(args) as store:
+        # Named before the mount is asked to flush its files, so the error names the VM.
+        Vms(store).show(args.name) if args.kind == "vm" else Vms(store).show_volume(args.name)
         flush_through_mount(store, kind.files(store, args.name))
         info = getattr(Snapshots(store), kind.create)(args.name, args.snap)
     emit(args, info.as_dict(), f"snapshot {args.snap} of {kind.noun} {args.name}: "

@@ -69,7 +69,8 @@ class SnapshotInfo:
 
 def check_snapshot_name(name: str) -> bytes:
     raw = name.encode()
-    check_name(raw)
+    if len(raw) <= 200:  # within NAME_MAX: check_name's own limit would name 255
+        check_name(raw)
     if raw.startswith(b".") or not name.isprintable() or len(raw) > 200:
         raise InvalidArgument(
             f"invalid snapshot name {name!r}: no leading '.', no control characters, "
