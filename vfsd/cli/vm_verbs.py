@@ -282,9 +282,14 @@ def cmd_volume_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_volume_attach(args: argparse.Namespace) -> int:
+    from vfsd import vmctl
+
     with open_store(args) as store:
         Vms(store).attach(args.name, args.vm)
-    print(f"attached volume {args.name} to VM {args.vm}")
+        running = vmctl.state(store, args.vm) != "stopped"
+    # QEMU's disks are fixed when it starts: no hot-plug here.
+    later = f" (VM {args.vm} runs: its guest sees the volume from its next start)"
+    print(f"attached volume {args.name} to VM {args.vm}" + (later if running else ""))
     return 0
 
 
