@@ -153,11 +153,20 @@ async def _get(request: web.Request, head: bool) -> web.StreamResponse:
     window = 0 if head else config.send_window if sendfile else config.read_window
     # One hop into the pool finds the object, checks conditions and range, and reads the first
     # window: each hop costs a thread wake-up and a GIL hand-over both ways.
-    info, span, first, not_modified, held = await request.app[EXECUTOR].call(
+    opening = request.app[EXECUTOR].call(
         functools.partial(_open_read, objects, s3.bucket, s3.key, conditions(request.headers),
                           request.headers.get("Range"), part_number, window,
                           config.inline_answer if sendfile else None),
         dropped=functools.partial(_abandoned, request))
+    try:
+        info, span, first, not_modified, held = await opening
+    except asyncio.CancelledError:
+        # Cancelled after the worker's answer was set but before this task resumed: the
+        # answer is ours to let go of (the pool hands it to `dropped` only if it found the
+        # future cancelled).
+        if opening.done() and not opening.cancelled() and opening.exception() is None:
+            _abandoned(request, opening.result())
+        raise
     try:
         return await _answer(request, head, part_number, info, span, first, not_modified)
     finally:

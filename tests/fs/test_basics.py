@@ -371,3 +371,34 @@ def test_reading_sets_the_access_time_as_relatime_does(mount, store_path):
     mount.stop()  # written to the store at unmount at the latest
     with Store.open(store_path) as store:
         assert store.resolve("mailbox").atime_ns == read_at
+
+
+def test_concurrent_opens_leave_no_hold_or_lease_behind(mnt, store_path):
+    """Each handle holds the file (vfsd/store/opens.py) and, if writable, a count of its
+    lease. Gating both on 'the first handle' raced with opens in flight: the last close then
+    left a hold (deletes parked the file for ever) or a lease (409s, vm start refused)."""
+    import threading
+
+    from vfsd.store.opens import Opens
+
+    p = mnt / "shared"
+    p.write_bytes(b"x" * 100_000)
+    ino = os.stat(p).st_ino
+
+    def churn(flags: int) -> None:
+        for _ in range(40):
+            os.close(os.open(p, flags))
+
+    for flags in (os.O_RDONLY, os.O_RDWR):
+        threads = [threading.Thread(target=churn, args=(flags,)) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    opens = Opens(store_path / "run")
+    try:
+        wait_for(lambda: not opens.held_elsewhere(ino), 5, "the mount's holds given back")
+    finally:
+        opens.close()
+    with Store.open(store_path) as store:
+        wait_for(lambda: store.leases.holder(ino) is None, 5, "the lease given back")

@@ -52,6 +52,10 @@ def test_folder_marker_errors(s3, bucket):
         s3.put_object(Bucket=bucket, Key="folder/", Body=b"not empty")
     assert code(e) == "InvalidArgument"
     assert keys(s3, bucket) == ["file"]  # nothing half-made
+    long_path = "/".join(["d" * 250, "e" * 252])  # 503 bytes: a file fits, its marker not
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket=bucket, Key=long_path + "/", Body=b"")
+    assert code(e) == "KeyTooLongError"
     with pytest.raises(ClientError) as e:
         s3.create_multipart_upload(Bucket=bucket, Key="folder/")
     assert code(e) == "InvalidArgument"

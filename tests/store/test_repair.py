@@ -230,3 +230,26 @@ def test_gc_leaves_a_corrupt_chunk_in_place(new_store, probe, tmp_path) -> None:
         with pytest.raises(Corrupt):
             store.read_file("bucket/keep")
         assert len(damage(store)) == 1  # the corrupt chunk, nothing else
+
+
+def test_an_upload_whose_part_lost_its_segment_is_dropped(new_store, probe) -> None:
+    """An unfinished multipart upload holds references like a file; when its part's segment
+    is gone the upload cannot complete, so repair drops it and says so (a review found
+    repair leaving fsck failing for ever)."""
+    from vfsd.store.multipart import Uploads
+
+    store = new_store()
+    objects = Objects(store)
+    objects.create_bucket("bkt")
+    uploads = Uploads(objects)
+    upload = uploads.create("bkt", b"big")
+    part = uploads.upload_part("bkt", b"big", upload.upload_id, 1, [random.randbytes(3 * CS)])
+    with store.env.read() as tx:
+        location = ChunkLocation(*CHUNK.unpack(tx.get(tx.db.chunks, part.digests[0]))[:3])
+    store.segments.path(location.segment).unlink()
+    store.segments.forget({location.segment})
+    assert damage(store)
+    report = repair(store)
+    assert any(f"bkt/big ({upload.upload_id})" in line for line in report.fixed)
+    assert uploads.list_uploads("bkt")[0] == []
+    probe.fsck_clean(store)

@@ -377,3 +377,23 @@ def test_a_new_volume_does_not_take_an_old_volumes_snapshots(new_store, probe) -
     snaps.remove_volume_snapshot("vs", "s1")
     assert vms.create_volume("vs", 64 * MiB).size == 64 * MiB
     probe.fsck_clean(store)
+
+
+def test_removed_snapshot_and_vm_files_stay_readable_while_held(web, probe) -> None:
+    """A GET streaming a snapshot's disk, or a reader on the mount, holds the file
+    (vfsd/store/opens.py): snapshot rm and vm rm park it, as unlink does, until let go."""
+    store, data = web
+    Snapshots(store).create("web", "s")
+    snap_flat = store.resolve("vms/web/.snapshots/s/web-flat.vmdk")
+    live_flat = store.resolve("vms/web/web-flat.vmdk")
+    for inode in (snap_flat, live_flat):
+        store.opens.hold(inode.ino)
+    Snapshots(store).remove("web", "s")
+    Vms(store).remove("web")
+    for inode in (snap_flat, live_flat):
+        assert bytes(store.data.read(inode.ino, 0, CS, inode.version)) == data[:CS]
+        store.opens.release(inode.ino)
+        store.release_orphan(inode.ino)
+    with store.env.read() as tx:
+        assert not any(True for _ in tx.cursor(tx.db.orphans))
+    probe.fsck_clean(store)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import sys
 import traceback
 from collections.abc import Sequence
@@ -32,21 +33,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vfsd: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError as e:
+        if not _stdout_gone():
+            return _os_error(e)  # another pipe (a QMP socket, a child): a real error
         # `vfsd stats | head`: the reader has gone, as with any Unix tool, quietly. Python
         # flushes stdout again at exit; point it at /dev/null so that write cannot fail.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe killed
     except OSError as e:
-        print(f"vfsd: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
-              file=sys.stderr)
-        return EXIT_ERROR
+        return _os_error(e)
     except Exception as e:  # noqa: BLE001 - a bug: one line for the user, traceback on request
         if os.environ.get("VFSD_DEBUG"):
             traceback.print_exc()
         print(f"vfsd: internal error: {type(e).__name__}: {e} (set VFSD_DEBUG=1 for the "
               "traceback)", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _os_error(e: OSError) -> int:
+    print(f"vfsd: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+          file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll says POLLERR)."""
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & select.POLLERR for _fd, events in poller.poll(0))
 
 
 if __name__ == "__main__":

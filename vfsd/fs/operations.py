@@ -289,9 +289,11 @@ class Operations(pyfuse3.Operations):
         if writable and inode.flags & InodeFlags.READONLY and (
                 not descriptor or flags & os.O_TRUNC):
             raise pyfuse3.FUSEError(errno.EROFS)
-        if writable and self.writers[inode.ino] == 0:
-            # The first writer leases the file: the gateway will not replace or delete it
-            # and `vfsd vm start` will not start a second VM on it while it is open here.
+        if writable:
+            # A writer leases the file: the gateway will not replace or delete it and `vfsd vm
+            # start` will not start a second VM on it while it is open here. Every writable
+            # handle takes (and its release gives back) one count of the lease: gating on
+            # "the first writer" raced with concurrent opens and leaked leases.
             await self.run(self.store.leases.acquire, inode.ino, self.holder)
         fh = self.next_fh
         self.next_fh += 1
@@ -310,17 +312,15 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        first = not self.open_count[inode]
-        if first:
-            # Held (a lock, no hop), so that another process deleting the file parks it for
-            # us instead of freeing it under our reads (vfsd/store/opens.py).
-            self.store.opens.hold(inode)
+        # Held per handle (counted; a lock, no hop), so that another process deleting the
+        # file parks it for us instead of freeing it under our reads (vfsd/store/opens.py).
+        self.store.opens.hold(inode)
         try:
             return await self._open(await self.run(self.store.getattr, inode), flags)
         except BaseException:
-            if first and not self.open_count[inode]:
+            self.store.opens.release(inode)
+            if not self.open_count[inode]:
                 del self.open_count[inode]
-                self.store.opens.release(inode)
             raise
 
     async def _open(self, node: Inode, flags: int) -> pyfuse3.FileInfo:
@@ -357,12 +357,19 @@ class Operations(pyfuse3.Operations):
                 raise
             if not _may_open(existing, flags, ctx):
                 raise pyfuse3.FUSEError(errno.EACCES) from None
-            if not self.open_count[existing.ino]:
-                self.store.opens.hold(existing.ino)
-            return await self._open(existing, flags), self.attributes(existing)
+            return await self._held(existing.ino, self._open(existing, flags)), self.attributes(
+                existing)
         self.capabilities[inode.ino] = None  # a new file has none
-        self.store.opens.hold(inode.ino)
-        return await self._new_handle(inode, flags), self.attributes(inode)
+        return await self._held(inode.ino, self._new_handle(inode, flags)), self.attributes(inode)
+
+    async def _held(self, ino: int, opening: Awaitable[pyfuse3.FileInfo]) -> pyfuse3.FileInfo:
+        """`opening` (a new handle of `ino`) under a hold of its own, as `open` takes one."""
+        self.store.opens.hold(ino)
+        try:
+            return await opening
+        except BaseException:
+            self.store.opens.release(ino)
+            raise
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> Any:
@@ -417,8 +424,7 @@ class Operations(pyfuse3.Operations):
         self.open_count[ino] -= 1
         if handle.writable:
             self.writers[ino] -= 1
-            if self.writers[ino] == 0:
-                await self.run(self.store.leases.release, ino, self.holder)
+            await self.run(self.store.leases.release, ino, self.holder)
         try:
             if handle.ephemeral:
                 if self.writers[ino] == 0 and handle.writable:
@@ -432,11 +438,11 @@ class Operations(pyfuse3.Operations):
         finally:
             if handle.writable and self.writers[ino] == 0:
                 self.cache.writer_closed(ino)
+            self.store.opens.release(ino)
             if self.open_count[ino] <= 0:
                 del self.open_count[ino]
                 self.writers.pop(ino, None)
                 self.privileged.discard(ino)  # the next writable open looks again
-                self.store.opens.release(ino)
                 await self.run(self.store.release_orphan, ino)
 
     # --- holes and copies (handlers added to pyfuse3 by patches/pyfuse3-*.patch) ---------

@@ -152,6 +152,28 @@ def chunk_references(tx: Tx) -> Iterator[bytes]:
             yield from _part_digests(raw)
 
 
+def drop_uploads_missing_chunks(tx: Tx) -> list[str]:
+    """For repair: unfinished uploads with a part whose chunk is no longer indexed (its
+    body was lost) cannot complete; drop them, without touching reference counts (repair
+    recounts them). Returns them as 'bucket/key (upload id)'."""
+    doomed: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    for key, raw in tx.cursor(tx.db.uploads):
+        upload_id = bytes(key[:_ID_LENGTH]).decode()
+        if _U32.unpack(bytes(key[-4:]))[0] == 0:
+            upload = _unpack_header(upload_id, raw)
+            headers[upload_id] = f"{upload.bucket}/{upload.key.decode(errors='replace')}"
+        elif upload_id not in doomed and any(
+                tx.get(tx.db.chunks, digest) is None for digest in _part_digests(raw)):
+            doomed[upload_id] = ""
+    for upload_id in doomed:
+        doomed[upload_id] = f"{headers.get(upload_id, '?')} ({upload_id})"
+        tx.delete(tx.db.uploads, _key(upload_id, 0))
+        for number, _raw in list(_records(tx, upload_id)):
+            tx.delete(tx.db.uploads, _key(upload_id, number))
+    return list(doomed.values())
+
+
 def drop_bucket_uploads(tx: Tx, bucket: str) -> int:
     """Inside a write transaction deleting `bucket`: drop its unfinished uploads and their
     references (S3 deletes a bucket with uploads in progress; they go with it)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import stat
 import time
+from collections.abc import Callable
 
 from . import changelog
 from .chunks import drop_chunks_from
@@ -344,11 +345,15 @@ def drop_link(tx: Tx, inode: Inode, still_open: bool) -> None:
 
 def set_access_times(tx: Tx, times: dict[int, int]) -> None:
     """Store access times (ino -> ns) of files that still exist. Not a change: no new
-    version, no change-log entry, so no cache, ETag record or GET in flight is disturbed."""
+    version, no change-log entry, so no cache, ETag record or GET in flight is disturbed.
+    A file changed since it was read (its ctime is newer: a write, or an atime set by
+    utimensat, which then wins) or read-only (a snapshot's) keeps its atime."""
     for ino, atime_ns in times.items():
         raw = tx.get(tx.db.inodes, ino_key(ino))
-        if raw is not None:
-            inode = Inode.unpack(ino, raw)
+        if raw is None:
+            continue
+        inode = Inode.unpack(ino, raw)
+        if inode.ctime_ns <= atime_ns and not inode.flags & InodeFlags.READONLY:
             inode.atime_ns = atime_ns
             tx.put(tx.db.inodes, ino_key(ino), inode.pack())
 
@@ -394,21 +399,23 @@ def rmdir(tx: Tx, origin: int, parent_ino: int, name: bytes) -> Inode:
     return child
 
 
-def remove_tree(tx: Tx, origin: int, parent: Inode, name: bytes) -> None:
-    """Delete `name` and everything below it, read-only flags notwithstanding (`vm rm`)."""
+def remove_tree(tx: Tx, origin: int, parent: Inode, name: bytes,
+                held: Callable[[int], bool] | None = None) -> None:
+    """Delete `name` and everything below it, read-only flags notwithstanding (`vm rm`).
+    Files `held` says are open somewhere are parked as orphans, as unlink parks them."""
     entry = lookup(tx, parent.ino, name)
     if entry is None:
         raise NotFound(f"{name.decode(errors='replace')} does not exist")
     child = get_inode(tx, entry.ino)
     if child.is_dir:
         for sub in readdir(tx, child.ino, 0, 1 << 62):
-            remove_tree(tx, origin, child, sub.name)
+            remove_tree(tx, origin, child, sub.name, held)
             child = get_inode(tx, child.ino)
     remove_entry(tx, origin, get_inode(tx, parent.ino), name, child)
     if child.is_dir:
         free_inode(tx, child)
     else:
-        drop_link(tx, child, still_open=False)
+        drop_link(tx, child, still_open=held is not None and held(child.ino))
 
 
 def is_ancestor(tx: Tx, ancestor: int, ino: int) -> bool:

@@ -575,6 +575,9 @@ class Objects:
         the directory, made with its parents if missing. It holds no bytes; while empty it
         lists as that key, as a directory made on the mount does."""
         parts = self.check_key(key[:-1])
+        if len(key) > self.max_key:  # the marker itself must fit the key index
+            raise KeyTooLong(f"the key is {len(key)} bytes; this store takes keys of at most "
+                             f"{self.max_key} bytes")
         for piece in bodies:  # read to the end: the body stream checks its signature there
             if len(piece):
                 raise InvalidArgument("a key ending in '/' is a folder: it holds no bytes")

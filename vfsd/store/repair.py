@@ -206,6 +206,10 @@ def _fix_chunks(tx: Tx, store: Store, report: RepairReport, bad: dict[bytes, Chu
                             "records")
     for digest in gone - found.keys():  # no bytes left anywhere: lost, holes below
         tx.delete(tx.db.chunks, digest)
+    dropped = multipart.drop_uploads_missing_chunks(tx)
+    if dropped:
+        report.fixed.append(f"dropped {len(dropped)} unfinished multipart upload(s) whose "
+                            f"parts lost data: {', '.join(dropped)}")
     # the chunk maps: count references, drop entries that cannot stand
     refs: Counter[bytes] = Counter()
     stored: Counter[int] = Counter()

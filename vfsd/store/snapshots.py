@@ -181,7 +181,7 @@ class Snapshots:
     def _remove(self, tx: Tx, owner: Inode, key: bytes, snap: str) -> None:
         snap_dir = self._snapshot_dir(tx, owner, key, snap)
         parent = namespace.get_inode(tx, snap_dir.parent)
-        namespace.remove_tree(tx, self.origin, parent, snap_dir.name)
+        namespace.remove_tree(tx, self.origin, parent, snap_dir.name, self.store.opens.held)
         if key and not namespace.readdir(tx, parent.ino, 0, 1):
             # the volume's last snapshot: drop volumes/.snapshots/VOL too
             namespace.remove_tree(tx, self.origin, namespace.get_inode(tx, parent.parent), key)

@@ -232,7 +232,7 @@ class Vms:
                     volume = entry.name[: -len(b"-flat.vmdk")].decode(errors="surrogateescape")
                     self._unlink_volume(tx, vm_dir, volume, extent)
             vms = namespace.get_inode(tx, vm_dir.parent)
-            namespace.remove_tree(tx, self.origin, vms, name.encode())
+            namespace.remove_tree(tx, self.origin, vms, name.encode(), self.store.opens.held)
 
     def resize(self, name: str, disk_size: int) -> VmInfo:
         """Grow disk 0 (the descriptor is regenerated); shrinking would lose data: refused,
@@ -374,9 +374,16 @@ class Vms:
 
     def _unlink_volume(self, tx: Tx, vm_dir: Inode, name: str, extent: Inode) -> None:
         for file in (f"{name}.vmdk", f"{name}-flat.vmdk"):
-            if namespace.lookup(tx, vm_dir.ino, file.encode()) is not None:
-                namespace.unlink(tx, self.origin, vm_dir.ino, file.encode(), still_open=False)
+            self._unlink(tx, vm_dir, file)
         tx.delete(tx.db.xattrs, namespace.xattr_key(extent.ino, ATTACHED))
+
+    def _unlink(self, tx: Tx, directory: Inode, file: str) -> None:
+        """Unlink `file` if it is there; one open somewhere (a GET, a reader on the mount)
+        keeps its bytes until its last close."""
+        entry = namespace.lookup(tx, directory.ino, file.encode())
+        if entry is not None:
+            namespace.unlink(tx, self.origin, directory.ino, file.encode(),
+                             still_open=self.store.opens.held(entry.ino))
 
     def remove_volume(self, name: str) -> None:
         with self.store.env.write() as tx:
@@ -385,4 +392,4 @@ class Vms:
             if holder is not None:
                 raise Busy(f"volume {name} is attached to VM {holder}; detach it first")
             for file in (f"{name}.vmdk", f"{name}-flat.vmdk"):
-                namespace.unlink(tx, self.origin, vol_dir.ino, file.encode(), still_open=False)
+                self._unlink(tx, vol_dir, file)
