@@ -59,6 +59,9 @@ class Store:
         self.origin = secrets.randbits(63)  # tags this process's entries in the change log
         with self.env.write() as tx:
             namespace.ensure_root(tx)
+        # statvfs'd before every staged write: a str, not a Path joined each time (~2% of a
+        # 64 KiB PUT's GIL time in py-spy).
+        self._segments_path = str(config.segments_dir)
         self.segments = LocalSegments(config.segments_dir, self._allocate_segment,
                                       disown=self._disown_segment)
         self.env.rescue = self._rescue
@@ -165,14 +168,14 @@ class Store:
             quota, physical = chunks.quota(tx), tx.counter(chunks.PHYSICAL)
         if quota is not None:
             return max(0, quota - physical)
-        st = os.statvfs(self.config.segments_dir)
+        st = os.statvfs(self._segments_path)
         return st.f_bavail * st.f_frsize
 
     def pool_usage(self) -> tuple[int, int, int]:
         """(capacity, physical bytes, inode count) for statfs."""
         quota, physical, inodes = self._pool()
         if quota is None:
-            st = os.statvfs(self.config.segments_dir)
+            st = os.statvfs(self._segments_path)
             quota = physical + st.f_bavail * st.f_frsize
         return quota, physical, inodes
 
