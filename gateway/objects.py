@@ -410,7 +410,61 @@ async def put_or_copy(request: web.Request) -> web.Response:
     return await put_object(request)
 
 
+OBJECT_ATTRIBUTES = ("ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize")
+
+
+async def get_object_attributes(request: web.Request) -> web.Response:
+    """GetObjectAttributes: what x-amz-object-attributes asks of ETag, Checksum, ObjectParts
+    (a multipart object's part sizes; part checksums are not kept once it is complete),
+    StorageClass and ObjectSize, without the body."""
+    s3 = request[S3]
+    wanted = {a.strip() for a in request.headers.get("x-amz-object-attributes", "").split(",")
+              if a.strip()}
+    if not wanted or wanted - set(OBJECT_ATTRIBUTES):
+        raise InvalidArgument("x-amz-object-attributes must name some of "
+                              f"{', '.join(OBJECT_ATTRIBUTES)}",
+                              ArgumentName="x-amz-object-attributes")
+    max_parts = _int_header(request, "x-amz-max-parts", 1000)
+    marker = _int_header(request, "x-amz-part-number-marker", 0)
+    info = await run(request, request.app[OBJECTS].head_object, s3.bucket, s3.key)
+    doc = xml.Node("GetObjectAttributesResponse", xmlns=xml.NS)
+    if "ETag" in wanted:
+        doc.add("ETag", info.etag)
+    if "Checksum" in wanted and info.checksum is not None:
+        algorithm, value = info.checksum
+        doc.child("Checksum").add(f"Checksum{algorithm.upper()}", value).add(
+            "ChecksumType", "COMPOSITE" if "-" in value else "FULL_OBJECT")
+    if "ObjectParts" in wanted and info.part_sizes is not None:
+        parts = doc.child("ObjectParts")
+        listed = list(enumerate(info.part_sizes, 1))[marker:marker + max_parts]
+        parts.add("PartsCount", len(info.part_sizes)).add("PartNumberMarker", marker)
+        if listed:
+            parts.add("NextPartNumberMarker", listed[-1][0])
+        parts.add("MaxParts", max_parts).add(
+            "IsTruncated", bool(listed) and listed[-1][0] < len(info.part_sizes))
+        for number, size in listed:
+            parts.child("Part").add("PartNumber", number).add("Size", size)
+    if "StorageClass" in wanted:
+        doc.add("StorageClass", "STANDARD")
+    if "ObjectSize" in wanted:
+        doc.add("ObjectSize", info.size)
+    response = xml_response(doc.render())
+    response.headers["Last-Modified"] = http_date(info.mtime_ns)
+    return response
+
+
+def _int_header(request: web.Request, name: str, default: int) -> int:
+    raw = request.headers.get(name)
+    if raw is None:
+        return default
+    if not raw.strip().isdigit():
+        raise InvalidArgument(f"{name} must be a non-negative integer", ArgumentName=name,
+                              ArgumentValue=raw)
+    return int(raw)
+
+
 ROUTES = [
+    ("object", "GET", "attributes", "GetObjectAttributes", get_object_attributes),
     ("object", "PUT", "", "PutObject", put_or_copy),
     ("object", "GET", "", "GetObject", get_object),
     ("object", "HEAD", "", "HeadObject", head_object),

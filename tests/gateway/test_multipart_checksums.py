@@ -144,3 +144,29 @@ def test_upload_file_with_a_whole_file_crc(s3, bucket, tmp_path):
     got = s3.get_object(Bucket=bucket, Key="uploaded", ChecksumMode="ENABLED")
     assert got["ChecksumCRC32"] == crc
     assert got["Body"].read() == data
+
+
+def test_get_object_attributes(s3, bucket):
+    parts = [os.urandom(5 * MiB), os.urandom(1234)]
+    upload_id, listed = start(s3, bucket, "attrs", parts, "CRC32", "FULL_OBJECT")
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="attrs", UploadId=upload_id,
+                                        MultipartUpload={"Parts": listed})
+    got = s3.get_object_attributes(
+        Bucket=bucket, Key="attrs",
+        ObjectAttributes=["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"])
+    assert got["ETag"] == done["ETag"].strip('"')  # S3 gives it without quotes here
+    assert got["ObjectSize"] == sum(map(len, parts)) and got["StorageClass"] == "STANDARD"
+    assert got["Checksum"] == {"ChecksumCRC32": done["ChecksumCRC32"],
+                               "ChecksumType": "FULL_OBJECT"}
+    assert got["ObjectParts"]["TotalPartsCount"] == 2
+    assert [(p["PartNumber"], p["Size"]) for p in got["ObjectParts"]["Parts"]] == [
+        (1, 5 * MiB), (2, 1234)]
+    page = s3.get_object_attributes(Bucket=bucket, Key="attrs", ObjectAttributes=["ObjectParts"],
+                                    MaxParts=1, PartNumberMarker=1)["ObjectParts"]
+    assert [p["PartNumber"] for p in page["Parts"]] == [2] and page["IsTruncated"] is False
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"abc")
+    got = s3.get_object_attributes(Bucket=bucket, Key="plain", ObjectAttributes=["ObjectSize"])
+    assert got["ObjectSize"] == 3 and "ETag" not in got and "ObjectParts" not in got
+    with pytest.raises(ClientError) as e:
+        s3.get_object_attributes(Bucket=bucket, Key="missing", ObjectAttributes=["ETag"])
+    assert code(e) == "NoSuchKey"

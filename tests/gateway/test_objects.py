@@ -298,8 +298,7 @@ def test_unsupported_features_answer_not_implemented(gateway, s3, bucket):
                          ("GET", f"/{bucket}?versions"), ("GET", f"/{bucket}?policy"),
                          ("GET", f"/{bucket}?lifecycle"), ("GET", f"/{bucket}?cors"),
                          ("GET", f"/{bucket}?tagging"), ("GET", f"/{bucket}?website"),
-                         ("GET", f"/{bucket}/o?acl"), ("GET", f"/{bucket}/o?tagging"),
-                         ("GET", f"/{bucket}/o?attributes")):
+                         ("GET", f"/{bucket}/o?acl"), ("GET", f"/{bucket}/o?tagging")):
         r = signed(gateway, method, path)
         assert (r.status, r.code) == (501, "NotImplemented"), path
         assert r.headers["content-type"] == "application/xml"
