@@ -3,6 +3,7 @@ returns once the file system is up and goes away with `fusermount3 -u`."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -157,7 +158,8 @@ def test_registry_entries_of_killed_mounts_are_cleared(store_path: Path, tmp_pat
     registry = store_path / MOUNTS_DIR
     dead = [registry / f"{pid}.json" for pid in (999_999_001, 999_999_002)]
     for entry in dead:
-        entry.write_text('{"pid": %s, "start_time": 1, "mountpoint": "/nowhere"}' % entry.stem)
+        entry.write_text(json.dumps({"pid": int(entry.stem), "start_time": 1,
+                                     "mountpoint": "/nowhere"}))
     entry = register(store_path, tmp_path / "elsewhere")  # as a second mount would
     try:
         assert {p.name for p in registry.glob("*.json")} == {

@@ -173,12 +173,22 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        if inode in self.removed_dirs:
+            try:
+                return await self._attrs(inode)
+            except NotFound:
+                return self.attributes(self.removed_dirs[inode])
+        return self.attributes(await self._stat(inode))
+
+    async def _stat(self, inode: int) -> Inode:
+        """The inode the kernel names. One that is gone (freed since the kernel looked its
+        name up: a PUT replaced the file, the change log has not told the kernel yet) is
+        ESTALE, not ENOENT: the kernel then looks the name up again and retries (open(2),
+        stat(2)), so a name that was only ever replaced never fails to resolve."""
         try:
-            return await self._attrs(inode)
+            return await self.run(self.store.getattr, inode)
         except NotFound:
-            if inode not in self.removed_dirs:
-                raise
-            return self.attributes(self.removed_dirs[inode])
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
 
     @handler
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -314,9 +324,9 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         # Held per handle (counted; a lock, no hop), so that another process deleting the
         # file parks it for us instead of freeing it under our reads (vfsd/store/opens.py).
-        self.store.opens.hold(inode)
+        await self._hold(inode)
         try:
-            return await self._open(await self.run(self.store.getattr, inode), flags)
+            return await self._open(await self._stat(inode), flags)
         except BaseException:
             self.store.opens.release(inode)
             if not self.open_count[inode]:
@@ -362,9 +372,15 @@ class Operations(pyfuse3.Operations):
         self.capabilities[inode.ino] = None  # a new file has none
         return await self._held(inode.ino, self._new_handle(inode, flags)), self.attributes(inode)
 
+    async def _hold(self, ino: int) -> None:
+        """A hold for a new handle: at once, or in a worker if the gateway is replacing the
+        file in place this very moment (then we open what it wrote)."""
+        if not self.store.opens.try_hold(ino):
+            await self.run(self.store.opens.hold, ino)
+
     async def _held(self, ino: int, opening: Awaitable[pyfuse3.FileInfo]) -> pyfuse3.FileInfo:
         """`opening` (a new handle of `ino`) under a hold of its own, as `open` takes one."""
-        self.store.opens.hold(ino)
+        await self._hold(ino)
         try:
             return await opening
         except BaseException:

@@ -56,7 +56,7 @@ class Tx:
     chunks updates each counter once.
     """
 
-    __slots__ = ("changes", "db", "deltas", "inode_hook", "rescue", "segment_deltas",
+    __slots__ = ("changes", "db", "deltas", "ended", "inode_hook", "rescue", "segment_deltas",
                  "stored_inodes", "txn", "version", "write")
 
     # Every transaction is begun with buffers=False (lmdb's default), so keys and values are
@@ -74,6 +74,8 @@ class Tx:
         self.rescue = rescue  # see Store._rescue
         self.inode_hook = inode_hook  # see journal.Journal._mark
         self.stored_inodes: set[int] = set()  # for Environment.on_commit
+        # Called once the transaction has committed or aborted (Opens.replacing's locks).
+        self.ended: list[Callable[[], None]] = []
 
     def get(self, db: Any, key: bytes) -> bytes | None:
         return self.txn.get(key, db=db)
@@ -181,10 +183,20 @@ class Environment:
         txn = self.lmdb.begin(write=True)
         tx = self.begin_write(txn)
         try:
-            yield tx
-            tx.flush_counters()
-        except BaseException:
-            txn.abort()
-            raise
-        txn.commit()
+            try:
+                yield tx
+                tx.flush_counters()
+            except BaseException:
+                txn.abort()
+                raise
+            txn.commit()
+        finally:
+            run_ended(tx)
         self.committed(tx.stored_inodes)
+
+
+def run_ended(tx: Tx) -> None:
+    """The transaction has committed or aborted: run what waited for that."""
+    hooks, tx.ended = tx.ended, []
+    for hook in hooks:
+        hook()

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from .env import Environment, Tx
+from .env import Environment, Tx, run_ended
 
 T = TypeVar("T")
 MAX_BATCH = 64
@@ -88,6 +88,7 @@ class GroupCommit:
             return
         ran: list[_Call[Any]] = []
         stored: set[int] = set()
+        committed: list[Tx] = []  # their `ended` hooks wait for the parent's commit
         try:
             for call in batch:
                 child = env.lmdb.begin(write=True, parent=parent)
@@ -97,16 +98,24 @@ class GroupCommit:
                     tx.flush_counters()
                 except BaseException as e:  # noqa: BLE001 - its own failure: only it is undone
                     child.abort()
+                    run_ended(tx)
                     call.error = e
                     continue
                 child.commit()
+                committed.append(tx)
                 call.result = result
                 ran.append(call)
                 stored |= tx.stored_inodes
-            parent.commit()  # durable: LMDB syncs before it returns
+            try:
+                parent.commit()  # durable: LMDB syncs before it returns
+            finally:
+                for tx in committed:
+                    run_ended(tx)
             env.committed(stored)
         except BaseException as e:  # noqa: BLE001 - the batch failed: all its calls did
             parent.abort()
+            for tx in committed:
+                run_ended(tx)  # no-ops if the commit's own finally ran them
             for call in ran:
                 call.result, call.error = None, e
         self.commits += 1

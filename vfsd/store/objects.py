@@ -470,9 +470,9 @@ class Objects:
         if existing is None:
             return namespace.make(tx, self.origin, parent.ino, name, FILE_MODE, 0, 0)
         self._check_replaceable(existing, key)
+        if existing.nlink == 1 and self.store.opens.replacing(tx, existing.ino):
+            return existing  # nobody has it open, and nobody can until this commits
         held = self.store.opens.held(existing.ino)
-        if existing.nlink == 1 and not held:
-            return existing
         namespace.unlink(tx, self.origin, parent.ino, name, still_open=held)
         return namespace.make(tx, self.origin, parent.ino, name, FILE_MODE, 0, 0)
 
@@ -724,9 +724,10 @@ class Objects:
             chain.append(namespace.get_inode(tx, entry.ino))
         self._check_replaceable(inode, key)
         namespace.check_writable_dir(chain[-1])
-        # A file the mount (or another process) has open is parked, not freed under its reads.
+        # A file the mount (or another process) has open is parked, not freed under its reads;
+        # one nobody has open cannot be opened until this transaction has ended.
         namespace.unlink(tx, self.origin, chain[-1].ino, parts[-1],
-                         still_open=self.store.opens.held(inode.ino))
+                         still_open=not self.store.opens.replacing(tx, inode.ino))
         self._remove_emptied(tx, chain, parts)
         return True
 

@@ -17,6 +17,10 @@ import os
 import struct
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .env import Tx
 
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on x86-64 and aarch64 Linux
 
@@ -26,6 +30,7 @@ class Opens:
         run_dir.mkdir(exist_ok=True)
         self.fd = os.open(run_dir / "opens", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.counts: dict[int, int] = {}  # this process's holders per inode
+        self.replaced: dict[int, threading.Event] = {}  # see `replacing`; set when it ends
         self.lock = threading.Lock()
 
     def close(self) -> None:
@@ -33,13 +38,28 @@ class Opens:
             os.close(self.fd)
             self.fd = -1
 
-    def hold(self, ino: int) -> None:
-        """One more holder of `ino` in this process (a mount's first handle, a GET)."""
+    def try_hold(self, ino: int) -> bool:
+        """One more holder of `ino` in this process (a mount's handle, a GET), unless a
+        write transaction is replacing it in place right now (see `replacing`): False then,
+        and nothing is held. Never waits (the mount calls it on its event loop)."""
         with self.lock:
             count = self.counts.get(ino, 0)
-            if not count:
-                self._lock(ino, fcntl.F_RDLCK)
+            if not count and (ino in self.replaced or not self._lock(ino, fcntl.F_RDLCK)):
+                return False
             self.counts[ino] = count + 1
+            return True
+
+    def hold(self, ino: int) -> None:
+        """`try_hold`, waiting out a replacement in progress; for worker threads."""
+        while not self.try_hold(ino):
+            with self.lock:
+                ours = self.replaced.get(ino)
+            if ours is not None:
+                ours.wait(1.0)
+            else:  # another process's: wait for its lock to go, then hold as usual
+                fcntl.fcntl(self.fd, fcntl.F_OFD_SETLKW,
+                            _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, ino, 1, 0))
+                self._unlock_if_unheld(ino)
 
     def release(self, ino: int) -> None:
         """One holder of `ino` in this process let go of it."""
@@ -50,8 +70,38 @@ class Opens:
             elif count == 1:
                 self._lock(ino, fcntl.F_UNLCK)
 
-    def _lock(self, ino: int, kind: int) -> None:
-        fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, ino, 1, 0))
+    def replacing(self, tx: Tx, ino: int) -> bool:
+        """Inside a write transaction that would rewrite or free `ino` in place: True if no
+        holder has it open, and then none can take a hold until the transaction has ended.
+        Checking `held` alone left a gap: a GET that held the file after the check but
+        before the commit read its first window from the old version and met the new one
+        in the next (a QA pass). False: it is held; park it or write a new inode instead."""
+        with self.lock:
+            if ino in self.counts or ino in self.replaced:
+                return False
+            if not self._lock(ino, fcntl.F_WRLCK):
+                return False
+            self.replaced[ino] = threading.Event()
+        tx.ended.append(lambda: self._replaced(ino))
+        return True
+
+    def _replaced(self, ino: int) -> None:
+        with self.lock:
+            ended = self.replaced.pop(ino)
+            self._lock(ino, fcntl.F_UNLCK)
+        ended.set()
+
+    def _unlock_if_unheld(self, ino: int) -> None:
+        with self.lock:
+            if ino not in self.counts and ino not in self.replaced:
+                self._lock(ino, fcntl.F_UNLCK)
+
+    def _lock(self, ino: int, kind: int) -> bool:
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, ino, 1, 0))
+        except (BlockingIOError, PermissionError):  # EAGAIN / EACCES: another process's lock
+            return False
+        return True
 
     def held(self, ino: int) -> bool:
         """Whether any live holder has `ino` open, in this process or another."""
