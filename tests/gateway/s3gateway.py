@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -251,3 +252,14 @@ def env_with_keys(gateway: Gateway) -> dict[str, str]:
                AWS_SECRET_ACCESS_KEY=gateway.keys.secret_key, AWS_DEFAULT_REGION=REGION,
                AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
     return env
+
+
+def race(seconds: float, stop: threading.Event, *loops: Callable[[], None]) -> None:
+    """Run each loop in a thread of its own for `seconds`, then set `stop` and join them."""
+    threads = [threading.Thread(target=loop) for loop in loops]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()

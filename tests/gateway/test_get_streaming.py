@@ -8,13 +8,12 @@ from __future__ import annotations
 import http.client
 import os
 import random
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from botocore.exceptions import ClientError
-from s3gateway import client, make_store, wait_for
+from s3gateway import client, make_store, race, wait_for
 
 from vfsd.store import Store
 
@@ -148,12 +147,5 @@ def test_gets_racing_puts_and_deletes_are_never_cut(tmp_path, gateway_process, p
             if got not in bodies:
                 failures.append(f"a GET of {len(got)} bytes matched neither version")
 
-    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader)
-                                                   for _ in range(2)]
-    for t in threads:
-        t.start()
-    time.sleep(8)
-    stop.set()
-    for t in threads:
-        t.join()
+    race(8, stop, writer, reader, reader)
     assert failures == [] and gets[0] > 10, (failures[:3], gets)

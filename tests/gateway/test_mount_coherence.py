@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from s3gateway import client, make_store, wait_for
+from s3gateway import client, make_store, race, wait_for
 
 from vfsd.store import Store, fsck
 
@@ -259,12 +259,5 @@ def test_a_name_only_ever_replaced_always_opens_on_the_mount(both):
             except OSError as e:
                 errors.append(f"{e.errno} {e.strerror}")
 
-    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader)
-                                                   for _ in range(2)]
-    for t in threads:
-        t.start()
-    time.sleep(8)
-    stop.set()
-    for t in threads:
-        t.join()
+    race(8, stop, writer, reader, reader)
     assert errors == [] and reads[0] > 20, (errors[:5], len(errors), reads)
