@@ -125,8 +125,9 @@ def test_file_and_directory_conflicts(objs: Objects, store: Store):
     with pytest.raises(KeyConflict):
         put(objs, b"a/b/c/d", b"3")  # a/b/c is an object
     store.makedirs("bkt/empty")
-    put(objs, b"empty", b"4")  # an empty directory gives way to the object
-    assert store.read_file("bkt/empty") == b"4"
+    with pytest.raises(KeyConflict):  # an empty directory is the folder marker empty/
+        put(objs, b"empty", b"4")
+    assert store.resolve("bkt/empty").is_dir
     clean(store)
 
 

@@ -410,7 +410,7 @@ class Objects:
     def _place(self, tx: Tx, bucket: Inode, parts: list[bytes]) -> tuple[Inode, Inode | None]:
         """Inside a write transaction: make the key's implicit parent directories and return
         (parent directory, existing file or None). Refuses paths that need a file and a
-        directory at one place; an empty directory where the file goes is replaced."""
+        directory at one place, an empty directory (a folder marker) included."""
         parent = self._directories(tx, bucket, parts[:-1])
         name = parts[-1]
         entry = namespace.lookup(tx, parent.ino, name)
@@ -422,8 +422,10 @@ class Objects:
             if namespace.readdir(tx, existing.ino, 0, 1):
                 raise KeyConflict(f"{key + '/'!r} is a directory holding objects, so {key!r} "
                                   "cannot be an object")
-            namespace.rmdir(tx, self.origin, parent.ino, name)
-            return namespace.get_inode(tx, parent.ino), None
+            # An empty directory is the folder marker key/, an object of its own (a QA pass
+            # found a PUT silently deleting one, and a shell's working directory with it).
+            raise KeyConflict(f"{key + '/'!r} is a folder (an empty directory), so {key!r} "
+                              "cannot be an object; delete the folder first")
         if not existing.is_file:
             raise KeyConflict(f"{key!r} is a symlink or special file")
         return parent, existing
