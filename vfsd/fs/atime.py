@@ -15,38 +15,43 @@ from __future__ import annotations
 import os
 import time
 
-from vfsd.store import Inode
+from vfsd.store import Inode, InodeFlags
 
 DAY_NS = 86_400 * 1_000_000_000
 
 
 def due(inode: Inode, flags: int) -> bool:
     """Whether an open with `flags` stands for a read that sets the atime."""
-    if flags & os.O_ACCMODE == os.O_WRONLY or flags & os.O_NOATIME:
+    if flags & os.O_ACCMODE == os.O_WRONLY or flags & os.O_NOATIME or (
+            inode.flags & InodeFlags.READONLY):  # snapshots: read-only, atime included
         return False
     return (inode.atime_ns <= inode.mtime_ns or inode.atime_ns <= inode.ctime_ns
             or time.time_ns() - inode.atime_ns >= DAY_NS)
 
 
 class AccessTimes:
-    """Access times read here and not yet in the store."""
+    """Access times read here and not yet in the store: ino -> (new atime, the stored atime
+    it replaces). The store takes a new one only over the atime it replaces, so an atime
+    set meanwhile (utimensat, `touch -a`) wins, and a chmod or rename does not lose it."""
 
     def __init__(self) -> None:
-        self.pending: dict[int, int] = {}
+        self.pending: dict[int, tuple[int, int]] = {}
 
-    def accessed(self, ino: int) -> None:
-        self.pending[ino] = time.time_ns()
+    def accessed(self, inode: Inode) -> None:
+        stored = self.pending.get(inode.ino, (0, inode.atime_ns))[1]
+        self.pending[inode.ino] = (time.time_ns(), stored)
 
     def of(self, ino: int, stored_ns: int) -> int:
         """The atime to show: the pending one, else the stored one."""
-        return self.pending.get(ino, stored_ns)
+        pending = self.pending.get(ino)
+        return pending[0] if pending is not None else stored_ns
 
     def drop(self, ino: int) -> None:
         """An explicit atime (utimensat, touch -a) was set: it wins over a pending one."""
         self.pending.pop(ino, None)
 
-    def written(self, times: dict[int, int]) -> None:
+    def written(self, times: dict[int, tuple[int, int]]) -> None:
         """These (a copy of `pending` taken earlier) are in the store now."""
-        for ino, atime_ns in times.items():
-            if self.pending.get(ino) == atime_ns:
+        for ino, entry in times.items():
+            if self.pending.get(ino) == entry:
                 del self.pending[ino]

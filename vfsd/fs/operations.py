@@ -310,7 +310,7 @@ class Operations(pyfuse3.Operations):
         self.handles[fh] = Handle(inode.ino, writable, bool(inode.flags & InodeFlags.EPHEMERAL),
                                   descriptor=descriptor)
         if atime.due(inode, flags):
-            self.atimes.accessed(inode.ino)
+            self.atimes.accessed(inode)
         self.open_count[inode.ino] += 1
         if writable:
             self.writers[inode.ino] += 1

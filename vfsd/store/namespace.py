@@ -343,17 +343,17 @@ def drop_link(tx: Tx, inode: Inode, still_open: bool) -> None:
         free_inode(tx, inode)
 
 
-def set_access_times(tx: Tx, times: dict[int, int]) -> None:
-    """Store access times (ino -> ns) of files that still exist. Not a change: no new
-    version, no change-log entry, so no cache, ETag record or GET in flight is disturbed.
-    A file changed since it was read (its ctime is newer: a write, or an atime set by
-    utimensat, which then wins) or read-only (a snapshot's) keeps its atime."""
-    for ino, atime_ns in times.items():
+def set_access_times(tx: Tx, times: dict[int, tuple[int, int]]) -> None:
+    """Store access times (ino -> (atime ns, the atime it replaces)) of files that still
+    exist and still have the atime it replaces: one set meanwhile (utimensat) wins. Not a
+    change: no new version, no change-log entry, so no cache, ETag record or GET in flight
+    is disturbed. Read-only files (snapshots) keep theirs."""
+    for ino, (atime_ns, replaces) in times.items():
         raw = tx.get(tx.db.inodes, ino_key(ino))
         if raw is None:
             continue
         inode = Inode.unpack(ino, raw)
-        if inode.ctime_ns <= atime_ns and not inode.flags & InodeFlags.READONLY:
+        if inode.atime_ns == replaces and not inode.flags & InodeFlags.READONLY:
             inode.atime_ns = atime_ns
             tx.put(tx.db.inodes, ino_key(ino), inode.pack())
 

@@ -312,7 +312,7 @@ class Store:
             namespace.rename(tx, self.origin, old_parent, old_name, new_parent, new_name, flags,
                              target_still_open)
 
-    def set_access_times(self, times: dict[int, int]) -> None:
+    def set_access_times(self, times: dict[int, tuple[int, int]]) -> None:
         """Access times read through the mount (vfsd/fs/atime.py), in one transaction."""
         if times:
             with self.env.write() as tx:
