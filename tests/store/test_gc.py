@@ -93,3 +93,26 @@ def test_an_upload_longer_than_a_segment_survives_gc_passes_while_it_streams(tmp
         collect_fully(store)
         assert bytes(store.read(ino, 0, len(blocks) * 64 * 1024)) == b"".join(blocks)
         assert fsck.check(store).clean
+
+
+def test_an_idle_process_gives_up_its_mostly_dead_segment(tmp_path):
+    """gc leaves alone the segment a live process appends to; a process that deleted what
+    it wrote and went idle kept it for ever (a QA pass: 224 MiB for 12 live bytes)."""
+    with Store.init(tmp_path / "s") as store:
+        start = disk_use(tmp_path / "s")
+        f = store.create(ROOT_INO, b"big")
+        store.write(f.ino, 0, os.urandom(32 * MiB))
+        keep = store.create(ROOT_INO, b"small")
+        store.write(keep.ino, 0, b"still here")
+        store.unlink(ROOT_INO, b"big")
+        gc.collect(store, grace=0)
+        assert disk_use(tmp_path / "s") - start >= 32 * MiB  # owned and busy: kept
+        assert not gc.release_idle_segment(store, idle=3600)  # not idle yet
+        assert gc.release_idle_segment(store, idle=0)
+        gc.collect(store, grace=0)  # moves "small" out, retires the segment
+        gc.collect(store, grace=0)
+        assert disk_use(tmp_path / "s") - start < 4 * MiB
+        assert store.read_file("small") == b"still here"
+        store.write(store.create(ROOT_INO, b"later").ino, 0, b"a new segment")
+        assert store.read_file("later") == b"a new segment"
+        assert fsck.check(store).clean

@@ -55,6 +55,9 @@ class GcReport:
                 f"{self.orphans_freed} orphans")
 
 
+IDLE_SEGMENT_SECONDS = 30.0  # no append for this long: a process's segment may be given up
+
+
 def _owned(info: SegmentInfo) -> bool:
     return info.owner_pid != 0 and process_start_time(info.owner_pid) == info.owner_start
 
@@ -65,6 +68,7 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
     """One pass. Safe beside other processes using the store (they may read a retired
     segment until the grace period ends; none appends to a segment it does not own)."""
     report = GcReport()
+    release_idle_segment(store)  # ours, if idle and mostly dead: then it is a candidate below
     now_ms = time.time_ns() // 1_000_000
     report.trimmed_changes = changelog.trim(store.env, now_ms)
     # Before the segments are weighed: an orphan's chunks become garbage here.
@@ -109,10 +113,25 @@ def release_retired(store: Store) -> None:
     """Close this process's cached read handles (descriptors, maps) on retired segments, as a
     pass does first: a process that reads the store but leaves passes to another (a gateway's
     other server processes) would otherwise keep deleted segment files, and their space,
-    alive."""
+    alive. Also give up this process's own segment if it sits idle and mostly dead."""
     with store.env.read() as tx:
         infos = [SegmentInfo.unpack(U64.unpack(k)[0], v) for k, v in tx.cursor(tx.db.segments)]
     store.segments.forget({i.segment for i in infos if i.state == SEGMENT_RETIRED})
+    release_idle_segment(store)
+
+
+def release_idle_segment(store: Store, idle: float = IDLE_SEGMENT_SECONDS,
+                         dead_ratio: float = DEFAULT_DEAD_RATIO) -> bool:
+    """The segment this process appends to, given up once idle for `idle` seconds if gc
+    would then take it (at least `dead_ratio` of it dead); see LocalSegments.let_go_if_idle.
+    Called by every gc pass and `release_retired`, so each process does it for its own."""
+    def mostly_dead(segment: int, size: int) -> bool:
+        with store.env.read() as tx:
+            raw = tx.get(tx.db.segments, U64.pack(segment))
+        live = SegmentInfo.unpack(segment, raw).live if raw is not None else 0
+        return size > 0 and 1 - live / size >= dead_ratio
+
+    return store.segments.let_go_if_idle(idle, mostly_dead)
 
 
 def _move_live_records(store: Store, segment: int) -> int:
