@@ -273,6 +273,9 @@ class Uploads:
         made of them (`checksum_type`: COMPOSITE or FULL_OBJECT, default by algorithm)."""
         metadata = dict(metadata or {})
         _check_metadata(metadata)
+        if key.endswith(b"/"):
+            raise InvalidArgument("a key ending in '/' is a folder marker: it holds no bytes, "
+                                  "so it cannot be uploaded in parts")
         self.objects.check_key(key)
         if checksum_type is not None:
             if checksum_algorithm is None:
