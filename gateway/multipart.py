@@ -12,6 +12,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from vfsd.store.checksums import TYPES as CHECKSUM_TYPES
+from vfsd.store.checksums import type_of as checksum_type_of
 
 from . import xml
 from .body import open_body, read_small
@@ -173,7 +174,7 @@ async def complete_multipart_upload(request: web.Request) -> web.Response:
     if info.checksum is not None:
         algorithm, value = info.checksum
         doc.add(f"Checksum{algorithm.upper()}", value)
-        doc.add("ChecksumType", "COMPOSITE" if "-" in value else "FULL_OBJECT")
+        doc.add("ChecksumType", checksum_type_of(value))
     return xml_response(doc.render())
 
 

@@ -16,6 +16,7 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
+from vfsd.store.checksums import type_of as checksum_type_of
 from vfsd.store.conditions import Conditions
 from vfsd.store.errors import NotModified, ObjectChanged
 from vfsd.store.objects import ObjectInfo, Objects
@@ -205,8 +206,7 @@ async def _answer(request: web.Request, head: bool, part_number: int | None,
     elif (info.checksum is not None
           and request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"):
         headers[f"x-amz-checksum-{info.checksum[0]}"] = info.checksum[1]
-        # A multipart object's checksum of its parts' checksums ends in -<part count>.
-        headers["x-amz-checksum-type"] = "COMPOSITE" if "-" in info.checksum[1] else "FULL_OBJECT"
+        headers["x-amz-checksum-type"] = checksum_type_of(info.checksum[1])
     if part_number is not None and info.part_sizes is not None:
         headers["x-amz-mp-parts-count"] = str(len(info.part_sizes))
     status = 206 if span else 200
@@ -433,7 +433,7 @@ async def get_object_attributes(request: web.Request) -> web.Response:
     if "Checksum" in wanted and info.checksum is not None:
         algorithm, value = info.checksum
         doc.child("Checksum").add(f"Checksum{algorithm.upper()}", value).add(
-            "ChecksumType", "COMPOSITE" if "-" in value else "FULL_OBJECT")
+            "ChecksumType", checksum_type_of(value))
     if "ObjectParts" in wanted and info.part_sizes is not None:
         parts = doc.child("ObjectParts")
         listed = list(enumerate(info.part_sizes, 1))[marker:marker + max_parts]

@@ -29,6 +29,11 @@ _CRCS = {
 }
 
 
+def type_of(value: str) -> str:
+    """The type of an object's checksum as stored: a COMPOSITE one ends in -<part count>."""
+    return COMPOSITE if "-" in value else FULL_OBJECT
+
+
 def default_type(algorithm: str) -> str:
     return FULL_OBJECT if algorithm == "crc64nvme" else COMPOSITE
 

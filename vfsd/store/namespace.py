@@ -77,22 +77,12 @@ def ensure_root(tx: Tx) -> None:
         tx.put(tx.db.meta, NEXT_INO, U64.pack(ROOT_INO + 1))
         tx.put(tx.db.meta, DIR_MARKERS, b"1")
     elif tx.get(tx.db.meta, DIR_MARKERS) is None:
-        # A store from before session 10: key its empty directories once.
+        # A store from before session 10: index every bucket again, once, which keys its
+        # empty directories (the files' keys are there already: put again, unchanged).
         for entry in readdir(tx, ROOT_INO, 0, 1 << 62):
             if stat.S_ISDIR(entry.mode_type) and is_bucket_name(entry.name):
-                _mark_empty_below(tx, get_inode(tx, entry.ino), (entry.ino, b""))
+                index_subtree(tx, get_inode(tx, entry.ino), (entry.ino, b""), add=True)
         tx.put(tx.db.meta, DIR_MARKERS, b"1")
-
-
-def _mark_empty_below(tx: Tx, directory: Inode, where: tuple[int, bytes]) -> None:
-    empty = True
-    for entry in readdir(tx, directory.ino, 0, 1 << 62):
-        empty = False
-        if stat.S_ISDIR(entry.mode_type):
-            _mark_empty_below(tx, get_inode(tx, entry.ino),
-                              (where[0], where[1] + entry.name + b"/"))
-    if empty:
-        _mark_empty(tx, where, directory.ino, empty=True)
 
 
 def new_inode(tx: Tx, mode: int, uid: int, gid: int, *, parent: int, name: bytes = b"",
