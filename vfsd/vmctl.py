@@ -153,11 +153,11 @@ def qmp(socket_path: Path, command_name: str, timeout: float = 5.0) -> dict:
 def state(store: Store, name: str) -> str:
     """"stopped", "running", or what QEMU says instead (paused, io-error: a guest stopped
     on a disk error, such as a full pool; `cont` over QMP resumes it once there is room)."""
-    pid = VmRuntime.of(store, name).running_pid()
-    if pid is None:
+    runtime = VmRuntime.of(store, name)
+    if runtime.running_pid() is None:
         return "stopped"
     try:
-        status = qmp(VmRuntime.of(store, name).qmp, "query-status", timeout=1.0)
+        status = qmp(runtime.qmp, "query-status", timeout=1.0)
         return str(status["return"]["status"])
     except (OSError, ValueError, KeyError):  # QMP busy (a `vm stop`) or starting up
         return "running"

@@ -4,10 +4,11 @@ FUSE leaves atime to the file system (the kernel does not update it for us). Ope
 for reading sets its atime to now when the stored one is not newer than its mtime or ctime,
 or is a day old: relatime, Linux's default, so a file read over and over costs nothing more.
 Linux sets it at the first read; we see the open, but not reads the kernel serves from its
-page cache (`keep_cache`), so the open stands for them. The new times wait in memory and go to the store in one transaction
-every few seconds and at unmount, as with Linux's lazytime: an access time is not data, a
-crash may lose the last few seconds of them, and one transaction per file read would take
-the writer lock (shared with the gateway) for every `cat`. Directories keep theirs.
+page cache (`keep_cache`), so the open stands for them. The new times wait in memory and go
+to the store in one transaction every few seconds and at unmount, as with Linux's lazytime:
+an access time is not data, a crash may lose the last few seconds of them, and one
+transaction per file read would take the writer lock (shared with the gateway) for every
+`cat`. Directories keep theirs.
 """
 
 from __future__ import annotations

@@ -173,12 +173,12 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
-        if inode in self.removed_dirs:
-            try:
-                return await self._attrs(inode)
-            except NotFound:
-                return self.attributes(self.removed_dirs[inode])
-        return self.attributes(await self._stat(inode))
+        try:
+            return self.attributes(await self._stat(inode))
+        except pyfuse3.FUSEError:
+            if inode not in self.removed_dirs:
+                raise
+            return self.attributes(self.removed_dirs[inode])
 
     async def _stat(self, inode: int) -> Inode:
         """The inode the kernel names. One that is gone (freed since the kernel looked its
@@ -329,8 +329,6 @@ class Operations(pyfuse3.Operations):
             return await self._open(await self._stat(inode), flags)
         except BaseException:
             self.store.opens.release(inode)
-            if not self.open_count[inode]:
-                del self.open_count[inode]
             raise
 
     async def _open(self, node: Inode, flags: int) -> pyfuse3.FileInfo:

@@ -58,6 +58,11 @@ class GcReport:
 IDLE_SEGMENT_SECONDS = 30.0  # no append for this long: a process's segment may be given up
 
 
+def _dead_enough(live: int, size: int, dead_ratio: float) -> bool:
+    """Whether a segment of `size` bytes holding `live` ones is worth compacting."""
+    return size > 0 and 1 - live / size >= dead_ratio
+
+
 def _owned(info: SegmentInfo) -> bool:
     return info.owner_pid != 0 and process_start_time(info.owner_pid) == info.owner_start
 
@@ -93,8 +98,7 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
     candidates = [
         info for info in infos
         if info.state != SEGMENT_RETIRED and info.segment != current and not _owned(info)
-        and (info.live == 0 or
-             sizes.get(info.segment, 0) and 1 - info.live / sizes[info.segment] >= dead_ratio)
+        and (info.live == 0 or _dead_enough(info.live, sizes.get(info.segment, 0), dead_ratio))
     ]
     items: Iterable[SegmentInfo] = candidates
     if progress is not None:
@@ -129,7 +133,7 @@ def release_idle_segment(store: Store, idle: float = IDLE_SEGMENT_SECONDS,
         with store.env.read() as tx:
             raw = tx.get(tx.db.segments, U64.pack(segment))
         live = SegmentInfo.unpack(segment, raw).live if raw is not None else 0
-        return size > 0 and 1 - live / size >= dead_ratio
+        return _dead_enough(live, size, dead_ratio)
 
     return store.segments.let_go_if_idle(idle, mostly_dead)
 

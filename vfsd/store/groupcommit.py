@@ -106,18 +106,15 @@ class GroupCommit:
                 call.result = result
                 ran.append(call)
                 stored |= tx.stored_inodes
-            try:
-                parent.commit()  # durable: LMDB syncs before it returns
-            finally:
-                for tx in committed:
-                    run_ended(tx)
+            parent.commit()  # durable: LMDB syncs before it returns
             env.committed(stored)
         except BaseException as e:  # noqa: BLE001 - the batch failed: all its calls did
             parent.abort()
-            for tx in committed:
-                run_ended(tx)  # no-ops if the commit's own finally ran them
             for call in ran:
                 call.result, call.error = None, e
+        finally:
+            for tx in committed:  # committed or aborted with the parent: ended either way
+                run_ended(tx)
         self.commits += 1
         self.calls += len(ran)
         self._finish(batch, None)

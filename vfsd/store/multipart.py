@@ -168,9 +168,7 @@ def drop_uploads_missing_chunks(tx: Tx) -> list[str]:
             doomed[upload_id] = ""
     for upload_id in doomed:
         doomed[upload_id] = f"{headers.get(upload_id, '?')} ({upload_id})"
-        tx.delete(tx.db.uploads, _key(upload_id, 0))
-        for number, _raw in list(_records(tx, upload_id)):
-            tx.delete(tx.db.uploads, _key(upload_id, number))
+        _drop(tx, upload_id, references=False)
     return list(doomed.values())
 
 
@@ -199,10 +197,11 @@ def _records(tx: Tx, upload_id: str) -> Iterator[tuple[int, bytes]]:
             yield _U32.unpack(bytes(key[_ID_LENGTH:]))[0], bytes(raw)
 
 
-def _drop(tx: Tx, upload_id: str) -> None:
-    """Delete an upload's records and the chunk references its parts hold."""
+def _drop(tx: Tx, upload_id: str, *, references: bool = True) -> None:
+    """Delete an upload's records and (unless repair recounts them) the chunk references its
+    parts hold."""
     for number, raw in list(_records(tx, upload_id)):
-        for digest in _part_digests(raw):
+        for digest in _part_digests(raw) if references else ():
             chunks.decref(tx, digest)
         tx.delete(tx.db.uploads, _key(upload_id, number))
     tx.delete(tx.db.uploads, _key(upload_id, 0))

@@ -718,12 +718,7 @@ class Objects:
         if inode.is_dir:
             return self._delete_folder(tx, bucket, key, inode)
         parts = key.split(b"/")
-        chain = [bucket]
-        for part in parts[:-1]:
-            entry = namespace.lookup(tx, chain[-1].ino, part)
-            if entry is None:
-                raise KeyConflict("the key index and the tree disagree")  # fsck would say
-            chain.append(namespace.get_inode(tx, entry.ino))
+        chain = self._chain(tx, bucket, parts[:-1])
         self._check_replaceable(inode, key)
         namespace.check_writable_dir(chain[-1])
         # A file the mount (or another process) has open is parked, not freed under its reads;
@@ -739,18 +734,23 @@ class Objects:
         if namespace.readdir(tx, folder.ino, 0, 1):
             return True
         parts = key[:-1].split(b"/")
-        chain = [bucket]
-        for part in parts[:-1]:
-            entry = namespace.lookup(tx, chain[-1].ino, part)
-            if entry is None:
-                raise KeyConflict("the key index and the tree disagree")  # fsck would say
-            chain.append(namespace.get_inode(tx, entry.ino))
+        chain = self._chain(tx, bucket, parts[:-1])
         if folder.flags & InodeFlags.READONLY:
             raise ReadOnly(f"{key.decode(errors='replace')!r} is read-only")
         namespace.check_writable_dir(chain[-1])
         namespace.rmdir(tx, self.origin, chain[-1].ino, parts[-1])
         self._remove_emptied(tx, chain, parts)
         return True
+
+    def _chain(self, tx: Tx, bucket: Inode, parts: list[bytes]) -> list[Inode]:
+        """The bucket and the directories at `parts` below it, in order (a key's parents)."""
+        chain = [bucket]
+        for part in parts:
+            entry = namespace.lookup(tx, chain[-1].ino, part)
+            if entry is None:
+                raise KeyConflict("the key index and the tree disagree")  # fsck would say
+            chain.append(namespace.get_inode(tx, entry.ino))
+        return chain
 
     def _remove_emptied(self, tx: Tx, chain: list[Inode], parts: list[bytes]) -> None:
         """The implicit parent directories a deletion left empty go too (not the bucket)."""
