@@ -132,6 +132,21 @@ def test_vm_files_while_mounted(mnt: Path, store_path: Path, tmp_path: Path):
     qemu_img("compare", web / "web.vmdk", out)  # exit 0: identical, our two sectors included
 
 
+def test_refused_truncating_open_leaves_no_lease(mnt: Path, store_path: Path):
+    """open(O_TRUNC) of a fixed-size disk is refused after the handle was made; the kernel
+    then sends no release, so the open itself must give back the lease (else the gateway
+    answers 409 and `vm start` refuses the disk until the mount stops)."""
+    from vfsd.store import Store
+
+    create_vm(store_path)
+    flat = mnt / "vms" / "web" / "web-flat.vmdk"
+    wait_for(flat.exists, 1, "the new VM's disk on the mount")
+    expect_open_errno(errno.EPERM, flat, os.O_WRONLY | os.O_TRUNC)
+    with Store.open(store_path) as s:
+        assert s.leases.holder(flat.stat().st_ino) is None
+    assert flat.stat().st_size == GIB
+
+
 def test_swap_dropped_when_last_writer_closes(mnt: Path, store_path: Path):
     """Swap is usable while the VM runs and dropped when its last writer closes. Several
     rounds, one or two writers each (a VM process and, say, a migration helper)."""

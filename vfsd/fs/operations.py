@@ -337,15 +337,35 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         info = await self._new_handle(node, flags)
         truncating = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
-        if truncating and inode in self.privileged:  # set just now by `_new_handle` if need be
-            await self._drop_privileges(inode)
-        if truncating:
-            # libfuse negotiates atomic O_TRUNC: the kernel leaves the truncation to us. Even
-            # at a stored size of 0: writes may be waiting in the cache (or the journal), and
-            # an empty file's times still change.
-            await self.cache.discard(inode)
-            await self.run(self.store.truncate, inode, 0)
+        try:
+            if truncating and inode in self.privileged:  # set by `_new_handle` if need be
+                await self._drop_privileges(inode)
+            if truncating:
+                # libfuse negotiates atomic O_TRUNC: the kernel leaves the truncation to us.
+                # Even at a stored size of 0: writes may be waiting in the cache (or the
+                # journal), and an empty file's times still change.
+                await self.cache.discard(inode)
+                await self.run(self.store.truncate, inode, 0)
+        except BaseException:
+            # A failed open gets no release from the kernel: give back what the handle took.
+            await self._forget_handle(info.fh)
+            raise
         return info
+
+    async def _forget_handle(self, fh: int) -> None:
+        """Undo `_new_handle` for an open that failed after it (the caller's hold stays
+        the caller's to release)."""
+        handle = self.handles.pop(fh)
+        ino = handle.ino
+        self.open_count[ino] -= 1
+        if self.open_count[ino] <= 0:
+            del self.open_count[ino]
+        if handle.writable:
+            self.writers[ino] -= 1
+            if self.writers[ino] <= 0:
+                del self.writers[ino]
+                self.cache.writer_closed(ino)
+            await self.run(self.store.leases.release, ino, self.holder)
 
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
