@@ -1,37 +1,23 @@
-"""Prometheus metrics: counters and latency histograms kept by the access-log middleware, and
-the text exposition format (version 0.0.4) served on a listener of its own.
-
-A small writer rather than `prometheus_client`: the gateway keeps a handful of series, all
-updated on the event loop (so no locks), and this keeps the gateway free of a process-global
-registry (STYLE.md: no module-level globals).
-"""
+"""Prometheus metrics: counters and latency histograms kept by the access-log middleware,
+served in the text format (vfsd/prometheus.py) on a listener of its own."""
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from vfsd.prometheus import CONTENT_TYPE, Exposition, Histogram
+
 # Seconds: from a fast HEAD to a multi-GiB upload.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0, 300.0)
 
 
-@dataclass
-class _Histogram:
-    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    total: float = 0.0
-    count: int = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
-        self.total += value
-        self.count += 1
+def _histogram() -> Histogram:
+    return Histogram(LATENCY_BUCKETS)
 
 
 class Metrics:
@@ -41,7 +27,7 @@ class Metrics:
         self.requests: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.bytes_in: defaultdict[str, int] = defaultdict(int)
         self.bytes_out: defaultdict[str, int] = defaultdict(int)
-        self.latency: defaultdict[str, _Histogram] = defaultdict(_Histogram)
+        self.latency: defaultdict[str, Histogram] = defaultdict(_histogram)
         self.in_flight = 0
 
     def observe(self, operation: str, status: int, received: int, sent: int,
@@ -74,46 +60,26 @@ class Metrics:
         self.in_flight += snapshot["in_flight"]
 
     def render(self) -> bytes:
-        out: list[str] = []
-
-        def family(name: str, kind: str, text: str) -> None:
-            out.append(f"# HELP {name} {text}")
-            out.append(f"# TYPE {name} {kind}")
-
-        family("vfsd_gateway_requests_total", "counter", "S3 requests by operation and status.")
+        out = Exposition()
+        out.family("vfsd_gateway_requests_total", "counter", "S3 requests by operation and status.")
         for (operation, status), value in sorted(self.requests.items()):
-            out.append(f'vfsd_gateway_requests_total{{operation="{_label(operation)}",'
-                       f'status="{status}"}} {value}')
-        family("vfsd_gateway_received_bytes_total", "counter",
-               "Request body bytes received, by operation.")
+            out.sample("vfsd_gateway_requests_total", value,
+                       {"operation": operation, "status": status})
+        out.family("vfsd_gateway_received_bytes_total", "counter",
+                   "Request body bytes received, by operation.")
         for operation, value in sorted(self.bytes_in.items()):
-            out.append(f'vfsd_gateway_received_bytes_total{{operation="{_label(operation)}"}} '
-                       f"{value}")
-        family("vfsd_gateway_sent_bytes_total", "counter",
-               "Response body bytes sent, by operation.")
+            out.sample("vfsd_gateway_received_bytes_total", value, {"operation": operation})
+        out.family("vfsd_gateway_sent_bytes_total", "counter",
+                   "Response body bytes sent, by operation.")
         for operation, value in sorted(self.bytes_out.items()):
-            out.append(f'vfsd_gateway_sent_bytes_total{{operation="{_label(operation)}"}} '
-                       f"{value}")
-        family("vfsd_gateway_request_duration_seconds", "histogram",
-               "Time from request to the end of the response, by operation.")
+            out.sample("vfsd_gateway_sent_bytes_total", value, {"operation": operation})
+        out.family("vfsd_gateway_request_duration_seconds", "histogram",
+                   "Time from request to the end of the response, by operation.")
         for operation, h in sorted(self.latency.items()):
-            label = f'operation="{_label(operation)}"'
-            running = 0
-            for bound, count in zip(LATENCY_BUCKETS, h.counts, strict=False):
-                running += count
-                out.append(f'vfsd_gateway_request_duration_seconds_bucket{{{label},'
-                           f'le="{bound}"}} {running}')
-            out.append(f'vfsd_gateway_request_duration_seconds_bucket{{{label},le="+Inf"}} '
-                       f"{h.count}")
-            out.append(f"vfsd_gateway_request_duration_seconds_sum{{{label}}} {h.total}")
-            out.append(f"vfsd_gateway_request_duration_seconds_count{{{label}}} {h.count}")
-        family("vfsd_gateway_requests_in_flight", "gauge", "Requests being served now.")
-        out.append(f"vfsd_gateway_requests_in_flight {self.in_flight}")
-        return ("\n".join(out) + "\n").encode()
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            out.histogram("vfsd_gateway_request_duration_seconds", h, {"operation": operation})
+        out.family("vfsd_gateway_requests_in_flight", "gauge", "Requests being served now.")
+        out.sample("vfsd_gateway_requests_in_flight", self.in_flight)
+        return out.render()
 
 
 METRICS = web.AppKey("metrics", Metrics)

@@ -9,17 +9,11 @@ import sys
 import urllib.request
 
 import pytest
-from mounting import wait_for
+from mounting import free_port, wait_for
 
 from vfsd.store import Store
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def answers(port: int) -> bool:
@@ -147,15 +141,20 @@ def test_up_refuses_a_mount_point_that_is_a_file_before_making_a_store(tmp_path)
 
 def test_up_passes_the_gateway_options_on(tmp_path):
     store, mnt, port, metrics = tmp_path / "data", tmp_path / "mnt", free_port(), free_port()
+    mount_metrics = free_port()
     result = run_up(store, mnt, "--tls-cert", str(tmp_path / "cert.pem"))
     assert result.returncode == 2 and "--tls-cert and --tls-key go together" in result.stderr
     assert not store.exists()
     proc = start_up(store, mnt, "--listen", f"127.0.0.1:{port}", "--processes", "1",
-                    "--metrics-listen", f"127.0.0.1:{metrics}", "--region", "eu-x-1")
+                    "--metrics-listen", f"127.0.0.1:{metrics}", "--region", "eu-x-1",
+                    "--mount-metrics-listen", f"127.0.0.1:{mount_metrics}")
     try:
         wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, "vfsd up")
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as r:
             assert b"vfsd_gateway_requests_in_flight" in r.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{mount_metrics}/metrics",
+                                    timeout=10) as r:
+            assert b"vfsd_mount_dirty_bytes" in r.read()
         gateway = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "vfsd gateway"],
                                  capture_output=True, text=True, check=True).stdout.split()
         assert len(gateway) == 1

@@ -19,18 +19,20 @@ from vfsd.store.config import load_config
 from .common import DEFAULT_USER, EXIT_ERROR, UsageError, open_store, store_path
 
 
-def _mount_config(args: argparse.Namespace, mountpoint: Path, foreground: bool):
+def _mount_config(args: argparse.Namespace, mountpoint: Path, foreground: bool,
+                  metrics_listen: tuple[str, int] | None):
     from vfsd.fs.mount import MountConfig
 
     return MountConfig(store=store_path(args), mountpoint=mountpoint, foreground=foreground,
                        cache_size=args.cache_size, commit_interval=args.commit_interval,
-                       allow_other=args.allow_other)
+                       allow_other=args.allow_other, metrics_listen=metrics_listen)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from vfsd.fs.mount import mount
 
-    return mount(_mount_config(args, Path(args.mountpoint), args.foreground))
+    return mount(_mount_config(args, Path(args.mountpoint), args.foreground,
+                               args.metrics_listen))
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -60,7 +62,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"S3 endpoint  {scheme}://{shown}:{port}   access key {user.access_key}   "
               f"secret key {user.secret_key}", flush=True)
         print(f"mounting {path} on {mnt} (Ctrl-C to flush, unmount and stop)", flush=True)
-        status = mount(_mount_config(args, mnt, foreground=True))
+        status = mount(_mount_config(args, mnt, foreground=True,
+                                     metrics_listen=args.mount_metrics_listen))
     finally:
         gateway.stop()
     return EXIT_ERROR if gateway.failed else status

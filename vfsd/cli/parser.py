@@ -252,6 +252,9 @@ def build_parser() -> Parser:
                          "SIGINT or `fusermount3 -u` flush all dirty data and unmount.")
     p.add_argument("mountpoint", help="an empty directory")
     p.add_argument("--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("--metrics-listen", type=parse_listen, metavar="HOST:PORT",
+                   help="serve Prometheus /metrics here: requests by operation and errno, "
+                   "latency, dirty data (off by default; unauthenticated, keep it private)")
     p.set_defaults(func=cmd_mount)
     # The gateway's options, for `vfsd gateway` and for the gateway `vfsd up` starts.
     gateway_opts = argparse.ArgumentParser(add_help=False)
@@ -276,6 +279,9 @@ def build_parser() -> Parser:
                          f"{DEFAULT_USER!r} on first run, start the S3 gateway and mount the "
                          "store in the foreground. Ctrl-C flushes, unmounts and stops both.")
     p.add_argument("--mnt", default="./mnt", help="mount point (default ./mnt, created)")
+    p.add_argument("--mount-metrics-listen", type=parse_listen, metavar="HOST:PORT",
+                   help="serve the mount's Prometheus /metrics here (off by default; "
+                   "--metrics-listen is the gateway's)")
     p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 9000),
                    metavar="HOST:PORT", help="the S3 gateway's address (default 127.0.0.1:9000)")
     p.set_defaults(func=cmd_up)

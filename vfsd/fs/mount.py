@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from vfsd.store import Store, gc, journal
 from vfsd.store.config import load_config
 from vfsd.store.errors import StoreError
 
+from . import metrics
 from .invalidate import tail_changes
 from .operations import Operations
 from .readahead import widen_readahead
@@ -49,6 +51,7 @@ class MountConfig:
     cache_size: int = 256 * 1024 * 1024
     commit_interval: float = 1.0
     allow_other: bool = False
+    metrics_listen: tuple[str, int] | None = None  # serve Prometheus /metrics there
 
 
 def check_mountpoint(path: Path) -> None:
@@ -66,6 +69,15 @@ def check_mountpoint(path: Path) -> None:
         raise MountError(f"{path} is already a mount point")
     if any(path.iterdir()):
         raise MountError(f"mount point {path} is not empty")
+
+
+def _metrics_listener(address: tuple[str, int] | None) -> socket.socket | None:
+    if address is None:
+        return None
+    try:
+        return metrics.bind(*address)
+    except OSError as e:
+        raise MountError(str(e)) from None
 
 
 def setup_logging(store: Path, foreground: bool) -> None:
@@ -105,6 +117,7 @@ def mount(config: MountConfig) -> int:
         purged = store.purge_orphans()
         recovered = journal.recover(store)  # what a crashed mount fsynced, before we serve
         ops = Operations(store, config.cache_size, config.commit_interval)
+        listener = _metrics_listener(config.metrics_listen)
         ops.cache.journal = journal.Journal(store, ops.holder)
         options = {"fsname=vfsd", "subtype=vfsd", "default_permissions"}
         if config.allow_other:
@@ -117,14 +130,15 @@ def mount(config: MountConfig) -> int:
         raise
     registration = register(config.store, mountpoint)
     log.info("event=mounted store=%s mountpoint=%s orphans_purged=%d cache=%d interval=%.1f "
-             "journals_replayed=%d sets_replayed=%d sets_dropped=%d",
+             "journals_replayed=%d sets_replayed=%d sets_dropped=%d metrics=%s",
              config.store, config.mountpoint, purged, config.cache_size, config.commit_interval,
-             recovered.journals, recovered.replayed, recovered.dropped)
+             recovered.journals, recovered.replayed, recovered.dropped,
+             metrics.url(listener) if listener else "off")
     if ready_w is not None:
         os.write(ready_w, b"ok\n")
         os.close(ready_w)
     try:
-        trio.run(serve, ops, mountpoint)
+        trio.run(serve, ops, mountpoint, listener)
     finally:
         registration.unlink(missing_ok=True)
         pyfuse3.close(unmount=True)
@@ -137,8 +151,11 @@ def mount(config: MountConfig) -> int:
     return 0
 
 
-async def serve(ops: Operations, mountpoint: Path) -> None:
+async def serve(ops: Operations, mountpoint: Path,
+                metrics_listener: socket.socket | None = None) -> None:
     async with trio.open_nursery() as nursery:
+        if metrics_listener is not None:
+            nursery.start_soon(metrics.serve, metrics_listener, ops.metrics)
         nursery.start_soon(_widen_readahead, ops, mountpoint)
         nursery.start_soon(ops.cache.run_flusher)
         nursery.start_soon(tail_changes, ops.store, ops.run, ops.foreign_change,

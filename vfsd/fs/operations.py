@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from . import atime
 from .atime import AccessTimes
 from .errno_map import errno_for
 from .invalidate import OwnChanges
+from .metrics import MountMetrics
 from .readmap import ReadMap
 from .workers import WorkerPool
 from .writeback import WriteBack
@@ -45,19 +47,30 @@ FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x
 
 
 def handler(fn: F) -> F:
+    operation = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any) -> Any:
+        started = time.perf_counter()
+        result = 0
         try:
             return await fn(self, *args)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as e:
+            result = e.errno
             raise
         except StoreError as e:
-            raise pyfuse3.FUSEError(errno_for(e)) from None
+            result = errno_for(e)
+            raise pyfuse3.FUSEError(result) from None
         except trio.Cancelled:
+            result = errno.EINTR
             raise
         except Exception:
-            log.exception("event=handler-crash op=%s args=%r", fn.__name__, args[:3])
+            log.exception("event=handler-crash op=%s args=%r", operation, args[:3])
+            self.metrics.crashes += 1
+            result = errno.EIO
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            self.metrics.observe(operation, result, time.perf_counter() - started)
     return wrapper  # type: ignore[return-value]
 
 
@@ -111,6 +124,27 @@ class Operations(pyfuse3.Operations):
         self.privileged: set[int] = set()
         self.capability_requests = 0  # getxattr(security.capability), logged at unmount
         self.initialized = trio.Event()
+        self.metrics = MountMetrics()
+        self.metrics.gauges = self.gauges
+
+    def gauges(self) -> dict[str, tuple[str, float]]:
+        """What /metrics shows besides the request counts (vfsd/fs/metrics.py)."""
+        cs = self.store.chunk_size
+        return {
+            "vfsd_mount_dirty_bytes": (
+                "Written data not yet committed to the store (whole chunks).",
+                self.cache.held * cs),
+            "vfsd_mount_dirty_limit_bytes": (
+                "Dirty data at which writers wait for a flush (--cache-size).",
+                self.cache.limit * cs),
+            "vfsd_mount_dirty_files": (
+                "Files with data not yet committed.",
+                sum(1 for f in self.cache.files.values() if f.dirty)),
+            "vfsd_mount_open_handles": ("File handles the kernel holds open.", len(self.handles)),
+            "vfsd_mount_mapped_reads_total": (
+                "Reads answered on the event loop from mapped segment pages.",
+                self.readmap.hits),
+        }
 
     def init(self) -> None:
         """The kernel's INIT request arrived (pyfuse3 replies once this returns)."""
