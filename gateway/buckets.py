@@ -8,6 +8,7 @@ import binascii
 
 from aiohttp import web
 
+from vfsd.store.conditions import Conditions
 from vfsd.store.errors import StoreError
 
 from . import xml
@@ -20,7 +21,7 @@ from .errors import (
     S3Error,
     from_core,
 )
-from .headers import checksum
+from .headers import checksum, parse_etags
 
 
 def xml_response(body: bytes, status: int = 200) -> web.Response:
@@ -107,8 +108,10 @@ async def delete_objects(request: web.Request) -> web.Response:
     identity = s3.identity
     body = await read_small(request, identity.payload_sha256 if identity else None,
                             checksum(request.headers), request.app[CONFIG].max_xml_body)
-    keys, quiet = xml.parse_delete(body)
-    outcomes = await run(request, request.app[OBJECTS].delete_objects, s3.bucket, keys)
+    keys, quiet, etags = xml.parse_delete(body)
+    wanted = {key: Conditions(if_match=parse_etags(etag)) for key, etag in etags.items()}
+    outcomes = await run(request, request.app[OBJECTS].delete_objects, s3.bucket, keys,
+                         wanted)
     doc = xml.Node("DeleteResult", xmlns=xml.NS)
     for key, error in outcomes:
         text = key.decode(errors="surrogateescape")

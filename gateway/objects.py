@@ -361,7 +361,10 @@ def _release_result(request: web.Request, future: asyncio.Future[Piece]) -> None
 
 async def delete_object(request: web.Request) -> web.Response:
     s3 = request[S3]
-    await run(request, request.app[OBJECTS].delete_object, s3.bucket, s3.key)
+    # If-Match makes it a conditional delete (412 when the ETag differs, 404 when there is no
+    # object); If-None-Match and the other validators mean nothing to S3's DeleteObject.
+    wanted = Conditions(if_match=parse_etags(request.headers.get("if-match")))
+    await run(request, request.app[OBJECTS].delete_object, s3.bucket, s3.key, wanted)
     return web.Response(status=204)
 
 

@@ -82,21 +82,27 @@ def parse(body: bytes) -> ET.Element:
     return root
 
 
-def parse_delete(body: bytes, limit: int = 1000) -> tuple[list[bytes], bool]:
-    """DeleteObjects: (keys, quiet)."""
+def parse_delete(body: bytes, limit: int = 1000
+                 ) -> tuple[list[bytes], bool, dict[bytes, str]]:
+    """DeleteObjects: (keys, quiet, {key: ETag} of the objects to delete only if their ETag
+    is that one: a conditional delete, as If-Match on DeleteObject)."""
     root = parse(body)
     if root.tag != "Delete":
         raise MalformedXML()
     quiet = (root.findtext("Quiet") or "false").strip().lower() == "true"
     keys = []
+    etags = {}
     for obj in root.findall("Object"):
         key = obj.findtext("Key")
         if key is None:
             raise MalformedXML()
         keys.append(key.encode(errors="surrogateescape"))
+        etag = obj.findtext("ETag")
+        if etag is not None:
+            etags[keys[-1]] = etag.strip()
     if not keys or len(keys) > limit:
         raise MalformedXML(f"a Delete request names 1 to {limit} objects")
-    return keys, quiet
+    return keys, quiet, etags
 
 
 def parse_location_constraint(body: bytes) -> str | None:

@@ -153,6 +153,28 @@ def test_delete_objects_batch_and_quiet(s3, bucket):
     assert error_of(e) == (400, "MalformedXML")
 
 
+def test_conditional_delete_with_if_match(s3, bucket):
+    """S3 conditional deletes: If-Match on DeleteObject and an ETag in DeleteObjects keep the
+    object when its ETag differs (412 / a PreconditionFailed entry), 404 when it is absent."""
+    etag = s3.put_object(Bucket=bucket, Key="k", Body=b"one")["ETag"]
+    with pytest.raises(ClientError) as e:
+        s3.delete_object(Bucket=bucket, Key="k", IfMatch='"0123456789abcdef0123456789abcdef"')
+    assert error_of(e) == (412, "PreconditionFailed")
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"one"
+    s3.delete_object(Bucket=bucket, Key="k", IfMatch=etag)
+    with pytest.raises(ClientError) as e:
+        s3.delete_object(Bucket=bucket, Key="k", IfMatch="*")
+    assert error_of(e) == (404, "NoSuchKey")
+
+    etag = s3.put_object(Bucket=bucket, Key="a", Body=b"a")["ETag"]
+    s3.put_object(Bucket=bucket, Key="b", Body=b"b")
+    out = s3.delete_objects(Bucket=bucket, Delete={"Objects": [
+        {"Key": "a", "ETag": etag}, {"Key": "b", "ETag": "badetag"}]})
+    assert [d["Key"] for d in out["Deleted"]] == ["a"]
+    assert [(x["Key"], x["Code"]) for x in out["Errors"]] == [("b", "PreconditionFailed")]
+    assert s3.get_object(Bucket=bucket, Key="b")["Body"].read() == b"b"
+
+
 def test_copy_object(gateway, s3, bucket):
     body = os.urandom(500_000)
     src = s3.put_object(Bucket=bucket, Key="src", Body=body, Metadata={"a": "1"},

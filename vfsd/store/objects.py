@@ -684,31 +684,53 @@ class Objects:
 
     # --- deleting --------------------------------------------------------------------------
 
-    def delete_object(self, bucket: str, key: bytes) -> bool:
+    def delete_object(self, bucket: str, key: bytes,
+                      conditions: Conditions | None = None) -> bool:
         """Remove the object and the parent directories it leaves empty (not the bucket).
-        True if there was an object. One write transaction."""
+        True if there was an object. One write transaction, which also checks `conditions`
+        (If-Match: a conditional delete) against the object it removes."""
         with self.env.read() as tx:
             existing = self._lookup(tx, self.bucket_inode(tx, bucket), key)
         if existing is not None:
             self._wait_for_release(existing.ino)
-        with self.env.write() as tx:
-            return self._delete(tx, self.bucket_inode(tx, bucket), key)
+        for _attempt in range(_RETRIES):
+            try:
+                with self.env.write() as tx:
+                    b = self.bucket_inode(tx, bucket)
+                    if conditions:
+                        self.check_write_conditions(tx, self._lookup(tx, b, key), conditions)
+                    return self._delete(tx, b, key)
+            except etags.NeedEtag as need:  # changed through the mount: hash it, then retry
+                self.etag(need.ino)
+        raise ObjectChanged("the object kept changing while its ETag was checked")
 
-    def delete_objects(self, bucket: str, keys: Iterable[bytes]
+    def delete_objects(self, bucket: str, keys: Iterable[bytes],
+                       conditions: Mapping[bytes, Conditions] | None = None
                        ) -> list[tuple[bytes, Exception | None]]:
         """DeleteObjects: each key's outcome (None, or the error that kept it), in one write
-        transaction; a key that fails changes nothing, the others still go."""
-        out: list[tuple[bytes, Exception | None]] = []
-        with self.env.write() as tx:
-            b = self.bucket_inode(tx, bucket)
-            for key in keys:
-                try:
-                    self._delete(tx, b, key)
-                    out.append((key, None))
-                except (KeyConflict, PermissionDenied, ReadOnly, Busy, IsADirectory,
-                        NotADirectory) as e:  # raised before anything changed
-                    out.append((key, e))
-        return out
+        transaction; a key that fails changes nothing, the others still go. `conditions`
+        holds the keys whose deletion is conditional (an ETag in the request)."""
+        keys, conditions = list(keys), conditions or {}
+        for _attempt in range(_RETRIES):
+            out: list[tuple[bytes, Exception | None]] = []
+            try:
+                with self.env.write() as tx:
+                    b = self.bucket_inode(tx, bucket)
+                    for key in keys:
+                        try:
+                            if key in conditions:
+                                self.check_write_conditions(tx, self._lookup(tx, b, key),
+                                                            conditions[key])
+                            self._delete(tx, b, key)
+                            out.append((key, None))
+                        except (KeyConflict, PermissionDenied, ReadOnly, Busy, IsADirectory,
+                                NotADirectory, PreconditionFailed,
+                                NoSuchKey) as e:  # raised before anything changed
+                            out.append((key, e))
+                return out
+            except etags.NeedEtag as need:  # changed through the mount: hash it, then retry
+                self.etag(need.ino)
+        raise ObjectChanged("objects kept changing while their ETags were checked")
 
     def _delete(self, tx: Tx, bucket: Inode, key: bytes) -> bool:
         # Every check comes before the first change, so a refusal leaves the tx clean.
