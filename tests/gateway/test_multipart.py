@@ -77,6 +77,36 @@ def test_multipart_round_trip(s3, bucket, sizes):
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+def test_retried_completion_answers_as_the_first(s3, bucket):
+    """A client whose CompleteMultipartUpload answer was lost (a dropped connection) retries
+    it; S3 answers 200 with the object's ETag again, not NoSuchUpload. Once the object has
+    changed, the upload is gone for good."""
+    parts = [os.urandom(5 * MiB), os.urandom(1000)]
+    mpu = s3.create_multipart_upload(Bucket=bucket, Key="retried")
+    done = [{"PartNumber": n, "ETag": s3.upload_part(Bucket=bucket, Key="retried",
+                                                     UploadId=mpu["UploadId"], PartNumber=n,
+                                                     Body=body)["ETag"]}
+            for n, body in enumerate(parts, 1)]
+
+    def complete() -> dict:
+        return s3.complete_multipart_upload(Bucket=bucket, Key="retried",
+                                            UploadId=mpu["UploadId"],
+                                            MultipartUpload={"Parts": done})
+
+    assert complete()["ETag"] == s3_etag(parts)
+    assert complete()["ETag"] == s3_etag(parts)
+    assert s3.get_object(Bucket=bucket, Key="retried")["Body"].read() == b"".join(parts)
+    with pytest.raises(ClientError) as e:  # another key does not know the upload
+        s3.complete_multipart_upload(Bucket=bucket, Key="other", UploadId=mpu["UploadId"],
+                                     MultipartUpload={"Parts": done})
+    assert code(e) == "NoSuchUpload"
+    s3.put_object(Bucket=bucket, Key="retried", Body=b"newer")
+    with pytest.raises(ClientError) as e:
+        complete()
+    assert code(e) == "NoSuchUpload"
+    assert s3.get_object(Bucket=bucket, Key="retried")["Body"].read() == b"newer"
+
+
 def test_get_and_head_by_part_number(s3, bucket):
     """?partNumber=N reads part N of a multipart object as a range of it (206, with the parts
     count); a single-part object has one part; copies keep the parts, a plain PUT drops them."""

@@ -19,6 +19,10 @@ _RECORD = struct.Struct(">Q32s")  # inode version, chunk-map fingerprint; then e
 # fingerprint (a file rewritten through the mount gets a plain MD5 ETag and loses its parts).
 PARTS_XATTR = b"vfsd.s3.parts"
 _FINGERPRINT = struct.Struct(">32s")
+# The multipart upload that made the object, and the inode version it made: a retried
+# CompleteMultipartUpload (its first answer lost) finds the object it made and answers as
+# the first time, as S3 does, while the object is unchanged since.
+UPLOAD_XATTR = b"vfsd.s3.upload"
 
 
 class NeedEtag(Exception):
@@ -44,6 +48,14 @@ def unpack_record(raw: bytes | memoryview) -> tuple[int, bytes, str, tuple[str, 
 
 def pack_parts(fingerprint: bytes, sizes: list[int]) -> bytes:
     return _FINGERPRINT.pack(fingerprint) + struct.pack(f">{len(sizes)}Q", *sizes)
+
+
+def pack_upload(version: int, upload_id: str) -> bytes:
+    return U64.pack(version) + upload_id.encode()
+
+
+def unpack_upload(raw: bytes | memoryview) -> tuple[int, str]:
+    return U64.unpack_from(raw)[0], bytes(raw[U64.size:]).decode()
 
 
 def unpack_parts(raw: bytes | memoryview) -> tuple[bytes, tuple[int, ...]]:

@@ -11,6 +11,10 @@ staged like a PUT's (durable in segments before the transaction that records the
 the manifest holds one reference on each, so garbage collection keeps them; `fsck` counts
 these references (`chunk_references`).
 
+The completed object keeps the upload's id and the inode version it made (xattr
+`vfsd.s3.upload`), so a retried CompleteMultipartUpload, whose first answer was lost, is
+answered as the first was while the object is unchanged; otherwise NoSuchUpload.
+
 CompleteMultipartUpload stitches the parts' chunk lists into the object's chunk map in one
 write transaction. Where every part before a given one is a multiple of the chunk size, that
 part's chunks are reused as they are (no body is read or written); after a part that is not,
@@ -29,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from . import checksums, chunks
+from . import checksums, chunks, namespace
 from .chunks import StagedChunk
 from .conditions import Conditions
 from .env import Tx
@@ -44,7 +48,7 @@ from .errors import (
     ObjectChanged,
     PreconditionFailed,
 )
-from .etags import NeedEtag, staged_fingerprint
+from .etags import UPLOAD_XATTR, NeedEtag, pack_upload, staged_fingerprint, unpack_upload
 from .objects import (
     STAGE_BATCH_BYTES,
     ObjectInfo,
@@ -261,6 +265,15 @@ class Uploads:
                                "invalid, or the upload may have been aborted or completed.")
         return upload
 
+    def _completed(self, tx: Tx, bucket: str, key: bytes, upload_id: str) -> bool:
+        """Whether `upload_id` made the object `key` now holds, unchanged since: a retried
+        CompleteMultipartUpload whose first answer the client never got."""
+        inode = self.objects._lookup(tx, self.objects.bucket_inode(tx, bucket), key)
+        if inode is None:
+            return False
+        raw = tx.get(tx.db.xattrs, namespace.xattr_key(inode.ino, UPLOAD_XATTR))
+        return raw is not None and unpack_upload(raw) == (inode.version, upload_id)
+
     # --- create, parts, abort --------------------------------------------------------------
 
     def create(self, bucket: str, key: bytes, *, metadata: Mapping[str, str] | None = None,
@@ -454,7 +467,12 @@ class Uploads:
             raise InvalidPartOrder("The list of parts was not in ascending order. The parts "
                                    "list must be specified in order by part number.")
         with self.env.read() as tx:
-            upload = self._upload(tx, bucket, key, upload_id)
+            try:
+                upload = self._upload(tx, bucket, key, upload_id)
+            except NoSuchUpload:
+                if not self._completed(tx, bucket, key, upload_id):
+                    raise
+                return self.objects.head_object(bucket, key)
             if conditions and conditions.if_none_match == ("*",) and self.objects._lookup(
                     tx, self.objects.bucket_inode(tx, bucket), key) is not None:
                 raise PreconditionFailed("the object exists (If-None-Match: *)")
@@ -505,6 +523,8 @@ class Uploads:
                                              (fingerprint, etag, object_checksum),
                                              [part.size for part in parts])
                     _drop(tx, upload_id)
+                    tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, UPLOAD_XATTR),
+                           pack_upload(inode.version, upload_id))
                     return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
                                       inode.version, etag, dict(current.metadata),
                                       dict(current.headers), object_checksum)

@@ -500,7 +500,8 @@ class Objects:
     def _set_s3_xattrs(self, tx: Tx, ino: int, metadata: Mapping[str, str],
                        headers: Mapping[str, str]) -> None:
         for old in namespace.list_xattrs(tx, ino):
-            if old.startswith(USER_PREFIX) or old in (etags.ETAG_XATTR, etags.PARTS_XATTR):
+            if old.startswith(USER_PREFIX) or old in (etags.ETAG_XATTR, etags.PARTS_XATTR,
+                                                      etags.UPLOAD_XATTR):
                 tx.delete(tx.db.xattrs, namespace.xattr_key(ino, old))
         for name, value in _s3_xattrs(metadata, headers).items():
             tx.put(tx.db.xattrs, namespace.xattr_key(ino, name), value)
