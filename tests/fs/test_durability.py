@@ -256,6 +256,11 @@ def test_sigterm_flushes_dirty_data_and_unmounts(store_path: Path, tmp_path: Pat
     try:
         old = rng.randbytes(1 << 20)
         write_file(mnt / "old", old, sync=True)
+        # The kernel sends that handle's RELEASE after close() returns, and a release flushes
+        # the file: let it come before the writes that must stay dirty (its lease goes then).
+        with Store.open(store_path) as s:
+            ino = s.resolve("old").ino
+            wait_for(lambda: s.leases.holder(ino) is None, 10, "the first handle's release")
         new_part = rng.randbytes(300_001)
         fd = os.open(mnt / "old", os.O_RDWR)
         fds.append(fd)
