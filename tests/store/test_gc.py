@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vfsd.store import ROOT_INO, Store, fsck, gc
+from vfsd.store.errors import NoSpace
 from vfsd.store.records import U64, SegmentInfo
 
 pytestmark = pytest.mark.timeout(300)
@@ -115,4 +116,36 @@ def test_an_idle_process_gives_up_its_mostly_dead_segment(tmp_path):
         assert store.read_file("small") == b"still here"
         store.write(store.create(ROOT_INO, b"later").ino, 0, b"a new segment")
         assert store.read_file("later") == b"a new segment"
+        assert fsck.check(store).clean
+
+
+def test_gc_gives_space_back_on_a_full_disk(tmp_path):
+    """The disk under the store full, its data deleted: gc must still give the space back.
+    A pass compacted segments in id order, and moving the live records out of the first
+    mostly-dead one needs an append, which failed with NoSpace and ended the pass before it
+    retired the segments holding nothing live: the store stayed full for good (a QA pass,
+    300 MiB tmpfs: every write ENOSPC after deleting 240 MiB)."""
+    from test_segments import tmpfs  # tests/store/test_segments.py
+
+    with tmpfs(tmp_path / "small", "40m") as mnt, Store.init(mnt / "s") as store:
+        store.segments._seal_size = 4 * MiB
+        keep = store.create(ROOT_INO, b"keep")
+        gone = store.create(ROOT_INO, b"gone")
+        kept = os.urandom(MiB)
+        for i in range(4):  # the first segment: a quarter live once "gone" goes
+            store.write(keep.ino, i * 256 * 1024, kept[i * 256 * 1024:(i + 1) * 256 * 1024])
+            store.write(gone.ino, i * 768 * 1024, os.urandom(768 * 1024))
+        fill = store.create(ROOT_INO, b"fill")
+        offset = 0
+        with pytest.raises(NoSpace):
+            while True:
+                store.write(fill.ino, offset, os.urandom(MiB))
+                offset += MiB
+        store.unlink(ROOT_INO, b"gone")
+        store.unlink(ROOT_INO, b"fill")
+        for _ in range(3):
+            gc.collect(store, grace=0)
+        data = os.urandom(16 * MiB)  # needs space only the deleted files can give back
+        store.write(store.create(ROOT_INO, b"later").ino, 0, data)
+        assert store.read_file("later") == data and store.read_file("keep") == kept
         assert fsck.check(store).clean

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import changelog
 from .env import U64
-from .errors import Corrupt
+from .errors import Corrupt, NoSpace
 from .fsck import Progress
 from .leases import process_start_time
 from .records import CHUNK, SEGMENT_RETIRED, ChunkLocation, SegmentInfo
@@ -41,6 +41,7 @@ class GcReport:
     waiting: int = 0  # retired, still inside the grace period
     trimmed_changes: int = 0
     orphans_freed: int = 0  # files deleted while open in a process that has died since
+    no_room: int = 0  # mostly-dead segments left for a later pass: the disk had no room
 
     @property
     def changed(self) -> bool:
@@ -52,7 +53,8 @@ class GcReport:
                 f"{self.moved_bytes} live bytes moved), deleted {self.deleted} "
                 f"freeing {self.freed_bytes} bytes, {self.waiting} waiting out the grace period, "
                 f"trimmed {self.trimmed_changes} change-log entries, freed "
-                f"{self.orphans_freed} orphans")
+                f"{self.orphans_freed} orphans"
+                + (f", {self.no_room} left uncompacted (disk full)" if self.no_room else ""))
 
 
 IDLE_SEGMENT_SECONDS = 30.0  # no append for this long: a process's segment may be given up
@@ -95,17 +97,27 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
             tx.delete(tx.db.segments, U64.pack(info.segment))
         report.deleted += 1
 
-    candidates = [
+    # Those with nothing live first: retiring them writes no segment. Moving live records
+    # out of the others needs room on the disk; when it is full, they wait for a later pass,
+    # after the empty ones have been deleted (else a full disk could never be emptied).
+    candidates = sorted((
         info for info in infos
         if info.state != SEGMENT_RETIRED and info.segment != current and not _owned(info)
         and (info.live == 0 or _dead_enough(info.live, sizes.get(info.segment, 0), dead_ratio))
-    ]
+    ), key=lambda info: info.live != 0)
     items: Iterable[SegmentInfo] = candidates
     if progress is not None:
         items = progress(candidates, len(candidates), "gc")
     for info in items:
         if info.live:
-            report.moved_bytes += _move_live_records(store, info.segment)
+            if report.no_room:
+                report.no_room += 1
+                continue
+            try:
+                report.moved_bytes += _move_live_records(store, info.segment)
+            except NoSpace:
+                report.no_room += 1
+                continue
             report.compacted += 1
         if _retire(store, info.segment, time.time_ns() // 1_000_000):
             report.retired += 1
