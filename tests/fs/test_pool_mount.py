@@ -1,13 +1,16 @@
 """The pool seen through the mount: statfs shows the quota, writes past it fail with ENOSPC
 and leave nothing half-written."""
 
+import contextlib
 import errno
 import os
 import subprocess
 import sys
 
 import pytest
-from mounting import wait_for
+from mounting import Mount, wait_for
+
+from vfsd.store import Store
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1 << 20
@@ -82,3 +85,41 @@ def test_a_flush_that_keeps_failing_is_logged_once_a_minute(mount, mnt, store_pa
     wait_for(lambda: "event=flush-recovered" in (store_path / "vfsd.log").read_text(), 5,
              "the retried flush to succeed")
     assert len((mnt / "too-big").read_bytes()) == 16 * MiB
+
+
+def test_a_full_disk_under_the_index_is_enospc_not_eio(tmp_path):
+    """The file system under the store full: a metadata change (mkdir, create, rename) cannot
+    commit its LMDB transaction. lmdb's DiskError reached the handler uncaught, so the caller
+    got EIO and the log a handler-crash traceback; a full disk is ENOSPC, as for data."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
+    mount = None
+    try:
+        Store.init(small / "store").close()
+        mount = Mount(small / "store", tmp_path / "mnt").start()
+        mnt = mount.path
+        (mnt / "keep").write_bytes(b"kept")
+        ballast = os.open(small / "ballast", os.O_WRONLY | os.O_CREAT)  # fill the disk
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(ballast, bytes(4096))
+        os.close(ballast)
+        failed = None
+        for i in range(64):  # enough new names to need new index pages
+            try:
+                (mnt / f"{i:03}{'d' * 200}").mkdir()
+            except OSError as e:
+                failed = e
+                break
+        assert failed is not None and failed.errno == errno.ENOSPC
+        assert (mnt / "keep").read_bytes() == b"kept"
+        (small / "ballast").unlink()
+        (mnt / "later").mkdir()
+        assert sorted(p.name for p in mnt.iterdir() if len(p.name) < 200) == ["keep", "later"]
+    finally:
+        if mount is not None:
+            mount.stop()
+        subprocess.run(["umount", "-l", str(small)], check=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import lmdb
 
-from .errors import Corrupt
+from .errors import Corrupt, NoSpace
 from .records import SEGMENT_RETIRED, ChunkLocation, Inode, SegmentInfo
 
 # Sparse: LMDB only reserves address space; the file grows with the data.
@@ -190,9 +190,21 @@ class Environment:
                 txn.abort()
                 raise
             txn.commit()
+        except (lmdb.DiskError, lmdb.MapFullError) as e:
+            raise as_store_error(e) from e
         finally:
             run_ended(tx)
         self.committed(tx.stored_inodes)
+
+
+def as_store_error(e: BaseException) -> BaseException:
+    """What a failed transaction tells its caller: the disk under the store full (ENOSPC,
+    lmdb's DiskError, when the commit or a page spill writes) or the map full is NoSpace,
+    which the mount answers with ENOSPC and the gateway with 507, like a full segment.
+    LMDB has aborted the transaction: nothing of it is visible."""
+    if isinstance(e, (lmdb.DiskError, lmdb.MapFullError)):
+        return NoSpace(f"the disk under the store is full (committing the index: {e})")
+    return e
 
 
 def run_ended(tx: Tx) -> None:

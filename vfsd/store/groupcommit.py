@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from .env import Environment, Tx, run_ended
+from .env import Environment, Tx, as_store_error, run_ended
 
 T = TypeVar("T")
 MAX_BATCH = 64
@@ -99,7 +99,7 @@ class GroupCommit:
                 except BaseException as e:  # noqa: BLE001 - its own failure: only it is undone
                     child.abort()
                     run_ended(tx)
-                    call.error = e
+                    call.error = as_store_error(e)
                     continue
                 child.commit()
                 committed.append(tx)
@@ -111,7 +111,7 @@ class GroupCommit:
         except BaseException as e:  # noqa: BLE001 - the batch failed: all its calls did
             parent.abort()
             for call in ran:
-                call.result, call.error = None, e
+                call.result, call.error = None, as_store_error(e)
         finally:
             for tx in committed:  # committed or aborted with the parent: ended either way
                 run_ended(tx)
