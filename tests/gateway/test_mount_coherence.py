@@ -266,3 +266,40 @@ def test_a_name_only_ever_replaced_always_opens_on_the_mount(both):
     missing = [e for e in errors if not e.startswith(f"{errno.ESTALE} ")]
     assert missing == [] and len(errors) * 100 < reads[0] and reads[0] > 20, (
         errors[:5], len(errors), reads)
+
+
+def test_leases_work_on_a_full_disk(tmp_path, gateway_process):
+    """Leases live in their own LMDB environment (run/leases), on the store's disk. When
+    that disk was full, taking one (any open for writing, O_TRUNC included, so also a VM
+    start) failed with EIO and a handler-crash traceback: its commit needed a new block.
+    On Linux, opening an existing file for writing on a full file system works. The lease
+    taken must also be given back at close, or the gateway would refuse the DELETE (409)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
+    mount = None
+    try:
+        keys = make_store(small / "store")
+        mount = Mount(small / "store", tmp_path / "mnt").start()
+        s3 = client(gateway_process(small / "store").endpoint, keys)
+        (mount.path / "bkt").mkdir()
+        for name in ("one", "two"):
+            (mount.path / "bkt" / name).write_bytes(b"x" * 100)
+        f = open(mount.path / "bkt" / "one", "r+b")  # noqa: SIM115 - closed on the full disk
+        ballast = os.open(small / "ballast", os.O_WRONLY | os.O_CREAT)  # fill the disk
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(ballast, bytes(4096))
+        os.close(ballast)
+        f.close()
+        with open(mount.path / "bkt" / "two", "r+b") as g:
+            assert g.read() == b"x" * 100
+        (small / "ballast").unlink()
+        s3.delete_object(Bucket="bkt", Key="one")  # the mount gave its lease back
+        wait_for(lambda: not (mount.path / "bkt" / "one").exists(), 2, "the DELETE on the mount")
+    finally:
+        if mount is not None:
+            mount.stop()
+        subprocess.run(["umount", "-l", str(small)], check=True)

@@ -8,18 +8,25 @@ lease left by a dead process (or one whose pid was reused) is recognised as stal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
 
+from .env import as_store_error
 from .errors import Busy
 from .records import ino_key
 
 SETTLE_SECONDS = 3.0
+# Disk blocks reserved for the leases' LMDB file when a process opens it: LMDB reuses the
+# pages it frees, so with these allocated, taking and giving back leases needs no new block
+# even when the disk under the store is full.
+PREALLOCATE = 4 << 20
 _LEASE = struct.Struct(">IQI")  # pid, process start time (clock ticks since boot), open count
 
 
@@ -61,6 +68,14 @@ class Leases:
         run_dir.mkdir(exist_ok=True)
         self.env = lmdb.open(str(run_dir / "leases"), map_size=1 << 28, max_dbs=1,
                              subdir=True, sync=False, metasync=False, readahead=False)
+        try:
+            fd = os.open(run_dir / "leases" / "data.mdb", os.O_WRONLY)
+            try:
+                os.posix_fallocate(fd, 0, PREALLOCATE)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # the disk is full already: leases fail with NoSpace until there is room
 
     def close(self) -> None:
         self.env.close()
@@ -69,9 +84,17 @@ class Leases:
         pid, start, count = _LEASE.unpack_from(raw)
         return Holder(pid, start, raw[_LEASE.size:].decode()), count
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[lmdb.Transaction[bytes]]:
+        try:
+            with self.env.begin(write=True) as txn:
+                yield txn
+        except (lmdb.DiskError, lmdb.MapFullError) as e:
+            raise as_store_error(e) from e
+
     def acquire(self, ino: int, holder: Holder) -> None:
         """Take (or re-enter) the lease on `ino`; Busy if another live process holds it."""
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             raw = txn.get(ino_key(ino))
             count = 0
             if raw is not None:
@@ -84,7 +107,7 @@ class Leases:
                     + holder.kind.encode())
 
     def release(self, ino: int, holder: Holder) -> None:
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             raw = txn.get(ino_key(ino))
             if raw is None:
                 return
