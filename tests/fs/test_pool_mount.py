@@ -95,7 +95,7 @@ def test_a_full_disk_under_the_index_is_enospc_not_eio(tmp_path):
         pytest.skip("mounting a tmpfs needs root")
     small = tmp_path / "small"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(small)], check=True)
     mount = None
     try:
         Store.init(small / "store").close()

@@ -278,7 +278,7 @@ def test_leases_work_on_a_full_disk(tmp_path, gateway_process):
         pytest.skip("mounting a tmpfs needs root")
     small = tmp_path / "small"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(small)], check=True)
     mount = None
     try:
         keys = make_store(small / "store")

@@ -534,7 +534,7 @@ def test_full_disk_under_the_index_is_insufficient_storage(tmp_path, gateway_pro
         pytest.skip("mounting a tmpfs needs root")
     small = tmp_path / "small"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(small)], check=True)
     try:
         keys = make_store(small / "store")
         s3 = client(gateway_process(small / "store").endpoint, keys)

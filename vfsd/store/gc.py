@@ -13,6 +13,7 @@ A body that staging found in a retired segment is copied back out when it is com
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -60,6 +61,12 @@ class GcReport:
 IDLE_SEGMENT_SECONDS = 30.0  # no append for this long: a process's segment may be given up
 
 
+def _disk_tight(store: Store) -> bool:
+    """Whether the disk under the store has less than twice the room gc keeps for itself."""
+    st = os.statvfs(store.config.segments_dir)
+    return st.f_bavail * st.f_frsize < 2 * store.gc_reserve()
+
+
 def _dead_enough(live: int, size: int, dead_ratio: float) -> bool:
     """Whether a segment of `size` bytes holding `live` ones is worth compacting."""
     return size > 0 and 1 - live / size >= dead_ratio
@@ -75,7 +82,10 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
     """One pass. Safe beside other processes using the store (they may read a retired
     segment until the grace period ends; none appends to a segment it does not own)."""
     report = GcReport()
-    release_idle_segment(store)  # ours, if idle and mostly dead: then it is a candidate below
+    # Ours, if idle and mostly dead: then it is a candidate below. On a nearly full disk at
+    # once: writes refused for want of room append nothing, so the segment they last filled
+    # would otherwise stay ours, and its dead bytes on the disk, while they keep trying.
+    release_idle_segment(store, 0.0 if _disk_tight(store) else IDLE_SEGMENT_SECONDS)
     now_ms = time.time_ns() // 1_000_000
     report.trimmed_changes = changelog.trim(store.env, now_ms)
     # Before the segments are weighed: an orphan's chunks become garbage here.
@@ -97,14 +107,15 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
             tx.delete(tx.db.segments, U64.pack(info.segment))
         report.deleted += 1
 
-    # Those with nothing live first: retiring them writes no segment. Moving live records
-    # out of the others needs room on the disk; when it is full, they wait for a later pass,
-    # after the empty ones have been deleted (else a full disk could never be emptied).
+    # Those with nothing live first: retiring them writes no segment; then the most dead,
+    # which give back the most for what is moved. Moving live records needs room on the disk
+    # (new data leaves Store.gc_reserve for it); when there is none, they wait for a later
+    # pass, after the empty ones have been deleted (else a full disk could never be emptied).
     candidates = sorted((
         info for info in infos
         if info.state != SEGMENT_RETIRED and info.segment != current and not _owned(info)
         and (info.live == 0 or _dead_enough(info.live, sizes.get(info.segment, 0), dead_ratio))
-    ), key=lambda info: info.live != 0)
+    ), key=lambda info: info.live / max(1, sizes.get(info.segment, 0)))
     items: Iterable[SegmentInfo] = candidates
     if progress is not None:
         items = progress(candidates, len(candidates), "gc")

@@ -214,6 +214,11 @@ class LocalSegments:
         self.view_cached = self._mapped.view_cached
         self.views_cached = self._mapped.views_cached
 
+    @property
+    def seal_size(self) -> int:
+        """The size at which a segment is sealed and the next one started."""
+        return self._seal_size
+
     def path(self, segment: int) -> Path:
         return self.directory / segment_name(segment)
 

@@ -43,7 +43,7 @@ from .records import (
     SegmentInfo,
     ino_key,
 )
-from .segments import LocalSegments
+from .segments import STAGING_SIZE, LocalSegments
 
 MAX_FILE_SIZE = (1 << 63) - 1  # Linux's MAX_LFS_FILESIZE
 CAPABILITY_XATTR = b"security.capability"
@@ -162,6 +162,12 @@ class Store:
         """The pool's size: the quota, else what is stored plus the backing disk's free space."""
         return self.pool_usage()[0]
 
+    def gc_reserve(self) -> int:
+        """Disk space new data may not take: what gc needs to move the live records out of a
+        segment (at most one segment) before it can delete it. Overwrites leave dead bodies
+        in segments; without this room, a disk filled by them could never be compacted."""
+        return self.segments.seal_size + STAGING_SIZE
+
     def capacity_left(self) -> int | None:
         # Asked before every staged write: no inode count (a stat of that database) here.
         with self.env.read() as tx:
@@ -169,14 +175,14 @@ class Store:
         if quota is not None:
             return max(0, quota - physical)
         st = os.statvfs(self._segments_path)
-        return st.f_bavail * st.f_frsize
+        return max(0, st.f_bavail * st.f_frsize - self.gc_reserve())
 
     def pool_usage(self) -> tuple[int, int, int]:
         """(capacity, physical bytes, inode count) for statfs."""
         quota, physical, inodes = self._pool()
         if quota is None:
             st = os.statvfs(self._segments_path)
-            quota = physical + st.f_bavail * st.f_frsize
+            quota = physical + max(0, st.f_bavail * st.f_frsize - self.gc_reserve())
         return quota, physical, inodes
 
     # --- attributes and names ------------------------------------------------------------
