@@ -131,6 +131,36 @@ def test_up_reports_a_gateway_that_dies_and_keeps_the_mount_serving(tmp_path):
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
 
 
+def test_up_killed_takes_its_gateway_along_and_starts_again(tmp_path):
+    """`kill -9` of `vfsd up` (OOM killer, an admin): its gateway went on serving, orphaned,
+    beside the dead mount, and the next `vfsd up` on the same port failed ("Address already
+    in use") until someone found and killed the stray gateway. The gateway dies with `up`
+    now, as the gateway's server processes die with their supervisor."""
+    store, mnt, port = tmp_path / "data", tmp_path / "mnt", free_port()
+    proc = start_up(store, mnt, "--listen", f"127.0.0.1:{port}")
+    again = None
+    try:
+        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 30, "vfsd up")
+        wait_for(lambda: answers(port), 30, "the S3 gateway")
+        (mnt / "before").write_bytes(b"kept")
+        proc.kill()
+        proc.wait()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
+        wait_for(lambda: not answers(port), 30, "the gateway to die with `vfsd up`")
+        again = start_up(store, mnt, "--listen", f"127.0.0.1:{port}")
+        wait_for(lambda: os.path.ismount(mnt) or again.poll() is not None, 30, "vfsd up again")
+        assert again.poll() is None, again.stdout.read()
+        wait_for(lambda: answers(port), 30, "the new S3 gateway")
+        assert (mnt / "before").read_bytes() == b"kept"
+        again.send_signal(signal.SIGINT)
+        assert again.wait(timeout=60) == 0
+    finally:
+        for p in (proc, again):
+            if p is not None and p.poll() is None:
+                p.kill()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
+
+
 def test_up_refuses_a_mount_point_that_is_a_file_before_making_a_store(tmp_path):
     (tmp_path / "file").write_text("x")
     result = run_up(tmp_path / "data", tmp_path / "file")

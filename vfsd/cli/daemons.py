@@ -4,6 +4,7 @@ re-exec that gives them their glibc tunables."""
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import signal
@@ -76,10 +77,12 @@ class GatewayChild:
     end, but the mount keeps serving meanwhile: VMs may be running on it."""
 
     def __init__(self, store: Path, host: str, port: int, options: Sequence[str] = ()):
+        # preexec_fn: the only way to set the child's PDEATHSIG; run before the mount's threads.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vfsd", "gateway", "--store", str(store),
              "--listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}", *options],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            preexec_fn=_die_with_parent)  # noqa: PLW1509
         self.stopping = False
         self.failed = False
 
@@ -115,6 +118,20 @@ class GatewayChild:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the gateway child: SIGTERM (its clean stop) when `vfsd up` dies, however it dies.
+    A `kill -9` of `up` left the gateway serving, orphaned, and holding the port, so the
+    next `vfsd up` could not start. The check after the call covers an `up` that died
+    before it."""
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _pass_on(line: str) -> None:
