@@ -4,8 +4,11 @@ and leave nothing half-written."""
 import contextlib
 import errno
 import os
+import random
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from mounting import Mount, wait_for
@@ -123,3 +126,79 @@ def test_a_full_disk_under_the_index_is_enospc_not_eio(tmp_path):
         if mount is not None:
             mount.stop()
         subprocess.run(["umount", "-l", str(small)], check=True)
+
+
+@pytest.mark.timeout(300)
+def test_a_writer_waiting_for_cache_room_hears_of_a_failed_flush(tmp_path):
+    """A file overwritten in place on a full disk, with the write-back cache full of its
+    dirty chunks. The flushes that would make room failed (NoSpace), and the flusher then
+    left the file alone until its next fsync reported the error; but its writer was blocked
+    in write(2) waiting for room, so it never got to fsync: the write hung for good (a QA
+    pass: minutes, with the mount idle and 160 MiB free again after gc). The waiting writer
+    now gets the flush's error (ENOSPC), and writes work again once there is room."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(small)], check=True)
+    mount = None
+    try:
+        Store.init(small / "store").close()
+        mount = Mount(small / "store", tmp_path / "mnt", "--cache-size", "32M").start()
+        disk = mount.path / "disk.raw"
+        disk.write_bytes(os.urandom(100 * MiB))
+        outcome: list[str] = []
+
+        def overwrite() -> None:
+            rng = random.Random(5)
+            try:
+                fd = os.open(disk, os.O_WRONLY)
+            except OSError as e:
+                outcome.append(f"open: {e!r}")
+                return
+            try:
+                for i in range(300):
+                    try:
+                        os.pwrite(fd, os.urandom(MiB), rng.randrange(100) * MiB)
+                        if i % 16 == 15:
+                            os.fdatasync(fd)  # as a VM's flushes
+                    except OSError as e:
+                        if e.errno != errno.ENOSPC:
+                            raise
+                        outcome.append("ENOSPC")
+                outcome.append("done")
+            except OSError as e:
+                outcome.append(repr(e))
+            finally:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+        writer = threading.Thread(target=overwrite)
+        writer.start()
+        writer.join(60)
+        hung = writer.is_alive()
+        if hung:
+            mount.kill()  # ends the stuck write (ENOTCONN)
+            writer.join(30)
+        assert not hung, f"a write hung; before that: {outcome}"
+        assert outcome[-1] == "done", outcome
+        with open(disk, "r+b") as f:  # once gc has given the dead bodies back: room again
+            wait_for(lambda: _written_and_synced(f), 60, "room for an fsynced write")
+    finally:
+        if mount is not None:
+            mount.stop()
+        subprocess.run(["umount", "-l", str(small)], check=True)
+
+
+def _written_and_synced(f) -> bool:
+    try:
+        f.seek(0)
+        f.write(os.urandom(MiB))
+        f.flush()
+        os.fsync(f.fileno())
+        return True
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        time.sleep(1)
+        return False

@@ -248,12 +248,16 @@ class WriteBack:
         async with self.room:
             self.room.notify_all()
 
-    async def _reserve(self, n: int) -> None:
-        """Wait until `n` more chunks fit under the bound (a lone huge write always fits)."""
+    async def _reserve(self, n: int, f: FileCache) -> None:
+        """Wait until `n` more chunks fit under the bound (a lone huge write always fits).
+        If a flush of `f` fails meanwhile (a full disk), its error ends the wait: the flusher
+        leaves a failed file alone until the error has been reported, and its writer, blocked
+        here, would never get to the fsync that reports it."""
         if self.held + n <= self.limit or self.held == 0:
             return
         async with self.room:
             while self.held + n > self.limit and self.held > 0:
+                self._raise_error(f)
                 self.pressure.set()
                 await self.room.wait()
 
@@ -287,7 +291,7 @@ class WriteBack:
             data = memoryview(data)[: f.size - offset]
             end = f.size
         first, last = offset // cs, (end - 1) // cs
-        await self._reserve(sum(1 for i in range(first, last + 1) if i not in f.dirty))
+        await self._reserve(sum(1 for i in range(first, last + 1) if i not in f.dirty), f)
         if self.files.get(f.ino) is not f:
             raise _Discarded()
         view = memoryview(data)
