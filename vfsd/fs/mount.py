@@ -196,7 +196,10 @@ async def _collect_garbage(ops: Operations) -> None:
             report = await ops.run(gc.collect, ops.store)
         except StoreError as e:
             log.warning("event=gc-failed error=%s", e)
+            ops.cache.gc_ran(reclaiming=False)
             continue
+        ops.cache.gc_ran(reclaiming=bool(report.retired or report.deleted or report.waiting
+                                         or report.no_room))
         if report.changed:
             log.info("event=gc %s", report.summary())
 

@@ -37,7 +37,7 @@ from typing import Any
 import trio
 
 from vfsd.store import InodeFlags, Store
-from vfsd.store.errors import FileTooBig, NotFound, StoreError
+from vfsd.store.errors import FileTooBig, NoSpace, NotFound, StoreError
 from vfsd.store.journal import Journal
 
 from .readmap import ReadMap
@@ -48,6 +48,9 @@ BATCHES_IN_FLIGHT = 2  # one stages (hash, disk) while the other commits (LMDB)
 CLEAN_PER_FILE = 8  # recently flushed, partly written chunks kept per writing file (512 KiB)
 FLUSH_BATCH_BYTES = 64 * 1024 * 1024  # per background commit: ~100 ms of work, one fdatasync
 JOURNAL_LIMIT = 1 << 20  # bytes written between fsyncs that go to the journal; more: a commit
+# A flush refused for want of room while gc is giving space back waits this long, in all, for
+# its passes (every 2 s; retired segments go after a 5 s grace) before the writer hears ENOSPC.
+NO_SPACE_WAIT = 15.0
 FAILURE_LOG_SECONDS = 60.0  # a file whose flush keeps failing (a full pool) is logged this often
 
 
@@ -175,6 +178,17 @@ class WriteBack:
         self.writing: set[int] = set()  # inodes with a handle open for writing
         self.journal: Journal | None = None  # set by the mount; without it fsync commits
         self.readmap: ReadMap | None = None  # set by the mount: small reads on the loop
+        # The mount's gc loop reports each pass (`gc_ran`): whether gc is still giving space
+        # back, so a flush that found the pool full is worth retrying after the next pass.
+        self.gc_pass = trio.Event()
+        self.gc_reclaiming = True  # until the first pass says otherwise
+
+    def gc_ran(self, reclaiming: bool) -> None:
+        """A gc pass ended; `reclaiming`: it retired or deleted segments, or some still wait
+        for their grace period or for room to be compacted."""
+        self.gc_reclaiming = reclaiming
+        self.gc_pass.set()
+        self.gc_pass = trio.Event()
 
     def writer_opened(self, ino: int) -> None:
         self.writing.add(ino)
@@ -526,8 +540,7 @@ class WriteBack:
         newest journal set of the file whose writes are all in `taken`."""
         snapshot, size, grow_to = taken
         try:
-            merged = await self.run(_commit_flush, self.store, f.ino, snapshot, size, grow_to,
-                                    f.mtime_ns, self.journal if covers else None, covers)
+            merged = await self._commit_when_room(f, snapshot, size, grow_to, covers)
         except NotFound:
             log.info("event=flush-dropped ino=%d reason=deleted chunks=%d", f.ino, len(snapshot))
         except Exception as e:
@@ -562,6 +575,29 @@ class WriteBack:
             await self._release_held(len(snapshot))
         if not f.dirty:
             f.mtime_ns = 0  # the store has it now, and later changes go there
+
+    async def _commit_when_room(self, f: FileCache, snapshot: dict[int, Chunk],
+                                size: int | None, grow_to: int, covers: int
+                                ) -> dict[int, bytearray]:
+        """The commit, retried after gc passes while the pool is full but gc is giving space
+        back (dead bodies of overwrites wait in segments until gc compacts them): the writer
+        waits for room, as at a full cache, instead of hearing ENOSPC from a disk that is
+        mostly garbage. NoSpace once gc has nothing left to give, or after NO_SPACE_WAIT."""
+        deadline = None
+        while True:
+            try:
+                return await self.run(_commit_flush, self.store, f.ino, snapshot, size,
+                                      grow_to, f.mtime_ns, self.journal if covers else None,
+                                      covers)
+            except NoSpace:
+                now = trio.current_time()
+                if not self.gc_reclaiming or (deadline is not None and now >= deadline):
+                    raise
+                if deadline is None:
+                    deadline = now + NO_SPACE_WAIT
+                    log.info("event=flush-waits-for-gc ino=%d chunks=%d", f.ino, len(snapshot))
+                with trio.move_on_at(deadline):
+                    await self.gc_pass.wait()
 
     def _remember_clean(self, f: FileCache, merged: dict[int, bytearray]) -> None:
         if not f.kept:
