@@ -190,7 +190,7 @@ class Operations(pyfuse3.Operations):
         a.st_blocks = (min(inode.stored + held, a.st_size) + 511) // 512
         a.st_atime_ns = self.atimes.of(inode.ino, inode.atime_ns)
         a.st_mtime_ns = cached.mtime_ns if cached and cached.mtime_ns else inode.mtime_ns
-        a.st_ctime_ns = inode.ctime_ns
+        a.st_ctime_ns = max(inode.ctime_ns, cached.ctime_ns) if cached else inode.ctime_ns
         return a
 
     async def _attrs(self, ino: int) -> pyfuse3.EntryAttributes:

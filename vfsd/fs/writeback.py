@@ -137,6 +137,7 @@ class FileCache:
     dirty: dict[int, Chunk] = field(default_factory=dict)
     flushing: dict[int, Chunk] = field(default_factory=dict)
     mtime_ns: int = 0
+    ctime_ns: int = 0  # of the last write: it changed the file then, not when committed
     first_dirty: float = 0.0
     lock: trio.Lock = field(default_factory=trio.Lock)
     error: StoreError | None = None
@@ -345,7 +346,7 @@ class WriteBack:
                 current.extend(bytes(hi - len(current)))
             current[lo:hi] = piece
         f.size = max(f.size, end)
-        f.mtime_ns = time.time_ns()
+        f.mtime_ns = f.ctime_ns = time.time_ns()
         if not f.first_dirty:
             f.first_dirty = time.monotonic()
         if f.unjournaled_all and self.journal is not None:
@@ -574,7 +575,7 @@ class WriteBack:
                     del f.flushing[index]
             await self._release_held(len(snapshot))
         if not f.dirty:
-            f.mtime_ns = 0  # the store has it now, and later changes go there
+            f.mtime_ns = f.ctime_ns = 0  # the store has them now, and later changes go there
 
     async def _commit_when_room(self, f: FileCache, snapshot: dict[int, Chunk],
                                 size: int | None, grow_to: int, covers: int
@@ -588,7 +589,7 @@ class WriteBack:
             try:
                 return await self.run(_commit_flush, self.store, f.ino, snapshot, size,
                                       grow_to, f.mtime_ns, self.journal if covers else None,
-                                      covers)
+                                      covers, f.ctime_ns)
             except NoSpace:
                 now = trio.current_time()
                 if not self.gc_reclaiming or (deadline is not None and now >= deadline):
@@ -707,7 +708,7 @@ def _stack(below: Chunk, above: Chunk) -> Chunk:
 
 def _commit_flush(store: Store, ino: int, snapshot: dict[int, Chunk], size: int | None,
                   grow_to: int, mtime_ns: int, journal: Journal | None = None,
-                  covers: int = 0) -> dict[int, bytearray]:
+                  covers: int = 0, ctime_ns: int = 0) -> dict[int, bytearray]:
     """In a worker thread: lay patches onto their stored chunks, then commit every chunk and
     the size at once. The mount holds the file's lease and flushes of one file are serialised,
     so the stored chunk cannot change between the base read and the commit. Returns the
@@ -722,5 +723,6 @@ def _commit_flush(store: Store, ino: int, snapshot: dict[int, Chunk], size: int 
             assert isinstance(patch, Patch)
             contents[i] = patch.laid_on(bases[i]) if i in bases else patch.onto(b"")
     with journal.covering(ino, covers) if journal else contextlib.nullcontext():
-        store.write_chunks(ino, contents, size=size, grow_to=grow_to, mtime_ns=mtime_ns or None)
+        store.write_chunks(ino, contents, size=size, grow_to=grow_to, mtime_ns=mtime_ns or None,
+                           ctime_ns=ctime_ns or None)
     return {i: c for i, c in contents.items() if isinstance(c, bytearray)}

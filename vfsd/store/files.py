@@ -251,7 +251,7 @@ class FileData:
     def _commit(self, ino: int, staged: Mapping[int, StagedChunk | None], *,
                 bases: Mapping[int, bytes | None] | None = None, size: int | None = None,
                 grow_to: int = 0, drop_from: int | None = None, drop_stop: int | None = None,
-                mtime_ns: int | None = None,
+                mtime_ns: int | None = None, ctime_ns: int | None = None,
                 truncating: bool = False, within_pool: bool = True) -> Inode:
         with self.env.write() as tx:
             inode = namespace.get_inode(tx, ino)
@@ -273,7 +273,8 @@ class FileData:
             now = time.time_ns()
             inode.size = new_size
             inode.mtime_ns = mtime_ns if mtime_ns is not None else now
-            inode.ctime_ns = now
+            # A later attribute change (chmod, utimensat) since the writes keeps its time.
+            inode.ctime_ns = max(inode.ctime_ns, ctime_ns) if ctime_ns is not None else now
             namespace.put_inode(tx, inode)
             changelog.record(tx, self.origin, ChangeOp.DATA, ino)
             return inode
@@ -324,15 +325,18 @@ class FileData:
 
     def write_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview],
                      *, size: int | None, grow_to: int = 0,
-                     mtime_ns: int | None = None, within_pool: bool = True) -> Inode:
+                     mtime_ns: int | None = None, ctime_ns: int | None = None,
+                     within_pool: bool = True) -> Inode:
         """Replace whole chunk bodies and set the size (or, with size None, grow it to at least
         `grow_to`): the write-back cache's flush. The caller owns the file (it holds the
         lease), so no read-modify-write check is needed. `within_pool=False` lets the write
-        take the pool past its quota (a journal replay: data an fsync acknowledged)."""
+        take the pool past its quota (a journal replay: data an fsync acknowledged).
+        `ctime_ns`: when the writes being committed were made (the change time then is at
+        least that, not the commit's time)."""
         with self.segments.held_until_committed():
             staged = self._stage(contents, within_pool)
             return self._commit(ino, staged, size=size, grow_to=grow_to, mtime_ns=mtime_ns,
-                                within_pool=within_pool)
+                                ctime_ns=ctime_ns, within_pool=within_pool)
 
     def truncate(self, ino: int, size: int) -> Inode:
         """ftruncate(2): shrinking frees chunks past the end and cuts the straddling one;
