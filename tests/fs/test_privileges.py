@@ -72,6 +72,22 @@ def test_truncate_and_chown_drop_them_too(mnt: Path) -> None:
     assert mode_of(path) == 0o755
 
 
+def test_chown_drops_them_from_any_file_but_a_directory(mnt: Path) -> None:
+    # Linux's chown_common kills setuid (and group-executable setgid) on every non-directory;
+    # with KILLPRIV_V2 the kernel leaves that to us (pjdfstest chown/00.t). A directory's
+    # setgid hands its group down and stays.
+    os.mkfifo(mnt / "fifo")
+    os.mknod(mnt / "dev", stat.S_IFCHR | 0o644, os.makedev(1, 3))
+    for name in ("fifo", "dev"):
+        os.chmod(mnt / name, 0o6755)
+        os.chown(mnt / name, 65534, 65534)
+        assert mode_of(mnt / name) == 0o755, name
+    (mnt / "dir").mkdir()
+    os.chmod(mnt / "dir", 0o2755)
+    os.chown(mnt / "dir", 65534, 65534)
+    assert mode_of(mnt / "dir") == 0o2755
+
+
 @pytest.mark.parametrize("how", ["fallocate", "copy_file_range"])
 def test_other_changes_to_the_contents_drop_them_like_a_write(mnt: Path, how: str) -> None:
     source = mnt / "source"

@@ -367,11 +367,13 @@ class Store:
     def drop_privileges(self, ino: int) -> bool:
         """What Linux does to a file on write, truncate and chown: clear its setuid bit, its
         setgid bit if group-executable (else the bit means mandatory locking), and its file
-        capabilities (security.capability). Returns whether anything was there to drop."""
+        capabilities (security.capability). Returns whether anything was there to drop.
+        Only writes and truncates of regular files come here, but chown also comes for
+        fifos and device nodes, which Linux treats the same; a directory keeps its bits."""
         key = namespace.xattr_key(ino, CAPABILITY_XATTR)
         with self.env.read() as tx:
             inode = namespace.get_inode(tx, ino)
-            if (not inode.is_file or inode.flags & InodeFlags.READONLY
+            if (inode.is_dir or inode.flags & InodeFlags.READONLY
                     or not (_privileged_mode(inode.mode) or tx.get(tx.db.xattrs, key) is not None)):
                 # The common case: no write transaction. A read-only file (a snapshot's) keeps
                 # its bits: the change that asked for this will be refused.
