@@ -319,6 +319,24 @@ def test_a_write_changes_ctime_with_mtime_and_its_later_commit_changes_neither(m
                                                         written.st_ctime_ns)
 
 
+def test_truncate_after_utimensat_shows_the_truncates_mtime_while_a_writer_is_open(mnt):
+    # utimensat while a handle writes to the file (tar and rsync set times on open files)
+    # used to leave its time in the mount's cache entry, which then hid the mtime of every
+    # later change that did not go through the cache (ftruncate) until the last close.
+    path = mnt / "f"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"x" * 1000)
+        os.ftruncate(fd, 1000)  # commits the write; the open writer keeps the cache entry
+        os.utime(path, ns=(10**18, 10**18))
+        assert os.stat(path).st_mtime_ns == 10**18
+        before = time.time_ns()
+        os.ftruncate(fd, 10)
+        assert os.stat(path).st_mtime_ns >= before
+    finally:
+        os.close(fd)
+
+
 def test_a_setgid_directory_hands_down_its_group(mnt):
     shared = mnt / "shared"
     shared.mkdir()

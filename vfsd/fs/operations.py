@@ -252,7 +252,9 @@ class Operations(pyfuse3.Operations):
         if fields.update_mtime:
             changes["mtime_ns"] = attr.st_mtime_ns
             cached = self.cache.cached(inode)
-            if cached:
+            if cached and cached.mtime_ns:
+                # Writes not yet committed: their flush must keep this time, not theirs. A
+                # clean entry keeps none (0), or it would hide later changes' times.
                 cached.mtime_ns = attr.st_mtime_ns
         if changes or not fields.update_size:
             return self.attributes(await self.run(self.store.setattr, inode, **changes))
