@@ -6,7 +6,7 @@ Targets (all mounted at once, but measured one at a time: there are only two cor
 
   vfsd    `python -m vfsd mount --foreground` of a fresh store (`python -m vfsd init`) made in
           a temporary directory on the disk (--dir, default: beside the repo), not in memory
-  memfs   bench/memfs.py, started with the daemon's GLIBC_TUNABLES (vfsd/fs/mount.py) and given
+  memfs   bench/memfs.py, started with the daemon's GLIBC_TUNABLES (vfsd/tunables.py) and given
           the readahead window vfsd sets on its own mount (vfsd/fs/readahead.py)
   tmpfs   `mount -t tmpfs`, made here and unmounted after
   plain   a directory beside the store on the disk (ext4 or whatever it is), for the
@@ -80,16 +80,10 @@ def parse_size(text: str) -> int:
 
 
 def glibc_tunables() -> str:
-    """The mount daemon's GLIBC_TUNABLES constant, read from vfsd/fs/mount.py's source (so the
-    bench process need not import pyfuse3)."""
-    import ast
+    """The daemons' GLIBC_TUNABLES (vfsd/tunables.py imports nothing, pyfuse3 included)."""
+    from vfsd.tunables import GLIBC_TUNABLES
 
-    tree = ast.parse((REPO / "vfsd/fs/mount.py").read_text())
-    for node in tree.body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and getattr(node.targets[0], "id", None) == "GLIBC_TUNABLES"):
-            return ast.literal_eval(node.value)
-    raise RuntimeError("vfsd/fs/mount.py has no GLIBC_TUNABLES constant")
+    return GLIBC_TUNABLES
 
 
 def fs_type(path: Path) -> str:

@@ -196,7 +196,7 @@ def reexec_with_tunables(argv: Sequence[str]) -> None:
     """The daemons need glibc tunables that only apply at process start (DESIGN.md, "Measured
     facts": without them every 1 MiB buffer costs hundreds of page faults; the gateway's GET
     16M went from ~42 to ~57 ops/s with them in bench/s3.py's profile)."""
-    from vfsd.fs.mount import GLIBC_TUNABLES
+    from vfsd.tunables import GLIBC_TUNABLES
 
     if os.environ.get("GLIBC_TUNABLES") == GLIBC_TUNABLES or os.environ.get("VFSD_NO_TUNABLES"):
         return

@@ -30,10 +30,6 @@ from .readahead import widen_readahead
 
 log = logging.getLogger("vfsd.mount")
 LOG_NAME = "vfsd.log"
-# DESIGN.md "Measured facts": glibc's heap trimming costs ~480 page faults per 1 MiB write,
-# and `rep movsb` makes some 64 KiB copies 20x slower on these CPUs. Set before start-up.
-GLIBC_TUNABLES = ("glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=268435456:"
-                  "glibc.malloc.top_pad=67108864:glibc.cpu.x86_rep_movsb_threshold=2147483647")
 
 
 GC_INTERVAL = 2.0  # seconds between gc passes in the daemon
