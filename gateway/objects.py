@@ -201,12 +201,17 @@ async def _answer(request: web.Request, head: bool, part_number: int | None,
                                                  "Last-Modified": http_date(info.mtime_ns)})
     start, end = span or (0, info.size)
     headers = object_headers(request, info)
+    checksum_mode = request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"
     if span is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
-    elif (info.checksum is not None
-          and request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"):
-        headers[f"x-amz-checksum-{info.checksum[0]}"] = info.checksum[1]
-        headers["x-amz-checksum-type"] = checksum_type_of(info.checksum[1])
+    if info.checksum is not None and checksum_mode and (span is None or part_number):
+        # The whole object's, or for ?partNumber=N of a multipart object that part's.
+        value = info.checksum[1]
+        if part_number and info.part_sizes is not None:
+            value = info.part_checksums[part_number - 1] if info.part_checksums else ""
+        if value:
+            headers[f"x-amz-checksum-{info.checksum[0]}"] = value
+            headers["x-amz-checksum-type"] = checksum_type_of(info.checksum[1])
     if part_number is not None and info.part_sizes is not None:
         headers["x-amz-mp-parts-count"] = str(len(info.part_sizes))
     status = 206 if span else 200

@@ -91,6 +91,9 @@ def test_full_object_crc_is_checked_kept_and_served(s3, bucket, algorithm, crc, 
     got = s3.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     assert got[f"Checksum{algorithm}"] == right and got["ChecksumType"] == "FULL_OBJECT"
     assert got["Body"].read() == whole
+    part = s3.head_object(Bucket=bucket, Key=key, PartNumber=2, ChecksumMode="ENABLED")
+    assert part[f"Checksum{algorithm}"] == b64(crc(parts[1]), width)
+    assert part["ChecksumType"] == "FULL_OBJECT"
 
 
 def test_composite_checksum_and_listed_part_checksums(s3, bucket):
@@ -107,6 +110,20 @@ def test_composite_checksum_and_listed_part_checksums(s3, bucket):
     assert answer["ChecksumSHA256"] == expected and answer["ChecksumType"] == "COMPOSITE"
     head = s3.head_object(Bucket=bucket, Key="composite", ChecksumMode="ENABLED")
     assert head["ChecksumSHA256"] == expected and head["ChecksumType"] == "COMPOSITE"
+    # ?partNumber=N answers with that part's checksum, also on a copy (same chunk map).
+    s3.copy_object(Bucket=bucket, Key="copied", CopySource={"Bucket": bucket,
+                                                           "Key": "composite"})
+    for key in ("composite", "copied"):
+        for number, body in enumerate(parts, 1):
+            part_sum = base64.b64encode(hashlib.sha256(body).digest()).decode()
+            got = s3.get_object(Bucket=bucket, Key=key, PartNumber=number,
+                                ChecksumMode="ENABLED")
+            assert got["ChecksumSHA256"] == part_sum and got["ChecksumType"] == "COMPOSITE"
+            assert got["Body"].read() == body
+            head = s3.head_object(Bucket=bucket, Key=key, PartNumber=number,
+                                  ChecksumMode="ENABLED")
+            assert head["ChecksumSHA256"] == part_sum
+    assert "ChecksumSHA256" not in s3.head_object(Bucket=bucket, Key="composite", PartNumber=1)
 
 
 def test_checksum_modes_that_do_not_fit_are_refused(s3, bucket):

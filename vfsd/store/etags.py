@@ -19,6 +19,10 @@ _RECORD = struct.Struct(">Q32s")  # inode version, chunk-map fingerprint; then e
 # fingerprint (a file rewritten through the mount gets a plain MD5 ETag and loses its parts).
 PARTS_XATTR = b"vfsd.s3.parts"
 _FINGERPRINT = struct.Struct(">32s")
+# The parts' checksums of a multipart object made with one (its algorithm's), for GET/HEAD
+# ?partNumber=N with checksum mode: the fingerprint they were stitched into, then the
+# base64 values, space-separated. They hold as the part sizes do.
+PART_CHECKSUMS_XATTR = b"vfsd.s3.part-checksums"
 # The multipart upload that made the object, and the inode version it made: a retried
 # CompleteMultipartUpload (its first answer lost) finds the object it made and answers as
 # the first time, as S3 does, while the object is unchanged since.
@@ -48,6 +52,15 @@ def unpack_record(raw: bytes | memoryview) -> tuple[int, bytes, str, tuple[str, 
 
 def pack_parts(fingerprint: bytes, sizes: list[int]) -> bytes:
     return _FINGERPRINT.pack(fingerprint) + struct.pack(f">{len(sizes)}Q", *sizes)
+
+
+def pack_part_checksums(fingerprint: bytes, values: list[str]) -> bytes:
+    return _FINGERPRINT.pack(fingerprint) + " ".join(values).encode()
+
+
+def unpack_part_checksums(raw: bytes | memoryview) -> tuple[bytes, tuple[str, ...]]:
+    (fingerprint,) = _FINGERPRINT.unpack_from(raw)
+    return fingerprint, tuple(bytes(raw[_FINGERPRINT.size:]).decode().split(" "))
 
 
 def pack_upload(version: int, upload_id: str) -> bytes:

@@ -503,6 +503,9 @@ class Uploads:
                 raise EntityTooSmall("Your proposed upload is smaller than the minimum allowed "
                                      "object size.")
         object_checksum = _object_checksum(upload, parts, checksum, checksum_type)
+        # With an object checksum, every part has one of its algorithm (checked just now).
+        part_checksums = ([p.checksum[1] for p in parts if p.checksum is not None]
+                          if object_checksum else None)
         staged, size = self._stitch(parts, locations)
         etag = multipart_etag(p.md5 for p in parts)
         fingerprint = staged_fingerprint(staged, size)
@@ -521,7 +524,7 @@ class Uploads:
                     inode = objects._install(tx, parent, existing, parts_key[-1], key,
                                              current.metadata, current.headers, staged, size,
                                              (fingerprint, etag, object_checksum),
-                                             [part.size for part in parts])
+                                             [part.size for part in parts], part_checksums)
                     _drop(tx, upload_id)
                     tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, UPLOAD_XATTR),
                            pack_upload(inode.version, upload_id))

@@ -96,6 +96,7 @@ class ObjectInfo:
     headers: dict[str, str] = field(default_factory=dict)  # Content-Type & co, lower-case
     checksum: tuple[str, str] | None = None  # (algorithm, base64), as the client sent it
     part_sizes: tuple[int, ...] | None = None  # a multipart object's, while its ETag holds
+    part_checksums: tuple[str, ...] | None = None  # its parts' (the `checksum` algorithm's)
 
 
 # --- key and name checks ---------------------------------------------------------------------
@@ -223,7 +224,7 @@ class Objects:
         """The object's attributes and xattrs; the flag says whether its ETag is current."""
         info = ObjectInfo(bucket, key, inode.ino, inode.size, inode.mtime_ns, inode.version, "")
         fresh = False
-        fingerprint, parts = b"", None
+        fingerprint, parts, part_checksums = b"", None, None
         cursor = tx.cursor(tx.db.xattrs)
         prefix = ino_key(inode.ino)
         if cursor.set_range(prefix):
@@ -244,9 +245,14 @@ class Objects:
                         info.etag, info.checksum, fresh = etag, checksum, True
                 elif name == etags.PARTS_XATTR:
                     parts = etags.unpack_parts(value)
+                elif name == etags.PART_CHECKSUMS_XATTR:
+                    part_checksums = etags.unpack_part_checksums(value)
         if fresh and parts is not None and parts[0] == fingerprint and info.etag.endswith(
                 f"-{len(parts[1])}"):
             info.part_sizes = parts[1]
+            if (part_checksums is not None and part_checksums[0] == fingerprint
+                    and len(part_checksums[1]) == len(parts[1]) and info.checksum is not None):
+                info.part_checksums = part_checksums[1]
         if inode.is_dir:  # a folder marker: no bytes
             info.size, info.etag, info.checksum, info.part_sizes = 0, EMPTY_ETAG, None, None
             return info, True
@@ -449,10 +455,11 @@ class Objects:
                  key: bytes, metadata: Mapping[str, str], headers: Mapping[str, str],
                  staged: list[StagedChunk | None], size: int,
                  etag_record: tuple[bytes, str, tuple[str, str] | None],
-                 part_sizes: list[int] | None = None) -> Inode:
+                 part_sizes: list[int] | None = None,
+                 part_checksums: list[str] | None = None) -> Inode:
         """Inside a PUT's or a multipart completion's transaction: make `name` in `parent`
         (new, or `existing` replaced) hold `staged`, with its S3 metadata and ETag record
-        (fingerprint, etag, checksum), and a multipart object's part sizes."""
+        (fingerprint, etag, checksum), and a multipart object's part sizes and checksums."""
         inode = self._target(tx, parent, existing, name, key)
         self._set_s3_xattrs(tx, inode.ino, metadata, headers)
         inode = self.store.data.install(tx, inode.ino, staged, size)
@@ -461,6 +468,9 @@ class Objects:
         if part_sizes is not None:
             tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.PARTS_XATTR),
                    etags.pack_parts(etag_record[0], part_sizes))
+        if part_checksums is not None:
+            tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.PART_CHECKSUMS_XATTR),
+                   etags.pack_part_checksums(etag_record[0], part_checksums))
         return inode
 
     def _target(self, tx: Tx, parent: Inode, existing: Inode | None, name: bytes,
@@ -501,6 +511,7 @@ class Objects:
                        headers: Mapping[str, str]) -> None:
         for old in namespace.list_xattrs(tx, ino):
             if old.startswith(USER_PREFIX) or old in (etags.ETAG_XATTR, etags.PARTS_XATTR,
+                                                      etags.PART_CHECKSUMS_XATTR,
                                                       etags.UPLOAD_XATTR):
                 tx.delete(tx.db.xattrs, namespace.xattr_key(ino, old))
         for name, value in _s3_xattrs(metadata, headers).items():
@@ -665,8 +676,11 @@ class Objects:
             inode.stored = chunks.copy_chunks(tx, src.ino, inode.ino)
             inode.size = src.size
             changelog.record(tx, self.origin, ChangeOp.DATA, inode.ino)
-        raw_parts = tx.get(tx.db.xattrs, namespace.xattr_key(src.ino, etags.PARTS_XATTR))
-        src_parts = bytes(raw_parts) if raw_parts is not None else None  # a self-copy drops it
+        # A multipart object's part records go with the chunk map they describe (a self-copy
+        # drops them with the other S3 xattrs, then gets them back here).
+        src_parts = {name: bytes(raw) for name in (etags.PARTS_XATTR, etags.PART_CHECKSUMS_XATTR)
+                     if (raw := tx.get(tx.db.xattrs, namespace.xattr_key(src.ino, name)))
+                     is not None}
         self._set_s3_xattrs(tx, inode.ino, metadata, headers)
         for name, value in user.items():
             if value is not None:
@@ -678,8 +692,9 @@ class Objects:
             changelog.record(tx, self.origin, ChangeOp.ATTR, inode.ino)
         tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.ETAG_XATTR),
                etags.pack_record(inode.version, fingerprint, etag, checksum))
-        if src_parts is not None and etags.unpack_parts(src_parts)[0] == fingerprint:
-            tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.PARTS_XATTR), src_parts)
+        for name, raw in src_parts.items():
+            if raw[:32] == fingerprint:  # both records start with the fingerprint they hold for
+                tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, name), raw)
         return ObjectInfo(dst_bucket, dst_key, inode.ino, inode.size, inode.mtime_ns,
                           inode.version, etag, dict(metadata), _lower(headers), checksum)
 
