@@ -9,10 +9,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mounting import Mount, wait_for
+from mounting import Mount, fill_disk, tmpfs, wait_for
 
 from vfsd.store import Store
 
@@ -95,38 +96,27 @@ def test_a_full_disk_under_the_index_is_enospc_not_eio(tmp_path):
     """The file system under the store full: a metadata change (mkdir, create, rename) cannot
     commit its LMDB transaction. lmdb's DiskError reached the handler uncaught, so the caller
     got EIO and the log a handler-crash traceback; a full disk is ENOSPC, as for data."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(small)], check=True)
-    mount = None
-    try:
+    with tmpfs(tmp_path / "small", "128m") as small:
         Store.init(small / "store").close()
         mount = Mount(small / "store", tmp_path / "mnt").start()
-        mnt = mount.path
-        (mnt / "keep").write_bytes(b"kept")
-        ballast = os.open(small / "ballast", os.O_WRONLY | os.O_CREAT)  # fill the disk
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(ballast, bytes(4096))
-        os.close(ballast)
-        failed = None
-        for i in range(64):  # enough new names to need new index pages
-            try:
-                (mnt / f"{i:03}{'d' * 200}").mkdir()
-            except OSError as e:
-                failed = e
-                break
-        assert failed is not None and failed.errno == errno.ENOSPC
-        assert (mnt / "keep").read_bytes() == b"kept"
-        (small / "ballast").unlink()
-        (mnt / "later").mkdir()
-        assert sorted(p.name for p in mnt.iterdir() if len(p.name) < 200) == ["keep", "later"]
-    finally:
-        if mount is not None:
+        try:
+            mnt = mount.path
+            (mnt / "keep").write_bytes(b"kept")
+            ballast = fill_disk(small)
+            failed = None
+            for i in range(64):  # enough new names to need new index pages
+                try:
+                    (mnt / f"{i:03}{'d' * 200}").mkdir()
+                except OSError as e:
+                    failed = e
+                    break
+            assert failed is not None and failed.errno == errno.ENOSPC
+            assert (mnt / "keep").read_bytes() == b"kept"
+            ballast.unlink()
+            (mnt / "later").mkdir()
+            assert sorted(p.name for p in mnt.iterdir() if len(p.name) < 200) == ["keep", "later"]
+        finally:
             mount.stop()
-        subprocess.run(["umount", "-l", str(small)], check=True)
 
 
 def _overwrite_in_place(disk: Path, writes: int, outcome: list[str]) -> None:
@@ -156,6 +146,20 @@ def _overwrite_in_place(disk: Path, writes: int, outcome: list[str]) -> None:
             os.close(fd)
 
 
+@contextlib.contextmanager
+def _disk_image_on_a_small_disk(tmp_path: Path) -> Iterator[tuple[Mount, Path]]:
+    """A mount (32 MiB cache) of a store on a 300 MiB tmpfs, holding a 100 MiB disk image."""
+    with tmpfs(tmp_path / "small", "300m") as small:
+        Store.init(small / "store").close()
+        mount = Mount(small / "store", tmp_path / "mnt", "--cache-size", "32M").start()
+        try:
+            disk = mount.path / "disk.raw"
+            disk.write_bytes(os.urandom(100 * MiB))
+            yield mount, disk
+        finally:
+            mount.stop()
+
+
 @pytest.mark.timeout(300)
 def test_overwrites_wait_for_gc_instead_of_failing(tmp_path):
     """A disk image a third of a small disk, overwritten in place again and again: the dead
@@ -163,24 +167,10 @@ def test_overwrites_wait_for_gc_instead_of_failing(tmp_path):
     a 5 s grace). A QA pass saw 20-40% of the writes and fdatasyncs fail with ENOSPC though
     two thirds of the disk was garbage; a flush refused for room now waits for gc's passes
     while gc is giving space back, so the writer waits instead of failing."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(small)], check=True)
-    mount = None
-    try:
-        Store.init(small / "store").close()
-        mount = Mount(small / "store", tmp_path / "mnt", "--cache-size", "32M").start()
-        disk = mount.path / "disk.raw"
-        disk.write_bytes(os.urandom(100 * MiB))
+    with _disk_image_on_a_small_disk(tmp_path) as (_mount, disk):
         outcome: list[str] = []
         _overwrite_in_place(disk, 600, outcome)
         assert outcome == ["done"], f"{outcome.count('ENOSPC')} writes failed: {outcome[-3:]}"
-    finally:
-        if mount is not None:
-            mount.stop()
-        subprocess.run(["umount", "-l", str(small)], check=True)
 
 
 @pytest.mark.timeout(300)
@@ -191,17 +181,7 @@ def test_a_writer_waiting_for_cache_room_hears_of_a_failed_flush(tmp_path):
     in write(2) waiting for room, so it never got to fsync: the write hung for good (a QA
     pass: minutes, with the mount idle and 160 MiB free again after gc). The waiting writer
     now gets the flush's error (ENOSPC), and writes work again once there is room."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(small)], check=True)
-    mount = None
-    try:
-        Store.init(small / "store").close()
-        mount = Mount(small / "store", tmp_path / "mnt", "--cache-size", "32M").start()
-        disk = mount.path / "disk.raw"
-        disk.write_bytes(os.urandom(100 * MiB))
+    with _disk_image_on_a_small_disk(tmp_path) as (mount, disk):
         outcome: list[str] = []
         writer = threading.Thread(target=_overwrite_in_place, args=(disk, 300, outcome))
         writer.start()
@@ -214,10 +194,6 @@ def test_a_writer_waiting_for_cache_room_hears_of_a_failed_flush(tmp_path):
         assert outcome[-1] == "done", outcome
         with open(disk, "r+b") as f:  # once gc has given the dead bodies back: room again
             wait_for(lambda: _written_and_synced(f), 60, "room for an fsynced write")
-    finally:
-        if mount is not None:
-            mount.stop()
-        subprocess.run(["umount", "-l", str(small)], check=True)
 
 
 def _written_and_synced(f) -> bool:

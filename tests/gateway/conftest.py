@@ -7,12 +7,16 @@ restart the gateway use `gateway_process` to start their own.
 from __future__ import annotations
 
 import re
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from s3gateway import Gateway, GatewayProcess, make_store
+
+# The mount's helpers (tests/fs/mounting.py): coherence tests mount, full-disk tests fill one.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fs"))
 
 from vfsd.store import Store, fsck
 

@@ -8,16 +8,13 @@ import hashlib
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
+from mounting import Mount, fill_disk, tmpfs  # tests/fs/mounting.py, on the path by conftest
 from s3gateway import client, make_store, race, wait_for
 
 from vfsd.store import Store, fsck
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fs"))
-from mounting import Mount  # tests/fs/mounting.py
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -274,32 +271,22 @@ def test_leases_work_on_a_full_disk(tmp_path, gateway_process):
     start) failed with EIO and a handler-crash traceback: its commit needed a new block.
     On Linux, opening an existing file for writing on a full file system works. The lease
     taken must also be given back at close, or the gateway would refuse the DELETE (409)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(small)], check=True)
-    mount = None
-    try:
+    with tmpfs(tmp_path / "small", "128m") as small:
         keys = make_store(small / "store")
         mount = Mount(small / "store", tmp_path / "mnt").start()
-        s3 = client(gateway_process(small / "store").endpoint, keys)
-        (mount.path / "bkt").mkdir()
-        for name in ("one", "two"):
-            (mount.path / "bkt" / name).write_bytes(b"x" * 100)
-        f = open(mount.path / "bkt" / "one", "r+b")  # noqa: SIM115 - closed on the full disk
-        ballast = os.open(small / "ballast", os.O_WRONLY | os.O_CREAT)  # fill the disk
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(ballast, bytes(4096))
-        os.close(ballast)
-        f.close()
-        with open(mount.path / "bkt" / "two", "r+b") as g:
-            assert g.read() == b"x" * 100
-        (small / "ballast").unlink()
-        s3.delete_object(Bucket="bkt", Key="one")  # the mount gave its lease back
-        wait_for(lambda: not (mount.path / "bkt" / "one").exists(), 2, "the DELETE on the mount")
-    finally:
-        if mount is not None:
+        try:
+            s3 = client(gateway_process(small / "store").endpoint, keys)
+            (mount.path / "bkt").mkdir()
+            for name in ("one", "two"):
+                (mount.path / "bkt" / name).write_bytes(b"x" * 100)
+            f = open(mount.path / "bkt" / "one", "r+b")  # noqa: SIM115 - closed on the full disk
+            ballast = fill_disk(small)
+            f.close()
+            with open(mount.path / "bkt" / "two", "r+b") as g:
+                assert g.read() == b"x" * 100
+            ballast.unlink()
+            s3.delete_object(Bucket="bkt", Key="one")  # the mount gave its lease back
+            wait_for(lambda: not (mount.path / "bkt" / "one").exists(), 2,
+                     "the DELETE on the mount")
+        finally:
             mount.stop()
-        subprocess.run(["umount", "-l", str(small)], check=True)

@@ -7,12 +7,12 @@ import contextlib
 import datetime
 import hashlib
 import os
-import subprocess
 import zlib
 
 import botocore.compat
 import pytest
 from botocore.exceptions import ClientError
+from mounting import fill_disk, tmpfs  # tests/fs/mounting.py, on the path by conftest
 from s3gateway import client, make_store, signed, wait_for
 
 from vfsd.store import Store
@@ -530,28 +530,17 @@ def test_full_disk_under_the_index_is_insufficient_storage(tmp_path, gateway_pro
     """The file system under the store full: even a PUT of an empty object (no segment
     write) cannot commit its LMDB transaction. lmdb's DiskError went up as a 500
     InternalError (from the group commit); a full disk is 507 like a full pool."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(small)], check=True)
-    try:
+    with tmpfs(tmp_path / "small", "128m") as small:
         keys = make_store(small / "store")
         s3 = client(gateway_process(small / "store").endpoint, keys)
         s3.create_bucket(Bucket="full")
         s3.put_object(Bucket="full", Key="kept", Body=b"kept")
-        ballast = os.open(small / "ballast", os.O_WRONLY | os.O_CREAT)  # fill the disk
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(ballast, bytes(4096))
-        os.close(ballast)
+        ballast = fill_disk(small)
         with pytest.raises(ClientError) as e:
             for i in range(64):  # enough new keys to need new index pages
                 s3.put_object(Bucket="full", Key=f"{i:03}{'k' * 200}", Body=b"")
         assert error_of(e) == (507, "InsufficientStorage")
         assert s3.get_object(Bucket="full", Key="kept")["Body"].read() == b"kept"
-        (small / "ballast").unlink()
+        ballast.unlink()
         s3.put_object(Bucket="full", Key="later", Body=b"room again")
         assert s3.get_object(Bucket="full", Key="later")["Body"].read() == b"room again"
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=True)

@@ -7,6 +7,7 @@ keeps working next to them.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import pytest
 
 from vfsd.store import Store, fsck
 from vfsd.store.records import ChunkLocation
+
+# tests/fs/mounting.py's disk helpers (tmpfs, fill_disk) for the full-disk tests.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fs"))
 
 
 @pytest.fixture

@@ -6,16 +6,15 @@ page cache where it does not (tmpfs); both must give the same records back.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import random
 import resource
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounting import fill_disk, tmpfs  # tests/fs/mounting.py, on the path by conftest
 
 from vfsd.store.chunks import chunk_hash
 from vfsd.store.errors import Corrupt, NoSpace
@@ -27,19 +26,6 @@ from vfsd.store.segments import ALIGN, HEADER, STAGING_SIZE, LocalSegments
 def segments_in(directory: Path) -> LocalSegments:
     ids = iter(range(1, 1000))
     return LocalSegments(directory, lambda previous: next(ids))
-
-
-@contextlib.contextmanager
-def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `mnt` for the block (skips the test unless root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 @pytest.fixture(params=["disk", "tmpfs"])
@@ -176,15 +162,11 @@ def test_a_full_disk_is_nospace_and_later_appends_start_a_new_segment(tmp_path: 
     with tmpfs(tmp_path / "small", "2m") as mnt:
         segments = segments_in(mnt)
         first = segments.append([(chunk_hash(b"a" * 100), b"a" * 100)])[0]
-        ballast = os.open(mnt / "ballast", os.O_WRONLY | os.O_CREAT)  # fill the disk
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(ballast, bytes(65536))
-        os.close(ballast)
+        ballast = fill_disk(mnt, block=65536)
         big = random.Random(2).randbytes(STAGING_SIZE // 2)
         with pytest.raises(NoSpace):  # a StoreError, not a bare OSError
             segments.append([(chunk_hash(big), big)])
-        (mnt / "ballast").unlink()
+        ballast.unlink()
         later = segments.append([(chunk_hash(b"b" * 100), b"b" * 100)])[0]
         assert later.segment != first.segment  # the torn one is sealed
         assert segments.read(first) == b"a" * 100 and segments.read(later) == b"b" * 100
