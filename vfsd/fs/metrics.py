@@ -8,7 +8,6 @@ on the same loop (one GET per connection), since the daemon has no HTTP stack ot
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -17,7 +16,6 @@ import trio
 
 from vfsd.prometheus import CONTENT_TYPE, Exposition, Histogram
 
-log = logging.getLogger("vfsd.fs.metrics")
 # Seconds: a read answered from mapped pages (~20 µs) to an fsync waiting on a full pool.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                    0.05, 0.1, 0.25, 0.5, 1.0, 5.0)

@@ -54,13 +54,17 @@ def pack_parts(fingerprint: bytes, sizes: list[int]) -> bytes:
     return _FINGERPRINT.pack(fingerprint) + struct.pack(f">{len(sizes)}Q", *sizes)
 
 
+def stitched_into(raw: bytes | memoryview) -> bytes:
+    """The chunk-map fingerprint a part-sizes or part-checksums record holds for."""
+    return bytes(_FINGERPRINT.unpack_from(raw)[0])
+
+
 def pack_part_checksums(fingerprint: bytes, values: list[str]) -> bytes:
     return _FINGERPRINT.pack(fingerprint) + " ".join(values).encode()
 
 
 def unpack_part_checksums(raw: bytes | memoryview) -> tuple[bytes, tuple[str, ...]]:
-    (fingerprint,) = _FINGERPRINT.unpack_from(raw)
-    return fingerprint, tuple(bytes(raw[_FINGERPRINT.size:]).decode().split(" "))
+    return stitched_into(raw), tuple(bytes(raw[_FINGERPRINT.size:]).decode().split(" "))
 
 
 def pack_upload(version: int, upload_id: str) -> bytes:
@@ -72,9 +76,8 @@ def unpack_upload(raw: bytes | memoryview) -> tuple[int, str]:
 
 
 def unpack_parts(raw: bytes | memoryview) -> tuple[bytes, tuple[int, ...]]:
-    (fingerprint,) = _FINGERPRINT.unpack_from(raw)
     count = (len(raw) - _FINGERPRINT.size) // 8
-    return fingerprint, struct.unpack_from(f">{count}Q", raw, _FINGERPRINT.size)
+    return stitched_into(raw), struct.unpack_from(f">{count}Q", raw, _FINGERPRINT.size)
 
 
 def fingerprint(tx: Tx, ino: int, size: int) -> bytes:

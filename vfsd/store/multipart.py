@@ -48,7 +48,7 @@ from .errors import (
     ObjectChanged,
     PreconditionFailed,
 )
-from .etags import UPLOAD_XATTR, NeedEtag, pack_upload, staged_fingerprint, unpack_upload
+from .etags import UPLOAD_XATTR, pack_upload, staged_fingerprint, unpack_upload
 from .objects import (
     STAGE_BATCH_BYTES,
     ObjectInfo,
@@ -510,30 +510,30 @@ class Uploads:
         etag = multipart_etag(p.md5 for p in parts)
         fingerprint = staged_fingerprint(staged, size)
         objects = self.objects
-        for _attempt in range(5):
-            try:
-                with self.env.write() as tx:
-                    current = self._upload(tx, bucket, key, upload_id)
-                    for number, raw in raws.items():
-                        if tx.get(tx.db.uploads, _key(upload_id, number)) != raw:
-                            raise ObjectChanged("a part was replaced while the upload was "
-                                                "being completed")
-                    b = objects.bucket_inode(tx, bucket)
-                    parent, existing = objects._place(tx, b, parts_key)
-                    objects.check_write_conditions(tx, existing, conditions)
-                    inode = objects._install(tx, parent, existing, parts_key[-1], key,
-                                             current.metadata, current.headers, staged, size,
-                                             (fingerprint, etag, object_checksum),
-                                             [part.size for part in parts], part_checksums)
-                    _drop(tx, upload_id)
-                    tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, UPLOAD_XATTR),
-                           pack_upload(inode.version, upload_id))
-                    return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
-                                      inode.version, etag, dict(current.metadata),
-                                      dict(current.headers), object_checksum)
-            except NeedEtag as need:
-                objects.etag(need.ino)
-        raise ObjectChanged("the object kept changing while the upload was completed")
+
+        def commit() -> ObjectInfo:
+            with self.env.write() as tx:
+                current = self._upload(tx, bucket, key, upload_id)
+                for number, raw in raws.items():
+                    if tx.get(tx.db.uploads, _key(upload_id, number)) != raw:
+                        raise ObjectChanged("a part was replaced while the upload was "
+                                            "being completed")
+                b = objects.bucket_inode(tx, bucket)
+                parent, existing = objects._place(tx, b, parts_key)
+                objects.check_write_conditions(tx, existing, conditions)
+                inode = objects._install(tx, parent, existing, parts_key[-1], key,
+                                         current.metadata, current.headers, staged, size,
+                                         (fingerprint, etag, object_checksum),
+                                         [part.size for part in parts], part_checksums)
+                _drop(tx, upload_id)
+                tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, UPLOAD_XATTR),
+                       pack_upload(inode.version, upload_id))
+                return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
+                                  inode.version, etag, dict(current.metadata),
+                                  dict(current.headers), object_checksum)
+
+        return objects.retrying_stale_etags(
+            commit, "the object kept changing while the upload was completed")
 
     def _stitch(self, parts: list[Part], locations: dict[bytes, ChunkLocation]
                 ) -> tuple[list[StagedChunk | None], int]:

@@ -20,6 +20,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from . import changelog, chunks, etags, listing, namespace
 from .chunks import StagedChunk
@@ -72,6 +73,7 @@ FILE_MODE = stat.S_IFREG | 0o644
 DIR_MODE = stat.S_IFDIR | 0o755
 RELEASE_WAIT_SECONDS = 0.5  # see Objects._wait_for_release
 _RETRIES = 5
+T = TypeVar("T")
 
 
 # --- values --------------------------------------------------------------------------------
@@ -560,13 +562,21 @@ class Objects:
                 return ObjectInfo(bucket, key, inode.ino, size, inode.mtime_ns,
                                   inode.version, etag, metadata, _lower(headers), checksum)
 
-            for _attempt in range(_RETRIES):
-                try:
-                    # Concurrent PUTs share one durable commit (vfsd/store/groupcommit.py).
-                    return self.group.run(commit)
-                except etags.NeedEtag as need:
-                    self.etag(need.ino)
-            raise ObjectChanged("the object kept changing while its ETag was checked")
+            # Concurrent PUTs share one durable commit (vfsd/store/groupcommit.py).
+            return self.retrying_stale_etags(
+                lambda: self.group.run(commit),
+                "the object kept changing while its ETag was checked")
+
+    def retrying_stale_etags(self, attempt: Callable[[], T], gave_up: str) -> T:
+        """`attempt` (a write transaction that checks ETags) again each time it finds one
+        stale (a file changed through the mount): the ETag is computed outside any
+        transaction, then the attempt starts over; ObjectChanged(`gave_up`) after _RETRIES."""
+        for _attempt in range(_RETRIES):
+            try:
+                return attempt()
+            except etags.NeedEtag as need:
+                self.etag(need.ino)
+        raise ObjectChanged(gave_up)
 
     def check_write_conditions(self, tx: Tx, existing: Inode | None,
                                conditions: Conditions | None) -> None:
@@ -624,15 +634,15 @@ class Objects:
             return self._copy_folder(src_bucket, src_key, dst_bucket, dst_key,
                                      source_conditions)
         parts = self.check_key(dst_key)
-        for _attempt in range(_RETRIES):
-            try:
-                with self.env.write() as tx:
-                    return self._copy(tx, src_bucket, src_key, dst_bucket, dst_key, parts,
-                                      replace_metadata, metadata, headers, source_conditions,
-                                      to_itself)
-            except etags.NeedEtag as need:
-                self.etag(need.ino)
-        raise ObjectChanged("the source kept changing while its ETag was computed")
+
+        def copy() -> ObjectInfo:
+            with self.env.write() as tx:
+                return self._copy(tx, src_bucket, src_key, dst_bucket, dst_key, parts,
+                                  replace_metadata, metadata, headers, source_conditions,
+                                  to_itself)
+
+        return self.retrying_stale_etags(
+            copy, "the source kept changing while its ETag was computed")
 
     def _copy_folder(self, src_bucket: str, src_key: bytes, dst_bucket: str, dst_key: bytes,
                      source_conditions: Conditions | None) -> ObjectInfo:
@@ -693,7 +703,7 @@ class Objects:
         tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, etags.ETAG_XATTR),
                etags.pack_record(inode.version, fingerprint, etag, checksum))
         for name, raw in src_parts.items():
-            if raw[:32] == fingerprint:  # both records start with the fingerprint they hold for
+            if etags.stitched_into(raw) == fingerprint:
                 tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, name), raw)
         return ObjectInfo(dst_bucket, dst_key, inode.ino, inode.size, inode.mtime_ns,
                           inode.version, etag, dict(metadata), _lower(headers), checksum)
@@ -709,16 +719,16 @@ class Objects:
             existing = self._lookup(tx, self.bucket_inode(tx, bucket), key)
         if existing is not None:
             self._wait_for_release(existing.ino)
-        for _attempt in range(_RETRIES):
-            try:
-                with self.env.write() as tx:
-                    b = self.bucket_inode(tx, bucket)
-                    if conditions:
-                        self.check_write_conditions(tx, self._lookup(tx, b, key), conditions)
-                    return self._delete(tx, b, key)
-            except etags.NeedEtag as need:  # changed through the mount: hash it, then retry
-                self.etag(need.ino)
-        raise ObjectChanged("the object kept changing while its ETag was checked")
+
+        def delete() -> bool:
+            with self.env.write() as tx:
+                b = self.bucket_inode(tx, bucket)
+                if conditions:
+                    self.check_write_conditions(tx, self._lookup(tx, b, key), conditions)
+                return self._delete(tx, b, key)
+
+        return self.retrying_stale_etags(
+            delete, "the object kept changing while its ETag was checked")
 
     def delete_objects(self, bucket: str, keys: Iterable[bytes],
                        conditions: Mapping[bytes, Conditions] | None = None
@@ -726,27 +736,27 @@ class Objects:
         """DeleteObjects: each key's outcome (None, or the error that kept it), in one write
         transaction; a key that fails changes nothing, the others still go. `conditions`
         holds the keys whose deletion is conditional (an ETag in the request)."""
-        keys, conditions = list(keys), conditions or {}
-        for _attempt in range(_RETRIES):
+        keys, wanted = list(keys), conditions or {}
+
+        def delete() -> list[tuple[bytes, Exception | None]]:
             out: list[tuple[bytes, Exception | None]] = []
-            try:
-                with self.env.write() as tx:
-                    b = self.bucket_inode(tx, bucket)
-                    for key in keys:
-                        try:
-                            if key in conditions:
-                                self.check_write_conditions(tx, self._lookup(tx, b, key),
-                                                            conditions[key])
-                            self._delete(tx, b, key)
-                            out.append((key, None))
-                        except (KeyConflict, PermissionDenied, ReadOnly, Busy, IsADirectory,
-                                NotADirectory, PreconditionFailed,
-                                NoSuchKey) as e:  # raised before anything changed
-                            out.append((key, e))
-                return out
-            except etags.NeedEtag as need:  # changed through the mount: hash it, then retry
-                self.etag(need.ino)
-        raise ObjectChanged("objects kept changing while their ETags were checked")
+            with self.env.write() as tx:
+                b = self.bucket_inode(tx, bucket)
+                for key in keys:
+                    try:
+                        if key in wanted:
+                            self.check_write_conditions(tx, self._lookup(tx, b, key),
+                                                        wanted[key])
+                        self._delete(tx, b, key)
+                        out.append((key, None))
+                    except (KeyConflict, PermissionDenied, ReadOnly, Busy, IsADirectory,
+                            NotADirectory, PreconditionFailed,
+                            NoSuchKey) as e:  # raised before anything changed
+                        out.append((key, e))
+            return out
+
+        return self.retrying_stale_etags(
+            delete, "objects kept changing while their ETags were checked")
 
     def _delete(self, tx: Tx, bucket: Inode, key: bytes) -> bool:
         # Every check comes before the first change, so a refusal leaves the tx clean.
