@@ -9,6 +9,7 @@ import time
 import pytest
 import trio
 
+from vfsd.fs.inline import InlineWhileFast
 from vfsd.fs.workers import WorkerPool
 
 pytestmark = pytest.mark.timeout(60)
@@ -81,5 +82,24 @@ async def test_workers_run_in_sched_batch_so_a_wakeup_never_preempts_the_loop() 
     try:
         assert await pool.run(os.sched_getscheduler, 0) == os.SCHED_BATCH
         assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the loop's own thread is not
+    finally:
+        pool.close()
+
+
+async def test_short_calls_run_on_the_loop_until_one_is_slow() -> None:
+    """vfsd/fs/inline.py: the fsync journal's write runs on the event loop while it is quick;
+    one slow call sends the calls of the next back-off period to the workers."""
+    pool = WorkerPool(1)
+    inline = InlineWhileFast(pool.run, slow=0.05, back_off=0.3)
+    loop_thread = threading.get_ident()
+    try:
+        assert await inline.run(threading.get_ident) == loop_thread
+        with pytest.raises(ZeroDivisionError):
+            await inline.run(lambda: 1 / 0)
+        await inline.run(time.sleep, 0.06)  # a busy device
+        assert inline.slow_calls == 1
+        assert await inline.run(threading.get_ident) != loop_thread
+        await trio.sleep(0.35)
+        assert await inline.run(threading.get_ident) == loop_thread
     finally:
         pool.close()

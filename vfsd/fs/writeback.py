@@ -40,6 +40,7 @@ from vfsd.store import InodeFlags, Store
 from vfsd.store.errors import FileTooBig, NoSpace, NotFound, StoreError
 from vfsd.store.journal import Journal
 
+from .inline import InlineWhileFast
 from .readmap import ReadMap
 
 log = logging.getLogger("vfsd.writeback")
@@ -48,6 +49,7 @@ BATCHES_IN_FLIGHT = 2  # one stages (hash, disk) while the other commits (LMDB)
 CLEAN_PER_FILE = 8  # recently flushed, partly written chunks kept per writing file (512 KiB)
 FLUSH_BATCH_BYTES = 64 * 1024 * 1024  # per background commit: ~100 ms of work, one fdatasync
 JOURNAL_LIMIT = 1 << 20  # bytes written between fsyncs that go to the journal; more: a commit
+INLINE_JOURNAL_LIMIT = 64 << 10  # journal records up to this size are written on the loop
 # A flush refused for want of room while gc is giving space back waits this long, in all, for
 # its passes (every 2 s; retired segments go after a 5 s grace) before the writer hears ENOSPC.
 NO_SPACE_WAIT = 15.0
@@ -164,6 +166,10 @@ class WriteBack:
     def __init__(self, store: Store, run: RunSync, limit_bytes: int, interval: float):
         self.store = store
         self.run = run
+        # Small journal records are written on the loop while the device is quick, and never
+        # while a commit of ours keeps it busy (vfsd/fs/inline.py).
+        self.run_inline = InlineWhileFast(run).run
+        self.committing = 0
         self.cs = store.chunk_size
         self.limit = max(limit_bytes // self.cs, 16)  # in chunks
         self.interval = interval
@@ -438,9 +444,11 @@ class WriteBack:
                 return
             writes, f.unjournaled = f.unjournaled, []
             size, f.unjournaled_bytes = f.unjournaled_bytes, 0
+            quick = size <= INLINE_JOURNAL_LIMIT and not self.committing
+            run = self.run_inline if quick else self.run
             try:
-                await self.run(self.journal.append, f.ino, writes, f.size,
-                               f.mtime_ns or time.time_ns())
+                await run(self.journal.append, f.ino, writes, f.size,
+                          f.mtime_ns or time.time_ns())
             except BaseException:
                 f.unjournaled[:0] = writes
                 f.unjournaled_bytes += size
@@ -587,9 +595,13 @@ class WriteBack:
         deadline = None
         while True:
             try:
-                return await self.run(_commit_flush, self.store, f.ino, snapshot, size,
-                                      grow_to, f.mtime_ns, self.journal if covers else None,
-                                      covers, f.ctime_ns)
+                self.committing += 1
+                try:
+                    return await self.run(_commit_flush, self.store, f.ino, snapshot, size,
+                                          grow_to, f.mtime_ns,
+                                          self.journal if covers else None, covers, f.ctime_ns)
+                finally:
+                    self.committing -= 1
             except NoSpace:
                 now = trio.current_time()
                 if not self.gc_reclaiming or (deadline is not None and now >= deadline):
