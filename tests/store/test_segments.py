@@ -20,7 +20,14 @@ from vfsd.store.chunks import chunk_hash
 from vfsd.store.errors import Corrupt, NoSpace
 from vfsd.store.mapped import MAX_MAPS
 from vfsd.store.readers import MAX_READERS, SegmentReaders
-from vfsd.store.segments import ALIGN, HEADER, STAGING_SIZE, LocalSegments
+from vfsd.store.segments import (
+    ALIGN,
+    FS_BLOCK,
+    HEADER,
+    LARGE_APPEND,
+    STAGING_SIZE,
+    LocalSegments,
+)
 
 
 def segments_in(directory: Path) -> LocalSegments:
@@ -47,8 +54,16 @@ def test_appends_start_aligned_and_scan_steps_over_the_padding(directory: Path) 
                for sizes in ([1], [65536, 100], [777] * 5, [STAGING_SIZE // 3] * 7, [4095])]
     written = []
     for bodies in batches:
+        end = segments._current_size  # where the previous append's padding ended
         locations = segments.append([(chunk_hash(b), b) for b in bodies])
-        assert (locations[0].offset - HEADER.size) % ALIGN == 0
+        start = locations[0].offset - HEADER.size
+        assert start % ALIGN == 0
+        if sum(HEADER.size + len(b) for b in bodies) >= LARGE_APPEND:
+            # Started on a file system block, past the zeros up to it (the big append
+            # follows one that ended inside a block).
+            assert end % FS_BLOCK != 0 and start == end + (-end % FS_BLOCK)
+        else:
+            assert start == end
         written += list(zip(bodies, locations))
     for body, location in written:
         assert segments.read(location) == body

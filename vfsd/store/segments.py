@@ -45,6 +45,11 @@ CODEC_RAW = 0
 Body = bytes | bytearray | memoryview
 DEFAULT_SEAL_SIZE = 64 * 1024 * 1024
 ALIGN = 512  # O_DIRECT's unit on this machine class's disks (logical block size); see append
+# A large append starts on a file system block: ext4 takes direct writes that begin inside a
+# block at half the speed (measured: 64 MiB in 82-94 ms against 43 ms started on a block).
+# Small appends keep ALIGN, where up to a block of padding each would cost space, not time.
+FS_BLOCK = 4096
+LARGE_APPEND = 256 * 1024
 STAGING_SIZE = 4 * 1024 * 1024  # bytes per direct write: device-friendly, little memory
 MAX_RUN = 512  # records per preadv: two buffers each, within IOV_MAX (1024)
 
@@ -561,8 +566,8 @@ def _follows(before: ChunkLocation, after: ChunkLocation) -> bool:
             and after.offset == before.offset + before.length + HEADER.size)
 
 
-def _align_up(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+def _align_up(n: int, unit: int = ALIGN) -> int:
+    return -(-n // unit) * unit
 
 
 def _open_for_append(path: Path) -> tuple[int, bool]:
@@ -619,7 +624,10 @@ class Appender:
         if self._offset < 0:
             if segments._current is None or segments._current_size >= segments._seal_size:
                 segments._roll()
-            self._offset = self._buffer_at = segments._current_size
+            start = segments._current_size
+            if sum(HEADER.size + len(body) for _, body in bodies) >= LARGE_APPEND:
+                start = _align_up(start, FS_BLOCK)  # the gap reads as zeros: scan steps over it
+            self._offset = self._buffer_at = start
         assert segments._current is not None
         segments._note_append(segments._current)
         locations = []
