@@ -1,6 +1,7 @@
 """The write-back cache against a real store, without the kernel in between: many writes
 racing the flusher under a tight memory bound lose nothing and leak no room."""
 
+import contextlib
 import os
 
 import pytest
@@ -83,3 +84,78 @@ async def test_an_fsync_after_background_batches_keeps_their_bytes_over_older_se
         os.close(journal.fd)
         recover(store)
         assert bytes(store.read(ino, 0, 8)) == b"BBBBBBBB"
+
+
+async def test_small_writes_count_their_bytes_not_whole_chunks(tmp_path):
+    """4 KiB writes into 32 chunks hold 128 KiB: under a 1 MiB bound (and 64 chunks) nothing
+    waits and nothing is flushed (a patch used to count as a whole chunk: the 17th write
+    waited for a flush that nothing here runs)."""
+    with _stored_file(tmp_path, 64) as (store, ino, base):
+        cache = WriteBack(store, _in_thread, limit_bytes=16 * CS, interval=60)
+        expected = bytearray(base)
+        with trio.fail_after(10):
+            for n, chunk in enumerate(range(0, 64, 4)):
+                for k in range(2):
+                    index = chunk + k
+                    at = index * CS + (n * 4096 + k * 8192) % (CS - 4096)
+                    data = os.urandom(4096)
+                    await cache.write(ino, at, data)
+                    expected[at:at + 4096] = data
+        assert (cache.entries, cache.held) == (32, 32 * 4096)
+        assert not cache.pressure.is_set()
+        assert bytes(store.read(ino, 0, len(base))) == base  # nothing flushed yet
+        await cache.flush(ino)
+        assert (cache.entries, cache.held) == (0, 0)
+        assert bytes(store.read(ino, 0, len(base))) == bytes(expected)
+
+
+async def test_a_flush_of_many_patches_lays_them_on_their_bases_a_slice_at_a_time(
+        tmp_path, monkeypatch):
+    from vfsd.fs import writeback
+    from vfsd.store import changelog
+
+    monkeypatch.setattr(writeback, "PATCH_SLICE", 4)
+    with _stored_file(tmp_path, 12) as (store, ino, base):
+        cache = WriteBack(store, _in_thread, limit_bytes=256 * CS, interval=60)
+        expected = bytearray(base)
+        for index in (9, 1, 5, 10, 2, 7, 0, 11, 4, 6):  # ten patches: slices of 4, 4 and 2
+            data = os.urandom(100)
+            await cache.write(ino, index * CS + 1000, data)
+            expected[index * CS + 1000:index * CS + 1100] = data
+        await cache.write(ino, 12 * CS, b"tail")  # grows the file: the last commit sets it
+        expected += b"tail"
+        with store.env.read() as tx:
+            before = changelog.last_seq(tx)
+        await cache.flush(ino)
+        with store.env.read() as tx:
+            commits = [c for c in changelog.since(tx, before) if c.ino == ino]
+        assert len(commits) == 3
+        assert store.getattr(ino).size == len(expected)
+        assert bytes(store.read(ino, 0, len(expected))) == bytes(expected)
+
+
+@contextlib.contextmanager
+def _stored_file(tmp_path, chunks):
+    """A store holding one file of `chunks` random chunks: (store, its inode, its bytes)."""
+    with Store.init(tmp_path / "store") as store:
+        ino = store.create(ROOT_INO, b"f").ino
+        base = os.urandom(chunks * CS)
+        store.write(ino, 0, base)
+        yield store, ino, base
+
+
+async def _in_thread(fn, *args):
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+def test_a_patch_copies_the_small_edge_of_a_large_write():
+    from vfsd.fs.writeback import Patch
+
+    write = bytes(range(256)) * 4096  # 1 MiB
+    small = os.urandom(4096)
+    patch = Patch()
+    patch.put(0, memoryview(write)[-4096:])  # the part of the write that fell in this chunk
+    patch.put(8192, memoryview(small))  # a small write whole: no copy
+    assert type(patch.pieces[0][1]) is bytes and patch.pieces[0][1] == write[-4096:]
+    assert isinstance(patch.pieces[1][1], memoryview) and patch.pieces[1][1].obj is small
+    assert patch.cost == 2 * 4096

@@ -129,14 +129,14 @@ class Operations(pyfuse3.Operations):
 
     def gauges(self) -> dict[str, tuple[str, float]]:
         """What /metrics shows besides the request counts (vfsd/fs/metrics.py)."""
-        cs = self.store.chunk_size
         return {
             "vfsd_mount_dirty_bytes": (
-                "Written data not yet committed to the store (whole chunks).",
-                self.cache.held * cs),
+                ("Written data not yet committed to the store (whole chunks, and the bytes "
+                 "written into chunks written in part)."),
+                self.cache.held),
             "vfsd_mount_dirty_limit_bytes": (
                 "Dirty data at which writers wait for a flush (--cache-size).",
-                self.cache.limit * cs),
+                self.cache.limit),
             "vfsd_mount_dirty_files": (
                 "Files with data not yet committed.",
                 sum(1 for f in self.cache.files.values() if f.dirty)),

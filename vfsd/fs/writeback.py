@@ -5,8 +5,11 @@ in part becomes a `Patch` (the written bytes and their ranges), and the flush, i
 thread, reads the stored chunk and lays the patch onto it. Reading the base at write time would
 cost a thread hop per small write, which was most of a 4 KiB random write's time. Memory is
 bounded: a writer that would pass the bound waits until a flush frees room, like a full Xen
-I/O ring. A flush commits one inode's dirty chunks and its size in one core call (segment
-fdatasync, then one LMDB commit); only then is the data durable.
+I/O ring. The bound counts memory: a whole chunk as its size, a patch as the bytes written
+into it (a 4 KiB random write holds 4 KiB, not a chunk); the number of dirty chunks has a
+bound of its own, since each patch costs a read and a rewrite of its chunk at flush. A flush
+commits one inode's dirty chunks and its size in one core call (segment fdatasync, then one
+LMDB commit); only then is the data durable.
 
 Reads of a file with dirty data overlay, in order: the store, the chunks being flushed, the
 dirty chunks. A complete cached chunk is authoritative for its whole range (bytes past its end
@@ -47,6 +50,10 @@ log = logging.getLogger("vfsd.writeback")
 RunSync = Callable[..., Awaitable[Any]]
 BATCHES_IN_FLIGHT = 2  # one stages (hash, disk) while the other commits (LMDB)
 CLEAN_PER_FILE = 8  # recently flushed, partly written chunks kept per writing file (512 KiB)
+# Dirty chunks (whole or patched) per chunk of --cache-size: patches are small, but each one
+# is a base read and a chunk rewrite at flush, so their number bounds how long a close takes.
+ENTRIES_PER_CACHE_CHUNK = 4
+PATCH_SLICE = 1024  # patched chunks laid on their bases per commit: 64 MiB of base buffers
 FLUSH_BATCH_BYTES = 64 * 1024 * 1024  # per background commit: ~100 ms of work, one fdatasync
 JOURNAL_LIMIT = 1 << 20  # bytes written between fsyncs that go to the journal; more: a commit
 INLINE_JOURNAL_LIMIT = 64 << 10  # journal records up to this size are written on the loop
@@ -65,15 +72,21 @@ class Patch:
     (~15 µs, more than the rest of the write handler). Pieces are merged once there are more
     than MAX_PIECES of them, so a run of small writes stays cheap to read and flush."""
 
-    __slots__ = ("pieces", "ranges")
+    __slots__ = ("cost", "pieces", "ranges")
     MAX_PIECES = 16
 
     def __init__(self) -> None:
         self.pieces: list[tuple[int, bytes | bytearray | memoryview]] = []
         self.ranges: list[tuple[int, int]] = []
+        self.cost = 0  # bytes counted against the cache bound: every piece ever put
 
     def put(self, lo: int, piece: bytes | bytearray | memoryview) -> None:
+        if isinstance(piece, memoryview) and len(piece.obj) > 2 * len(piece):
+            # The edge of a large write: a view would keep the whole write's buffer alive
+            # while the bound counts only this piece.
+            piece = bytes(piece)
         hi = lo + len(piece)
+        self.cost += len(piece)
         self.pieces.append((lo, piece))
         merged = []
         for a, b in self.ranges:
@@ -171,15 +184,17 @@ class WriteBack:
         self.run_inline = InlineWhileFast(run).run
         self.committing = 0
         self.cs = store.chunk_size
-        self.limit = max(limit_bytes // self.cs, 16)  # in chunks
+        self.limit = max(limit_bytes, 16 * self.cs)  # bytes of dirty data (`_cost`)
+        self.max_entries = self.limit // self.cs * ENTRIES_PER_CACHE_CHUNK
         self.interval = interval
         self.files: dict[int, FileCache] = {}
-        self.held = 0
+        self.held = 0  # bytes, as `_cost` counts them, of the dirty chunks and those flushing
+        self.entries = 0  # dirty chunks and chunks being flushed
         self.room = trio.Condition()
         self.pressure = trio.Event()
         # Whole chunks are flushed in batches as they come (a stream rarely rewrites them),
         # so the flush overlaps the writer instead of starting when memory runs short.
-        self.batch = max(8, min(FLUSH_BATCH_BYTES // self.cs, self.limit // 4))
+        self.batch = max(8, min(FLUSH_BATCH_BYTES // self.cs, self.limit // self.cs // 4))
         self.streamed = 0  # whole chunks written since the flusher last took a batch
         self.slots = trio.Semaphore(BATCHES_IN_FLIGHT)
         self.writing: set[int] = set()  # inodes with a handle open for writing
@@ -259,25 +274,40 @@ class WriteBack:
         if self.streamed >= self.batch:
             self.pressure.set()
 
-    def _add_held(self, n: int) -> None:
-        self.held += n
-        if self.held >= self.limit * 3 // 4:
+    def _cost(self, chunk: Chunk) -> int:
+        """What a cached chunk counts against the bound: a patch its bytes, else a chunk."""
+        return chunk.cost if isinstance(chunk, Patch) else self.cs
+
+    def _add_held(self, nbytes: int, entries: int = 0) -> None:
+        self.held += nbytes
+        self.entries += entries
+        if self._pressed():
             self.pressure.set()
 
-    async def _release_held(self, n: int) -> None:
-        self.held -= n
+    def _pressed(self) -> bool:
+        return (self.held >= self.limit * 3 // 4
+                or self.entries >= self.max_entries * 3 // 4)
+
+    async def _release_held(self, nbytes: int, entries: int) -> None:
+        self.held -= nbytes
+        self.entries -= entries
         async with self.room:
             self.room.notify_all()
 
-    async def _reserve(self, n: int, f: FileCache) -> None:
-        """Wait until `n` more chunks fit under the bound (a lone huge write always fits).
-        If a flush of `f` fails meanwhile (a full disk), its error ends the wait: the flusher
-        leaves a failed file alone until the error has been reported, and its writer, blocked
-        here, would never get to the fsync that reports it."""
-        if self.held + n <= self.limit or self.held == 0:
+    def _full(self, nbytes: int, entries: int) -> bool:
+        return (self.held + nbytes > self.limit
+                or self.entries + entries > self.max_entries) and self.entries > 0
+
+    async def _reserve(self, nbytes: int, entries: int, f: FileCache) -> None:
+        """Wait until `nbytes` more, in `entries` more chunks, fit under the bounds (a lone
+        huge write always fits). If a flush of `f` fails meanwhile (a full disk), its error
+        ends the wait: the flusher leaves a failed file alone until the error has been
+        reported, and its writer, blocked here, would never get to the fsync that reports
+        it."""
+        if not self._full(nbytes, entries):
             return
         async with self.room:
-            while self.held + n > self.limit and self.held > 0:
+            while self._full(nbytes, entries):
                 self._raise_error(f)
                 self.pressure.set()
                 await self.room.wait()
@@ -312,7 +342,8 @@ class WriteBack:
             data = memoryview(data)[: f.size - offset]
             end = f.size
         first, last = offset // cs, (end - 1) // cs
-        await self._reserve(sum(1 for i in range(first, last + 1) if i not in f.dirty), f)
+        await self._reserve(len(data), sum(1 for i in range(first, last + 1) if i not in f.dirty),
+                            f)
         if self.files.get(f.ino) is not f:
             raise _Discarded()
         view = memoryview(data)
@@ -324,13 +355,14 @@ class WriteBack:
             current = f.dirty.get(index)
             if lo == 0 and hi == cs:
                 if current is None:
-                    self._add_held(1)
+                    self._add_held(cs, 1)
                     f.clean.pop(index, None)
+                else:
+                    self._add_held(cs - self._cost(current))
                 f.dirty[index] = piece  # zero-copy: keeps pyfuse3's buffer alive
                 self._streamed(1)
                 continue
             if current is None:
-                self._add_held(1)
                 below = f.flushing.get(index)
                 if cstart >= f.size:
                     current = bytearray()  # nothing stored here yet: the rest reads as zeros
@@ -341,12 +373,17 @@ class WriteBack:
                 else:
                     current = Patch()  # the flush lays it onto the stored chunk
                 f.dirty[index] = current
+                self._add_held(self._cost(current), 1)
             elif isinstance(current, memoryview):
                 current = f.dirty[index] = bytearray(current)
             if isinstance(current, Patch):
+                before = current.cost
                 current.put(lo, piece)
                 if current.covers(0, cs):
                     f.dirty[index] = current.data
+                    self._add_held(cs - before)
+                else:
+                    self._add_held(current.cost - before)
                 continue
             if len(current) < hi:
                 current.extend(bytes(hi - len(current)))
@@ -548,6 +585,7 @@ class WriteBack:
         """Make taken chunks durable; on a core error they go back to `dirty`. `covers`: the
         newest journal set of the file whose writes are all in `taken`."""
         snapshot, size, grow_to = taken
+        taken_bytes = sum(self._cost(chunk) for chunk in snapshot.values())
         try:
             merged = await self._commit_when_room(f, snapshot, size, grow_to, covers)
         except NotFound:
@@ -556,10 +594,13 @@ class WriteBack:
             # Keep the data dirty (nothing is lost silently) and report to the next caller.
             for index, chunk in snapshot.items():
                 if index in f.dirty:
-                    f.dirty[index] = _stack(chunk, f.dirty[index])
+                    newer = f.dirty[index]
+                    newer_cost = self._cost(newer)
+                    f.dirty[index] = _stack(chunk, newer)
+                    self._add_held(self._cost(f.dirty[index]) - newer_cost)
                 else:
                     f.dirty[index] = chunk
-                    self.held += 1
+                    self._add_held(self._cost(chunk), 1)
             if not f.first_dirty:
                 f.first_dirty = time.monotonic()
             f.error = e if isinstance(e, StoreError) else StoreError(f"flush failed: {e!r}")
@@ -581,7 +622,7 @@ class WriteBack:
             for index, chunk in snapshot.items():
                 if f.flushing.get(index) is chunk:
                     del f.flushing[index]
-            await self._release_held(len(snapshot))
+            await self._release_held(taken_bytes, len(snapshot))
         if not f.dirty:
             f.mtime_ns = f.ctime_ns = 0  # the store has them now, and later changes go there
 
@@ -646,11 +687,12 @@ class WriteBack:
             await self._settle(f)
             if self.files.get(ino) is f:
                 del self.files[ino]
-            dropped, f.dirty = len(f.dirty), {}
+            dropped = sum(self._cost(chunk) for chunk in f.dirty.values())
+            entries, f.dirty = len(f.dirty), {}
             if self.journal is not None:
                 # Dropped on purpose: a recovery must not bring these writes back.
                 self.journal.covered_without_commit(ino, self.journal.newest_set(ino))
-        await self._release_held(dropped)
+        await self._release_held(dropped, entries)
 
     async def truncated(self, ino: int, size: int) -> None:
         f = self.files.get(ino)
@@ -682,7 +724,7 @@ class WriteBack:
                         except StoreError:
                             pass
                 for _, ino in due:
-                    while (self.held >= self.limit * 3 // 4
+                    while (self._pressed()
                            and await self._start_batch(batches, ino, whole_only=False)):
                         pass
                 if self.journal is not None and self.journal.half_full:
@@ -724,17 +766,37 @@ def _commit_flush(store: Store, ino: int, snapshot: dict[int, Chunk], size: int 
     """In a worker thread: lay patches onto their stored chunks, then commit every chunk and
     the size at once. The mount holds the file's lease and flushes of one file are serialised,
     so the stored chunk cannot change between the base read and the commit. Returns the
-    chunks that were written in part, as now stored."""
-    patches = [i for i, chunk in snapshot.items() if isinstance(chunk, Patch)]
+    chunks that were written in part, as now stored (the last PATCH_SLICE at most).
+
+    More than PATCH_SLICE patches are laid on their bases and committed a slice at a time,
+    each commit growing the size only over its own chunks (as a background batch does), so
+    the base buffers of a flush of many small writes stay bounded; the last commit carries
+    the rest and the size."""
+    patches = sorted(i for i, chunk in snapshot.items() if isinstance(chunk, Patch))
     contents: dict[int, bytes | bytearray | memoryview] = {
         i: chunk for i, chunk in snapshot.items() if not isinstance(chunk, Patch)}
-    if patches:
-        bases = store.read_chunks(ino, patches)  # buffers of our own: patched in place
-        for i in patches:
-            patch = snapshot[i]
-            assert isinstance(patch, Patch)
-            contents[i] = patch.laid_on(bases[i]) if i in bases else patch.onto(b"")
+    extent = size if size is not None else grow_to
+    while len(patches) > PATCH_SLICE:
+        part, patches = patches[:PATCH_SLICE], patches[PATCH_SLICE:]
+        store.write_chunks(ino, _laid(store, ino, snapshot, part), size=None,
+                           grow_to=min(extent, (part[-1] + 1) * store.chunk_size),
+                           mtime_ns=mtime_ns or None, ctime_ns=ctime_ns or None)
+    contents.update(_laid(store, ino, snapshot, patches))
     with journal.covering(ino, covers) if journal else contextlib.nullcontext():
         store.write_chunks(ino, contents, size=size, grow_to=grow_to, mtime_ns=mtime_ns or None,
                            ctime_ns=ctime_ns or None)
     return {i: c for i, c in contents.items() if isinstance(c, bytearray)}
+
+
+def _laid(store: Store, ino: int, snapshot: dict[int, Chunk], patched: list[int]
+          ) -> dict[int, bytes | bytearray | memoryview]:
+    """The whole chunks that these patches make, laid on the stored ones."""
+    if not patched:
+        return {}
+    bases = store.read_chunks(ino, patched)  # buffers of our own: patched in place
+    laid: dict[int, bytes | bytearray | memoryview] = {}
+    for i in patched:
+        patch = snapshot[i]
+        assert isinstance(patch, Patch)
+        laid[i] = patch.laid_on(bases[i]) if i in bases else patch.onto(b"")
+    return laid
