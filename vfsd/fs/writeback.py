@@ -719,6 +719,12 @@ class WriteBack:
                     f = self.files.get(ino)
                     # A file with a failed flush waits for its own fsync to hear of it.
                     if now - first_dirty >= self.interval and f is not None and f.error is None:
+                        # Many dirty chunks (random writes: each a base read and a rewrite)
+                        # go as background batches first, two at a time, in two workers;
+                        # the flush then commits what is left, with the size.
+                        while (len(f.dirty) > self.batch
+                               and await self._start_batch(batches, ino, whole_only=False)):
+                            pass
                         try:
                             await self.flush(ino)
                         except StoreError:
