@@ -7,8 +7,9 @@ the loop when the worker is done. On a virtual machine without hardware virtuali
 wake-up of an idle vCPU is tens of µs. Made on the loop, one wake-up remains (the device's),
 and bench/fs.py's 4k write+fdatasync job gains about a third.
 
-The loop is blocked meanwhile, which STYLE.md forbids for LMDB and hashing work. It is allowed
-here only while it stays short: a call that takes longer than `SLOW` (a busy device: a segment
+The loop is blocked meanwhile, which STYLE.md forbids for LMDB and hashing work (the append
+also reads the inode's version in an LMDB read transaction, ~5 µs). It is allowed here only
+while it stays short: a call that takes longer than `SLOW` (a busy device: a segment
 fdatasync or an LMDB commit queued before it) sends the calls of the next `BACK_OFF` seconds to
 the workers, so a slow device stalls other requests for at most one call now and then.
 """

@@ -46,7 +46,7 @@ Body = bytes | bytearray | memoryview
 DEFAULT_SEAL_SIZE = 64 * 1024 * 1024
 ALIGN = 512  # O_DIRECT's unit on this machine class's disks (logical block size); see append
 # A large append starts on a file system block: ext4 takes direct writes that begin inside a
-# block at half the speed (measured: 64 MiB in 82-94 ms against 43 ms started on a block).
+# block at half the speed (measured: 64 MiB in 82-94 ms against 33-43 ms started on a block).
 # Small appends keep ALIGN, where up to a block of padding each would cost space, not time.
 FS_BLOCK = 4096
 LARGE_APPEND = 256 * 1024
