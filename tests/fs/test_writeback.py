@@ -114,7 +114,7 @@ async def test_a_flush_of_many_patches_lays_them_on_their_bases_a_slice_at_a_tim
     from vfsd.fs import writeback
     from vfsd.store import changelog
 
-    monkeypatch.setattr(writeback, "PATCH_SLICE", 4)
+    monkeypatch.setattr(writeback, "PATCH_SLICE_BYTES", 4 * CS)
     with _stored_file(tmp_path, 12) as (store, ino, base):
         cache = WriteBack(store, _in_thread, limit_bytes=256 * CS, interval=60)
         expected = bytearray(base)
@@ -131,6 +131,31 @@ async def test_a_flush_of_many_patches_lays_them_on_their_bases_a_slice_at_a_tim
             commits = [c for c in changelog.since(tx, before) if c.ino == ino]
         assert len(commits) == 3
         assert store.getattr(ino).size == len(expected)
+        assert bytes(store.read(ino, 0, len(expected))) == bytes(expected)
+
+
+async def test_a_slice_of_patches_holds_64_mib_of_bases_whatever_the_chunk_size(tmp_path):
+    """With 4 MiB chunks, a cache of 16 chunks takes 64 patches (four per chunk of the bound):
+    laid on their bases 1,024 chunks at a time, one flush would hold 4x the cache in base
+    buffers. A slice is 64 MiB of bases: 24 patches go in two commits (16, then 8)."""
+    from vfsd.store import changelog
+
+    cs = 4 << 20
+    with Store.init(tmp_path / "store", chunk_size=cs) as store:
+        ino = store.create(ROOT_INO, b"f").ino
+        expected = bytearray(os.urandom(24 * cs))
+        store.write(ino, 0, expected)
+        cache = WriteBack(store, _in_thread, limit_bytes=16 * cs, interval=60)
+        for index in range(24):
+            data = os.urandom(100)
+            await cache.write(ino, index * cs + 1000, data)
+            expected[index * cs + 1000:index * cs + 1100] = data
+        with store.env.read() as tx:
+            before = changelog.last_seq(tx)
+        await cache.flush(ino)
+        with store.env.read() as tx:
+            commits = [c for c in changelog.since(tx, before) if c.ino == ino]
+        assert len(commits) == 2
         assert bytes(store.read(ino, 0, len(expected))) == bytes(expected)
 
 

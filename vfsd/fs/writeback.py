@@ -53,7 +53,9 @@ CLEAN_PER_FILE = 8  # recently flushed, partly written chunks kept per writing f
 # Dirty chunks (whole or patched) per chunk of --cache-size: patches are small, but each one
 # is a base read and a chunk rewrite at flush, so their number bounds how long a close takes.
 ENTRIES_PER_CACHE_CHUNK = 4
-PATCH_SLICE = 1024  # patched chunks laid on their bases per commit: 64 MiB of base buffers
+# Base buffers a flush holds at once, laid on and committed a slice at a time: a byte count,
+# since a patch of 4 MiB chunks holds 64 times the base of one of 64 KiB.
+PATCH_SLICE_BYTES = 64 << 20
 FLUSH_BATCH_BYTES = 64 * 1024 * 1024  # per background commit: ~100 ms of work, one fdatasync
 JOURNAL_LIMIT = 1 << 20  # bytes written between fsyncs that go to the journal; more: a commit
 INLINE_JOURNAL_LIMIT = 64 << 10  # journal records up to this size are written on the loop
@@ -772,18 +774,19 @@ def _commit_flush(store: Store, ino: int, snapshot: dict[int, Chunk], size: int 
     """In a worker thread: lay patches onto their stored chunks, then commit every chunk and
     the size at once. The mount holds the file's lease and flushes of one file are serialised,
     so the stored chunk cannot change between the base read and the commit. Returns the
-    chunks that were written in part, as now stored (the last PATCH_SLICE at most).
+    chunks that were written in part, as now stored (the last slice at most).
 
-    More than PATCH_SLICE patches are laid on their bases and committed a slice at a time,
-    each commit growing the size only over its own chunks (as a background batch does), so
-    the base buffers of a flush of many small writes stay bounded; the last commit carries
-    the rest and the size."""
+    More than PATCH_SLICE_BYTES of patched chunks are laid on their bases and committed a
+    slice at a time, each commit growing the size only over its own chunks (as a background
+    batch does), so the base buffers of a flush of many small writes stay bounded; the last
+    commit carries the rest and the size."""
     patches = sorted(i for i, chunk in snapshot.items() if isinstance(chunk, Patch))
     contents: dict[int, bytes | bytearray | memoryview] = {
         i: chunk for i, chunk in snapshot.items() if not isinstance(chunk, Patch)}
     extent = size if size is not None else grow_to
-    while len(patches) > PATCH_SLICE:
-        part, patches = patches[:PATCH_SLICE], patches[PATCH_SLICE:]
+    per_slice = max(1, PATCH_SLICE_BYTES // store.chunk_size)
+    while len(patches) > per_slice:
+        part, patches = patches[:per_slice], patches[per_slice:]
         store.write_chunks(ino, _laid(store, ino, snapshot, part), size=None,
                            grow_to=min(extent, (part[-1] + 1) * store.chunk_size),
                            mtime_ns=mtime_ns or None, ctime_ns=ctime_ns or None)
