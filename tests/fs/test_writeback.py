@@ -159,6 +159,32 @@ async def test_a_slice_of_patches_holds_64_mib_of_bases_whatever_the_chunk_size(
         assert bytes(store.read(ino, 0, len(expected))) == bytes(expected)
 
 
+async def test_a_batch_waiting_for_gc_keeps_its_chunks_when_the_flusher_is_cancelled(
+        tmp_path, caplog):
+    """At unmount the mount cancels its flusher, then flushes what is dirty (vfsd/fs/mount.py,
+    `serve`). A background batch that found the pool full and waits for gc's next pass must
+    give its chunks back to the dirty ones: dropped, flush_all found nothing to write and the
+    data was gone, with nothing logged."""
+    caplog.set_level("INFO", logger="vfsd.writeback")
+    with Store.init(tmp_path / "store") as store:
+        ino = store.create(ROOT_INO, b"f").ino
+        cache = WriteBack(store, _in_thread, limit_bytes=256 * CS, interval=60)
+        cache.batch = 8
+        store.set_quota(CS)
+        data = os.urandom(8 * CS)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cache.run_flusher)
+            await cache.write(ino, 0, data)  # a batch's worth of whole chunks: streamed
+            with trio.fail_after(10):
+                while "event=flush-waits-for-gc" not in caplog.text:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        store.set_quota(None)
+        await cache.flush_all()
+        assert bytes(store.read(ino, 0, len(data))) == data
+        assert (cache.held, cache.entries) == (0, 0)
+
+
 @contextlib.contextmanager
 def _stored_file(tmp_path, chunks):
     """A store holding one file of `chunks` random chunks: (store, its inode, its bytes)."""

@@ -592,19 +592,14 @@ class WriteBack:
             merged = await self._commit_when_room(f, snapshot, size, grow_to, covers)
         except NotFound:
             log.info("event=flush-dropped ino=%d reason=deleted chunks=%d", f.ino, len(snapshot))
+        except trio.Cancelled:
+            # The mount is going down while the commit waits for a gc pass: nothing was
+            # committed, and the unmount's flush_all must still find these chunks.
+            self._keep_dirty(f, snapshot)
+            raise
         except Exception as e:
             # Keep the data dirty (nothing is lost silently) and report to the next caller.
-            for index, chunk in snapshot.items():
-                if index in f.dirty:
-                    newer = f.dirty[index]
-                    newer_cost = self._cost(newer)
-                    f.dirty[index] = _stack(chunk, newer)
-                    self._add_held(self._cost(f.dirty[index]) - newer_cost)
-                else:
-                    f.dirty[index] = chunk
-                    self._add_held(self._cost(chunk), 1)
-            if not f.first_dirty:
-                f.first_dirty = time.monotonic()
+            self._keep_dirty(f, snapshot)
             f.error = e if isinstance(e, StoreError) else StoreError(f"flush failed: {e!r}")
             f.failures += 1
             now = time.monotonic()
@@ -627,6 +622,20 @@ class WriteBack:
             await self._release_held(taken_bytes, len(snapshot))
         if not f.dirty:
             f.mtime_ns = f.ctime_ns = 0  # the store has them now, and later changes go there
+
+    def _keep_dirty(self, f: FileCache, snapshot: dict[int, Chunk]) -> None:
+        """Put the chunks of a commit that did not happen back under the newer writes."""
+        for index, chunk in snapshot.items():
+            if index in f.dirty:
+                newer = f.dirty[index]
+                newer_cost = self._cost(newer)
+                f.dirty[index] = _stack(chunk, newer)
+                self._add_held(self._cost(f.dirty[index]) - newer_cost)
+            else:
+                f.dirty[index] = chunk
+                self._add_held(self._cost(chunk), 1)
+        if not f.first_dirty:
+            f.first_dirty = time.monotonic()
 
     async def _commit_when_room(self, f: FileCache, snapshot: dict[int, Chunk],
                                 size: int | None, grow_to: int, covers: int
