@@ -112,7 +112,6 @@ async def test_small_writes_count_their_bytes_not_whole_chunks(tmp_path):
 async def test_a_flush_of_many_patches_lays_them_on_their_bases_a_slice_at_a_time(
         tmp_path, monkeypatch):
     from vfsd.fs import writeback
-    from vfsd.store import changelog
 
     monkeypatch.setattr(writeback, "PATCH_SLICE_BYTES", 4 * CS)
     with _stored_file(tmp_path, 12) as (store, ino, base):
@@ -124,12 +123,7 @@ async def test_a_flush_of_many_patches_lays_them_on_their_bases_a_slice_at_a_tim
             expected[index * CS + 1000:index * CS + 1100] = data
         await cache.write(ino, 12 * CS, b"tail")  # grows the file: the last commit sets it
         expected += b"tail"
-        with store.env.read() as tx:
-            before = changelog.last_seq(tx)
-        await cache.flush(ino)
-        with store.env.read() as tx:
-            commits = [c for c in changelog.since(tx, before) if c.ino == ino]
-        assert len(commits) == 3
+        assert await _commits_of_a_flush(store, cache, ino) == 3
         assert store.getattr(ino).size == len(expected)
         assert bytes(store.read(ino, 0, len(expected))) == bytes(expected)
 
@@ -138,7 +132,6 @@ async def test_a_slice_of_patches_holds_64_mib_of_bases_whatever_the_chunk_size(
     """With 4 MiB chunks, a cache of 16 chunks takes 64 patches (four per chunk of the bound):
     laid on their bases 1,024 chunks at a time, one flush would hold 4x the cache in base
     buffers. A slice is 64 MiB of bases: 24 patches go in two commits (16, then 8)."""
-    from vfsd.store import changelog
 
     cs = 4 << 20
     with Store.init(tmp_path / "store", chunk_size=cs) as store:
@@ -150,12 +143,7 @@ async def test_a_slice_of_patches_holds_64_mib_of_bases_whatever_the_chunk_size(
             data = os.urandom(100)
             await cache.write(ino, index * cs + 1000, data)
             expected[index * cs + 1000:index * cs + 1100] = data
-        with store.env.read() as tx:
-            before = changelog.last_seq(tx)
-        await cache.flush(ino)
-        with store.env.read() as tx:
-            commits = [c for c in changelog.since(tx, before) if c.ino == ino]
-        assert len(commits) == 2
+        assert await _commits_of_a_flush(store, cache, ino) == 2
         assert bytes(store.read(ino, 0, len(expected))) == bytes(expected)
 
 
@@ -197,6 +185,17 @@ def _stored_file(tmp_path, chunks):
 
 async def _in_thread(fn, *args):
     return await trio.to_thread.run_sync(fn, *args)
+
+
+async def _commits_of_a_flush(store, cache, ino):
+    """Flush the file; how many commits to it that took (its change-log entries)."""
+    from vfsd.store import changelog
+
+    with store.env.read() as tx:
+        before = changelog.last_seq(tx)
+    await cache.flush(ino)
+    with store.env.read() as tx:
+        return sum(1 for change in changelog.since(tx, before) if change.ino == ino)
 
 
 def test_a_patch_copies_the_small_edge_of_a_large_write():
