@@ -8,6 +8,9 @@ Targets (all mounted at once, but measured one at a time: there are only two cor
           a temporary directory on the disk (--dir, default: beside the repo), not in memory
   memfs   bench/memfs.py, started with the daemon's GLIBC_TUNABLES (vfsd/tunables.py) and given
           the readahead window vfsd sets on its own mount (vfsd/fs/readahead.py)
+
+Both FUSE daemons run on the same patched pyfuse3 and poll for the next request for the same
+window before sleeping (--poll-us, default 100 as `vfsd mount`'s; 0 compares without).
   tmpfs   `mount -t tmpfs`, made here and unmounted after
   plain   a directory beside the store on the disk (ext4 or whatever it is), for the
           4k write + fdatasync job only
@@ -499,11 +502,12 @@ def start_target(name: str, work: Path, args: argparse.Namespace, vfsd_env: dict
                        check=True, capture_output=True, text=True, cwd=REPO)
         launcher = [str(args.vfsd_wrapper)] if args.vfsd_wrapper else ["-m", "vfsd"]
         daemon = Daemon("vfsd", [sys.executable, *launcher, "mount", "--foreground",
+                                 "--poll-us", str(args.poll_us),
                                  "--store", str(store), str(work / "mnt-vfsd")],
                         vfsd_env, work / "mnt-vfsd", work / "vfsd-daemon.log")
     else:
         daemon = Daemon("memfs", [sys.executable, str(REPO / "bench/memfs.py"),
-                                  str(work / "mnt-memfs")],
+                                  "--poll-us", str(args.poll_us), str(work / "mnt-memfs")],
                         memfs_env, work / "mnt-memfs", work / "memfs-daemon.log")
     stack.callback(daemon.stop)
     daemon.start()
@@ -537,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run this script instead of `-m vfsd` (experiments)")
     parser.add_argument("--no-tunables", action="store_true",
                         help="start both daemons without GLIBC_TUNABLES")
+    parser.add_argument("--poll-us", type=int, default=100,
+                        help="both daemons' polling window before sleeping (default 100, "
+                        "`vfsd mount`'s default; 0: no polling)")
     args = parser.parse_args(argv)
     targets = [t for t in ("vfsd", "memfs", "tmpfs", "plain") if t in args.targets.split(",")]
     jobs = [j for j in JOBS if j.key in args.jobs.split(",")]

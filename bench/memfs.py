@@ -211,7 +211,7 @@ class MemFS(pyfuse3.Operations):
         return self._write(self.nodes[fh_out], off_out, buf)
 
 
-async def serve() -> None:
+async def serve(poll_us: int) -> None:
     async with trio.open_nursery() as nursery:
 
         async def stop_on_signal() -> None:
@@ -222,7 +222,7 @@ async def serve() -> None:
                     return
 
         nursery.start_soon(stop_on_signal)
-        await pyfuse3.main()
+        await pyfuse3.main(poll_us=poll_us)
         nursery.cancel_scope.cancel()  # the loop ended: by a signal or an external unmount
 
 
@@ -233,6 +233,9 @@ def main() -> None:
                         help="log every fallocate/lseek/copy_file_range call")
     parser.add_argument("--writeback-cache", action="store_true",
                         help="enable the kernel's writeback cache")
+    parser.add_argument("--poll-us", type=int, default=100,
+                        help="poll for the next request this long before sleeping, as "
+                        "`vfsd mount --poll-us` (default 100, as vfsd's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -240,7 +243,7 @@ def main() -> None:
     options.add("fsname=memfs")
     pyfuse3.init(MemFS(args.writeback_cache), args.mountpoint, options)
     try:
-        trio.run(serve)
+        trio.run(serve, args.poll_us)
     finally:
         pyfuse3.close(unmount=True)
 

@@ -1,12 +1,16 @@
 """A pyfuse3 file system whose handlers can be made to wait: a probe of pyfuse3's session tasks.
 
-    python tests/fs/gatefs.py MOUNTPOINT
+    python tests/fs/gatefs.py MOUNTPOINT [POLL_US]
 
 Three files, all opened with direct_io so that every read and write reaches a handler:
 - `gate`: a read waits until `opener` is written, then returns b"open";
 - `opener`: a write opens the gate;
+- `zeros`: reads as zeros (64 MiB);
 - `tasks`: a read returns, as JSON, how many requests each session task served since the
-  last write to `tasks` (a write resets the counts).
+  last write to `tasks` (a write resets the counts), and under "ticks" how many times a
+  background task has woken (every 2 ms) since the mount.
+
+POLL_US is pyfuse3.main's poll_us (patches/pyfuse3-3.5.0-zz-poll-before-sleeping.patch).
 
 Serves in the foreground until SIGTERM or an external unmount.
 """
@@ -25,7 +29,10 @@ import pyfuse3
 import trio
 from pyfuse3 import ROOT_INODE, FUSEError
 
-FILES = {b"gate": ROOT_INODE + 1, b"opener": ROOT_INODE + 2, b"tasks": ROOT_INODE + 3}
+FILES = {b"gate": ROOT_INODE + 1, b"opener": ROOT_INODE + 2, b"tasks": ROOT_INODE + 3,
+         b"zeros": ROOT_INODE + 4}
+ZEROS = bytes(1 << 17)
+ZEROS_SIZE = 64 << 20
 
 
 class GateFS(pyfuse3.Operations):
@@ -33,6 +40,12 @@ class GateFS(pyfuse3.Operations):
         super().__init__()
         self.gate = trio.Event()
         self.served: collections.Counter[str] = collections.Counter()
+        self.ticks = 0
+
+    async def tick(self) -> None:
+        while True:
+            await trio.sleep(0.002)
+            self.ticks += 1
 
     def _count(self) -> None:
         self.served[trio.lowlevel.current_task().name] += 1
@@ -62,8 +75,11 @@ class GateFS(pyfuse3.Operations):
         if fh == FILES[b"gate"]:
             await self.gate.wait()
             return b"open"
+        if fh == FILES[b"zeros"]:
+            return ZEROS[:max(0, min(size, ZEROS_SIZE - off))]
         if fh == FILES[b"tasks"]:
-            return json.dumps(self.served).encode()[off:off + size]
+            report = {"served": self.served, "ticks": self.ticks}
+            return json.dumps(report).encode()[off:off + size]
         return b""
 
     async def write(self, fh, off, buf):
@@ -78,10 +94,11 @@ class GateFS(pyfuse3.Operations):
         self._count()
 
 
-async def serve(mountpoint: str) -> None:
+async def serve(mountpoint: str, poll_us: int) -> None:
     options = set(pyfuse3.default_options)
     options.add("fsname=gatefs")
-    pyfuse3.init(GateFS(), mountpoint, options)
+    fs = GateFS()
+    pyfuse3.init(fs, mountpoint, options)
     try:
         async with trio.open_nursery() as nursery:
             async def stop_on_sigterm() -> None:
@@ -90,11 +107,12 @@ async def serve(mountpoint: str) -> None:
                         nursery.cancel_scope.cancel()
 
             nursery.start_soon(stop_on_sigterm)
-            await pyfuse3.main()
+            nursery.start_soon(fs.tick)
+            await pyfuse3.main(poll_us=poll_us)
             nursery.cancel_scope.cancel()  # unmounted from outside
     finally:
         pyfuse3.close(unmount=True)
 
 
 if __name__ == "__main__":
-    trio.run(serve, sys.argv[1])
+    trio.run(serve, sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 0)

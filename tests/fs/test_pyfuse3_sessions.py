@@ -1,7 +1,9 @@
-"""pyfuse3's session tasks under patches/pyfuse3-3.5.0-yield-reader-role-only-when-waiting.patch.
+"""pyfuse3's session loop under patches/pyfuse3-3.5.0-yield-reader-role-only-when-waiting.patch
+and patches/pyfuse3-3.5.0-zz-poll-before-sleeping.patch.
 
-tests/fs/gatefs.py is mounted in a subprocess: a read of its `gate` waits in the handler until
-`opener` is written, and `tasks` tells which session task served each request.
+tests/fs/gatefs.py is mounted in a subprocess, polling for requests or not: a read of its
+`gate` waits in the handler until `opener` is written, and `tasks` tells which session task
+served each request and how often a background task has run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,21 +33,30 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def gatefs(tmp_path: Path) -> Iterator[Path]:
+@dataclass
+class Gatefs:
+    path: Path
+    pid: int
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+
+@pytest.fixture(params=[0, 100], ids=["sleeping", "polling"])
+def gatefs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gatefs]:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     log = tmp_path / "gatefs.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(GATEFS), str(mnt)], stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, str(GATEFS), str(mnt), str(request.param)],
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
         while not os.path.ismount(mnt):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"gatefs did not mount:\n{log.read_text()}")
             time.sleep(0.02)
-        yield mnt
+        yield Gatefs(mnt, proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -73,11 +85,20 @@ def write(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def served_by(mnt: Path) -> dict[str, int]:
+def report(mnt: Gatefs) -> dict:
     return json.loads(read(mnt / "tasks"))
 
 
-def open_the_gate_while_a_read_waits(mnt: Path) -> None:
+def served_by(mnt: Gatefs) -> dict[str, int]:
+    return report(mnt)["served"]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_the_gate_while_a_read_waits(mnt: Gatefs) -> None:
     result: list[bytes] = []
     reader = threading.Thread(target=lambda: result.append(read(mnt / "gate")), daemon=True)
     reader.start()
@@ -105,3 +126,29 @@ def test_handlers_that_do_not_wait_are_served_by_one_task(gatefs):
     # Unpatched, each request's reader hands /dev/fuse to the next task: the two alternate.
     assert len(counts) == 1, counts
     assert sum(counts.values()) >= 250  # lookup, open, read, release; lookup of missing
+
+
+@pytest.mark.parametrize("gatefs", [100], ids=["polling"], indirect=True)
+def test_requests_found_by_polling_leave_other_tasks_running(gatefs):
+    """Polling must not starve the event loop. (Here dd leaves gaps long enough that the
+    loop also passes through the scheduler without the patch's 1 ms cap.)"""
+    ticks = report(gatefs)["ticks"]
+    # Three dd keep requests queued: polling finds one after every reply.
+    started = time.monotonic()
+    readers = [subprocess.Popen(["dd", f"if={gatefs / 'zeros'}", "of=/dev/null", "bs=4096"],
+                                stderr=subprocess.DEVNULL) for _ in range(3)]
+    assert [reader.wait() for reader in readers] == [0, 0, 0]
+    took = time.monotonic() - started
+    ticked = report(gatefs)["ticks"] - ticks
+    # The background task wakes every 2 ms; polling may delay it by 1 ms at most.
+    assert ticked >= took / 0.003 * 0.5
+
+
+@pytest.mark.parametrize("gatefs", [100], ids=["polling"], indirect=True)
+def test_an_idle_mount_does_not_poll(gatefs):
+    for _ in range(300):
+        assert read(gatefs / "opener") == b""
+    before = cpu_seconds(gatefs.pid)
+    time.sleep(1)
+    # What is left is the background task's 500 wake-ups, not a busy loop.
+    assert cpu_seconds(gatefs.pid) - before < 0.2

@@ -48,6 +48,17 @@ def count_arg(text: str) -> int:
     return value
 
 
+def poll_arg(text: str) -> int:
+    """A polling window: whole microseconds, 0 (never) to 10,000 (a longer one only burns CPU)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid window {text!r} (whole microseconds)") from None
+    if not 0 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"invalid window {text!r}: must be 0 to 10000")
+    return value
+
+
 def duration_arg(text: str) -> float:
     try:
         value = float(text.removesuffix("s"))

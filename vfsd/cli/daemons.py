@@ -26,7 +26,8 @@ def _mount_config(args: argparse.Namespace, mountpoint: Path, foreground: bool,
 
     return MountConfig(store=store_path(args), mountpoint=mountpoint, foreground=foreground,
                        cache_size=args.cache_size, commit_interval=args.commit_interval,
-                       allow_other=args.allow_other, metrics_listen=metrics_listen)
+                       allow_other=args.allow_other, metrics_listen=metrics_listen,
+                       poll_us=args.poll_us)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vfsd import __version__
 
-from .common import DEFAULT_USER, Parser, count_arg, duration_arg, size_arg
+from .common import DEFAULT_USER, Parser, count_arg, duration_arg, poll_arg, size_arg
 from .daemons import cmd_gateway, cmd_mount, cmd_up, parse_listen
 from .store_verbs import (
     cmd_fsck,
@@ -244,6 +244,12 @@ def build_parser() -> Parser:
                             "this often (default 1s); close commits at once, fsync makes "
                             "small writes durable in the fsync journal and large ones by a "
                             "commit")
+    mount_opts.add_argument("--poll-us", type=poll_arg, default=100, metavar="MICROSECONDS",
+                            help="before sleeping until the next request, poll for it this "
+                            "long at most (default 100; 0 never polls). The window adapts: "
+                            "it grows while requests follow their replies closely (a "
+                            "database's fsyncs, a guest's 4k I/O), saving a wake-up each, and "
+                            "shrinks on an idle mount")
     mount_opts.add_argument("--allow-other", action="store_true",
                             help="let users other than the mounting one use the mount")
     p = verbs.add_parser("mount", parents=[common, mount_opts], help="mount the store (FUSE)",

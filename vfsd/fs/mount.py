@@ -48,6 +48,7 @@ class MountConfig:
     commit_interval: float = 1.0
     allow_other: bool = False
     metrics_listen: tuple[str, int] | None = None  # serve Prometheus /metrics there
+    poll_us: int = 100  # poll for the next request this long before sleeping (adaptive)
 
 
 def check_mountpoint(path: Path) -> None:
@@ -134,7 +135,7 @@ def mount(config: MountConfig) -> int:
         os.write(ready_w, b"ok\n")
         os.close(ready_w)
     try:
-        trio.run(serve, ops, mountpoint, listener)
+        trio.run(serve, ops, mountpoint, listener, config.poll_us)
     finally:
         registration.unlink(missing_ok=True)
         pyfuse3.close(unmount=True)
@@ -148,7 +149,7 @@ def mount(config: MountConfig) -> int:
 
 
 async def serve(ops: Operations, mountpoint: Path,
-                metrics_listener: socket.socket | None = None) -> None:
+                metrics_listener: socket.socket | None = None, poll_us: int = 0) -> None:
     async with trio.open_nursery() as nursery:
         if metrics_listener is not None:
             nursery.start_soon(metrics.serve, metrics_listener, ops.metrics)
@@ -160,7 +161,9 @@ async def serve(ops: Operations, mountpoint: Path,
         nursery.start_soon(_stop_on_signal, ops)
         nursery.start_soon(_collect_garbage, ops)
         nursery.start_soon(_write_access_times, ops)
-        await pyfuse3.main()
+        # Polling saves a wake-up per request where requests follow their replies closely
+        # (patches/pyfuse3-3.5.0-zz-poll-before-sleeping.patch).
+        await pyfuse3.main(poll_us=poll_us)
         nursery.cancel_scope.cancel()
     # The kernel session is over (unmount or terminate): make everything durable.
     try:
