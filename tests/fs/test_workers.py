@@ -77,6 +77,27 @@ async def test_a_cancelled_caller_still_waits_for_its_call() -> None:
         pool.close()
 
 
+async def test_the_pool_says_when_it_goes_busy_and_idle_again() -> None:
+    """The mount stops polling /dev/fuse while the workers need the CPU (vfsd/fs/mount.py)."""
+    pool = WorkerPool(2)
+    changes: list[bool] = []
+    pool.idle_changed = changes.append
+    release = threading.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.run, release.wait)
+            nursery.start_soon(pool.run, release.wait)
+            await trio.sleep(0.05)
+            assert (changes, pool.busy) == ([False], 2)  # once, for the first call
+            release.set()
+        assert (changes, pool.busy) == ([False, True], 0)  # once, when the last returned
+        with pytest.raises(ZeroDivisionError):
+            await pool.run(lambda: 1 / 0)
+        assert changes == [False, True, False, True]
+    finally:
+        pool.close()
+
+
 async def test_workers_run_in_sched_batch_so_a_wakeup_never_preempts_the_loop() -> None:
     pool = WorkerPool(2)
     try:

@@ -244,13 +244,13 @@ def build_parser() -> Parser:
                             "this often (default 1s); close commits at once, fsync makes "
                             "small writes durable in the fsync journal and large ones by a "
                             "commit")
-    mount_opts.add_argument("--poll-us", type=poll_arg, default=0, metavar="MICROSECONDS",
+    mount_opts.add_argument("--poll-us", type=poll_arg, default=100, metavar="MICROSECONDS",
                             help="before sleeping until the next request, poll for it this "
-                            "long at most (default 0: never). The window adapts: it grows "
-                            "while requests follow their replies closely, saving a wake-up "
-                            "each, and shrinks on an idle mount. 100 makes 4k fsyncs and "
-                            "reads faster on a virtual machine, but slows large writes: the "
-                            "poll takes a core from the threads that commit them")
+                            "long at most (default 100; 0 never polls). The window adapts: "
+                            "it grows while requests follow their replies closely (a "
+                            "database's fsyncs, a guest's 4k I/O), saving a wake-up each, and "
+                            "shrinks on an idle mount. No polling while the mount's worker "
+                            "threads are busy (a flush needs the core)")
     mount_opts.add_argument("--allow-other", action="store_true",
                             help="let users other than the mounting one use the mount")
     p = verbs.add_parser("mount", parents=[common, mount_opts], help="mount the store (FUSE)",

@@ -48,7 +48,7 @@ class MountConfig:
     commit_interval: float = 1.0
     allow_other: bool = False
     metrics_listen: tuple[str, int] | None = None  # serve Prometheus /metrics there
-    poll_us: int = 0  # poll for the next request this long before sleeping (adaptive)
+    poll_us: int = 100  # poll for the next request this long before sleeping (adaptive)
 
 
 def check_mountpoint(path: Path) -> None:
@@ -162,7 +162,10 @@ async def serve(ops: Operations, mountpoint: Path,
         nursery.start_soon(_collect_garbage, ops)
         nursery.start_soon(_write_access_times, ops)
         # Polling saves a wake-up per request where requests follow their replies closely
-        # (patches/pyfuse3-3.5.0-zz-poll-before-sleeping.patch).
+        # (patches/pyfuse3-3.5.0-zz-poll-before-sleeping.patch), but it keeps a core busy:
+        # not while the workers need it (a flush, gc, a read from the disk).
+        if poll_us:
+            ops.workers.idle_changed = lambda idle: pyfuse3.set_poll(poll_us if idle else 0)
         await pyfuse3.main(poll_us=poll_us)
         nursery.cancel_scope.cancel()
     # The kernel session is over (unmount or terminate): make everything durable.

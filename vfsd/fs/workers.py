@@ -34,6 +34,10 @@ class WorkerPool:
                          for i in range(threads)]
         self._token: trio.lowlevel.TrioToken | None = None
         self._started = False
+        self.busy = 0  # calls handed over and not yet returned
+        # Called on the event loop with False when a call is handed to an idle pool, with
+        # True when the last call in flight returns (the mount stops polling meanwhile).
+        self.idle_changed: Callable[[bool], None] | None = None
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run fn(*args) on a pool thread; return its result or raise its exception."""
@@ -41,7 +45,15 @@ class WorkerPool:
             self._start()
         task = trio.lowlevel.current_task()
         self._jobs.put((fn, args, task))
-        return await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
+        self.busy += 1
+        if self.busy == 1 and self.idle_changed is not None:
+            self.idle_changed(False)
+        try:
+            return await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
+        finally:
+            self.busy -= 1
+            if not self.busy and self.idle_changed is not None:
+                self.idle_changed(True)
 
     def _start(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
