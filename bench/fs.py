@@ -8,13 +8,13 @@ Targets (all mounted at once, but measured one at a time: there are only two cor
           a temporary directory on the disk (--dir, default: beside the repo), not in memory
   memfs   bench/memfs.py, started with the daemon's GLIBC_TUNABLES (vfsd/tunables.py) and given
           the readahead window vfsd sets on its own mount (vfsd/fs/readahead.py)
+  tmpfs   `mount -t tmpfs`, made here and unmounted after
+  plain   a directory beside the store on the disk (ext4 or whatever it is), for the
+          4k write + fdatasync job only
 
 Both FUSE daemons run on the same patched pyfuse3 and poll for the next request for the same
 window before sleeping (--poll-us, default 100 as `vfsd mount`'s; 0: no polling). vfsd polls
 only while its worker threads are idle; memfs has none.
-  tmpfs   `mount -t tmpfs`, made here and unmounted after
-  plain   a directory beside the store on the disk (ext4 or whatever it is), for the
-          4k write + fdatasync job only
 
 Jobs (fio, ioengine=psync, numjobs=1, --size per file, --runtime seconds time_based):
 

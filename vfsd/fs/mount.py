@@ -127,8 +127,9 @@ def mount(config: MountConfig) -> int:
         raise
     registration = register(config.store, mountpoint)
     log.info("event=mounted store=%s mountpoint=%s orphans_purged=%d cache=%d interval=%.1f "
-             "journals_replayed=%d sets_replayed=%d sets_dropped=%d metrics=%s",
+             "poll_us=%d journals_replayed=%d sets_replayed=%d sets_dropped=%d metrics=%s",
              config.store, config.mountpoint, purged, config.cache_size, config.commit_interval,
+             config.poll_us,
              recovered.journals, recovered.replayed, recovered.dropped,
              metrics.url(listener) if listener else "off")
     if ready_w is not None:
@@ -150,6 +151,11 @@ def mount(config: MountConfig) -> int:
 
 async def serve(ops: Operations, mountpoint: Path,
                 metrics_listener: socket.socket | None = None, poll_us: int = 0) -> None:
+    # Polling saves a wake-up per request where requests follow their replies closely
+    # (patches/pyfuse3-3.5.0-zz-poll-before-sleeping.patch), but it keeps a core busy: not
+    # while the workers need it (a flush, gc, a read from the disk).
+    if poll_us:
+        ops.workers.idle_changed = lambda idle: pyfuse3.set_poll(poll_us if idle else 0)
     async with trio.open_nursery() as nursery:
         if metrics_listener is not None:
             nursery.start_soon(metrics.serve, metrics_listener, ops.metrics)
@@ -161,12 +167,7 @@ async def serve(ops: Operations, mountpoint: Path,
         nursery.start_soon(_stop_on_signal, ops)
         nursery.start_soon(_collect_garbage, ops)
         nursery.start_soon(_write_access_times, ops)
-        # Polling saves a wake-up per request where requests follow their replies closely
-        # (patches/pyfuse3-3.5.0-zz-poll-before-sleeping.patch), but it keeps a core busy:
-        # not while the workers need it (a flush, gc, a read from the disk).
-        if poll_us:
-            ops.workers.idle_changed = lambda idle: pyfuse3.set_poll(poll_us if idle else 0)
-        await pyfuse3.main(poll_us=poll_us)
+        await pyfuse3.main(poll_us=0 if ops.workers.busy else poll_us)
         nursery.cancel_scope.cancel()
     # The kernel session is over (unmount or terminate): make everything durable.
     try:
