@@ -13,8 +13,8 @@ Targets (all mounted at once, but measured one at a time: there are only two cor
           4k write + fdatasync job only
 
 Both FUSE daemons run on the same patched pyfuse3 and poll for the next request for the same
-window before sleeping (--poll-us, default 100 as `vfsd mount`'s; 0: no polling). vfsd polls
-only while its worker threads are idle; memfs has none.
+window before sleeping (--poll-us, default 0 as `vfsd mount`'s: no polling; try 100). vfsd
+polls only while its worker threads are idle; memfs has none.
 
 Jobs (fio, ioengine=psync, numjobs=1, --size per file, --runtime seconds time_based):
 
@@ -542,9 +542,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run this script instead of `-m vfsd` (experiments)")
     parser.add_argument("--no-tunables", action="store_true",
                         help="start both daemons without GLIBC_TUNABLES")
-    parser.add_argument("--poll-us", type=int, default=100,
-                        help="both daemons' polling window before sleeping (default 100, "
-                        "`vfsd mount`'s default; 0: no polling)")
+    parser.add_argument("--poll-us", type=int, default=0,
+                        help="both daemons' polling window before sleeping (default 0, "
+                        "`vfsd mount`'s default: no polling)")
     args = parser.parse_args(argv)
     targets = [t for t in ("vfsd", "memfs", "tmpfs", "plain") if t in args.targets.split(",")]
     jobs = [j for j in JOBS if j.key in args.jobs.split(",")]

@@ -244,9 +244,9 @@ def build_parser() -> Parser:
                             "this often (default 1s); close commits at once, fsync makes "
                             "small writes durable in the fsync journal and large ones by a "
                             "commit")
-    mount_opts.add_argument("--poll-us", type=poll_arg, default=100, metavar="MICROSECONDS",
+    mount_opts.add_argument("--poll-us", type=poll_arg, default=0, metavar="MICROSECONDS",
                             help="before sleeping until the next request, poll for it this "
-                            "long at most (default 100; 0 never polls). The window adapts: "
+                            "long at most (default 0: never; try 100). The window adapts: "
                             "it grows while requests follow their replies closely (a "
                             "database's fsyncs, a guest's 4k I/O), saving a wake-up each, and "
                             "shrinks on an idle mount. No polling while the mount's worker "

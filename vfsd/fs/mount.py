@@ -48,7 +48,7 @@ class MountConfig:
     commit_interval: float = 1.0
     allow_other: bool = False
     metrics_listen: tuple[str, int] | None = None  # serve Prometheus /metrics there
-    poll_us: int = 100  # poll for the next request this long before sleeping (adaptive)
+    poll_us: int = 0  # poll for the next request this long before sleeping (adaptive)
 
 
 def check_mountpoint(path: Path) -> None:
