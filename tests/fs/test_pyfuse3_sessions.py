@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mounting import wait_for
 
 GATEFS = Path(__file__).with_name("gatefs.py")
 
@@ -51,11 +52,9 @@ def gatefs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gatefs]:
         proc = subprocess.Popen([sys.executable, str(GATEFS), str(mnt), str(request.param)],
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while not os.path.ismount(mnt):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gatefs did not mount:\n{log.read_text()}")
-            time.sleep(0.02)
+        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 20, "gatefs to mount")
+        if proc.poll() is not None:
+            pytest.fail(f"gatefs exited:\n{log.read_text()}")
         yield Gatefs(mnt, proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
