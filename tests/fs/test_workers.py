@@ -111,7 +111,7 @@ async def test_short_calls_run_on_the_loop_until_one_is_slow() -> None:
     """vfsd/fs/inline.py: the fsync journal's write runs on the event loop while it is quick;
     one slow call sends the calls of the next back-off period to the workers."""
     pool = WorkerPool(1)
-    inline = InlineWhileFast(pool.run, slow=0.05, back_off=0.3)
+    inline = InlineWhileFast(pool.run, slow=0.05, min_back_off=0.3)
     loop_thread = threading.get_ident()
     try:
         assert await inline.run(threading.get_ident) == loop_thread
@@ -122,5 +122,51 @@ async def test_short_calls_run_on_the_loop_until_one_is_slow() -> None:
         assert await inline.run(threading.get_ident) != loop_thread
         await trio.sleep(0.35)
         assert await inline.run(threading.get_ident) == loop_thread
+    finally:
+        pool.close()
+
+
+def _slow_then_thread(seconds: float) -> int:
+    time.sleep(seconds)
+    return threading.get_ident()
+
+
+async def test_calls_stay_on_the_workers_while_they_are_slow_there() -> None:
+    pool = WorkerPool(1)
+    inline = InlineWhileFast(pool.run, slow=0.05, min_back_off=0.4)
+    loop_thread = threading.get_ident()
+    try:
+        await inline.run(time.sleep, 0.06)
+        await trio.sleep(0.2)
+        # Still slow on the workers, just before the first period ends: a second period.
+        assert await inline.run(_slow_then_thread, 0.1) != loop_thread
+        await trio.sleep(0.3)  # past the first period, inside the second
+        assert await inline.run(threading.get_ident) != loop_thread
+        await trio.sleep(0.2)
+        assert await inline.run(threading.get_ident) == loop_thread
+        assert inline.slow_calls == 1  # slow calls on the workers stall nothing
+    finally:
+        pool.close()
+
+
+async def test_the_back_off_doubles_when_slow_calls_recur_and_resets_when_they_stop() -> None:
+    pool = WorkerPool(1)
+    inline = InlineWhileFast(pool.run, slow=0.05, min_back_off=0.4, max_back_off=0.8)
+    loop_thread = threading.get_ident()
+    try:
+        await inline.run(time.sleep, 0.06)
+        assert inline.back_off == 0.4
+        await trio.sleep(0.5)
+        assert await inline.run(threading.get_ident) == loop_thread
+        await inline.run(time.sleep, 0.06)  # slow again soon after coming back
+        assert inline.back_off == 0.8
+        await trio.sleep(0.5)
+        assert await inline.run(threading.get_ident) != loop_thread
+        await trio.sleep(0.4)
+        assert await inline.run(threading.get_ident) == loop_thread
+        await trio.sleep(0.9)  # a long quiet spell
+        await inline.run(time.sleep, 0.06)
+        assert inline.back_off == 0.4
+        assert inline.slow_calls == 3
     finally:
         pool.close()

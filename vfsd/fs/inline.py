@@ -9,9 +9,14 @@ and bench/fs.py's 4k write+fdatasync job gains about a third.
 
 The loop is blocked meanwhile, which STYLE.md forbids for LMDB and hashing work (the append
 also reads the inode's version in an LMDB read transaction, ~5 µs). It is allowed here only
-while it stays short: a call that takes longer than `SLOW` (a busy device: a segment
-fdatasync or an LMDB commit queued before it) sends the calls of the next `BACK_OFF` seconds to
-the workers, so a slow device stalls other requests for at most one call now and then.
+while it stays short. A call that takes longer than `SLOW` (a busy device: a segment
+fdatasync or an LMDB commit queued before it, the discards of a file system mounted with
+`-o discard` after gc deleted segments) sends the calls that follow to the workers, which time
+them. Calls come back to the loop once none has been slow for a back-off period. That period
+starts short, since most stalls are one flush or one discard long, and doubles when a slow
+call comes again soon after the calls came back, up to `MAX_BACK_OFF`: a device that stays
+slow keeps the calls on the workers, and one that is slow now and then stalls the loop at
+most once per `MAX_BACK_OFF`.
 """
 
 from __future__ import annotations
@@ -24,27 +29,48 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SLOW = 0.002  # seconds: far above a healthy small O_DSYNC write, far below a request's budget
-BACK_OFF = 1.0  # seconds of worker calls after a slow one
+MIN_BACK_OFF = 0.05  # seconds on the workers after a slow call, when slow calls are rare
+MAX_BACK_OFF = 1.0  # ... and at most, when they come again as soon as calls are back
 
 
 class InlineWhileFast:
     def __init__(self, run: Callable[..., Awaitable[Any]], slow: float = SLOW,
-                 back_off: float = BACK_OFF):
+                 min_back_off: float = MIN_BACK_OFF, max_back_off: float = MAX_BACK_OFF):
         self.workers = run
-        self.slow, self.back_off = slow, back_off
+        self.slow, self.min_back_off, self.max_back_off = slow, min_back_off, max_back_off
+        self.back_off = min_back_off  # the current period; doubles while slow calls recur
         self.inline_from = 0.0  # monotonic time from which calls run on the loop again
-        self.slow_calls = 0
+        self.slow_calls = 0  # slow calls made on the loop
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if time.monotonic() < self.inline_from:
-            return await self.workers(fn, *args)
+            return await self.workers(self._timed, fn, *args)
         started = time.monotonic()
         try:
             return fn(*args)
         finally:
-            took = time.monotonic() - started
-            if took > self.slow:
-                self.slow_calls += 1
-                self.inline_from = time.monotonic() + self.back_off
-                log.info("event=inline-call-slow call=%s ms=%.1f action=workers-for-%gs",
-                         getattr(fn, "__qualname__", fn), took * 1000, self.back_off)
+            ended = time.monotonic()
+            if ended - started > self.slow:
+                self._slow_on_loop(fn, ended - started, ended)
+
+    def _slow_on_loop(self, fn: Callable[..., Any], took: float, now: float) -> None:
+        self.slow_calls += 1
+        came_back = self.inline_from  # 0 at first: long ago
+        if now - came_back < self.max_back_off:
+            self.back_off = min(2 * self.back_off, self.max_back_off)
+        else:
+            self.back_off = self.min_back_off
+        self.inline_from = now + self.back_off
+        log.info("event=inline-call-slow call=%s ms=%.1f action=workers back_off_s=%g",
+                 getattr(fn, "__qualname__", fn), took * 1000, self.back_off)
+
+    def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) on a worker; a slow call keeps the calls on the workers for another
+        back-off period. (Racing the loop's own update can lose one extension, no more.)"""
+        started = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            ended = time.monotonic()
+            if ended - started > self.slow:
+                self.inline_from = max(self.inline_from, ended + self.back_off)
