@@ -13,7 +13,7 @@ Targets (all mounted at once, but measured one at a time: there are only two cor
           4k write + fdatasync job only
 
 Both FUSE daemons run on the same patched pyfuse3 and poll for the next request for the same
-window before sleeping (--poll-us, default 0 as `vfsd mount`'s: no polling; try 100). vfsd
+window before sleeping (--poll-us, default 100 as `vfsd mount`'s; 0: no polling). vfsd
 polls only while its worker threads are idle; memfs has none.
 
 Jobs (fio, ioengine=psync, numjobs=1, --size per file, --runtime seconds time_based):
@@ -64,7 +64,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from vfsd.fs import readahead  # after the sys.path line above: the repo is not installed here
+# After the sys.path line above: the repo is not installed here.
+from vfsd.fs import readahead
+from vfsd.fs.polling import DEFAULT_POLL_US
 
 MB = 1_000_000
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -542,9 +544,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run this script instead of `-m vfsd` (experiments)")
     parser.add_argument("--no-tunables", action="store_true",
                         help="start both daemons without GLIBC_TUNABLES")
-    parser.add_argument("--poll-us", type=int, default=0,
-                        help="both daemons' polling window before sleeping (default 0, "
-                        "`vfsd mount`'s default: no polling)")
+    parser.add_argument("--poll-us", type=int, default=DEFAULT_POLL_US,
+                        help="both daemons' polling window before sleeping (default "
+                        f"{DEFAULT_POLL_US}, `vfsd mount`'s; 0: no polling)")
     args = parser.parse_args(argv)
     targets = [t for t in ("vfsd", "memfs", "tmpfs", "plain") if t in args.targets.split(",")]
     jobs = [j for j in JOBS if j.key in args.jobs.split(",")]

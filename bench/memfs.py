@@ -235,7 +235,8 @@ def main() -> None:
                         help="enable the kernel's writeback cache")
     parser.add_argument("--poll-us", type=int, default=0,
                         help="poll for the next request this long before sleeping, as "
-                        "`vfsd mount --poll-us` (default 0: never, as vfsd's)")
+                        "`vfsd mount --poll-us` (default 0: never; bench/fs.py passes "
+                        "vfsd's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")

@@ -89,6 +89,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dir", type=Path, default=REPO.parent,
                         help="where the store's temporary directory goes (default: beside "
                              "the repo, on the disk)")
+    parser.add_argument("--poll-us", type=int, default=None,
+                        help="the mount's --poll-us (default: `vfsd mount`'s)")
     args = parser.parse_args(argv)
     if shutil.which("qemu-system-x86_64") is None:
         print("bench/vm.py: qemu-system-x86_64 is not installed", file=sys.stderr)
@@ -110,7 +112,8 @@ def main(argv: list[str]) -> int:
                          "--store", str(store)]):
             subprocess.run([sys.executable, "-m", "vfsd", *command], check=True,
                            stdout=subprocess.DEVNULL)
-        mount = Mount(store, work / "mnt").start()
+        poll = [] if args.poll_us is None else ["--poll-us", str(args.poll_us)]
+        mount = Mount(store, work / "mnt", *poll).start()
         stack.callback(mount.stop)
         vm_dir = mount.path / "vms" / "bench"
         tmpfs_disk = shm / "bench-flat.raw"

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vfsd import __version__
+from vfsd.fs.polling import DEFAULT_POLL_US
 
 from .common import DEFAULT_USER, Parser, count_arg, duration_arg, poll_arg, size_arg
 from .daemons import cmd_gateway, cmd_mount, cmd_up, parse_listen
@@ -244,9 +245,10 @@ def build_parser() -> Parser:
                             "this often (default 1s); close commits at once, fsync makes "
                             "small writes durable in the fsync journal and large ones by a "
                             "commit")
-    mount_opts.add_argument("--poll-us", type=poll_arg, default=0, metavar="MICROSECONDS",
+    mount_opts.add_argument("--poll-us", type=poll_arg, default=DEFAULT_POLL_US,
+                            metavar="MICROSECONDS",
                             help="before sleeping until the next request, poll for it this "
-                            "long at most (default 0: never; try 100). The window adapts: "
+                            f"long at most (default {DEFAULT_POLL_US}; 0: never). The window adapts: "
                             "it grows while requests follow their replies closely (a "
                             "database's fsyncs, a guest's 4k I/O), saving a wake-up each, and "
                             "shrinks on an idle mount. No polling while the mount's worker "

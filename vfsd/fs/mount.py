@@ -26,6 +26,7 @@ from vfsd.store.errors import StoreError
 from . import metrics
 from .invalidate import tail_changes
 from .operations import Operations
+from .polling import DEFAULT_POLL_US
 from .readahead import widen_readahead
 
 log = logging.getLogger("vfsd.mount")
@@ -48,7 +49,7 @@ class MountConfig:
     commit_interval: float = 1.0
     allow_other: bool = False
     metrics_listen: tuple[str, int] | None = None  # serve Prometheus /metrics there
-    poll_us: int = 0  # poll for the next request this long before sleeping (adaptive)
+    poll_us: int = DEFAULT_POLL_US
 
 
 def check_mountpoint(path: Path) -> None:
