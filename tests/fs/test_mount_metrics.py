@@ -66,6 +66,8 @@ def test_mount_metrics(store_path: Path, tmp_path: Path):
                             'le="+Inf"}') == writes
         assert sample(text, "vfsd_mount_dirty_bytes") == 0  # close committed it
         assert sample(text, "vfsd_mount_handler_crashes_total") == 0
+        assert "\nvfsd_mount_journal_slow_writes_total " in text
+        assert "\nvfsd_mount_journal_writes_on_workers " in text
         with pytest.raises(urllib.error.HTTPError) as http:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
         assert http.value.code == 404

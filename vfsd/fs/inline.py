@@ -42,6 +42,10 @@ class InlineWhileFast:
         self.inline_from = 0.0  # monotonic time from which calls run on the loop again
         self.slow_calls = 0  # slow calls made on the loop
 
+    @property
+    def backing_off(self) -> bool:
+        return time.monotonic() < self.inline_from
+
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if time.monotonic() < self.inline_from:
             return await self.workers(self._timed, fn, *args)

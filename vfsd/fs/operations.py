@@ -144,6 +144,13 @@ class Operations(pyfuse3.Operations):
             "vfsd_mount_mapped_reads_total": (
                 "Reads answered on the event loop from mapped segment pages.",
                 self.readmap.hits),
+            "vfsd_mount_journal_slow_writes_total": (
+                ("fsync journal writes made on the event loop that took over 2 ms (a busy "
+                 "device); each sends the next ones to the worker threads for a while."),
+                self.cache.inline.slow_calls),
+            "vfsd_mount_journal_writes_on_workers": (
+                "1 while fsync journal writes go to the worker threads after a slow one.",
+                float(self.cache.inline.backing_off)),
         }
 
     def init(self) -> None:

@@ -183,7 +183,7 @@ class WriteBack:
         self.run = run
         # Small journal records are written on the loop while the device is quick, and never
         # while a commit of ours keeps it busy (vfsd/fs/inline.py).
-        self.run_inline = InlineWhileFast(run).run
+        self.inline = InlineWhileFast(run)
         self.committing = 0
         self.cs = store.chunk_size
         self.limit = max(limit_bytes, 16 * self.cs)  # bytes of dirty data (`_cost`)
@@ -484,7 +484,7 @@ class WriteBack:
             writes, f.unjournaled = f.unjournaled, []
             size, f.unjournaled_bytes = f.unjournaled_bytes, 0
             quick = size <= INLINE_JOURNAL_LIMIT and not self.committing
-            run = self.run_inline if quick else self.run
+            run = self.inline.run if quick else self.run
             try:
                 await run(self.journal.append, f.ino, writes, f.size,
                           f.mtime_ns or time.time_ns())
