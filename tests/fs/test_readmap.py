@@ -73,6 +73,21 @@ def test_known_chunks_are_read_from_the_page_cache_only(store: Store) -> None:
     assert readmap.hits >= 5  # the read at the end of the file needs no chunk
 
 
+def test_reads_within_one_chunk(store: Store) -> None:
+    """Reads within one chunk, every 4 KiB random read, take a path of their own
+    (FileData.views_cached): inside a body, across the end of a short one, past it, in a hole."""
+    ino = store.write_file("f", os.urandom(CS + 777)).ino
+    store.truncate(ino, 3 * CS)  # chunk 1 keeps its 777-byte body, zeros after; chunk 2: a hole
+    content = bytes(store.read(ino, 0, 3 * CS))
+    assert content[CS + 777:] == bytes(2 * CS - 777)
+    readmap = ReadMap(store)
+    assert read_through(readmap, store, ino, 0, 3 * CS) == content  # learns every chunk
+    for offset, size in ((5, 4096), (CS - 4096, 4096), (CS + 5, 100), (CS + 700, 200),
+                         (CS + 1000, 4096), (2 * CS + 10, 4096), (3 * CS - 10, 4096)):
+        assert joined(readmap.read(ino, offset, size)) == content[offset:offset + size], offset
+    assert readmap.hits == 7
+
+
 def test_a_commit_makes_the_map_forget(store: Store) -> None:
     ino = store.write_file("f", b"a" * CS).ino
     readmap = ReadMap(store)
