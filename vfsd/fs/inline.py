@@ -47,15 +47,20 @@ class InlineWhileFast:
         return time.monotonic() < self.inline_from
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if time.monotonic() < self.inline_from:
-            return await self.workers(self._timed, fn, *args)
+        if self.backing_off:
+            return await self.workers(self._timed, self._slow_on_workers, fn, *args)
+        return self._timed(self._slow_on_loop, fn, *args)
+
+    def _timed(self, on_slow: Callable[[Callable[..., Any], float, float], None],
+               fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args); then on_slow(fn, seconds taken, now) if that was over `slow`."""
         started = time.monotonic()
         try:
             return fn(*args)
         finally:
             ended = time.monotonic()
             if ended - started > self.slow:
-                self._slow_on_loop(fn, ended - started, ended)
+                on_slow(fn, ended - started, ended)
 
     def _slow_on_loop(self, fn: Callable[..., Any], took: float, now: float) -> None:
         self.slow_calls += 1
@@ -68,13 +73,7 @@ class InlineWhileFast:
         log.info("event=inline-call-slow call=%s ms=%.1f action=workers back_off_s=%g",
                  getattr(fn, "__qualname__", fn), took * 1000, self.back_off)
 
-    def _timed(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args) on a worker; a slow call keeps the calls on the workers for another
+    def _slow_on_workers(self, _fn: Callable[..., Any], _took: float, now: float) -> None:
+        """In a worker: still slow there, so the calls stay on the workers for another
         back-off period. (Racing the loop's own update can lose one extension, no more.)"""
-        started = time.monotonic()
-        try:
-            return fn(*args)
-        finally:
-            ended = time.monotonic()
-            if ended - started > self.slow:
-                self.inline_from = max(self.inline_from, ended + self.back_off)
+        self.inline_from = max(self.inline_from, now + self.back_off)
