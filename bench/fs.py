@@ -633,8 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in table(run, jobs):
         print(line)
     print(f"(MB = 10^6 bytes; 1M jobs in MB/s, 4k jobs in IOPS; plain = a file on the store's "
-          f"disk ({disk_kind}); CPU µs/io = daemon CPU time / fio I/Os; "
-          f"{time.monotonic() - t_start:.0f} s in all; load average {load_before:.1f} "
+          f"disk ({disk_kind}); CPU µs/io = daemon CPU time / fio I/Os; both daemons poll "
+          f"{args.poll_us} µs before sleeping; {time.monotonic() - t_start:.0f} s in all; load average {load_before:.1f} "
           f"before, {os.getloadavg()[0]:.1f} after)")
     if not run.cold:
         run.notes.append("could not drop the page cache: reads may come from a warm cache")
@@ -643,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "size": args.size, "runtime": args.runtime, "disk": disk_kind,
-            "tunables": not args.no_tunables,
+            "tunables": not args.no_tunables, "poll_us": args.poll_us,
             "results": {f"{k}/{t}": [vars(r) for r in rs]
                         for (k, t), rs in run.results.items()},
             "notes": run.notes}, indent=1))
