@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mounting import Mount, fill_disk, tmpfs, wait_for
+from mounting import Mount, fill_disk, free_port, tmpfs, wait_for
 
 from vfsd.store import Store
 
@@ -208,3 +208,61 @@ def _written_and_synced(f) -> bool:
             raise
         time.sleep(1)
         return False
+
+
+@pytest.mark.timeout(120)
+def test_a_writer_waiting_for_room_held_by_other_files_hears_enospc(store_path, tmp_path):
+    """The write-back cache full of other files' chunks that the full pool cannot take: their
+    flushes failed, and the flusher leaves those files alone until their writers hear of it.
+    A writer of another file that waited for room waited for good (its write(2) hung, with
+    nothing of its own to flush). Now it hears ENOSPC, as on a full Linux file system."""
+    import threading
+    import urllib.request
+
+    vfsd = [sys.executable, "-m", "vfsd"]
+    subprocess.run([*vfsd, "pool", "set", "--quota", "1M", "--store", str(store_path)],
+                   check=True, capture_output=True)
+    port = free_port()
+    m = Mount(store_path, tmp_path / "mnt", "--cache-size", "2M",
+              "--metrics-listen", f"127.0.0.1:{port}").start()
+
+    def dirty() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return int(float(text.split("\nvfsd_mount_dirty_bytes ")[1].split()[0]))
+
+    fds: list[int] = []
+    outcome: list[str] = []
+    try:
+        (m.path / "fills").write_bytes(os.urandom(MiB - 64 * 1024))  # the pool is full now
+        for i in range(64):  # one whole chunk per file, each file left open
+            if dirty() + 64 * 1024 > 2 * MiB:
+                break
+            fd = os.open(m.path / f"a{i}", os.O_WRONLY | os.O_CREAT)
+            fds.append(fd)
+            os.write(fd, os.urandom(64 * 1024))
+        assert dirty() == 2 * MiB  # the cache is full of chunks the pool cannot take
+
+        def write_b() -> None:
+            try:
+                with open(m.path / "b", "wb") as f:
+                    f.write(os.urandom(64 * 1024))
+                    f.flush()
+                outcome.append("written")
+            except OSError as e:
+                outcome.append(errno.errorcode.get(e.errno or 0, str(e)))
+
+        writer = threading.Thread(target=write_b)
+        writer.start()
+        writer.join(30)
+        hung = writer.is_alive()
+        if hung:
+            m.kill()  # ends the stuck write (ENOTCONN)
+            writer.join(30)
+        assert not hung, "the write waited for good"
+        assert outcome == ["ENOSPC"], outcome
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # their close says ENOSPC: nothing was committed
+        m.stop()

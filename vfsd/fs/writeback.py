@@ -193,6 +193,7 @@ class WriteBack:
         self.held = 0  # bytes, as `_cost` counts them, of the dirty chunks and those flushing
         self.entries = 0  # dirty chunks and chunks being flushed
         self.room = trio.Condition()
+        self.no_space_failures = 0  # commits refused for want of room (the pool is full)
         self.pressure = trio.Event()
         # Whole chunks are flushed in batches as they come (a stream rarely rewrites them),
         # so the flush overlaps the writer instead of starting when memory runs short.
@@ -305,14 +306,26 @@ class WriteBack:
         huge write always fits). If a flush of `f` fails meanwhile (a full disk), its error
         ends the wait: the flusher leaves a failed file alone until the error has been
         reported, and its writer, blocked here, would never get to the fsync that reports
-        it."""
+        it. Nor does it wait for room that only other files' failed flushes could give: when
+        a commit fails for want of room meanwhile, or no file left in the cache can be
+        flushed, the writer hears NoSpace (ENOSPC), as a writer on a full disk does."""
         if not self._full(nbytes, entries):
             return
+        failures = self.no_space_failures
         async with self.room:
             while self._full(nbytes, entries):
                 self._raise_error(f)
+                if self.no_space_failures != failures or self._nothing_flushable():
+                    raise NoSpace("the store is full: the write-back cache holds data of "
+                                  "other files that cannot be committed")
                 self.pressure.set()
                 await self.room.wait()
+
+    def _nothing_flushable(self) -> bool:
+        """Whether every file holding dirty data has a flush failure its writer has not heard
+        of yet (the flusher leaves those alone) and no commit is in flight."""
+        holding = [f for f in self.files.values() if f.dirty or f.flushing]
+        return bool(holding) and all(f.error is not None and not f.flushing for f in holding)
 
     # --- writes and reads ----------------------------------------------------------------
 
@@ -602,6 +615,11 @@ class WriteBack:
             self._keep_dirty(f, snapshot)
             f.error = e if isinstance(e, StoreError) else StoreError(f"flush failed: {e!r}")
             f.failures += 1
+            if isinstance(e, NoSpace):
+                self.no_space_failures += 1
+            with trio.CancelScope(shield=True):  # the error, not Cancelled, goes up
+                async with self.room:
+                    self.room.notify_all()  # writers waiting for room: see _reserve
             now = time.monotonic()
             if f.failures == 1 or now - f.failure_logged >= FAILURE_LOG_SECONDS:
                 # The flusher retries every commit interval until it succeeds or the file
