@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,17 +184,24 @@ def test_a_writer_waiting_for_cache_room_hears_of_a_failed_flush(tmp_path):
     now gets the flush's error (ENOSPC), and writes work again once there is room."""
     with _disk_image_on_a_small_disk(tmp_path) as (mount, disk):
         outcome: list[str] = []
-        writer = threading.Thread(target=_overwrite_in_place, args=(disk, 300, outcome))
-        writer.start()
-        writer.join(60)
-        hung = writer.is_alive()
-        if hung:
-            mount.kill()  # ends the stuck write (ENOTCONN)
-            writer.join(30)
+        hung = _hangs(lambda: _overwrite_in_place(disk, 300, outcome), mount, 60)
         assert not hung, f"a write hung; before that: {outcome}"
         assert outcome[-1] == "done", outcome
         with open(disk, "r+b") as f:  # once gc has given the dead bodies back: room again
             wait_for(lambda: _written_and_synced(f), 60, "room for an fsynced write")
+
+
+def _hangs(work, mount: Mount, seconds: float) -> bool:
+    """Run `work` in a thread; if it has not returned after `seconds` (a write blocked for
+    good), kill the mount, which ends it (ENOTCONN), and say so."""
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(seconds)
+    if not thread.is_alive():
+        return False
+    mount.kill()
+    thread.join(30)
+    return True
 
 
 def _written_and_synced(f) -> bool:
@@ -216,9 +224,6 @@ def test_a_writer_waiting_for_room_held_by_other_files_hears_enospc(store_path, 
     flushes failed, and the flusher leaves those files alone until their writers hear of it.
     A writer of another file that waited for room waited for good (its write(2) hung, with
     nothing of its own to flush). Now it hears ENOSPC, as on a full Linux file system."""
-    import threading
-    import urllib.request
-
     vfsd = [sys.executable, "-m", "vfsd"]
     subprocess.run([*vfsd, "pool", "set", "--quota", "1M", "--store", str(store_path)],
                    check=True, capture_output=True)
@@ -252,14 +257,7 @@ def test_a_writer_waiting_for_room_held_by_other_files_hears_enospc(store_path, 
             except OSError as e:
                 outcome.append(errno.errorcode.get(e.errno or 0, str(e)))
 
-        writer = threading.Thread(target=write_b)
-        writer.start()
-        writer.join(30)
-        hung = writer.is_alive()
-        if hung:
-            m.kill()  # ends the stuck write (ENOTCONN)
-            writer.join(30)
-        assert not hung, "the write waited for good"
+        assert not _hangs(write_b, m, 30), "the write waited for good"
         assert outcome == ["ENOSPC"], outcome
     finally:
         for fd in fds:
