@@ -177,10 +177,9 @@ class FileData:
             lo, hi = offset - first * cs, end - first * cs
             if location is None:
                 return [self._zeros[:hi - lo]]
-            one = self.segments.views_cached((location,))
-            if one is None:
+            body = self.segments.view_cached(location)
+            if body is None:
                 return None
-            body = one[0]
             if hi <= len(body):
                 return [body[lo:hi]]
             cut = max(lo, len(body))  # a short body: zeros after it
