@@ -1,13 +1,20 @@
 """Which processes have a file open (vfsd/store/opens.py): another process's hold is seen,
-one's own is counted, and a holder that dies holds nothing."""
+one's own is counted, a holder that dies holds nothing, and a hold taken while a file is
+being freed keeps it."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import pytest
+
+from vfsd.store import ROOT_INO
+from vfsd.store.errors import NotFound
 from vfsd.store.opens import Opens
 
 HOLDER = """
@@ -59,3 +66,43 @@ def test_holds_of_this_process_are_counted(tmp_path: Path) -> None:
         assert not opens.held(3)
     finally:
         opens.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("freeing", ["release_orphan", "purge_orphans", "unlink", "rename over"])
+def test_an_open_taken_while_a_file_is_being_freed_keeps_it(new_store, freeing) -> None:
+    """The mount frees a file in a worker thread while its event loop goes on opening files:
+    an open of the same inode (the kernel still names it) took its hold after the free was
+    decided but before the free committed, found the inode, and its reads then answered
+    ENOENT (a CI run: 2 of 5,925 opens while PUTs replaced a file two readers kept
+    opening). Whether the file is open is now asked inside the freeing transaction, which no
+    new hold can pass. Here the writer lock, held by the test, stops the freeing call at its
+    transaction, and the hold is taken meanwhile (the sleep lets a call that asked before
+    its transaction, as before, do so)."""
+    store = new_store()
+    f = store.create(ROOT_INO, b"f")
+    store.write(f.ino, 0, b"kept" * 1000)
+    if freeing in ("release_orphan", "purge_orphans"):
+        store.unlink(ROOT_INO, b"f", still_open=True)  # parked; its last holder just closed
+    elif freeing == "rename over":
+        store.create(ROOT_INO, b"g")
+    free = {
+        "release_orphan": lambda: store.release_orphan(f.ino),
+        "purge_orphans": store.purge_orphans,
+        "unlink": lambda: store.unlink(ROOT_INO, b"f"),
+        "rename over": lambda: store.rename(ROOT_INO, b"g", ROOT_INO, b"f"),
+    }[freeing]
+    writer = store.env.lmdb.begin(write=True)
+    freer = threading.Thread(target=free)
+    try:
+        freer.start()
+        time.sleep(0.3)
+        assert store.opens.try_hold(f.ino)  # the new open
+    finally:
+        writer.abort()
+        freer.join()
+    assert bytes(store.read(f.ino, 0, 4000)) == b"kept" * 1000
+    store.opens.release(f.ino)  # its last close
+    store.release_orphan(f.ino)
+    with pytest.raises(NotFound):
+        store.getattr(f.ino)

@@ -304,12 +304,10 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        entry = await self.run(self.store.lookup, parent_inode, name)
-        open_here = self.open_count[entry.ino] > 0
-        # Open elsewhere too: a GET the gateway is streaming finishes with these bytes.
-        still_open = open_here or self.store.opens.held_elsewhere(entry.ino)
-        inode = await self.run(self.store.unlink, parent_inode, name, still_open=still_open)
-        if inode.nlink <= 1 and not open_here:
+        # A file open anywhere (our handles, a GET the gateway is streaming) is parked, not
+        # freed: the store asks inside its transaction, which no new open can pass.
+        inode = await self.run(self.store.unlink, parent_inode, name)
+        if inode.nlink <= 1 and self.open_count[inode.ino] <= 0:
             await self.cache.discard(inode.ino)
 
     @handler
@@ -324,15 +322,9 @@ class Operations(pyfuse3.Operations):
     @handler
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Any) -> None:
-        target_open = False
-        try:
-            target = await self.run(self.store.lookup, parent_inode_new, name_new)
-            target_open = (self.open_count[target.ino] > 0
-                           or self.store.opens.held_elsewhere(target.ino))
-        except StoreError:
-            pass
+        # A replaced target open anywhere is parked, as in `unlink`.
         await self.run(self.store.rename, parent_inode_old, name_old, parent_inode_new,
-                       name_new, flags, target_still_open=target_open)
+                       name_new, flags)
 
     # --- files ---------------------------------------------------------------------------
 

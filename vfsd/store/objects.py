@@ -486,8 +486,10 @@ class Objects:
         self._check_replaceable(existing, key)
         if existing.nlink == 1 and self.store.opens.replacing(tx, existing.ino):
             return existing  # nobody has it open, and nobody can until this commits
-        held = self.store.opens.held(existing.ino)
-        namespace.unlink(tx, self.origin, parent.ino, name, still_open=held)
+        # Asked again, fenced as above: a holder may have let go since, and a new one must
+        # not find the inode between this answer and the commit.
+        namespace.unlink(tx, self.origin, parent.ino, name,
+                         still_open=not self.store.opens.replacing(tx, existing.ino))
         return namespace.make(tx, self.origin, parent.ino, name, FILE_MODE, 0, 0)
 
     def _wait_for_release(self, ino: int) -> None:

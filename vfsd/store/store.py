@@ -302,10 +302,13 @@ class Store:
             return namespace.link(tx, self.origin, ino, parent, name)
 
     def unlink(self, parent: int, name: bytes, *, still_open: bool = False) -> Inode:
-        """Remove a name. With `still_open`, an inode left with no names is parked as an orphan
-        until `release_orphan`; otherwise its chunks are released at once."""
+        """Remove a name. An inode left with no names is parked as an orphan until
+        `release_orphan` if it is open in any process (`opens`) or `still_open`; otherwise its
+        chunks are released at once."""
         with self.env.write() as tx:
-            return namespace.unlink(tx, self.origin, parent, name, still_open)
+            entry = namespace.lookup(tx, parent, name)
+            return namespace.unlink(tx, self.origin, parent, name,
+                                    still_open or self._open_anywhere(tx, entry))
 
     def rmdir(self, parent: int, name: bytes) -> Inode:
         with self.env.write() as tx:
@@ -315,8 +318,17 @@ class Store:
                flags: int = 0, *, target_still_open: bool = False) -> None:
         """rename(2)/renameat2(2): flags are RENAME_NOREPLACE (1) and RENAME_EXCHANGE (2)."""
         with self.env.write() as tx:
+            target = namespace.lookup(tx, new_parent, new_name)
             namespace.rename(tx, self.origin, old_parent, old_name, new_parent, new_name, flags,
-                             target_still_open)
+                             target_still_open or self._open_anywhere(tx, target))
+
+    def _open_anywhere(self, tx: Tx, entry: DirEntry | None) -> bool:
+        """Inside the write transaction that may free `entry`'s inode: whether any process
+        holds it open. If none does, none can until the transaction has ended
+        (`Opens.replacing`): asked before the transaction, an open taken in between (the
+        mount's loop runs while its worker unlinks; a GET starting) found the inode, and its
+        reads then found it freed."""
+        return entry is not None and not self.opens.replacing(tx, entry.ino)
 
     def set_access_times(self, times: dict[int, tuple[int, int]]) -> None:
         """Access times read through the mount (vfsd/fs/atime.py), in one transaction."""
@@ -334,7 +346,9 @@ class Store:
         if self.opens.held(ino):
             return
         with self.env.write() as tx:
-            if tx.get(tx.db.orphans, ino_key(ino)) is None:
+            # Asked again inside: an open may have taken a hold since (the mount opens the
+            # same inode again while the kernel still names it; a CI run read ENOENT there).
+            if tx.get(tx.db.orphans, ino_key(ino)) is None or not self.opens.replacing(tx, ino):
                 return
             inode = namespace.get_inode(tx, ino)
             if inode.nlink == 0:
@@ -351,16 +365,19 @@ class Store:
         dead = [ino for ino in inos if not self.opens.held(ino)]
         if not dead:
             return 0
+        freed = 0
         with self.env.write() as tx:
             for ino in dead:
-                if tx.get(tx.db.orphans, ino_key(ino)) is None:
-                    continue  # released meanwhile
+                # Released meanwhile, or opened since it was found unheld (`release_orphan`).
+                if tx.get(tx.db.orphans, ino_key(ino)) is None or not self.opens.replacing(tx, ino):
+                    continue
                 inode = namespace.get_inode(tx, ino)
                 if inode.nlink == 0:
                     namespace.free_inode(tx, inode)
                 else:
                     tx.delete(tx.db.orphans, ino_key(ino))
-            return len(dead)
+                freed += 1
+        return freed
 
     # --- xattrs --------------------------------------------------------------------------
 

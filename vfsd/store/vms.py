@@ -383,7 +383,7 @@ class Vms:
         entry = namespace.lookup(tx, directory.ino, file.encode())
         if entry is not None:
             namespace.unlink(tx, self.origin, directory.ino, file.encode(),
-                             still_open=self.store.opens.held(entry.ino))
+                             still_open=not self.store.opens.replacing(tx, entry.ino))
 
     def remove_volume(self, name: str) -> None:
         with self.store.env.write() as tx:
