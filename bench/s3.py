@@ -151,7 +151,9 @@ def start_gateway(tmp: Path, store_dir: Path, name: str = "gateway",
     """The gateway as `vfsd gateway` runs it (its default server processes), or with
     `processes` server processes."""
     py = sys.executable
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # The caller's PYTHONPATH after ours: a sitecustomize there can instrument the gateway.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     store = store_dir / name
     subprocess.run([py, "-m", "vfsd", "init", "--store", str(store)], check=True, cwd=REPO,
                    env=env, stdout=subprocess.DEVNULL)
