@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vfsd.store import ROOT_INO
-from vfsd.store.errors import NotFound
+from vfsd.store.errors import Exists, NotFound
 from vfsd.store.opens import Opens
 
 HOLDER = """
@@ -106,3 +106,23 @@ def test_an_open_taken_while_a_file_is_being_freed_keeps_it(new_store, freeing) 
     store.release_orphan(f.ino)
     with pytest.raises(NotFound):
         store.getattr(f.ino)
+
+
+@pytest.mark.timeout(60)
+def test_a_file_created_held_is_parked_by_a_delete_until_let_go(new_store) -> None:
+    """The mount creates a file and then opens a handle on it, a thread hop later: held from
+    before its commit (`create(hold=True)`), it cannot be freed by a DELETE from the gateway
+    in between. A create that fails holds nothing."""
+    store = new_store()
+    f = store.create(ROOT_INO, b"f", hold=True)
+    store.write(f.ino, 0, b"new")
+    store.unlink(ROOT_INO, b"f")  # as a DELETE through the gateway would
+    assert bytes(store.read(f.ino, 0, 3)) == b"new"
+    store.opens.release(f.ino)
+    store.release_orphan(f.ino)
+    with pytest.raises(NotFound):
+        store.getattr(f.ino)
+    g = store.create(ROOT_INO, b"g")
+    with pytest.raises(Exists):
+        store.create(ROOT_INO, b"g", hold=True)
+    assert not store.opens.held(g.ino)

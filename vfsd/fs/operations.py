@@ -357,13 +357,17 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        return await self._open_held(inode, flags)
+
+    async def _open_held(self, ino: int, flags: int) -> pyfuse3.FileInfo:
         # Held per handle (counted; a lock, no hop), so that another process deleting the
         # file parks it for us instead of freeing it under our reads (vfsd/store/opens.py).
-        await self._hold(inode)
+        # Looked at only once held: before, it may be freed any moment (ESTALE then).
+        await self._hold(ino)
         try:
-            return await self._open(await self._stat(inode), flags)
+            return await self._open(await self._stat(ino), flags)
         except BaseException:
-            self.store.opens.release(inode)
+            self.store.opens.release(ino)
             raise
 
     async def _open(self, node: Inode, flags: int) -> pyfuse3.FileInfo:
@@ -406,9 +410,11 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         try:
+            # Held from before its commit: a DELETE through the gateway in the hop back here
+            # parks it for this handle instead of freeing it.
             inode = await self.run(self.store.create, parent_inode, name,
                                    stat.S_IFREG | (stat.S_IMODE(mode) & ~ctx.umask), ctx.uid,
-                                   ctx.gid)
+                                   ctx.gid, hold=True)
         except Exists:
             if flags & os.O_EXCL:
                 raise
@@ -420,25 +426,20 @@ class Operations(pyfuse3.Operations):
                 raise
             if not _may_open(existing, flags, ctx):
                 raise pyfuse3.FUSEError(errno.EACCES) from None
-            return await self._held(existing.ino, self._open(existing, flags)), self.attributes(
-                existing)
+            # Opened as `open` does: the file found may be replaced (freed) before it is held.
+            return await self._open_held(existing.ino, flags), self.attributes(existing)
         self.capabilities[inode.ino] = None  # a new file has none
-        return await self._held(inode.ino, self._new_handle(inode, flags)), self.attributes(inode)
+        try:
+            return await self._new_handle(inode, flags), self.attributes(inode)
+        except BaseException:
+            self.store.opens.release(inode.ino)
+            raise
 
     async def _hold(self, ino: int) -> None:
         """A hold for a new handle: at once, or in a worker if the gateway is replacing the
         file in place this very moment (then we open what it wrote)."""
         if not self.store.opens.try_hold(ino):
             await self.run(self.store.opens.hold, ino)
-
-    async def _held(self, ino: int, opening: Awaitable[pyfuse3.FileInfo]) -> pyfuse3.FileInfo:
-        """`opening` (a new handle of `ino`) under a hold of its own, as `open` takes one."""
-        await self._hold(ino)
-        try:
-            return await opening
-        except BaseException:
-            self.store.opens.release(ino)
-            raise
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> Any:

@@ -249,15 +249,29 @@ class Store:
             return inode
 
     def create(self, parent: int, name: bytes, mode: int = stat.S_IFREG | 0o644, uid: int = 0,
-               gid: int = 0, *, rdev: int = 0, flags: InodeFlags = InodeFlags.NONE) -> Inode:
-        """Create a file, fifo or device node (mode carries the type); Exists if taken."""
+               gid: int = 0, *, rdev: int = 0, flags: InodeFlags = InodeFlags.NONE,
+               hold: bool = False) -> Inode:
+        """Create a file, fifo or device node (mode carries the type); Exists if taken. With
+        `hold`, the new file comes back held open (`opens`; the caller releases it), held
+        from before its commit: a DELETE from another process in the meantime parks it."""
         if stat.S_IFMT(mode) == 0:
             mode |= stat.S_IFREG
         if stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
             raise InvalidArgument("use mkdir or symlink")
-        with self.env.write() as tx:
-            return namespace.make(tx, self.origin, parent, name, mode, uid, gid, rdev=rdev,
-                                  flags=flags)
+        held: int | None = None
+        try:
+            with self.env.write() as tx:
+                inode = namespace.make(tx, self.origin, parent, name, mode, uid, gid,
+                                       rdev=rdev, flags=flags)
+                if hold and self.opens.try_hold(inode.ino):  # nobody else can know it yet
+                    held = inode.ino
+        except BaseException:
+            if held is not None:
+                self.opens.release(held)
+            raise
+        if hold and held is None:  # fenced by a replacement of a number none can know: wait
+            self.opens.hold(inode.ino)
+        return inode
 
     def mkdir(self, parent: int, name: bytes, mode: int = 0o755, uid: int = 0, gid: int = 0,
               *, flags: InodeFlags = InodeFlags.NONE) -> Inode:
