@@ -1,7 +1,7 @@
 """S3 gateway throughput beside moto_server and a bare aiohttp server, in one run.
 
-    python bench/s3.py [--dir DIR] [--duration 6] [--warmup 1] [--only gateway,moto,bare]
-                       [--rows 'PUT 64K,GET 64K,PUT 16M,GET 16M']
+    python bench/s3.py [--dir DIR] [--duration 6] [--warmup 1] [--settle 30]
+                       [--only gateway,moto,bare] [--rows 'PUT 64K,GET 64K,PUT 16M,GET 16M']
 
 Rows: PUT 64 KiB and GET 64 KiB (8 connections), PUT 16 MiB and GET 16 MiB (4 connections),
 each against three servers on 127.0.0.1 ephemeral ports:
@@ -21,7 +21,9 @@ Objects are created with boto3 before the rows run (each size once, so a GET row
 without its PUT row: `--rows 'GET 16M'`). Server CPU per operation is the server
 process's utime+stime (/proc/PID/stat, all threads) over the timed run, divided by ops; the
 "other" column is the CPU everything else on the machine used meanwhile (/proc/stat), so a
-run disturbed by other work shows it (a warning is printed above 0.3 core).
+run disturbed by other work shows it (a warning is printed above 0.3 core). Before each run
+the bench waits (up to --settle seconds) for the machine to go quiet, so what the previous
+run left behind (gc passes, the kernel discarding a deleted store's blocks) stays out of it.
 
 Targets (from the issue): gateway ops/s >= 1.5x moto's on every row, and >= 50% of the bare
 aiohttp ceiling. Prints PASS/MISS per row. Always exits 0 when it could run: benchmarks
@@ -129,6 +131,21 @@ def busy_seconds() -> float:
         fields = [int(x) for x in f.readline().split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def settle(quiet_cores: float, longest: float) -> float:
+    """Wait (at most `longest` seconds) until the whole machine uses under `quiet_cores` of
+    CPU over half a second; returns the seconds waited. What one run leaves behind would
+    otherwise land in the next: a store deleted on a file system mounted `-o discard` keeps
+    kernel workers busy for tens of seconds (0.3-0.5 cores seen), and gc passes follow a
+    PUT row."""
+    start = time.monotonic()
+    while time.monotonic() - start < longest:
+        before = busy_seconds()
+        time.sleep(0.5)
+        if (busy_seconds() - before) / 0.5 < quiet_cores:
+            break
+    return time.monotonic() - start
 
 
 @dataclass
@@ -320,6 +337,9 @@ def main() -> int:
     ap.add_argument("--rows", default=",".join(row[0] for row in ROWS),
                     help="rows, comma-separated (default all: %(default)s)")
     ap.add_argument("--allow-tmpfs", action="store_true")
+    ap.add_argument("--settle", type=float, default=30.0,
+                    help="before each run, wait up to this many seconds for the machine to "
+                         "go quiet (under 0.1 core busy; 0: don't wait)")
     ap.add_argument("--hold", type=float, default=0.0,
                     help="before stopping, wait this long (seconds) printing server pids "
                          "(to attach a profiler to a run started by hand)")
@@ -373,6 +393,8 @@ def main() -> int:
         sys.stdout.flush()
         for label, method, size, conns, _n in rows:
             for name, target in targets.items():
+                if args.settle > 0 and (waited := settle(0.1, args.settle)) >= 1:
+                    print(f"  (waited {waited:.0f}s for the machine to go quiet)", flush=True)
                 if args.warmup > 0:
                     run_wrk(target, method, size, conns, args.warmup)
                 res = run_wrk(target, method, size, conns, args.duration)
