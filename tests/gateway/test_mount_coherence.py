@@ -8,6 +8,9 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 import pytest
 from botocore.exceptions import ClientError
@@ -224,6 +227,24 @@ def test_empty_directories_and_folder_markers_are_one_thing(both):
         assert fsck.check(s).clean
 
 
+def _replacing_by_puts(s3, mnt, bucket: str, bodies: list[bytes], pause: float,
+                       stop: threading.Event) -> Callable[[], None]:
+    """`bucket` (made on the mount) holding key "k" with the first body; returns a loop that
+    PUTs the bodies over it in turn, `pause` seconds apart, until `stop` is set."""
+    (mnt / bucket).mkdir()
+    s3.put_object(Bucket=bucket, Key="k", Body=bodies[0])
+    wait_for(lambda: (mnt / bucket / "k").exists(), 1, "the object on the mount")
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            s3.put_object(Bucket=bucket, Key="k", Body=bodies[i % len(bodies)])
+            time.sleep(pause)
+
+    return writer
+
+
 def test_a_name_only_ever_replaced_always_opens_on_the_mount(both):
     """PUTs replace a file the mount's readers keep opening by name: the kernel may still
     name the replaced (now freed) inode for up to a change-log poll. The mount answers ESTALE
@@ -231,24 +252,12 @@ def test_a_name_only_ever_replaced_always_opens_on_the_mount(both):
     of 1,200 opens; 2,474 in this test). The kernel retries once: a name replaced again
     within that retry can still answer ESTALE, as on NFS (2 of 6,789 opens in one run at
     20 PUTs a second); never ENOENT."""
-    import threading
-    import time
-
     s3, mnt, _store = both
-    (mnt / "swap").mkdir()
-    bodies = [os.urandom(3 << 20), os.urandom(7 << 20)]
-    s3.put_object(Bucket="swap", Key="k", Body=bodies[0])
-    wait_for(lambda: (mnt / "swap" / "k").exists(), 1, "the object on the mount")
     stop = threading.Event()
+    writer = _replacing_by_puts(s3, mnt, "swap", [os.urandom(3 << 20), os.urandom(7 << 20)],
+                                0.05, stop)
     errors: list[str] = []
     reads = [0]
-
-    def writer() -> None:
-        i = 0
-        while not stop.is_set():
-            i += 1
-            s3.put_object(Bucket="swap", Key="k", Body=bodies[i % 2])
-            time.sleep(0.05)
 
     def reader() -> None:
         while not stop.is_set():
@@ -274,24 +283,12 @@ def test_a_file_rewritten_in_place_by_puts_never_reads_torn_on_the_mount(both):
     tail invalidates them, so a reader that opens the file in between can read a mix: in a
     stress run, 179 of 12,929 reads were the new body cut at the old length. Every read must
     be one whole version."""
-    import threading
-    import time
-
     s3, mnt, _store = both
-    (mnt / "torn").mkdir()
-    bodies = [os.urandom(100), os.urandom(70_000)]
-    s3.put_object(Bucket="torn", Key="k", Body=bodies[0])
-    wait_for(lambda: (mnt / "torn" / "k").exists(), 1, "the object on the mount")
     stop = threading.Event()
+    bodies = [os.urandom(100), os.urandom(70_000)]
+    writer = _replacing_by_puts(s3, mnt, "torn", bodies, 0.01, stop)
     torn: list[int] = []
     reads = [0]
-
-    def writer() -> None:
-        i = 0
-        while not stop.is_set():
-            i += 1
-            s3.put_object(Bucket="torn", Key="k", Body=bodies[i % 2])
-            time.sleep(0.01)
 
     def reader() -> None:
         while not stop.is_set():
