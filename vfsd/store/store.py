@@ -360,15 +360,7 @@ class Store:
         if self.opens.held(ino):
             return
         with self.env.write() as tx:
-            # Asked again inside: an open may have taken a hold since (the mount opens the
-            # same inode again while the kernel still names it; a CI run read ENOENT there).
-            if tx.get(tx.db.orphans, ino_key(ino)) is None or not self.opens.replacing(tx, ino):
-                return
-            inode = namespace.get_inode(tx, ino)
-            if inode.nlink == 0:
-                namespace.free_inode(tx, inode)
-            else:
-                tx.delete(tx.db.orphans, ino_key(ino))
+            self._free_orphan(tx, ino)
 
     def purge_orphans(self) -> int:
         """Free the parked orphans no live holder has open, in this process or another (those
@@ -379,19 +371,23 @@ class Store:
         dead = [ino for ino in inos if not self.opens.held(ino)]
         if not dead:
             return 0
-        freed = 0
         with self.env.write() as tx:
-            for ino in dead:
-                # Released meanwhile, or opened since it was found unheld (`release_orphan`).
-                if tx.get(tx.db.orphans, ino_key(ino)) is None or not self.opens.replacing(tx, ino):
-                    continue
-                inode = namespace.get_inode(tx, ino)
-                if inode.nlink == 0:
-                    namespace.free_inode(tx, inode)
-                else:
-                    tx.delete(tx.db.orphans, ino_key(ino))
-                freed += 1
-        return freed
+            return sum(self._free_orphan(tx, ino) for ino in dead)
+
+    def _free_orphan(self, tx: Tx, ino: int) -> bool:
+        """Inside a write transaction: free the parked inode `ino` (or only unpark it, if it
+        has a name again), unless it was released meanwhile or is held. Whether it is held
+        is asked here, not only before the transaction: an open may have taken a hold since
+        (the mount opens an inode again while the kernel still names it; a CI run read
+        ENOENT there), and none can take one after this until the transaction ends."""
+        if tx.get(tx.db.orphans, ino_key(ino)) is None or not self.opens.replacing(tx, ino):
+            return False
+        inode = namespace.get_inode(tx, ino)
+        if inode.nlink == 0:
+            namespace.free_inode(tx, inode)
+        else:
+            tx.delete(tx.db.orphans, ino_key(ino))
+        return True
 
     # --- xattrs --------------------------------------------------------------------------
 
