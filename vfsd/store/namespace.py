@@ -288,6 +288,29 @@ def make(tx: Tx, origin: int, parent_ino: int, name: bytes, mode: int, uid: int,
     return child
 
 
+def replace_file(tx: Tx, origin: int, parent: Inode, name: bytes, old: Inode, mode: int,
+                 uid: int, gid: int, still_open: bool) -> Inode:
+    """A new empty file named `name` in `parent` in place of `old`, as rename(2) of a new file
+    over it leaves things, and the name keeps its place in readdir order; `old` loses the
+    name (`drop_link`: freed, kept by its other names, or parked while `still_open`). An S3
+    PUT over an object comes here: the few steps of `unlink` + `make` that change anything."""
+    check_writable_dir(parent)
+    raw = tx.get(tx.db.dirents, dirent_key(parent.ino, name))
+    if raw is None or DIRENT.unpack(raw)[0] != old.ino:
+        raise NotFound(f"{name.decode(errors='replace')} is not {old.ino} any more")
+    cookie = DIRENT.unpack(raw)[1]
+    child = new_inode(tx, mode, uid, gid, parent=parent.ino)
+    tx.put(tx.db.dirents, dirent_key(parent.ino, name),
+           DIRENT.pack(child.ino, cookie, stat.S_IFMT(mode)))
+    _index_file(tx, _dir_location(tx, parent), name, child.ino, add=True)
+    parent.mtime_ns = parent.ctime_ns = child.ctime_ns
+    put_inode(tx, parent)
+    changelog.record(tx, origin, ChangeOp.CREATE, child.ino, parent.ino, name)
+    changelog.record(tx, origin, ChangeOp.REMOVE, old.ino)  # its link count: kept open?
+    drop_link(tx, old, still_open)
+    return child
+
+
 def link(tx: Tx, origin: int, ino: int, parent_ino: int, name: bytes) -> Inode:
     check_name(name)
     inode = get_inode(tx, ino)

@@ -477,20 +477,23 @@ class Objects:
 
     def _target(self, tx: Tx, parent: Inode, existing: Inode | None, name: bytes,
                 key: bytes) -> Inode:
-        """The inode a PUT, copy or completion writes `name`'s new contents into. A new one,
-        as rename(2) over the name would leave things, when the old file has other names or
-        another process (the mount) has it open: those keep the old bytes, and the old inode
-        is parked until its last close. Else the old inode itself (no churn, no orphan)."""
+        """The inode a PUT, copy or completion writes `name`'s new contents into: always a
+        new one, as rename(2) over the name would leave things. The old inode is freed, or
+        kept by its other names, or parked while another process has it open (an open reader
+        keeps the old bytes). Never the old inode rewritten in place: the mount's kernel may
+        cache its size and pages until the change log tells it (up to 100 ms), and a reader
+        opening it meanwhile read the new bytes cut at the old size; a new number makes the
+        kernel's cached one answer ESTALE, and the kernel looks the name up again."""
         if existing is None:
             return namespace.make(tx, self.origin, parent.ino, name, FILE_MODE, 0, 0)
         self._check_replaceable(existing, key)
-        if existing.nlink == 1 and self.store.opens.replacing(tx, existing.ino):
-            return existing  # nobody has it open, and nobody can until this commits
-        # Asked again, fenced as above: a holder may have let go since, and a new one must
-        # not find the inode between this answer and the commit.
-        namespace.unlink(tx, self.origin, parent.ino, name,
-                         still_open=not self.store.opens.replacing(tx, existing.ino))
-        return namespace.make(tx, self.origin, parent.ino, name, FILE_MODE, 0, 0)
+        # Owner and permissions stay, as they did when a PUT rewrote the inode in place; the
+        # setuid and setgid bits go, as at a write. Who holds the old inode is asked inside
+        # the transaction: no new holder can find it until the transaction ends.
+        mode = stat.S_IFREG | stat.S_IMODE(existing.mode) & ~(stat.S_ISUID | stat.S_ISGID)
+        return namespace.replace_file(
+            tx, self.origin, parent, name, existing, mode, existing.uid, existing.gid,
+            still_open=not self.store.opens.replacing(tx, existing.ino))
 
     def _wait_for_release(self, ino: int) -> None:
         """Outside any transaction: the kernel sends FUSE's RELEASE after close() returns, so
