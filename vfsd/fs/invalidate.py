@@ -1,9 +1,10 @@
 """Tail the change log and drop kernel caches for changes other processes made.
 
 The kernel caches attributes, directory entries and pages; when the gateway (or a CLI) changes
-the store, the mount learns it from the change log within one poll and invalidates. The calls
-into the kernel run in a worker thread, never inside a request handler (pyfuse3 may deadlock
-otherwise, DESIGN.md "Measured facts").
+the store, the mount learns it from the change log and invalidates: about a millisecond after
+the commit when the committing process rings the bell (vfsd/store/changebell.py), within one
+poll otherwise. The calls into the kernel run in a worker thread, never inside a request
+handler (pyfuse3 may deadlock otherwise, DESIGN.md "Measured facts").
 """
 
 from __future__ import annotations
@@ -11,17 +12,21 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyfuse3
 import trio
 
-from vfsd.store import Store
+from vfsd.store import Store, changebell
 from vfsd.store.records import Change, ChangeOp
 
 log = logging.getLogger("vfsd.invalidate")
 POLL_SECONDS = 0.1
+# After a read of the log that found changes, the next waits this long, so that a stream of
+# commits (1,000 PUTs a second) costs the mount a read per few ms, not one per ring.
+GATHER_SECONDS = 0.002
 
 
 def _invalidate(changes: list[Change]) -> None:
@@ -78,11 +83,28 @@ async def tail_changes(store: Store, run: Callable[..., Awaitable[Any]],
     """Forever: read new change-log entries; invalidate the kernel for foreign ones. Entries
     trimmed before they were read (the mount was stopped for longer than the log keeps
     them, vfsd/store/changelog.py) could have been anything: every inode is invalidated."""
+    try:
+        bell = changebell.listen(store.config.path)
+    except OSError as e:  # another mount of this store has it: polling alone still works
+        log.warning("event=change-bell-unavailable action=poll error=%s", e)
+        bell = None
+    store.env.on_change = None  # what this process commits, it need not hear
+    try:
+        await _tail(store, run, on_foreign, on_gap, bell)
+    finally:
+        if bell is not None:
+            bell.close()
+
+
+async def _tail(store: Store, run: Callable[..., Awaitable[Any]],
+                on_foreign: Callable[[Change], Awaitable[None]] | None,
+                on_gap: Callable[[], Awaitable[None]] | None,
+                bell: socket.socket | None) -> None:
     seq = await run(store.last_change)
     while True:
         changes = await run(store.changes_since, seq, 1000)
         if not changes:
-            await trio.sleep(POLL_SECONDS)
+            await _rung(bell)
             continue
         if changes[0].seq > seq + 1:
             log.warning("event=change-log-gap missed=%d action=invalidate-all",
@@ -97,3 +119,15 @@ async def tail_changes(store: Store, run: Callable[..., Awaitable[Any]],
                 for change in foreign:
                     await on_foreign(change)
             await trio.to_thread.run_sync(_invalidate, foreign)
+        await trio.sleep(GATHER_SECONDS)
+
+
+async def _rung(bell: socket.socket | None) -> None:
+    """Until the bell rings (then drained: one read of the log answers every ring so far)
+    or one poll has passed."""
+    with trio.move_on_after(POLL_SECONDS):
+        if bell is None:
+            await trio.sleep_forever()
+        await trio.lowlevel.wait_readable(bell)
+    if bell is not None:
+        changebell.drain(bell)

@@ -159,13 +159,18 @@ class Environment:
         # Called after each commit with the inodes it stored: the mount forgets where their
         # chunks lay (vfsd/fs/readmap.py).
         self.on_commit: Callable[[set[int]], None] | None = None
+        # Called after each commit that recorded change-log entries: rings the mount's
+        # change-log tail awake (vfsd/store/changebell.py). The mount itself rings nobody.
+        self.on_change: Callable[[], None] | None = None
 
     def begin_write(self, txn: lmdb.Transaction[bytes]) -> Tx:
         return Tx(txn, self.db, write=True, rescue=self.rescue, inode_hook=self.inode_hook)
 
-    def committed(self, stored_inodes: set[int]) -> None:
+    def committed(self, stored_inodes: set[int], changes: int) -> None:
         if self.on_commit is not None and stored_inodes:
             self.on_commit(stored_inodes)
+        if self.on_change is not None and changes:
+            self.on_change()
 
     def close(self) -> None:
         self.lmdb.close()
@@ -194,7 +199,7 @@ class Environment:
             raise as_store_error(e) from e
         finally:
             run_ended(tx)
-        self.committed(tx.stored_inodes)
+        self.committed(tx.stored_inodes, tx.changes)
 
 
 def as_store_error(e: BaseException) -> BaseException:

@@ -88,6 +88,7 @@ class GroupCommit:
             return
         ran: list[_Call[Any]] = []
         stored: set[int] = set()
+        changes = 0
         committed: list[Tx] = []  # their `ended` hooks wait for the parent's commit
         try:
             for call in batch:
@@ -106,8 +107,9 @@ class GroupCommit:
                 call.result = result
                 ran.append(call)
                 stored |= tx.stored_inodes
+                changes += tx.changes
             parent.commit()  # durable: LMDB syncs before it returns
-            env.committed(stored)
+            env.committed(stored, changes)
         except BaseException as e:  # noqa: BLE001 - the batch failed: all its calls did
             parent.abort()
             for call in ran:

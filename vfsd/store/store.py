@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Self
 
 from . import changelog, chunks, namespace, vmdk
+from .changebell import Bell
 from .chunks import chunk_hash
 from .config import DEFAULT_CHUNK_SIZE, StoreConfig, create_config, load_config
 from .env import U64, Environment, Tx
@@ -67,6 +68,8 @@ class Store:
         self.env.rescue = self._rescue
         self.leases = Leases(config.path / "run")
         self.opens = Opens(config.path / "run")
+        self.bell = Bell(config.path)
+        self.env.on_change = self.bell.ring
         self.data = FileData(self.env, self.segments, config.chunk_size, self.origin,
                              self.capacity_left)
 
@@ -90,6 +93,7 @@ class Store:
                 self._disown(tx, current)
         self.leases.close()
         self.opens.close()
+        self.bell.close()
         self.env.close()
 
     def __enter__(self) -> Self:
