@@ -110,14 +110,21 @@ def test_a_put_over_a_file_writes_a_new_inode_with_its_owner_and_permissions(
         objs: Objects, store: Store):
     """As rename(2) over the name: the mount's kernel may still cache the old inode's size
     and pages, which must never meet the new bytes (tests/gateway/test_mount_coherence.py).
-    The file keeps its owner and permissions but not setuid/setgid, as after a write; the
-    old inode is freed, nobody having it open."""
-    old = put(objs, b"tool", b"version 1")
+    The file keeps what the in-place rewrite kept: owner, permissions, extended attributes
+    outside user.* (S3 metadata, replaced by the PUT's own); not setuid/setgid or file
+    capabilities, as after a write. The old inode is freed, nobody having it open."""
+    old = put(objs, b"tool", b"version 1", metadata={"old": "1"})
     store.setattr(old.ino, mode=0o6750, uid=1000, gid=100)
+    for name in (b"trusted.label", b"security.capability", b"user.note"):
+        store.set_xattr(old.ino, name, b"value")
     new = put(objs, b"tool", b"version 2, longer")
     inode = store.getattr(new.ino)
     assert new.ino != old.ino and store.read_file("bkt/tool") == b"version 2, longer"
     assert (stat.S_IMODE(inode.mode), inode.uid, inode.gid) == (0o750, 1000, 100)
+    assert [n for n in store.list_xattrs(new.ino) if not n.startswith(b"vfsd.")] == [
+        b"trusted.label"]
+    assert store.get_xattr(new.ino, b"trusted.label") == b"value"
+    assert objs.head_object("bkt", b"tool").metadata == {}
     with pytest.raises(NotFound):
         store.getattr(old.ino)
     clean(store)
@@ -263,6 +270,28 @@ def test_a_lease_released_just_after_the_request_came_is_waited_for(objs: Object
             call()
         finally:
             releasing.join()
+
+
+def test_a_copy_whose_source_is_replaced_while_its_etag_is_computed_copies_the_new_one(
+        objs: Objects, store: Store, monkeypatch: pytest.MonkeyPatch):
+    """A source changed outside S3 has no fresh ETag: it is computed between two tries of
+    the copy's transaction. A PUT that replaced the source in between freed the inode being
+    hashed (a PUT writes a new inode), and the copy answered NoSuchKey for a key that never
+    went away (review, session 16): it now tries again and copies the new object."""
+    put(objs, b"src", b"old bytes")
+    store.write(store.resolve("bkt/src").ino, 0, b"OLD")  # through the core: ETag stale
+    compute = objs.etag
+
+    def replaced_first(ino: int):
+        monkeypatch.setattr(objs, "etag", compute)
+        put(objs, b"src", b"new bytes")
+        return compute(ino)
+
+    monkeypatch.setattr(objs, "etag", replaced_first)
+    info = objs.copy_object("bkt", b"src", "bkt", b"dst")
+    assert store.read_file("bkt/dst") == b"new bytes"
+    assert info.etag == hashlib.md5(b"new bytes").hexdigest()
+    clean(store)
 
 
 def test_copy_shares_chunks(objs: Objects, store: Store):

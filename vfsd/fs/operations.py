@@ -436,8 +436,8 @@ class Operations(pyfuse3.Operations):
             raise
 
     async def _hold(self, ino: int) -> None:
-        """A hold for a new handle: at once, or in a worker if the gateway is replacing the
-        file in place this very moment (then we open what it wrote)."""
+        """A hold for a new handle: at once, or in a worker if another process is freeing
+        the inode this very moment (then the open finds it gone: ESTALE)."""
         if not self.store.opens.try_hold(ino):
             await self.run(self.store.opens.hold, ino)
 

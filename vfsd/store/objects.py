@@ -54,13 +54,14 @@ from .listing import Listing
 from .names import is_bucket_name, split_key
 from .records import ROOT_INO, ChangeOp, Inode, InodeFlags, ino_key
 from .segments import Extents
-from .store import Store
+from .store import CAPABILITY_XATTR, Store
 
 EMPTY_ETAG = listing.EMPTY_ETAG
 
 CREATED_XATTR = b"vfsd.s3.created"
 USER_PREFIX = b"user."
 S3_PREFIX = b"user.s3."
+INTERNAL_PREFIX = b"vfsd."  # xattrs of ours (ETag records, ...), hidden from the mount
 META_PREFIX = b"user.s3.meta."
 # Stored per object and returned on GET/HEAD when set.
 CONTENT_HEADERS = ("content-type", "content-encoding", "content-disposition",
@@ -481,19 +482,28 @@ class Objects:
         new one, as rename(2) over the name would leave things. The old inode is freed, or
         kept by its other names, or parked while another process has it open (an open reader
         keeps the old bytes). Never the old inode rewritten in place: the mount's kernel may
-        cache its size and pages until the change log tells it (up to 100 ms), and a reader
-        opening it meanwhile read the new bytes cut at the old size; a new number makes the
-        kernel's cached one answer ESTALE, and the kernel looks the name up again."""
+        cache its size and pages until the change log tells it, and a reader opening it
+        meanwhile read the new bytes cut at the old size. A kernel still naming the old
+        inode now opens the old bytes (held or linked) or gets ESTALE (freed) and looks the
+        name up again."""
         if existing is None:
             return namespace.make(tx, self.origin, parent.ino, name, FILE_MODE, 0, 0)
         self._check_replaceable(existing, key)
-        # Owner and permissions stay, as they did when a PUT rewrote the inode in place; the
-        # setuid and setgid bits go, as at a write. Who holds the old inode is asked inside
-        # the transaction: no new holder can find it until the transaction ends.
+        # What the in-place rewrite kept stays: owner, permissions and extended attributes
+        # outside S3's (user.*) and ours (vfsd.*); not setuid, setgid and file capabilities,
+        # which a write drops. Who holds the old inode is asked inside the transaction: no
+        # new holder can find it until the transaction ends.
         mode = stat.S_IFREG | stat.S_IMODE(existing.mode) & ~(stat.S_ISUID | stat.S_ISGID)
-        return namespace.replace_file(
+        kept = {n: tx.get(tx.db.xattrs, namespace.xattr_key(existing.ino, n))
+                for n in namespace.list_xattrs(tx, existing.ino)
+                if not n.startswith((USER_PREFIX, INTERNAL_PREFIX)) and n != CAPABILITY_XATTR}
+        inode = namespace.replace_file(
             tx, self.origin, parent, name, existing, mode, existing.uid, existing.gid,
             still_open=not self.store.opens.replacing(tx, existing.ino))
+        for n, value in kept.items():
+            if value is not None:
+                tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, n), value)
+        return inode
 
     def _wait_for_release(self, ino: int) -> None:
         """Outside any transaction: the kernel sends FUSE's RELEASE after close() returns, so
@@ -580,7 +590,10 @@ class Objects:
             try:
                 return attempt()
             except etags.NeedEtag as need:
-                self.etag(need.ino)
+                try:
+                    self.etag(need.ino)
+                except NotFound:
+                    continue  # replaced or deleted meanwhile: the attempt looks again
         raise ObjectChanged(gave_up)
 
     def check_write_conditions(self, tx: Tx, existing: Inode | None,

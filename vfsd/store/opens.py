@@ -40,8 +40,8 @@ class Opens:
 
     def try_hold(self, ino: int) -> bool:
         """One more holder of `ino` in this process (a mount's handle, a GET), unless a
-        write transaction is replacing it in place right now (see `replacing`): False then,
-        and nothing is held. Never waits (the mount calls it on its event loop)."""
+        write transaction is freeing it right now (see `replacing`): False then, and
+        nothing is held. Never waits (the mount calls it on its event loop)."""
         with self.lock:
             count = self.counts.get(ino, 0)
             if not count and (ino in self.replaced or not self._lock(ino, fcntl.F_RDLCK)):
@@ -71,11 +71,12 @@ class Opens:
                 self._lock(ino, fcntl.F_UNLCK)
 
     def replacing(self, tx: Tx, ino: int) -> bool:
-        """Inside a write transaction that would rewrite or free `ino` in place: True if no
-        holder has it open, and then none can take a hold until the transaction has ended.
-        Checking `held` alone left a gap: a GET that held the file after the check but
-        before the commit read its first window from the old version and met the new one
-        in the next (a QA pass). False: it is held; park it or write a new inode instead."""
+        """Inside a write transaction that would free `ino` (an unlink, a PUT over it, an
+        orphan's last holder gone): True if no holder has it open, and then none can take a
+        hold until the transaction has ended: it finds the inode gone. Checking `held`
+        alone left a gap: a hold taken after the check but before the commit found the
+        inode, and its reads then found it freed (a QA pass; a CI run). False: it is held;
+        park it instead."""
         with self.lock:
             if ino in self.counts or ino in self.replaced:
                 return False
