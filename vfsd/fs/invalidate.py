@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -84,11 +83,11 @@ async def tail_changes(store: Store, run: Callable[..., Awaitable[Any]],
     trimmed before they were read (the mount was stopped for longer than the log keeps
     them, vfsd/store/changelog.py) could have been anything: every inode is invalidated."""
     try:
-        bell = changebell.listen(store.config.path)
-    except OSError as e:  # another mount of this store has it: polling alone still works
+        bell: changebell.Listener | None = changebell.Listener(store.config.path / "run")
+        store.env.on_change = None  # what this process commits, it need not hear
+    except OSError as e:  # another mount of this store listens: polling alone still works
         log.warning("event=change-bell-unavailable action=poll error=%s", e)
         bell = None
-    store.env.on_change = None  # what this process commits, it need not hear
     try:
         await _tail(store, run, on_foreign, on_gap, bell)
     finally:
@@ -99,7 +98,7 @@ async def tail_changes(store: Store, run: Callable[..., Awaitable[Any]],
 async def _tail(store: Store, run: Callable[..., Awaitable[Any]],
                 on_foreign: Callable[[Change], Awaitable[None]] | None,
                 on_gap: Callable[[], Awaitable[None]] | None,
-                bell: socket.socket | None) -> None:
+                bell: changebell.Listener | None) -> None:
     seq = await run(store.last_change)
     while True:
         changes = await run(store.changes_since, seq, 1000)
@@ -122,12 +121,14 @@ async def _tail(store: Store, run: Callable[..., Awaitable[Any]],
         await trio.sleep(GATHER_SECONDS)
 
 
-async def _rung(bell: socket.socket | None) -> None:
+async def _rung(bell: changebell.Listener | None) -> None:
     """Until the bell rings (then drained: one read of the log answers every ring so far)
-    or one poll has passed."""
-    with trio.move_on_after(POLL_SECONDS):
+    or one poll has passed. Never sooner than GATHER_SECONDS: a read that finds nothing
+    (rings an earlier read answered) is not repeated at once."""
+    await trio.sleep(GATHER_SECONDS)
+    with trio.move_on_after(POLL_SECONDS - GATHER_SECONDS):
         if bell is None:
             await trio.sleep_forever()
         await trio.lowlevel.wait_readable(bell)
     if bell is not None:
-        changebell.drain(bell)
+        bell.drain()

@@ -6,26 +6,25 @@ inode for up to that long after a PUT's 200: stat showed the old size, and each 
 answered ESTALE and was retried. Rung, the mount reads the log a few milliseconds after the
 commit.
 
-The bell is a Unix datagram socket in the abstract namespace (no file to leave behind, no
-path length limit), named after the store directory's device and inode number, which every
-path to it shares. The mount binds it; ringing is one non-blocking sendto of an empty
-datagram, lost without harm when no mount listens (ECONNREFUSED) or when unread rings fill
-its queue (EAGAIN: the mount has a read of the log due anyway). A ring is a hint, never the
-only way a change is seen: the tail still polls, so a second mount of the same store, which
-cannot bind the name, only hears changes later.
+The bell is a Unix datagram socket, `run/changes.sock` in the store, which the mount binds:
+only those who may write in the store can ring it or take its place. Ringing is one
+non-blocking sendto of an empty datagram, lost without harm when no mount listens (ENOENT,
+ECONNREFUSED) or when unread rings fill its queue (EAGAIN: the mount has a read of the log
+due anyway). A ring is a hint, never the only way a change is seen: the tail still polls, so
+a second mount of the same store, which finds the bell taken, only hears changes later.
+The socket is named through /proc/self/fd and a descriptor of `run/`, since a store's own
+path may be longer than a socket address can be (108 bytes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 from pathlib import Path
 
-
-def _address(store_path: Path) -> bytes:
-    st = os.stat(store_path)
-    return f"\0vfsd-changes-{st.st_dev:x}-{st.st_ino:x}".encode()
+SOCKET_NAME = "changes.sock"
 
 
 def _socket() -> socket.socket:
@@ -33,35 +32,83 @@ def _socket() -> socket.socket:
                          socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
 
 
+class _RunDir:
+    """`run/` held open, and the bell's address through it."""
+
+    def __init__(self, run_dir: Path):
+        run_dir.mkdir(exist_ok=True)
+        self.fd = os.open(run_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.address = f"/proc/self/fd/{self.fd}/{SOCKET_NAME}"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class Bell:
     """The ringing side: one per process that may commit changes."""
 
-    def __init__(self, store_path: Path):
-        self.address = _address(store_path)
+    def __init__(self, run_dir: Path):
+        self.run = _RunDir(run_dir)
         self.sock = _socket()
 
     def ring(self) -> None:
         with contextlib.suppress(OSError):
-            self.sock.sendto(b"", self.address)
+            self.sock.sendto(b"", self.run.address)
 
     def close(self) -> None:
         self.sock.close()
+        self.run.close()
 
 
-def listen(store_path: Path) -> socket.socket:
-    """The mount's side: a socket bound to the store's bell that receives the rings.
-    OSError (EADDRINUSE) if another mount of the store listens already."""
-    sock = _socket()
-    try:
-        sock.bind(_address(store_path))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+class Listener:
+    """The mount's side: the bound socket the rings arrive on. OSError (EADDRINUSE) when
+    another live process listens already; a socket left by one that died is replaced."""
 
+    def __init__(self, run_dir: Path):
+        self.run = _RunDir(run_dir)
+        self.sock = _socket()
+        self.inode: int | None = None  # of the socket file, once bound
+        try:
+            self._bind()
+        except BaseException:
+            self.close()
+            raise
 
-def drain(sock: socket.socket) -> None:
-    """Read every ring queued so far."""
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            sock.recv(1)
+    def _bind(self) -> None:
+        try:
+            self.sock.bind(self.run.address)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or self._live():
+                raise
+            os.unlink(SOCKET_NAME, dir_fd=self.run.fd)
+            self.sock.bind(self.run.address)
+        self.inode = os.stat(SOCKET_NAME, dir_fd=self.run.fd).st_ino
+
+    def _live(self) -> bool:
+        with _socket() as probe:
+            try:
+                probe.connect(self.run.address)
+            except ConnectionRefusedError:
+                return False
+        return True
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self) -> None:
+        """Read every ring queued so far."""
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.sock.recv(1)
+
+    def close(self) -> None:
+        """Stop listening; the socket file goes unless another listener has replaced it."""
+        if self.inode is not None:
+            with contextlib.suppress(OSError):
+                if os.stat(SOCKET_NAME, dir_fd=self.run.fd).st_ino == self.inode:
+                    os.unlink(SOCKET_NAME, dir_fd=self.run.fd)
+            self.inode = None
+        self.sock.close()
+        self.run.close()

@@ -68,7 +68,7 @@ class Store:
         self.env.rescue = self._rescue
         self.leases = Leases(config.path / "run")
         self.opens = Opens(config.path / "run")
-        self.bell = Bell(config.path)
+        self.bell = Bell(config.path / "run")
         self.env.on_change = self.bell.ring
         self.data = FileData(self.env, self.segments, config.chunk_size, self.origin,
                              self.capacity_left)
