@@ -23,8 +23,8 @@ from vfsd.store.records import Change, ChangeOp
 
 log = logging.getLogger("vfsd.invalidate")
 POLL_SECONDS = 0.1
-# After a read of the log that found changes, the next waits this long, so that a stream of
-# commits (1,000 PUTs a second) costs the mount a read per few ms, not one per ring.
+# Two reads of the log are at least this far apart, so that a stream of commits (1,000 PUTs
+# a second) or of stray datagrams costs the mount a read per 2 ms, not one per ring.
 GATHER_SECONDS = 0.002
 
 

@@ -306,7 +306,9 @@ def replace_file(tx: Tx, origin: int, parent: Inode, name: bytes, old: Inode, mo
     parent.mtime_ns = parent.ctime_ns = child.ctime_ns
     put_inode(tx, parent)
     changelog.record(tx, origin, ChangeOp.CREATE, child.ino, parent.ino, name)
-    changelog.record(tx, origin, ChangeOp.REMOVE, old.ino)  # its link count: kept open?
+    # No name with it: the mount then refreshes only the old inode's attributes (its link
+    # count), for the handles that keep it open.
+    changelog.record(tx, origin, ChangeOp.REMOVE, old.ino)
     drop_link(tx, old, still_open)
     return child
 
