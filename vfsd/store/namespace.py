@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from . import changelog
 from .chunks import drop_chunks_from
@@ -295,13 +295,12 @@ def replace_file(tx: Tx, origin: int, parent: Inode, name: bytes, old: Inode, mo
     name (`drop_link`: freed, kept by its other names, or parked while `still_open`). An S3
     PUT over an object comes here: the few steps of `unlink` + `make` that change anything."""
     check_writable_dir(parent)
-    raw = tx.get(tx.db.dirents, dirent_key(parent.ino, name))
-    if raw is None or DIRENT.unpack(raw)[0] != old.ino:
+    entry = lookup(tx, parent.ino, name)
+    if entry is None or entry.ino != old.ino:
         raise NotFound(f"{name.decode(errors='replace')} is not {old.ino} any more")
-    cookie = DIRENT.unpack(raw)[1]
     child = new_inode(tx, mode, uid, gid, parent=parent.ino)
     tx.put(tx.db.dirents, dirent_key(parent.ino, name),
-           DIRENT.pack(child.ino, cookie, stat.S_IFMT(mode)))
+           DIRENT.pack(child.ino, entry.cookie, stat.S_IFMT(mode)))
     _index_file(tx, _dir_location(tx, parent), name, child.ino, add=True)
     parent.mtime_ns = parent.ctime_ns = child.ctime_ns
     put_inode(tx, parent)
@@ -526,6 +525,20 @@ def list_xattrs(tx: Tx, ino: int) -> list[bytes]:
                 break
             names.append(bytes(key[8:]))
     return names
+
+
+def get_xattrs(tx: Tx, ino: int, wanted: Callable[[bytes], bool]) -> dict[bytes, bytes]:
+    """The extended attributes of `ino` whose names `wanted` takes, with their values."""
+    found = {}
+    for name in list_xattrs(tx, ino):
+        if wanted(name) and (value := tx.get(tx.db.xattrs, xattr_key(ino, name))) is not None:
+            found[name] = value
+    return found
+
+
+def put_xattrs(tx: Tx, ino: int, xattrs: Mapping[bytes, bytes]) -> None:
+    for name, value in xattrs.items():
+        tx.put(tx.db.xattrs, xattr_key(ino, name), value)
 
 
 def resolve(tx: Tx, path: bytes) -> Inode:

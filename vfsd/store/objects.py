@@ -494,15 +494,13 @@ class Objects:
         # which a write drops. Who holds the old inode is asked inside the transaction: no
         # new holder can find it until the transaction ends.
         mode = stat.S_IFREG | stat.S_IMODE(existing.mode) & ~(stat.S_ISUID | stat.S_ISGID)
-        kept = {n: tx.get(tx.db.xattrs, namespace.xattr_key(existing.ino, n))
-                for n in namespace.list_xattrs(tx, existing.ino)
-                if not n.startswith((USER_PREFIX, INTERNAL_PREFIX)) and n != CAPABILITY_XATTR}
+        kept = namespace.get_xattrs(
+            tx, existing.ino, lambda n: not n.startswith((USER_PREFIX, INTERNAL_PREFIX))
+            and n != CAPABILITY_XATTR)
         inode = namespace.replace_file(
             tx, self.origin, parent, name, existing, mode, existing.uid, existing.gid,
             still_open=not self.store.opens.replacing(tx, existing.ino))
-        for n, value in kept.items():
-            if value is not None:
-                tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, n), value)
+        namespace.put_xattrs(tx, inode.ino, kept)
         return inode
 
     def _wait_for_release(self, ino: int) -> None:
@@ -687,9 +685,8 @@ class Objects:
         if not replace_metadata:
             info, _fresh = self._info(tx, src_bucket, src_key, src)
             metadata, headers = info.metadata, info.headers
-            user = {n: tx.get(tx.db.xattrs, namespace.xattr_key(src.ino, n))
-                    for n in namespace.list_xattrs(tx, src.ino)
-                    if n.startswith(USER_PREFIX) and not n.startswith(S3_PREFIX)}
+            user = namespace.get_xattrs(
+                tx, src.ino, lambda n: n.startswith(USER_PREFIX) and not n.startswith(S3_PREFIX))
         else:
             user = {}
         parent, existing = self._place(tx, self.bucket_inode(tx, dst_bucket), parts)
@@ -710,9 +707,7 @@ class Objects:
                      if (raw := tx.get(tx.db.xattrs, namespace.xattr_key(src.ino, name)))
                      is not None}
         self._set_s3_xattrs(tx, inode.ino, metadata, headers)
-        for name, value in user.items():
-            if value is not None:
-                tx.put(tx.db.xattrs, namespace.xattr_key(inode.ino, name), value)
+        namespace.put_xattrs(tx, inode.ino, user)
         now = time.time_ns()
         inode.mtime_ns = inode.ctime_ns = now
         namespace.put_inode(tx, inode)
