@@ -361,14 +361,18 @@ class WriteBack:
                             f)
         if self.files.get(f.ino) is not f:
             raise _Discarded()
-        view = memoryview(data)
+        # A write within one chunk is its own piece: a view of it would be two more objects
+        # for the cyclic GC to walk for as long as the patch is dirty (100,000s of them under
+        # 4 KiB random writes, and a full collection walks them all on the loop thread).
+        view = memoryview(data) if last > first or len(data) == cs else None
         for index in range(first, last + 1):
             cstart = index * cs
             lo = max(offset, cstart) - cstart
             hi = min(end, cstart + cs) - cstart
-            piece = view[cstart + lo - offset: cstart + hi - offset]
+            piece = data if view is None else view[cstart + lo - offset: cstart + hi - offset]
             current = f.dirty.get(index)
             if lo == 0 and hi == cs:
+                assert isinstance(piece, memoryview)
                 if current is None:
                     self._add_held(cs, 1)
                     f.clean.pop(index, None)
