@@ -7,6 +7,7 @@ import os
 import pytest
 import trio
 
+from vfsd.fs import writeback
 from vfsd.fs.writeback import WriteBack
 from vfsd.store import ROOT_INO, Store
 
@@ -111,8 +112,6 @@ async def test_small_writes_count_their_bytes_not_whole_chunks(tmp_path):
 
 async def test_a_flush_of_many_patches_lays_them_on_their_bases_a_slice_at_a_time(
         tmp_path, monkeypatch):
-    from vfsd.fs import writeback
-
     monkeypatch.setattr(writeback, "PATCH_SLICE_BYTES", 4 * CS)
     with _stored_file(tmp_path, 12) as (store, ino, base):
         cache = WriteBack(store, _in_thread, limit_bytes=256 * CS, interval=60)
@@ -128,18 +127,22 @@ async def test_a_flush_of_many_patches_lays_them_on_their_bases_a_slice_at_a_tim
         assert bytes(store.read(ino, 0, len(expected))) == bytes(expected)
 
 
-async def test_a_slice_of_patches_holds_64_mib_of_bases_whatever_the_chunk_size(tmp_path):
+async def test_a_slice_of_patches_holds_the_same_bytes_of_bases_whatever_the_chunk_size(
+        tmp_path):
     """With 4 MiB chunks, a cache of 16 chunks takes 64 patches (four per chunk of the bound):
     laid on their bases 1,024 chunks at a time, one flush would hold 4x the cache in base
-    buffers. A slice is 64 MiB of bases: 24 patches go in two commits (16, then 8)."""
+    buffers. A slice is PATCH_SLICE_BYTES of bases (4 chunks of 4 MiB): one slice and a half
+    of patches go in two commits."""
 
     cs = 4 << 20
+    per_slice = writeback.PATCH_SLICE_BYTES // cs
+    patches = per_slice + per_slice // 2
     with Store.init(tmp_path / "store", chunk_size=cs) as store:
         ino = store.create(ROOT_INO, b"f").ino
-        expected = bytearray(os.urandom(24 * cs))
+        expected = bytearray(os.urandom(patches * cs))
         store.write(ino, 0, expected)
         cache = WriteBack(store, _in_thread, limit_bytes=16 * cs, interval=60)
-        for index in range(24):
+        for index in range(patches):
             data = os.urandom(100)
             await cache.write(ino, index * cs + 1000, data)
             expected[index * cs + 1000:index * cs + 1100] = data
