@@ -518,7 +518,7 @@ def start_target(name: str, work: Path, args: argparse.Namespace, vfsd_env: dict
     # glibc cuts the variable short in /proc/PID/environ as it parses it.
     print(f"  {name}: pid {daemon.pid}, GLIBC_TUNABLES "
           + ("unset" if got is None
-             else "as vfsd/fs/mount.py" if got and tunables.startswith(got) else repr(got))
+             else "as vfsd/tunables.py" if got and tunables.startswith(got) else repr(got))
           + f", readahead {match_readahead(name, daemon.mnt)}", flush=True)
     return Target(name, daemon.mnt, daemon)
 

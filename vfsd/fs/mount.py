@@ -138,7 +138,10 @@ def mount(config: MountConfig) -> int:
         os.write(ready_w, b"ok\n")
         os.close(ready_w)
     # What start-up made lives as long as the mount: out of the cyclic GC's way, so a full
-    # collection (on the loop thread, whichever thread allocates) walks only what serving made.
+    # collection (run by whichever thread allocates, mostly the loop's) walks only what serving
+    # made. Start-up's garbage (journal recovery, caught exceptions) goes first: frozen, it
+    # would never be freed.
+    cyclic_gc.collect()
     cyclic_gc.freeze()
     try:
         trio.run(serve, ops, mountpoint, listener, config.poll_us)

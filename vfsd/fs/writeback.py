@@ -55,9 +55,10 @@ CLEAN_PER_FILE = 8  # recently flushed, partly written chunks kept per writing f
 ENTRIES_PER_CACHE_CHUNK = 4
 # Base buffers a flush holds at once, laid on and committed a slice at a time: a byte count,
 # since a patch of 4 MiB chunks holds 64 times the base of one of 64 KiB. Bases are memory
-# outside the cache's bound, BATCHES_IN_FLIGHT slices of them: at 64 MiB, random 4 KiB
-# writes took a 256 MiB cache's daemon to 460-510 MiB; at 16 MiB, 340-370 (the bound is the
-# cache + 150 MiB), and the extra commits cost nothing measurable.
+# outside the cache's bound, a slice per flush running (BATCHES_IN_FLIGHT background batches,
+# plus other files' flushes, up to one per worker): at 64 MiB, random 4 KiB writes took a
+# 256 MiB cache's daemon to 460-510 MiB; at 16 MiB with one malloc arena (vfsd/tunables.py),
+# 340-370 (the bound is the cache + 150 MiB), and the extra commits cost nothing measurable.
 PATCH_SLICE_BYTES = 16 << 20
 FLUSH_BATCH_BYTES = 64 * 1024 * 1024  # per background commit: ~100 ms of work, one fdatasync
 JOURNAL_LIMIT = 1 << 20  # bytes written between fsyncs that go to the journal; more: a commit
