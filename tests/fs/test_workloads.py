@@ -452,6 +452,15 @@ def peak_rss(pid: int) -> Iterator[list[int]]:
             samples.append(rss_kib(pid, "VmHWM"))
 
 
+def assert_within_cache_bound(samples: list[int]) -> None:
+    """`peak_rss`'s samples: enough of them, and none at or past CACHE_BOUND_KIB."""
+    peak = max(samples)
+    print(f"daemon RSS: peak {peak // 1024} MiB over {len(samples)} samples")
+    assert len(samples) > 20
+    assert peak < CACHE_BOUND_KIB, (f"daemon RSS peaked at {peak // 1024} MiB "
+                                    f"(bound {CACHE_BOUND_KIB // 1024})")
+
+
 def pool_used(mnt: Path) -> int:
     st = os.statvfs(mnt)
     return (st.f_blocks - st.f_bavail) * st.f_frsize
@@ -477,11 +486,7 @@ def test_4g_dd_stays_within_the_cache_bound(store_path: Path, tmp_path: Path):
         with peak_rss(pid) as samples:
             run(["dd", "if=/dev/urandom", f"of={mnt / 'big'}", "bs=1M", "count=4096",
                  "conv=fsync", "status=none"], timeout=200)
-        peak = max(samples)
-        print(f"daemon RSS: peak {peak // 1024} MiB over {len(samples)} samples")
-        assert len(samples) > 20
-        assert peak < CACHE_BOUND_KIB, (f"daemon RSS peaked at {peak // 1024} MiB "
-                                        f"(bound {CACHE_BOUND_KIB // 1024})")
+        assert_within_cache_bound(samples)
         assert (mnt / "big").stat().st_size == 4 << 30
         used = pool_used(mnt) - before
         assert used >= 3.5 * (1 << 30), f"statvfs shows only {used >> 20} MiB used by 4 GiB"
@@ -529,11 +534,7 @@ def test_random_small_writes_stay_within_the_cache_bound(store_path: Path, tmp_p
                 os.fsync(fd)
         finally:
             os.close(fd)
-        peak = max(samples)
-        print(f"daemon RSS: peak {peak // 1024} MiB over {len(samples)} samples")
-        assert len(samples) > 20
-        assert peak < CACHE_BOUND_KIB, (f"daemon RSS peaked at {peak // 1024} MiB "
-                                        f"(bound {CACHE_BOUND_KIB // 1024})")
+        assert_within_cache_bound(samples)
     finally:
         m.stop()
         shutil.rmtree(store_path / "segments", ignore_errors=True)  # GiBs of rewrites
