@@ -6,10 +6,12 @@ page cache where it does not (tmpfs); both must give the same records back.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import random
 import resource
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,8 +252,67 @@ def test_segments_rolled_past_under_a_hold_are_given_up_when_the_last_hold_ends(
         with segments.held_until_committed():  # two operations with equal (empty) holds
             segments.append(record)  # segment 1
         segments.append(record)  # rolls past 1: the outer operation wrote there too
-        assert given_up == [None, None] and disowned == []
+        segments.claimed()  # waits for the spare being made meanwhile
+        assert 1 not in given_up and disowned == []
     assert disowned == [1]
     segments.append(record)  # rolls past 2, which no open operation holds
-    assert given_up[-1] == 2
+    segments.claimed()  # the spare being made now gives 2 up
+    assert 2 in given_up
+    segments.close()
+
+
+class Allocations:
+    """An `allocate` for LocalSegments that records who asked and what was given up, and can
+    be told to fail."""
+
+    def __init__(self) -> None:
+        self.ids = itertools.count(1)
+        self.made: list[tuple[int, str]] = []  # (segment, thread that made it)
+        self.given_up: list[int] = []
+        self.fail_in: set[str] = set()  # thread names whose calls fail with ENOSPC
+
+    def __call__(self, previous: int | None) -> int:
+        thread = threading.current_thread().name
+        if any(thread.startswith(name) for name in self.fail_in):
+            raise OSError(errno.ENOSPC, "no room for a segment record")
+        if previous is not None:
+            self.given_up.append(previous)
+        segment = next(self.ids)
+        self.made.append((segment, thread))
+        return segment
+
+
+def test_a_process_that_fills_a_segment_gets_the_next_made_in_the_background(
+        tmp_path: Path) -> None:
+    """Making a segment (an LMDB transaction and a directory fsync in a store) happens off
+    the append path once a process fills segments: the roll takes the spare."""
+    allocate = Allocations()
+    segments = LocalSegments(tmp_path, allocate, seal_size=1)
+    record = [(chunk_hash(b"x"), b"x")]
+    used = [segments.append(record)[0].segment for _ in range(4)]
+    assert segments.claimed() == [4, 5]  # the last one appended to, and the spare
+    assert used == [1, 2, 3, 4]
+    here = threading.current_thread().name
+    # The first segment, and the first roll past a full one, are made in place; then spares.
+    assert [thread == here for _, thread in allocate.made] == [True, True, False, False, False]
+    assert allocate.given_up == [1, 2, 3]  # each filled one, as the next is made
+    segments.close()
+
+
+def test_a_spare_that_could_not_be_made_is_made_at_the_roll(tmp_path: Path) -> None:
+    allocate = Allocations()
+    allocate.fail_in.add("vfsd-segment-maker")
+    segments = LocalSegments(tmp_path, allocate, seal_size=1)
+    record = [(chunk_hash(b"x"), b"x")]
+    used = [segments.append(record)[0].segment for _ in range(4)]
+    assert used == [1, 2, 3, 4]
+    assert allocate.given_up == [1, 2, 3]  # the failed spares' ones too
+    allocate.fail_in = {threading.current_thread().name}
+    with pytest.raises(NoSpace):
+        segments.append(record)  # the roll's own making fails: the appender hears it
+    allocate.fail_in = set()
+    # The failed roll left no descriptor behind to be closed twice, and kept the filled
+    # segment to give up at the next making.
+    assert segments.append(record)[0].segment == 5
+    assert allocate.given_up == [1, 2, 3, 4]
     segments.close()

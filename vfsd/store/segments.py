@@ -34,7 +34,7 @@ from typing import Protocol
 
 import crc32c
 
-from .errors import Corrupt, DiskError, NoSpace
+from .errors import Corrupt, DiskError, NoSpace, StoreError
 from .mapped import MappedSegments
 from .readers import SegmentReaders
 from .records import ChunkLocation
@@ -163,6 +163,10 @@ class SegmentStore(Protocol):
         """The segment this process appends to, if any."""
         ...
 
+    def claimed(self) -> list[int]:
+        """The segments this process holds for its appends (gc leaves them alone)."""
+        ...
+
     def write_alone(self, segment: int, digest: bytes, body: Body) -> ChunkLocation:
         """One record in a new segment, without the append lock (see LocalSegments)."""
         ...
@@ -213,6 +217,10 @@ class LocalSegments:
         self._direct = False
         self._staging_buffers: list[mmap.mmap] = []
         self._writer_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # The next segment, made in the background while this one fills (see _roll).
+        self._spare: concurrent.futures.Future[tuple[int, int, bool]] | None = None
+        self._rolled_past: list[int] = []  # filled, to be given up by the next making
+        self._spare_maker: concurrent.futures.ThreadPoolExecutor | None = None
         self._readers = SegmentReaders(self.path, segment_name)
         self._mapped = MappedSegments(self._readers.reading, HEADER.size, _header_crc)
         # The mount's event loop calls these for every read it answers: no wrapper frame.
@@ -359,19 +367,65 @@ class LocalSegments:
         return self._writer_pool
 
     def _roll(self) -> None:
+        """Move on to a new segment. A process that fills segments gets a spare made in the
+        background, one roll ahead: making a segment (an LMDB write transaction, a file, a
+        directory fsync: ~10 ms) under the append lock held up every flush worker once per
+        segment, i.e. once per 64 MiB batch of a sequential write. The first roll, or the
+        first after a rest (`let_go_if_idle`), makes its segment in place and no spare: a
+        process that writes a little leaves no empty segment behind."""
+        previous = self._current
+        filled = previous is not None
         if self._current_fd >= 0:
             os.close(self._current_fd)
-        previous = self._current
+        self._current, self._current_fd, self._current_size = None, -1, 0
         with self._holds_lock:
-            if previous is not None and any(previous in hold.segments for hold in self._holds):
-                self._deferred.add(previous)  # disowned when those operations end
-                previous = None
-        segment = self._allocate(previous)
-        path = self.path(segment)
-        fd, self._direct = _open_for_append(path)
-        # The new name must survive a crash before any location inside it is committed.
-        self._sync_directory()
-        self._current, self._current_fd, self._current_size = segment, fd, 0
+            if previous is not None:
+                if any(previous in hold.segments for hold in self._holds):
+                    self._deferred.add(previous)  # disowned when those operations end
+                else:
+                    self._rolled_past.append(previous)
+        made = self._take_spare()
+        if made is None:
+            made = self._make_segment()
+        self._current, self._current_fd, self._direct = made
+        if filled:
+            if self._spare_maker is None:
+                self._spare_maker = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="vfsd-segment-maker")
+            self._spare = self._spare_maker.submit(self._make_segment)
+
+    def _take_spare(self) -> tuple[int, int, bool] | None:
+        """The spare segment, waiting for it if it is still being made; None if there is none
+        or it could not be made (then the roll makes one, and the error reaches the appender
+        if it fails again)."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        try:
+            return spare.result()
+        except (OSError, StoreError):
+            return None
+
+    def _make_segment(self) -> tuple[int, int, bool]:
+        """A new segment of this process's, giving up its claim on a segment rolled past:
+        (id, descriptor for appends, whether the descriptor is direct)."""
+        with self._holds_lock:
+            previous = self._rolled_past.pop(0) if self._rolled_past else None
+        try:
+            segment = self._allocate(previous)
+        except BaseException:
+            if previous is not None:
+                with self._holds_lock:
+                    self._rolled_past.insert(0, previous)  # the next making gives it up
+            raise
+        fd, direct = _open_for_append(self.path(segment))
+        try:
+            # The new name must survive a crash before any location inside it is committed.
+            self._sync_directory()
+        except BaseException:
+            os.close(fd)
+            raise
+        return segment, fd, direct
 
     def read(self, location: ChunkLocation) -> bytes:
         start = location.offset - HEADER.size
@@ -481,6 +535,16 @@ class LocalSegments:
     def current(self) -> int | None:
         return self._current
 
+    def claimed(self) -> list[int]:
+        """The current segment, the spare, and filled ones whose giving up failed."""
+        with self._append_lock:
+            spare = None
+            if self._spare is not None:
+                with contextlib.suppress(OSError, StoreError):
+                    spare = self._spare.result()[0]
+            with self._holds_lock:
+                return [s for s in (self._current, spare) if s is not None] + self._rolled_past
+
     def remove(self, segment: int) -> int:
         """Delete a retired segment's file; returns the bytes it held."""
         self._mapped.forget({segment})
@@ -523,6 +587,15 @@ class LocalSegments:
             if self._writer_pool is not None:
                 self._writer_pool.shutdown()
                 self._writer_pool = None
+            if self._spare is not None:
+                # Left claimed until this process ends (or gc finds it empty after a crash),
+                # like the segment appended to last.
+                spare, self._spare = self._spare, None
+                with contextlib.suppress(OSError, StoreError):
+                    os.close(spare.result()[1])
+            if self._spare_maker is not None:
+                self._spare_maker.shutdown()
+                self._spare_maker = None
         self._mapped.close()
         self._readers.close()
 

@@ -86,11 +86,12 @@ class Store:
         return cls(load_config(Path(path)))
 
     def close(self) -> None:
-        current = self.segments.current()
+        claimed = self.segments.claimed()
         self.segments.close()
-        if current is not None:
+        if claimed:
             with self.env.write() as tx:
-                self._disown(tx, current)
+                for segment in claimed:
+                    self._disown(tx, segment)
         self.leases.close()
         self.opens.close()
         self.bell.close()
