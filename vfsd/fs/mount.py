@@ -24,7 +24,7 @@ from vfsd.store import Store, gc, journal
 from vfsd.store.config import load_config
 from vfsd.store.errors import StoreError
 
-from . import metrics
+from . import guardian, metrics
 from .invalidate import tail_changes
 from .operations import Operations
 from .polling import DEFAULT_POLL_US
@@ -128,6 +128,8 @@ def mount(config: MountConfig) -> int:
             os._exit(1)
         raise
     registration = register(config.store, mountpoint)
+    connection = guardian.connection_of(mountpoint)
+    guard = guardian.start(connection, config.store / LOG_NAME) if connection else None
     log.info("event=mounted store=%s mountpoint=%s orphans_purged=%d cache=%d interval=%.1f "
              "poll_us=%d journals_replayed=%d sets_replayed=%d sets_dropped=%d metrics=%s",
              config.store, config.mountpoint, purged, config.cache_size, config.commit_interval,
@@ -146,6 +148,8 @@ def mount(config: MountConfig) -> int:
     try:
         trio.run(serve, ops, mountpoint, listener, config.poll_us)
     finally:
+        if guard is not None:
+            guardian.stand_down(guard)
         registration.unlink(missing_ok=True)
         pyfuse3.close(unmount=True)
         ops.cache.journal.close()
