@@ -81,6 +81,17 @@ def test_bad_sizes_are_usage_errors(store):
         one_line_error(vfsd("pool", "set", "--quota", size, store=store), 2)
 
 
+@pytest.mark.parametrize("grace", ["250ms", "0.25", "0.25s", "1m"])
+def test_durations_take_a_unit(store, grace):
+    vfsd("gc", "--grace", grace, store=store, check=True)
+
+
+@pytest.mark.parametrize("grace", ["0ms", "-1s", "inf", "nan", "5x", "ms", ""])
+def test_bad_durations_are_usage_errors(store, grace):
+    line = one_line_error(vfsd("gc", f"--grace={grace}", store=store), 2)
+    assert "invalid duration" in line
+
+
 def test_a_quota_below_physical_use_is_set_with_a_warning(store):
     with Store.open(store) as s:
         s.write_file("data", os.urandom(3 << 20))

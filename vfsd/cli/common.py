@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Iterable
@@ -59,11 +60,23 @@ def poll_arg(text: str) -> int:
     return value
 
 
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
 def duration_arg(text: str) -> float:
+    """Seconds: a number, or one with a unit (250ms, 1s, 2m, 1h)."""
+    number, scale = text.strip(), 1.0
+    for unit in sorted(DURATION_UNITS, key=len, reverse=True):  # "ms" before "m" and "s"
+        if number.endswith(unit):
+            number, scale = number[:-len(unit)], DURATION_UNITS[unit]
+            break
     try:
-        value = float(text.removesuffix("s"))
+        value = float(number) * scale
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 1s, 0.5)") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r} (e.g. 250ms, 1s, 0.5, 2m)") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be positive")
     return value
