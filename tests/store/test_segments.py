@@ -307,6 +307,7 @@ def test_a_spare_that_could_not_be_made_is_made_at_the_roll(tmp_path: Path) -> N
     used = [segments.append(record)[0].segment for _ in range(4)]
     assert used == [1, 2, 3, 4]
     assert allocate.given_up == [1, 2, 3]  # the failed spares' ones too
+    segments.claimed()  # the spare being made now fails before the roll's own making does
     allocate.fail_in = {threading.current_thread().name}
     with pytest.raises(NoSpace):
         segments.append(record)  # the roll's own making fails: the appender hears it
@@ -315,4 +316,22 @@ def test_a_spare_that_could_not_be_made_is_made_at_the_roll(tmp_path: Path) -> N
     # segment to give up at the next making.
     assert segments.append(record)[0].segment == 5
     assert allocate.given_up == [1, 2, 3, 4]
+    segments.close()
+
+
+def test_a_process_at_rest_gives_up_the_segments_failed_makings_left_owned(
+        tmp_path: Path) -> None:
+    """gc leaves owned segments alone: a filled segment that failed makings could not give
+    up must go when the process rests, or its dead bytes stay on a full disk for good."""
+    allocate = Allocations()
+    disowned: list[int] = []
+    segments = LocalSegments(tmp_path, allocate, seal_size=1, disown=disowned.append)
+    record = [(chunk_hash(b"x"), b"x")]
+    segments.append(record)  # 1, made in place
+    allocate.fail_in = {"vfsd-segment-maker", threading.current_thread().name}
+    with pytest.raises(NoSpace):
+        segments.append(record)  # rolls past 1, and no making succeeds
+    assert segments.claimed() == [1]  # filled, owned, waiting for a making
+    assert segments.let_go_if_idle(0.0, lambda segment, size: True) is False  # no current
+    assert disowned == [1] and segments.claimed() == []
     segments.close()

@@ -9,75 +9,91 @@ ends the connection, and every process using the mount hangs with it, for good (
 connection through fusectl (/sys/fs/fuse/connections/N/abort) frees them.
 
 The guardian watches the daemon: the daemon holds the write end of a pipe the guardian reads.
-End of file (the daemon has exited and its descriptors are closed) or "bye" (a clean
-unmount) ends the guardian. A daemon whose main thread is dead (state Z) while the pipe is
-still open is stuck that way: the guardian aborts its connection, then the daemon finishes
-dying and readers see ENOTCONN, as after any crash of a FUSE daemon. Run as
-`python -m vfsd.fs.guardian PID START_TIME CONNECTION LOG`; it imports nothing of vfsd.
+End of file (the daemon closed it at a clean unmount, or has exited: its descriptors are
+closed before it shows as a zombie) ends the guardian. A daemon whose main thread is dead
+(state Z) while the pipe is still open is stuck that way: the guardian aborts its
+connection, then the daemon finishes dying and readers see ENOTCONN, as after any crash of a
+FUSE daemon. Run as `python -m vfsd.fs.guardian PID START_TIME CONNECTION LOG`; it imports
+nothing of vfsd but this module. It ignores SIGTERM, SIGINT and SIGHUP (`pkill -f vfsd`
+should not take it with the daemon; it leaves when the daemon does), but a cgroup-wide kill
+(systemd's KillMode=control-group, an OOM kill of the group) takes it too.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 CONNECTIONS = Path("/sys/fs/fuse/connections")
 CHECK_SECONDS = 1.0
-BYE = b"bye"
 
 
 def connection_of(mountpoint: Path) -> int | None:
-    """The FUSE connection number of the mount at `mountpoint` (its device number), from
-    /proc/self/mountinfo: a stat of the mount point would ask the daemon itself."""
+    """The FUSE connection number of the mount at `mountpoint`, from /proc/self/mountinfo (a
+    stat of the mount point would ask the daemon itself): fusectl names a connection by the
+    kernel's device number, (major << 20) | minor, which is not what os.makedev makes."""
+    target = os.fsencode(mountpoint)
     found = None
     try:
-        with open("/proc/self/mountinfo") as f:
+        with open("/proc/self/mountinfo", "rb") as f:
             for line in f:
                 fields = line.split()
-                # Octal escapes (a space is \\040) as the kernel writes them.
-                if len(fields) > 4 and _unescape(fields[4]) == str(mountpoint):
-                    major, minor = fields[2].split(":")
-                    found = os.makedev(int(major), int(minor))  # the last one is on top
+                if len(fields) > 4 and _unescape(fields[4]) == target:
+                    major, minor = fields[2].split(b":")
+                    found = (int(major) << 20) | int(minor)  # the last one is on top
     except (OSError, ValueError):
         return None
     return found
 
 
-def _unescape(field: str) -> str:
-    return field.encode().decode("unicode_escape").encode("latin-1").decode(errors="replace")
+def _unescape(field: bytes) -> bytes:
+    """Undo the octal escapes the kernel writes for space, tab, newline and backslash."""
+    return field.decode("unicode_escape").encode("latin-1")
 
 
-def start(connection: int, log_path: Path) -> int:
-    """Start the guardian of this process's mount; returns the pipe's write end, which this
-    process keeps open for as long as it lives (`stand_down` on a clean unmount)."""
-    read_end, write_end = os.pipe()
+@dataclass
+class Guard:
+    process: subprocess.Popen[bytes]
+    pipe: int  # the write end, open for as long as the daemon lives
+
+
+def start(connection: int, log_path: Path) -> Guard:
+    """Start the guardian of this process's mount (`stand_down` at a clean unmount)."""
+    read_end, write_end = os.pipe()  # neither end is inherited by other children
     pid = os.getpid()
-    subprocess.Popen(
-        [sys.executable, "-m", "vfsd.fs.guardian", str(pid), str(_start_time(pid) or 0),
-         str(connection), str(log_path)],
-        stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)  # a terminal's Ctrl-C is the daemon's to handle, not its
-    os.close(read_end)
-    os.set_inheritable(write_end, False)
-    return write_end
-
-
-def stand_down(write_end: int) -> None:
-    """A clean unmount: the guardian leaves without touching the connection."""
     try:
-        os.write(write_end, BYE)
-    except OSError:
-        pass
-    os.close(write_end)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vfsd.fs.guardian", str(pid), str(_start_time(pid) or 0),
+             str(connection), str(log_path)],
+            stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # a terminal's Ctrl-C is the daemon's to handle
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return Guard(process, write_end)
+
+
+def stand_down(guard: Guard) -> None:
+    """A clean unmount: the guardian reads end of file and leaves the connection alone."""
+    os.close(guard.pipe)
+    try:
+        guard.process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass  # reaped by init when this process exits
 
 
 def stuck(pid: int, start_time: int) -> bool:
-    """Whether the process is ours and its main thread is dead while another thread still
-    lives: state Z with its start time unchanged (a reused pid has another)."""
+    """Whether the process is ours (its start time unchanged: a reused pid has another) and
+    its main thread is dead (state Z). Another of its threads still lives if it still holds
+    files open: the caller checks its pipe."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
@@ -105,19 +121,24 @@ def abort(connection: int) -> None:
 
 
 def watch(pid: int, start_time: int, connection: int, log_path: Path) -> int:
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     while True:
-        ready, _, _ = select.select([0], [], [], CHECK_SECONDS)
-        if ready:
-            return 0  # "bye", or end of file: the daemon is gone and took its connection
-        if stuck(pid, start_time):
+        if select.select([0], [], [], CHECK_SECONDS)[0]:
+            return 0  # end of file: unmounted, or the daemon is gone and took its connection
+        # Looked at again after seeing it a zombie: a daemon that exited fully in between
+        # closed its files first, and its connection number may be another mount's by now.
+        if stuck(pid, start_time) and not select.select([0], [], [], 0)[0]:
             break
     try:
         abort(connection)
         outcome = "event=connection-aborted"
     except OSError as e:
         outcome = f"event=connection-abort-failed error={e.strerror or e}"
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
     with open(log_path, "a") as log:
-        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} level=ERROR logger=vfsd.guardian "
+        log.write(f"{stamp} level=ERROR logger=vfsd.guardian "
                   f"pid={os.getpid()} {outcome} daemon={pid} connection={connection} "
                   f"reason=the-daemon-died-with-a-thread-stuck-in-the-kernel\n")
     return 1

@@ -128,8 +128,7 @@ def mount(config: MountConfig) -> int:
             os._exit(1)
         raise
     registration = register(config.store, mountpoint)
-    connection = guardian.connection_of(mountpoint)
-    guard = guardian.start(connection, config.store / LOG_NAME) if connection else None
+    guard = _start_guardian(mountpoint, config.store / LOG_NAME)
     log.info("event=mounted store=%s mountpoint=%s orphans_purged=%d cache=%d interval=%.1f "
              "poll_us=%d journals_replayed=%d sets_replayed=%d sets_dropped=%d metrics=%s",
              config.store, config.mountpoint, purged, config.cache_size, config.commit_interval,
@@ -159,6 +158,19 @@ def mount(config: MountConfig) -> int:
         log.info("event=capability-requests count=%d", ops.capability_requests)
         log.info("event=unmounted mountpoint=%s", config.mountpoint)
     return 0
+
+
+def _start_guardian(mountpoint: Path, log_path: Path) -> guardian.Guard | None:
+    """The mount serves without one if it cannot be had (it only matters after a kill)."""
+    connection = guardian.connection_of(mountpoint)
+    if connection is None:
+        log.warning("event=no-guardian reason=connection-not-found mountpoint=%s", mountpoint)
+        return None
+    try:
+        return guardian.start(connection, log_path)
+    except OSError as e:
+        log.warning("event=no-guardian error=%s", e.strerror or e)
+        return None
 
 
 async def serve(ops: Operations, mountpoint: Path,

@@ -34,10 +34,11 @@ from typing import Protocol
 
 import crc32c
 
-from .errors import Corrupt, DiskError, NoSpace, StoreError
+from .errors import Corrupt, DiskError, NoSpace
 from .mapped import MappedSegments
 from .readers import SegmentReaders
 from .records import ChunkLocation
+from .segmentmaker import SegmentMaker
 
 MAGIC = b"VCK1"
 HEADER = struct.Struct(">4s32sIBI")  # magic, blake3 hash, body length, codec, crc32c of body
@@ -202,7 +203,6 @@ class LocalSegments:
         disown: Callable[[int], None] | None = None,
     ):
         self.directory = Path(directory)
-        self._allocate = allocate
         self._disown = disown
         self._holds_lock = threading.Lock()
         self._holds: list[_Hold] = []  # one per operation in held_until_committed
@@ -217,10 +217,7 @@ class LocalSegments:
         self._direct = False
         self._staging_buffers: list[mmap.mmap] = []
         self._writer_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        # The next segment, made in the background while this one fills (see _roll).
-        self._spare: concurrent.futures.Future[tuple[int, int, bool]] | None = None
-        self._rolled_past: list[int] = []  # filled, to be given up by the next making
-        self._spare_maker: concurrent.futures.ThreadPoolExecutor | None = None
+        self._maker = SegmentMaker(allocate, disown, self.path, self._sync_directory)
         self._readers = SegmentReaders(self.path, segment_name)
         self._mapped = MappedSegments(self._readers.reading, HEADER.size, _header_crc)
         # The mount's event loop calls these for every read it answers: no wrapper frame.
@@ -286,26 +283,28 @@ class LocalSegments:
         for `idle` seconds and `mostly_dead(segment, size)` says gc would take it: gc leaves
         an owned segment alone, so an idle process kept a segment's worth of deleted data on
         the disk for ever (a QA pass: 224 MiB for 12 live bytes). The next append starts a
-        new segment. Never waits for an append in progress (then it is not idle)."""
+        new segment. Filled segments that failed makings left owned (a full disk) are given
+        up too. Never waits for an append in progress (then it is not idle)."""
         if not self._append_lock.acquire(blocking=False):
             return False
+        segment = None
         try:
-            segment = self._current
-            if segment is None or time.monotonic() - self._last_append < idle:
+            if time.monotonic() - self._last_append < idle:
                 return False
-            if not mostly_dead(segment, self._current_size):
-                return False
-            os.close(self._current_fd)
-            self._current, self._current_fd, self._current_size = None, -1, 0
-            with self._holds_lock:
-                if any(segment in hold.segments for hold in self._holds):
-                    self._deferred.add(segment)  # disowned when those operations end
-                    return True
+            if self._current is not None and mostly_dead(self._current, self._current_size):
+                segment = self._current
+                os.close(self._current_fd)
+                self._current, self._current_fd, self._current_size = None, -1, 0
+                with self._holds_lock:
+                    if any(segment in hold.segments for hold in self._holds):
+                        self._deferred.add(segment)  # disowned when those operations end
+                        return True
         finally:
             self._append_lock.release()
-        if self._disown is not None:
+            self._maker.give_up_rolled_past()
+        if segment is not None and self._disown is not None:
             self._disown(segment)
-        return True
+        return segment is not None
 
     def _note_append(self, segment: int) -> None:
         self._last_append = time.monotonic()
@@ -367,65 +366,21 @@ class LocalSegments:
         return self._writer_pool
 
     def _roll(self) -> None:
-        """Move on to a new segment. A process that fills segments gets a spare made in the
-        background, one roll ahead: making a segment (an LMDB write transaction, a file, a
-        directory fsync: ~10 ms) under the append lock held up every flush worker once per
-        segment, i.e. once per 64 MiB batch of a sequential write. The first roll, or the
-        first after a rest (`let_go_if_idle`), makes its segment in place and no spare: a
-        process that writes a little leaves no empty segment behind."""
+        """Move on to a new segment (vfsd/store/segmentmaker.py: made one roll ahead once
+        this process fills segments)."""
         previous = self._current
-        filled = previous is not None
         if self._current_fd >= 0:
             os.close(self._current_fd)
         self._current, self._current_fd, self._current_size = None, -1, 0
-        with self._holds_lock:
-            if previous is not None:
-                if any(previous in hold.segments for hold in self._holds):
+        if previous is not None:
+            with self._holds_lock:
+                held = any(previous in hold.segments for hold in self._holds)
+                if held:
                     self._deferred.add(previous)  # disowned when those operations end
-                else:
-                    self._rolled_past.append(previous)
-        made = self._take_spare()
-        if made is None:
-            made = self._make_segment()
-        self._current, self._current_fd, self._direct = made
-        if filled:
-            if self._spare_maker is None:
-                self._spare_maker = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="vfsd-segment-maker")
-            self._spare = self._spare_maker.submit(self._make_segment)
-
-    def _take_spare(self) -> tuple[int, int, bool] | None:
-        """The spare segment, waiting for it if it is still being made; None if there is none
-        or it could not be made (then the roll makes one, and the error reaches the appender
-        if it fails again)."""
-        spare, self._spare = self._spare, None
-        if spare is None:
-            return None
-        try:
-            return spare.result()
-        except (OSError, StoreError):
-            return None
-
-    def _make_segment(self) -> tuple[int, int, bool]:
-        """A new segment of this process's, giving up its claim on a segment rolled past:
-        (id, descriptor for appends, whether the descriptor is direct)."""
-        with self._holds_lock:
-            previous = self._rolled_past.pop(0) if self._rolled_past else None
-        try:
-            segment = self._allocate(previous)
-        except BaseException:
-            if previous is not None:
-                with self._holds_lock:
-                    self._rolled_past.insert(0, previous)  # the next making gives it up
-            raise
-        fd, direct = _open_for_append(self.path(segment))
-        try:
-            # The new name must survive a crash before any location inside it is committed.
-            self._sync_directory()
-        except BaseException:
-            os.close(fd)
-            raise
-        return segment, fd, direct
+            if not held:
+                self._maker.rolled_past(previous)
+        self._current, self._current_fd, self._direct = self._maker.next(
+            ahead=previous is not None)
 
     def read(self, location: ChunkLocation) -> bytes:
         start = location.offset - HEADER.size
@@ -536,14 +491,11 @@ class LocalSegments:
         return self._current
 
     def claimed(self) -> list[int]:
-        """The current segment, the spare, and filled ones whose giving up failed."""
+        """The current segment, the spare (waiting for it if it is being made) and filled
+        ones not given up yet."""
         with self._append_lock:
-            spare = None
-            if self._spare is not None:
-                with contextlib.suppress(OSError, StoreError):
-                    spare = self._spare.result()[0]
-            with self._holds_lock:
-                return [s for s in (self._current, spare) if s is not None] + self._rolled_past
+            current = [self._current] if self._current is not None else []
+            return current + self._maker.claimed()
 
     def remove(self, segment: int) -> int:
         """Delete a retired segment's file; returns the bytes it held."""
@@ -587,15 +539,7 @@ class LocalSegments:
             if self._writer_pool is not None:
                 self._writer_pool.shutdown()
                 self._writer_pool = None
-            if self._spare is not None:
-                # Left claimed until this process ends (or gc finds it empty after a crash),
-                # like the segment appended to last.
-                spare, self._spare = self._spare, None
-                with contextlib.suppress(OSError, StoreError):
-                    os.close(spare.result()[1])
-            if self._spare_maker is not None:
-                self._spare_maker.shutdown()
-                self._spare_maker = None
+            self._maker.close()
         self._mapped.close()
         self._readers.close()
 
@@ -641,17 +585,6 @@ def _follows(before: ChunkLocation, after: ChunkLocation) -> bool:
 
 def _align_up(n: int, unit: int = ALIGN) -> int:
     return -(-n // unit) * unit
-
-
-def _open_for_append(path: Path) -> tuple[int, bool]:
-    """Create a segment file, for direct I/O where the file system takes it (not tmpfs)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    try:
-        return os.open(path, flags | os.O_DIRECT, 0o644), True
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-    return os.open(path, flags, 0o644), False
 
 
 def sync_directory(directory: Path) -> None:
