@@ -52,6 +52,7 @@ def test_a_mount_has_a_guardian_that_leaves_with_it(store_path: Path, tmp_path: 
             [(guardian_pid, args)] = guardians_of(mount.proc.pid).items()
             assert guardian.connection_of(mount.path.resolve()) == int(args[2])
             assert int(args[2]) == connection_number(mount.path)  # its mount's connection
+            assert str(store_path) not in " ".join(args)  # `pgrep -f STORE`: the daemon alone
             if guardian.CONNECTIONS.is_mount():
                 assert (guardian.CONNECTIONS / args[2]).is_dir()
             if ending == "unmount":

@@ -13,8 +13,9 @@ End of file (the daemon closed it at a clean unmount, or has exited: its descrip
 closed before it shows as a zombie) ends the guardian. A daemon whose main thread is dead
 (state Z) while the pipe is still open is stuck that way: the guardian aborts its
 connection, then the daemon finishes dying and readers see ENOTCONN, as after any crash of a
-FUSE daemon. Run as `python -m vfsd.fs.guardian PID START_TIME CONNECTION LOG`; it imports
-nothing of vfsd but this module. It ignores SIGTERM, SIGINT and SIGHUP (`pkill -f vfsd`
+FUSE daemon. Run as `python -m vfsd.fs.guardian PID START_TIME CONNECTION`, its stderr the
+store's log (not named on its command line: `pgrep -f STORE` finds the daemon alone); it
+imports nothing of vfsd but this module. It ignores SIGTERM, SIGINT and SIGHUP (`pkill -f vfsd`
 should not take it with the daemon; it leaves when the daemon does), but a cgroup-wide kill
 (systemd's KillMode=control-group, an OOM kill of the group) takes it too.
 """
@@ -65,19 +66,21 @@ class Guard:
 
 def start(connection: int, log_path: Path) -> Guard:
     """Start the guardian of this process's mount (`stand_down` at a clean unmount)."""
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     read_end, write_end = os.pipe()  # neither end is inherited by other children
     pid = os.getpid()
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "vfsd.fs.guardian", str(pid), str(_start_time(pid) or 0),
-             str(connection), str(log_path)],
-            stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             str(connection)],
+            stdin=read_end, stdout=subprocess.DEVNULL, stderr=log,
             start_new_session=True)  # a terminal's Ctrl-C is the daemon's to handle
     except BaseException:
         os.close(write_end)
         raise
     finally:
         os.close(read_end)
+        os.close(log)
     return Guard(process, write_end)
 
 
@@ -120,7 +123,7 @@ def abort(connection: int) -> None:
     target.write_text("1")
 
 
-def watch(pid: int, start_time: int, connection: int, log_path: Path) -> int:
+def watch(pid: int, start_time: int, connection: int) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     while True:
@@ -137,16 +140,15 @@ def watch(pid: int, start_time: int, connection: int, log_path: Path) -> int:
         outcome = f"event=connection-abort-failed error={e.strerror or e}"
     now = time.time()
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
-    with open(log_path, "a") as log:
-        log.write(f"{stamp} level=ERROR logger=vfsd.guardian "
-                  f"pid={os.getpid()} {outcome} daemon={pid} connection={connection} "
-                  f"reason=the-daemon-died-with-a-thread-stuck-in-the-kernel\n")
+    print(f"{stamp} level=ERROR logger=vfsd.guardian pid={os.getpid()} {outcome} daemon={pid} "
+          f"connection={connection} reason=the-daemon-died-with-a-thread-stuck-in-the-kernel",
+          file=sys.stderr, flush=True)
     return 1
 
 
 def main(argv: list[str]) -> int:
-    pid, start_time, connection, log_path = argv
-    return watch(int(pid), int(start_time), int(connection), Path(log_path))
+    pid, start_time, connection = argv
+    return watch(int(pid), int(start_time), int(connection))
 
 
 if __name__ == "__main__":
