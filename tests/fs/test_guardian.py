@@ -88,6 +88,7 @@ def test_the_guardian_ends_the_connection_of_a_daemon_that_died_stuck(
     connection = guardian.connection_of(mount.path.resolve())
     assert connection == connection_number(mount.path)
     log = tmp_path / "stand-in.log"
+    fusectl_was_mounted = guardian.CONNECTIONS.is_mount()  # the guardian mounts it if not
     stand_in = subprocess.Popen([sys.executable, "-c", STUCK_DAEMON, str(connection), str(log)],
                                 stdout=subprocess.PIPE, text=True)
     try:
@@ -105,6 +106,8 @@ def test_the_guardian_ends_the_connection_of_a_daemon_that_died_stuck(
     finally:
         stand_in.kill()
         stand_in.wait()
+        if not fusectl_was_mounted and guardian.CONNECTIONS.is_mount():
+            subprocess.run(["umount", str(guardian.CONNECTIONS)], check=False)
 
 
 def _start_time(pid: int) -> int:
