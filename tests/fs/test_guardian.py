@@ -20,6 +20,7 @@ import pytest
 from mounting import Mount, wait_for
 
 from vfsd.fs import guardian
+from vfsd.procstat import state_and_start_time
 
 
 def guardians_of(pid: int) -> dict[int, list[str]]:
@@ -72,6 +73,7 @@ STUCK_DAEMON = """
 import ctypes, sys, threading, time
 from pathlib import Path
 from vfsd.fs import guardian
+from vfsd.procstat import state_and_start_time
 guardian.start(int(sys.argv[1]), Path(sys.argv[2]))  # as the mount does, once mounted
 threading.Thread(target=time.sleep, args=(120,)).start()  # the thread stuck in the kernel
 print("ready", flush=True)
@@ -93,7 +95,9 @@ def test_the_guardian_ends_the_connection_of_a_daemon_that_died_stuck(
                                 stdout=subprocess.PIPE, text=True)
     try:
         assert stand_in.stdout is not None and stand_in.stdout.readline() == "ready\n"
-        wait_for(lambda: guardian.stuck(stand_in.pid, _start_time(stand_in.pid)), 5,
+        found = state_and_start_time(stand_in.pid)
+        assert found is not None
+        wait_for(lambda: guardian.stuck(stand_in.pid, found[1]), 5,
                  "the stand-in's main thread to die")
         wait_for(lambda: log.exists() and log.read_text().endswith("\n"), 10,
                  "the guardian to act")
@@ -109,7 +113,3 @@ def test_the_guardian_ends_the_connection_of_a_daemon_that_died_stuck(
         if not fusectl_was_mounted and guardian.CONNECTIONS.is_mount():
             subprocess.run(["umount", str(guardian.CONNECTIONS)], check=False)
 
-
-def _start_time(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return int(f.read().rsplit(b")", 1)[1].split()[19])

@@ -15,9 +15,10 @@ closed before it shows as a zombie) ends the guardian. A daemon whose main threa
 connection, then the daemon finishes dying and readers see ENOTCONN, as after any crash of a
 FUSE daemon. Run as `python -m vfsd.fs.guardian PID START_TIME CONNECTION`, its stderr the
 store's log (not named on its command line: `pgrep -f STORE` finds the daemon alone); it
-imports nothing of vfsd but this module. It ignores SIGTERM, SIGINT and SIGHUP (`pkill -f vfsd`
-should not take it with the daemon; it leaves when the daemon does), but a cgroup-wide kill
-(systemd's KillMode=control-group, an OOM kill of the group) takes it too.
+imports nothing of vfsd but this module and vfsd/procstat.py. It ignores SIGTERM, SIGINT and
+SIGHUP (`pkill -f vfsd` should not take it with the daemon; it leaves when the daemon does),
+but a cgroup-wide kill (systemd's KillMode=control-group, an OOM kill of the group) takes it
+too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from vfsd.procstat import state_and_start_time
 
 CONNECTIONS = Path("/sys/fs/fuse/connections")
 CHECK_SECONDS = 1.0
@@ -71,7 +74,7 @@ def start(connection: int, log_path: Path) -> Guard:
     pid = os.getpid()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "vfsd.fs.guardian", str(pid), str(_start_time(pid) or 0),
+            [sys.executable, "-m", "vfsd.fs.guardian", str(pid), str(_own_start_time()),
              str(connection)],
             stdin=read_end, stdout=subprocess.DEVNULL, stderr=log,
             start_new_session=True)  # a terminal's Ctrl-C is the daemon's to handle
@@ -82,6 +85,12 @@ def start(connection: int, log_path: Path) -> Guard:
         os.close(read_end)
         os.close(log)
     return Guard(process, write_end)
+
+
+def _own_start_time() -> int:
+    found = state_and_start_time(os.getpid())
+    assert found is not None  # this very process
+    return found[1]
 
 
 def stand_down(guard: Guard) -> None:
@@ -97,20 +106,7 @@ def stuck(pid: int, start_time: int) -> bool:
     """Whether the process is ours (its start time unchanged: a reused pid has another) and
     its main thread is dead (state Z). Another of its threads still lives if it still holds
     files open: the caller checks its pipe."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] == b"Z" and int(fields[19]) == start_time
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    return state_and_start_time(pid) == (b"Z", start_time)
 
 
 def abort(connection: int) -> None:

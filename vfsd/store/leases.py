@@ -18,6 +18,8 @@ from pathlib import Path
 
 import lmdb
 
+from vfsd.procstat import state_and_start_time
+
 from .env import as_store_error
 from .errors import Busy
 from .records import ino_key
@@ -50,17 +52,10 @@ def process_start_time(pid: int) -> int | None:
     while one of its threads waits in the kernel, as a FUSE daemon killed inside an
     invalidation can for as long as its dead connection lives. It runs no more code, so its
     journal must be replayed and its leases ignored."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+    found = state_and_start_time(pid)
+    if found is None or found[0] in (b"Z", b"X"):
         return None
-    # The command name (field 2) may contain spaces, so split after ')': then field 3 (state)
-    # comes first and field 22 (starttime) 20th.
-    fields = stat.rsplit(b")", 1)[1].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
+    return found[1]
 
 
 class Leases:
