@@ -412,6 +412,37 @@ def test_replay_neither_undoes_a_truncate_nor_overrides_a_later_put(store_path: 
     fsck(store_path)
 
 
+@pytest.mark.timeout(120)
+def test_a_chunk_a_batch_committed_after_an_fsync_comes_back_whole(store_path: Path,
+                                                                   tmp_path: Path):
+    """Written and fsynced (a journal set), written again unsynced on the same chunk, then
+    committed by a background batch that covers no set: after a crash the chunk is the
+    batch's, not the set's bytes laid over it (old and new within one chunk)."""
+    mnt = tmp_path / "mnt"
+    m = Mount(store_path, mnt, "--commit-interval", "60", "--cache-size", "16M").start()
+    fds: list[int] = []
+    try:
+        fd = os.open(mnt / "f", os.O_CREAT | os.O_RDWR, 0o644)
+        fds.append(fd)
+        os.pwrite(fd, b"A" * 100, 0)
+        os.fsync(fd)  # journaled
+        os.pwrite(fd, b"B" * 100, 50)
+        # Whole chunks streamed after it make the flusher commit batches, oldest chunk first.
+        os.pwrite(fd, os.urandom(8 << 20), 1 << 20)
+        expected = b"A" * 50 + b"B" * 100
+        wait_for(lambda: stored_bytes(store_path, "f")[:150] == expected, 30,
+                 "a batch to commit the first chunk")
+        m.kill()
+        close_all(fds)
+        m = Mount(store_path, mnt).start()
+        assert (mnt / "f").read_bytes()[:CHUNK] == expected + bytes(CHUNK - 150)
+        assert "sets_replayed=1" in m.output(), "the fsync did not go through the journal"
+    finally:
+        close_all(fds)
+        m.stop()
+    fsck(store_path)
+
+
 @pytest.mark.timeout(60)
 def test_fsync_through_a_reading_handle_commits(store_path: Path, tmp_path: Path):
     """`vfsd vm snapshot` fsyncs a running VM's disks through read-only handles: that puts

@@ -93,7 +93,7 @@ def test_the_ring_starts_over_once_everything_is_covered(store: Store,
     seq = 0
     while journal.lap == 1:
         seq = journal.append(ino, [(0, piece)], 1 << 20, 1)
-        with journal.covering(ino, seq):
+        with journal.committing(ino, [0], covers=seq, includes=seq):
             store.write_chunks(ino, {0: piece[:CS]}, size=None)
     assert journal.end < RING_BYTES and os.path.getsize(journal.path) == RING_BYTES
     # An uncovered set holds the ring: the next record grows the file instead.
@@ -153,12 +153,52 @@ def test_the_writers_own_commits_keep_its_sets_valid(store: Store, dead_holder: 
     assert store.read(ino, 2 * CS, 2) == b"zz"
 
 
+def test_a_batch_that_holds_a_sets_bytes_is_not_overlaid_by_it(store: Store,
+                                                               dead_holder: Holder) -> None:
+    """A set is fsynced, a later unsynced write lands on the same chunk, and a background
+    batch commits that chunk (covering nothing): the replay must not lay the set's older
+    bytes over the batch's, which would give the chunk a state it never had. Chunks the
+    batch did not write still get the set's bytes."""
+    ino = make_file(store, bytes(2 * CS))
+    journal = Journal(store, dead_holder)
+    seq = journal.append(ino, [(0, b"A" * 100), (CS, b"a" * 10)], 2 * CS, 1)
+    batch = b"A" * 50 + b"B" * 100 + bytes(CS - 150)
+    with journal.committing(ino, [0], includes=seq):
+        store.write_chunks(ino, {0: batch}, size=None)
+    later = journal.append(ino, [(40, b"C" * 20)], 2 * CS, 2)  # after the batch was taken
+    crash(journal)
+    assert recover(store).replayed == 2
+    assert store.read(ino, 0, 150) == b"A" * 40 + b"C" * 20 + b"B" * 90
+    assert store.read(ino, CS, 11) == b"a" * 10 + b"\0"
+    assert later == seq + 1
+
+
+def test_a_covering_commit_drops_the_chunk_marks(store: Store, dead_holder: Holder) -> None:
+    """Chunk marks are moot once their sets are covered: they go, and do not pile up."""
+    ino = make_file(store, bytes(4 * CS))
+    journal = Journal(store, dead_holder)
+    seq = journal.append(ino, [(0, b"x")], 4 * CS, 1)
+    with journal.committing(ino, [0, 1, 2], includes=seq):
+        store.write_chunks(ino, {i: b"y" * CS for i in range(3)}, size=None)
+    assert count_marks(store) == 4  # the inode's and three chunks'
+    with journal.committing(ino, [3], covers=seq, includes=seq):
+        store.write_chunks(ino, {3: b"z" * CS}, size=None)
+    assert count_marks(store) == 1
+    journal.close()
+    assert count_marks(store) == 0
+
+
+def count_marks(store: Store) -> int:
+    with store.env.read() as tx:
+        return sum(1 for _ in tx.cursor(tx.db.journals))
+
+
 def test_covered_sets_are_not_replayed(store: Store, dead_holder: Holder) -> None:
     """After a flush of everything, newer (unsynced) commits must not be undone."""
     ino = make_file(store, bytes(CS))
     journal = Journal(store, dead_holder)
     seq = journal.append(ino, [(0, b"old")], CS, 1)
-    with journal.covering(ino, seq):
+    with journal.committing(ino, [0], covers=seq, includes=seq):
         store.write_chunks(ino, {0: b"old" + bytes(CS - 3)}, size=None)
     store.write_chunks(ino, {0: b"new" + bytes(CS - 3)}, size=None)
     crash(journal)

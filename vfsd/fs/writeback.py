@@ -33,9 +33,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -142,7 +142,14 @@ class Patch:
 
 
 Chunk = bytearray | memoryview | Patch
-Taken = tuple[dict[int, Chunk], int | None, int]  # chunks, exact size or None, grow-to size
+
+
+class Taken(NamedTuple):
+    """Chunks taken from `dirty` for one commit, and what goes with them."""
+    chunks: dict[int, Chunk]
+    size: int | None  # the file's exact size, when they are all its dirty chunks
+    grow_to: int  # else the size grows over them to at most this
+    includes: int  # the file's newest journal set when they were taken: their bytes hold it
 Readout = bytes | bytearray | memoryview | list[memoryview]  # a list: pieces, in order
 
 
@@ -595,22 +602,24 @@ class WriteBack:
         flight, goes the exact size; a part only grows the file over the chunks it carries."""
         everything = len(indices) == len(f.dirty) and not f.flushing
         snapshot = {i: f.dirty.pop(i) for i in indices}
+        f.flushing.update(snapshot)
+        # No journal set of the file is being written now: `sync` holds the file's lock,
+        # and batches are taken only while nobody holds it.
+        includes = self.journal.newest_set(f.ino) if self.journal is not None else 0
         if everything:
-            f.flushing.update(snapshot)
             f.first_dirty = 0.0
-            return snapshot, f.size, 0
+            return Taken(snapshot, f.size, 0, includes)
         # Batches may commit in either order, so after a crash the size may cover chunks of
         # a batch that never committed: they read as zeros (holes), never as other bytes.
-        f.flushing.update(snapshot)
-        return snapshot, None, min(f.size, (max(snapshot) + 1) * self.cs)
+        return Taken(snapshot, None, min(f.size, (max(snapshot) + 1) * self.cs), includes)
 
     async def _commit(self, f: FileCache, taken: Taken, covers: int = 0) -> None:
         """Make taken chunks durable; on a core error they go back to `dirty`. `covers`: the
         newest journal set of the file whose writes are all in `taken`."""
-        snapshot, size, grow_to = taken
+        snapshot = taken.chunks
         taken_bytes = sum(self._cost(chunk) for chunk in snapshot.values())
         try:
-            merged = await self._commit_when_room(f, snapshot, size, grow_to, covers)
+            merged = await self._commit_when_room(f, taken, covers)
         except NotFound:
             log.info("event=flush-dropped ino=%d reason=deleted chunks=%d", f.ino, len(snapshot))
         except trio.Cancelled:
@@ -663,8 +672,7 @@ class WriteBack:
         if not f.first_dirty:
             f.first_dirty = time.monotonic()
 
-    async def _commit_when_room(self, f: FileCache, snapshot: dict[int, Chunk],
-                                size: int | None, grow_to: int, covers: int
+    async def _commit_when_room(self, f: FileCache, taken: Taken, covers: int
                                 ) -> dict[int, bytearray]:
         """The commit, retried after gc passes while the pool is full but gc is giving space
         back (dead bodies of overwrites wait in segments until gc compacts them): the writer
@@ -675,9 +683,8 @@ class WriteBack:
             try:
                 self.committing += 1
                 try:
-                    return await self.run(_commit_flush, self.store, f.ino, snapshot, size,
-                                          grow_to, f.mtime_ns,
-                                          self.journal if covers else None, covers, f.ctime_ns)
+                    return await self.run(_commit_flush, self.store, f.ino, taken,
+                                          f.mtime_ns, f.ctime_ns, self.journal, covers)
                 finally:
                     self.committing -= 1
             except NoSpace:
@@ -686,7 +693,8 @@ class WriteBack:
                     raise
                 if deadline is None:
                     deadline = now + NO_SPACE_WAIT
-                    log.info("event=flush-waits-for-gc ino=%d chunks=%d", f.ino, len(snapshot))
+                    log.info("event=flush-waits-for-gc ino=%d chunks=%d", f.ino,
+                             len(taken.chunks))
                 with trio.move_on_at(deadline):
                     await self.gc_pass.wait()
 
@@ -803,30 +811,38 @@ def _stack(below: Chunk, above: Chunk) -> Chunk:
     return above.onto(below)
 
 
-def _commit_flush(store: Store, ino: int, snapshot: dict[int, Chunk], size: int | None,
-                  grow_to: int, mtime_ns: int, journal: Journal | None = None,
-                  covers: int = 0, ctime_ns: int = 0) -> dict[int, bytearray]:
+def _commit_flush(store: Store, ino: int, taken: Taken, mtime_ns: int, ctime_ns: int,
+                  journal: Journal | None, covers: int) -> dict[int, bytearray]:
     """In a worker thread: lay patches onto their stored chunks, then commit every chunk and
     the size at once. The mount holds the file's lease and flushes of one file are serialised,
     so the stored chunk cannot change between the base read and the commit. Returns the
-    chunks that were written in part, as now stored (the last slice at most).
+    chunks that were written in part, as now stored (the last slice at most). `covers`: the
+    newest journal set whose writes are all in `taken` (0: not all of them are).
 
     More than PATCH_SLICE_BYTES of patched chunks are laid on their bases and committed a
     slice at a time, each commit growing the size only over its own chunks (as a background
     batch does), so the base buffers of a flush of many small writes stay bounded; the last
     commit carries the rest and the size."""
+    snapshot, size, grow_to = taken.chunks, taken.size, taken.grow_to
     patches = sorted(i for i, chunk in snapshot.items() if isinstance(chunk, Patch))
     contents: dict[int, bytes | bytearray | memoryview] = {
         i: chunk for i, chunk in snapshot.items() if not isinstance(chunk, Patch)}
     extent = size if size is not None else grow_to
     per_slice = max(1, PATCH_SLICE_BYTES // store.chunk_size)
+
+    def marked(chunks: Iterable[int], covering: int = 0) -> contextlib.AbstractContextManager[None]:
+        if journal is None:
+            return contextlib.nullcontext()
+        return journal.committing(ino, chunks, covers=covering, includes=taken.includes)
+
     while len(patches) > per_slice:
         part, patches = patches[:per_slice], patches[per_slice:]
-        store.write_chunks(ino, _laid(store, ino, snapshot, part), size=None,
-                           grow_to=min(extent, (part[-1] + 1) * store.chunk_size),
-                           mtime_ns=mtime_ns or None, ctime_ns=ctime_ns or None)
+        with marked(part):
+            store.write_chunks(ino, _laid(store, ino, snapshot, part), size=None,
+                               grow_to=min(extent, (part[-1] + 1) * store.chunk_size),
+                               mtime_ns=mtime_ns or None, ctime_ns=ctime_ns or None)
     contents.update(_laid(store, ino, snapshot, patches))
-    with journal.covering(ino, covers) if journal else contextlib.nullcontext():
+    with marked(contents, covers):
         store.write_chunks(ino, contents, size=size, grow_to=grow_to, mtime_ns=mtime_ns or None,
                            ctime_ns=ctime_ns or None)
     return {i: c for i, c in contents.items() if isinstance(c, bytearray)}

@@ -17,10 +17,17 @@ all the file's dirty data covers every set written before it). After a crash, th
 an inode newer than `covered` are replayed, oldest first, if the inode is still as its writer
 left it: its version is the newest set's base version or the mark's version. Any other
 version means another process changed the file after the writer died (a PUT over it): that
-change is newer, and the sets are dropped. Data that was never fsynced may come back older
-than what a background flush had committed, as POSIX allows: the replayed sets lay the
-fsynced bytes back over it, byte range by byte range, so a later unsynced write can come
-back in part. Never bytes of another file, nor bytes the file never held.
+change is newer, and the sets are dropped.
+
+A commit that covers nothing (a background batch of some of the file's chunks) still holds,
+in each chunk it writes, every write made before it was taken, so every set up to the newest
+one then. Laying those sets back over such a chunk would undo the unsynced writes the batch
+committed after them and mix old and new bytes within the chunk, a state the file never
+held. Such a commit therefore also writes, per chunk, a *chunk mark*: the newest set its body
+includes. A replay lays a set's bytes only on chunks whose mark is older than the set, so
+after a crash each chunk reads as the file had it at the newest set or at its newest commit,
+whichever came later: fsynced bytes are never lost, and unsynced ones come back old or new
+per chunk. Chunk marks go once a covering commit makes them moot.
 
 A journal is named after its process (pid and start time, as leases are): only the journals
 of dead processes are replayed (`recover`), by the next mount, gateway or CLI command.
@@ -45,7 +52,7 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,6 +82,8 @@ _FILE_HEADER = struct.Struct(">4sIQ")  # magic, crc32c of the lap, lap
 _HEADER = struct.Struct(">4sIQQQQqqII")
 _EXTENT = struct.Struct(">QI")  # file offset, length
 _MARK = struct.Struct(">QQ")  # version stamped by the writer's commit, covered seq
+_CHUNK = struct.Struct(">Q")  # a chunk mark's key (after the inode's mark key): chunk index
+_INCLUDES = struct.Struct(">Q")  # a chunk mark's value: the newest set the chunk's body holds
 _OWNER = struct.Struct(">IQ")  # pid, process start time
 
 
@@ -86,6 +95,15 @@ class JournalSet:
     size: int
     mtime_ns: int
     extents: list[tuple[int, bytes]]
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What a commit of an inode's chunks holds of its journal sets (see `Journal.committing`)."""
+    ino: int
+    chunks: Iterable[int]
+    covers: int
+    includes: int
 
 
 def encode(lap: int, seq: int, ino: int, base_version: int, size: int, mtime_ns: int,
@@ -166,7 +184,8 @@ class Journal:
         self.seq = 0
         self.newest: dict[int, int] = {}  # ino -> seq of its newest set
         self.covered: dict[int, int] = {}  # ino -> newest set whose bytes need no replay
-        self.local = threading.local()  # `covering`: what a flush in this thread covers
+        self.chunk_marked: dict[int, int] = {}  # ino -> newest set a chunk mark of it names
+        self.local = threading.local()  # `commit`: what a flush in this thread holds
         store.env.inode_hook = self._mark
 
     def uncovered(self, ino: int) -> bool:
@@ -203,15 +222,20 @@ class Journal:
         return seq
 
     @contextlib.contextmanager
-    def covering(self, ino: int, seq: int) -> Iterator[None]:
-        """Around a commit (in its worker thread) that holds the bytes of every set of `ino`
-        up to `seq`: its mark says so, and once it returns those sets need no replay."""
-        self.local.covering = (ino, seq)
+    def committing(self, ino: int, chunks: Iterable[int], *, covers: int = 0,
+                   includes: int = 0) -> Iterator[None]:
+        """Around a commit (in its worker thread) of these chunks of `ino`, taken when
+        `includes` was the file's newest set. `covers`: the commit holds the bytes of every
+        set up to it (a flush of all the file's dirty data), so its mark says so and once it
+        returns those sets need no replay. A commit that covers less marks its chunks: a
+        replay must not lay sets up to `includes` over them."""
+        self.local.commit = Commit(ino, chunks, covers, includes)
         try:
             yield
         finally:
-            self.local.covering = None
-        self.covered_without_commit(ino, seq)
+            self.local.commit = None
+        if covers:
+            self.covered_without_commit(ino, covers)
 
     def cover(self, ino: int, seq: int) -> None:
         """In a worker: the store holds every byte of `ino` up to set `seq`, committed by
@@ -228,6 +252,7 @@ class Journal:
             raw = tx.get(tx.db.journals, key)
             if version is not None and (raw is None or _MARK.unpack(raw)[1] < seq):
                 tx.put(tx.db.journals, key, _MARK.pack(version, seq))
+                self._drop_moot_chunk_marks(tx, ino, seq)
         self.covered_without_commit(ino, seq)
 
     def covered_without_commit(self, ino: int, seq: int) -> None:
@@ -236,13 +261,32 @@ class Journal:
             self.covered[ino] = max(self.covered.get(ino, 0), seq)
 
     def _mark(self, tx: Tx, inode: Inode) -> None:
-        if inode.ino not in self.newest:
+        ino = inode.ino
+        if ino not in self.newest:
             return
-        covering = getattr(self.local, "covering", None)
-        covered = self.covered.get(inode.ino, 0)
-        if covering is not None and covering[0] == inode.ino:
-            covered = max(covered, covering[1])
-        tx.put(tx.db.journals, self.key + ino_key(inode.ino), _MARK.pack(inode.version, covered))
+        commit: Commit | None = getattr(self.local, "commit", None)
+        if commit is not None and commit.ino != ino:
+            commit = None
+        covered = self.covered.get(ino, 0)
+        if commit is not None:
+            covered = max(covered, commit.covers)
+        key = self.key + ino_key(ino)
+        tx.put(tx.db.journals, key, _MARK.pack(inode.version, covered))
+        if commit is not None and commit.includes > covered:
+            value = _INCLUDES.pack(commit.includes)
+            for index in commit.chunks:
+                tx.put(tx.db.journals, key + _CHUNK.pack(index), value)
+            self.chunk_marked[ino] = max(self.chunk_marked.get(ino, 0), commit.includes)
+        else:
+            self._drop_moot_chunk_marks(tx, ino, covered)
+
+    def _drop_moot_chunk_marks(self, tx: Tx, ino: int, covered: int) -> None:
+        """Chunk marks name sets a replay skips anyway once they are covered: they go, so a
+        long-lived mount's marks stay as few as its uncovered sets. (A mark left by a
+        transaction that aborted after this stays true of its chunk, so it does no harm.)"""
+        if self.chunk_marked.get(ino, covered + 1) <= covered:
+            del self.chunk_marked[ino]
+            _drop_marks(tx, self.key + ino_key(ino) + _CHUNK.pack(0), self.key + ino_key(ino))
 
     @property
     def half_full(self) -> bool:
@@ -380,10 +424,12 @@ def _lap_of(block: bytes | memoryview) -> int | None:
     return lap
 
 
-def _drop_marks(tx: Tx, key: bytes) -> None:
+def _drop_marks(tx: Tx, start: bytes, prefix: bytes | None = None) -> None:
+    """Delete the marks from `start` on whose keys begin with `prefix` (default: `start`)."""
+    prefix = start if prefix is None else prefix
     cursor = tx.cursor(tx.db.journals)
-    if cursor.set_range(key):
-        while cursor.key()[:len(key)] == key:
+    if cursor.set_range(start):
+        while cursor.key()[:len(prefix)] == prefix:
             if not cursor.delete():
                 break
 
@@ -428,12 +474,12 @@ def _recover_one(store: Store, path: Path, key: bytes, report: Recovery) -> None
             return  # it did
         sets = list(scan(f.read()))
         with store.env.read() as tx:
-            marks = _read_marks(tx, key)
+            marks, chunk_marks = _read_marks(tx, key)
         for ino in sorted({s.ino for s in sets}):
             mark_version, covered = marks.get(ino, (None, 0))
             pending = sorted((s for s in sets if s.ino == ino and s.seq > covered),
                              key=lambda s: s.seq)
-            if pending and _replay(store, ino, pending, mark_version):
+            if pending and _replay(store, ino, pending, mark_version, chunk_marks.get(ino, {})):
                 report.replayed += len(pending)
             else:
                 report.dropped += len(pending)
@@ -445,22 +491,32 @@ def _recover_one(store: Store, path: Path, key: bytes, report: Recovery) -> None
     log.info("event=journal-recovered path=%s sets=%d", path, len(sets))
 
 
-def _read_marks(tx: Tx, key: bytes) -> dict[int, tuple[int, int]]:
+def _read_marks(tx: Tx, key: bytes
+                ) -> tuple[dict[int, tuple[int, int]], dict[int, dict[int, int]]]:
+    """A journal's marks: per inode (version, covered), and per inode and chunk the newest
+    set that chunk's body includes."""
     marks = {}
+    chunk_marks: dict[int, dict[int, int]] = {}
     cursor = tx.cursor(tx.db.journals)
     if cursor.set_range(key):
         for raw_key, value in cursor:
             if raw_key[:len(key)] != key:
                 break
-            ino = struct.unpack(">Q", raw_key[len(key):])[0]
-            marks[ino] = _MARK.unpack(value)
-    return marks
+            rest = raw_key[len(key):]
+            ino = struct.unpack_from(">Q", rest)[0]
+            if len(rest) == 8:
+                marks[ino] = _MARK.unpack(value)
+            else:
+                index = _CHUNK.unpack_from(rest, 8)[0]
+                chunk_marks.setdefault(ino, {})[index] = _INCLUDES.unpack(value)[0]
+    return marks, chunk_marks
 
 
-def _replay(store: Store, ino: int, pending: list[JournalSet], mark_version: int | None
-            ) -> bool:
+def _replay(store: Store, ino: int, pending: list[JournalSet], mark_version: int | None,
+            included: dict[int, int]) -> bool:
     """Lay the uncovered sets of `ino` (oldest first) onto the store, if the file is still
-    as their writer left it; False if it is gone or another process changed it since."""
+    as their writer left it; False if it is gone or another process changed it since. A
+    set's bytes skip the chunks whose body already includes it (`included`: chunk marks)."""
     try:
         inode = store.getattr(ino)
     except NotFound:
@@ -473,6 +529,8 @@ def _replay(store: Store, ino: int, pending: list[JournalSet], mark_version: int
         for offset, data in journal_set.extents:
             end = offset + len(data)
             for index in range(offset // cs, (end - 1) // cs + 1):
+                if journal_set.seq <= included.get(index, 0):
+                    continue
                 body = contents.get(index)
                 if body is None:
                     body = contents[index] = bytearray(store.read_chunk(ino, index))
