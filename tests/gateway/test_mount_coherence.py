@@ -317,6 +317,36 @@ def test_a_file_replaced_by_puts_never_reads_torn_on_the_mount(both):
     _assert_only_rare_estale(errors, reads[0])  # see the test above
 
 
+def test_a_file_rewritten_in_place_on_the_mount_is_never_an_empty_object(both):
+    """`cp` over a file, an editor's save: open(O_TRUNC), write, close, again and again.
+    The truncation commits with the new bytes, so every GET is one whole version. (When it
+    committed at open, 4,019 of 5,584 GETs in a QA run got an empty object.)"""
+    s3, mnt, _store = both
+    (mnt / "site").mkdir()
+    path = mnt / "site" / "index.html"
+    bodies = [bytes([n]) * 70_000 for n in range(1, 5)]
+    path.write_bytes(bodies[0])
+    stop = threading.Event()
+    rewrites = [0]
+    gets: list[bytes] = []
+
+    def rewriter() -> None:
+        while not stop.is_set():
+            with open(path, "wb") as f:  # O_TRUNC
+                f.write(bodies[rewrites[0] % len(bodies)][:35_000])
+                f.flush()  # two writes, as a program writing in pieces makes them
+                f.write(bodies[rewrites[0] % len(bodies)][35_000:])
+            rewrites[0] += 1
+
+    def getter() -> None:
+        while not stop.is_set():
+            gets.append(s3.get_object(Bucket="site", Key="index.html")["Body"].read())
+
+    race(3, stop, rewriter, getter)
+    wrong = [len(body) for body in gets if body not in bodies]
+    assert rewrites[0] > 20 and len(gets) > 20 and wrong == [], (rewrites[0], len(gets), wrong[:5])
+
+
 def test_leases_work_on_a_full_disk(tmp_path, gateway_process):
     """Leases live in their own LMDB environment (run/leases), on the store's disk. When
     that disk was full, taking one (any open for writing, O_TRUNC included, so also a VM

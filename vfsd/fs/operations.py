@@ -190,11 +190,15 @@ class Operations(pyfuse3.Operations):
         a.st_mode = inode.mode
         a.st_nlink = inode.nlink
         a.st_uid, a.st_gid, a.st_rdev = inode.uid, inode.gid, inode.rdev
-        a.st_size = max(inode.size, cached.size) if cached else inode.size
         a.st_blksize = self.store.chunk_size
         # Dirty chunks count whole until flushed; no file uses more than its size.
         held = cached.held * self.store.chunk_size if cached else 0
-        a.st_blocks = (min(inode.stored + held, a.st_size) + 511) // 512
+        if cached and cached.replacing:  # an O_TRUNC not committed yet: the store's is old
+            a.st_size, stored = cached.size, 0
+        else:
+            a.st_size = max(inode.size, cached.size) if cached else inode.size
+            stored = inode.stored
+        a.st_blocks = (min(stored + held, a.st_size) + 511) // 512
         a.st_atime_ns = self.atimes.of(inode.ino, inode.atime_ns)
         a.st_mtime_ns = cached.mtime_ns if cached and cached.mtime_ns else inode.mtime_ns
         a.st_ctime_ns = max(inode.ctime_ns, cached.ctime_ns) if cached else inode.ctime_ns
@@ -382,9 +386,12 @@ class Operations(pyfuse3.Operations):
             if truncating:
                 # libfuse negotiates atomic O_TRUNC: the kernel leaves the truncation to us.
                 # Even at a stored size of 0: writes may be waiting in the cache (or the
-                # journal), and an empty file's times still change.
-                await self.cache.discard(inode)
-                await self.run(self.store.truncate, inode, 0)
+                # journal), and an empty file's times still change. Mostly the cache makes
+                # it with the first commit, so the old contents stay whole until then.
+                if await self.cache.replace_on_open(node, info.fh):
+                    self.handles[info.fh].wrote = True  # its close commits the truncation
+                else:
+                    await self.run(self.store.truncate, inode, 0)
         except BaseException:
             # A failed open gets no release from the kernel: give back what the handle took.
             await self._forget_handle(info.fh)
@@ -475,7 +482,7 @@ class Operations(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         handle = self.handles[fh]
         if handle.wrote and not handle.ephemeral:
-            await self.cache.flush(handle.ino)
+            await self.cache.flush(handle.ino, closing=fh)
 
     @handler
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -504,7 +511,7 @@ class Operations(pyfuse3.Operations):
                     await self.run(self.store.punch_hole, ino, 0, max(size, 1))
                     self.own_changes.invalidate(ino)  # the kernel still caches the old pages
             elif handle.wrote:
-                await self.cache.flush(ino)
+                await self.cache.flush(ino, closing=fh)
         finally:
             if handle.writable and self.writers[ino] == 0:
                 self.cache.writer_closed(ino)

@@ -26,6 +26,12 @@ chunks that were written in part and flushed (`clean`: equal to the store's chun
 mount changes a file it holds the lease of): the next small write to one of them patches it in
 memory instead of reading it back from the disk at flush. Any change to the file that does not
 come through this cache (truncate, hole punch, a copy into it, another process) drops them.
+
+An O_TRUNC open of an ordinary file empties its entry (`replace_on_open`) and leaves the store
+alone: the old chunks go in the transaction of the file's first commit, with the first new
+data (`replacing`). Until then the cache reads every chunk it does not hold as zeros, and other
+processes (a GET through the gateway) see the old contents, not an empty file: a program that
+rewrites a file in place (`cp`, an editor's save) replaces an object's bytes in one step.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from typing import Any, NamedTuple
 
 import trio
 
-from vfsd.store import InodeFlags, Store
+from vfsd.store import Inode, InodeFlags, Store
 from vfsd.store.errors import FileTooBig, NoSpace, NotFound, StoreError
 from vfsd.store.journal import Journal
 
@@ -150,6 +156,7 @@ class Taken(NamedTuple):
     size: int | None  # the file's exact size, when they are all its dirty chunks
     grow_to: int  # else the size grows over them to at most this
     includes: int  # the file's newest journal set when they were taken: their bytes hold it
+    replacing: bool  # the commit drops the file's old chunks (a deferred O_TRUNC)
 Readout = bytes | bytearray | memoryview | list[memoryview]  # a list: pieces, in order
 
 
@@ -182,10 +189,18 @@ class FileCache:
     # Flushes that failed in a row (retried every commit interval), and when that was logged.
     failures: int = 0
     failure_logged: float = 0.0
+    # The handle whose O_TRUNC emptied the entry, while the truncation waits for the next
+    # commit: the stored chunks and size are the old file's, dead to this cache. One commit
+    # at a time while it is set.
+    truncating_handle: int | None = None
 
     @property
     def held(self) -> int:
         return len(self.dirty) + len(self.flushing)
+
+    @property
+    def replacing(self) -> bool:
+        return self.truncating_handle is not None
 
 
 class WriteBack:
@@ -394,7 +409,7 @@ class WriteBack:
                 continue
             if current is None:
                 below = f.flushing.get(index)
-                if cstart >= f.size:
+                if cstart >= f.size or (f.replacing and below is None):
                     current = bytearray()  # nothing stored here yet: the rest reads as zeros
                 elif below is not None and not isinstance(below, Patch):
                     current = bytearray(below)
@@ -448,10 +463,11 @@ class WriteBack:
                     for chunk in [layer.get(i)] if chunk is not None]
 
         held = cached_layers()
-        if all(isinstance(f.dirty.get(i, f.flushing.get(i, f.clean.get(i))),
-                          bytearray | memoryview)
-               for i in range(first, last + 1)):
-            out = bytearray(end - offset)  # complete cached chunks cover it all
+        if f.replacing or all(isinstance(f.dirty.get(i, f.flushing.get(i, f.clean.get(i))),
+                                         bytearray | memoryview)
+                              for i in range(first, last + 1)):
+            # Complete cached chunks cover it all, or the stored ones are the old file's.
+            out = bytearray(end - offset)
         else:
             out = _joined(await self._read_store(ino, offset, end - offset))
             if len(out) < end - offset:
@@ -483,14 +499,21 @@ class WriteBack:
 
     # --- flushing ------------------------------------------------------------------------
 
-    async def flush(self, ino: int) -> None:
+    async def flush(self, ino: int, closing: int | None = None) -> None:
         """Commit the file's dirty data to the store (durably); raises the core's error if
-        it cannot."""
+        it cannot. `closing`: the handle whose close or release asks. While another handle's
+        O_TRUNC waits for its commit, the file is being rewritten through that handle, and
+        its own close commits the new contents whole: other closes commit nothing. (The
+        kernel sends a handle's release after close(2) returns, so the release of one `cp`
+        over a file comes after the next one's open: committing then showed the object
+        empty, or cut at the new contents' first write.)"""
         f = self.files.get(ino)
         if f is None:
             await self._cover_forgotten(ino)
             return
         async with _holding(f.lock):
+            if closing is not None and f.truncating_handle not in (None, closing):
+                return
             await self._flush_locked(f)
 
     async def sync(self, ino: int) -> None:
@@ -542,7 +565,7 @@ class WriteBack:
         # sets are covered, and the next set starts from here.
         covers = self.journal.newest_set(f.ino) if self.journal else 0
         f.unjournaled, f.unjournaled_bytes, f.unjournaled_all = [], 0, True
-        if f.dirty:
+        if f.dirty or f.replacing:
             try:
                 await self._commit(f, self._take(f, list(f.dirty)), covers=covers)
             except BaseException as e:
@@ -567,7 +590,10 @@ class WriteBack:
         await self.slots.acquire()
         f = self.files.get(ino)
         chosen: list[int] = []
-        if f is not None and f.error is None and not f.lock.locked():
+        # While an O_TRUNC waits for its commit, the batch that makes it runs alone: a batch
+        # committed beside it could land first and have its chunks dropped.
+        if (f is not None and f.error is None and not f.lock.locked()
+                and not (f.replacing and f.batches)):
             chosen = [i for i, chunk in f.dirty.items() if i not in f.flushing
                       and (not whole_only or not isinstance(chunk, Patch))][: self.batch]
             if whole_only and len(chosen) < self.batch:
@@ -608,10 +634,11 @@ class WriteBack:
         includes = self.journal.newest_set(f.ino) if self.journal is not None else 0
         if everything:
             f.first_dirty = 0.0
-            return Taken(snapshot, f.size, 0, includes)
+            return Taken(snapshot, f.size, 0, includes, f.replacing)
         # Batches may commit in either order, so after a crash the size may cover chunks of
         # a batch that never committed: they read as zeros (holes), never as other bytes.
-        return Taken(snapshot, None, min(f.size, (max(snapshot) + 1) * self.cs), includes)
+        return Taken(snapshot, None, min(f.size, (max(snapshot) + 1) * self.cs), includes,
+                     f.replacing)
 
     async def _commit(self, f: FileCache, taken: Taken, covers: int = 0) -> None:
         """Make taken chunks durable; on a core error they go back to `dirty`. `covers`: the
@@ -646,6 +673,8 @@ class WriteBack:
                             f.failures, e)
             raise
         else:
+            if taken.replacing:
+                f.truncating_handle = None  # the store holds the new contents' first chunks
             self._remember_clean(f, merged)
             if f.failures:
                 log.info("event=flush-recovered ino=%d failures=%d", f.ino, f.failures)
@@ -710,7 +739,8 @@ class WriteBack:
 
     def _forget_if_clean(self, f: FileCache) -> None:
         if (not f.dirty and not f.flushing and not f.batches and f.error is None
-                and not f.pins and not f.kept and self.files.get(f.ino) is f):
+                and not f.pins and not f.kept and not f.replacing
+                and self.files.get(f.ino) is f):
             del self.files[f.ino]
 
     async def flush_all(self) -> None:
@@ -745,6 +775,27 @@ class WriteBack:
             f.size = size
             f.clean.clear()
 
+    async def replace_on_open(self, inode: Inode, handle: int) -> bool:
+        """O_TRUNC of a file just opened for writing: drop what the cache holds of it, and
+        for an ordinary file make its entry empty, the truncation left to the next commit.
+        False when the caller must truncate in the store now: a VM file (its flags say what
+        a truncation may do), or a file with fsynced writes no commit holds yet (their
+        journal sets must be covered by the truncation, or a replay would lay them over
+        the new contents)."""
+        ino = inode.ino
+        deferred = inode.flags == InodeFlags.NONE and not (
+            self.journal is not None and self.journal.uncovered(ino))
+        await self.discard(ino)
+        if not deferred:
+            return False
+        f = FileCache(ino, 0, fixed_size=False, kept=ino in self.writing,
+                      truncating_handle=handle)
+        f.mtime_ns = f.ctime_ns = time.time_ns()  # O_TRUNC changes them, as a truncate does
+        f.first_dirty = time.monotonic()  # committed within an interval, like a write
+        self._untrack(f)  # the next fsync commits: a journal set cannot carry a truncation
+        self.files[ino] = f
+        return True
+
     async def run_flusher(self) -> None:
         """Flush streamed whole chunks in batches as they come, files dirty for a commit
         interval, and the oldest chunks under memory pressure."""
@@ -759,7 +810,8 @@ class WriteBack:
                         while await self._start_batch(batches, ino, whole_only=True):
                             pass
                 now = time.monotonic()
-                due = sorted((f.first_dirty, ino) for ino, f in self.files.items() if f.dirty)
+                due = sorted((f.first_dirty, ino) for ino, f in self.files.items()
+                             if f.dirty or f.replacing)
                 for first_dirty, ino in due:
                     f = self.files.get(ino)
                     # A file with a failed flush waits for its own fsync to hear of it.
@@ -824,6 +876,7 @@ def _commit_flush(store: Store, ino: int, taken: Taken, mtime_ns: int, ctime_ns:
     batch does), so the base buffers of a flush of many small writes stay bounded; the last
     commit carries the rest and the size."""
     snapshot, size, grow_to = taken.chunks, taken.size, taken.grow_to
+    replacing = taken.replacing  # made by the first commit below
     patches = sorted(i for i, chunk in snapshot.items() if isinstance(chunk, Patch))
     contents: dict[int, bytes | bytearray | memoryview] = {
         i: chunk for i, chunk in snapshot.items() if not isinstance(chunk, Patch)}
@@ -840,11 +893,13 @@ def _commit_flush(store: Store, ino: int, taken: Taken, mtime_ns: int, ctime_ns:
         with marked(part):
             store.write_chunks(ino, _laid(store, ino, snapshot, part), size=None,
                                grow_to=min(extent, (part[-1] + 1) * store.chunk_size),
-                               mtime_ns=mtime_ns or None, ctime_ns=ctime_ns or None)
+                               mtime_ns=mtime_ns or None, ctime_ns=ctime_ns or None,
+                               replacing=replacing)
+        replacing = False
     contents.update(_laid(store, ino, snapshot, patches))
     with marked(contents, covers):
         store.write_chunks(ino, contents, size=size, grow_to=grow_to, mtime_ns=mtime_ns or None,
-                           ctime_ns=ctime_ns or None)
+                           ctime_ns=ctime_ns or None, replacing=replacing)
     return {i: c for i, c in contents.items() if isinstance(c, bytearray)}
 
 

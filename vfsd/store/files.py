@@ -267,14 +267,21 @@ class FileData:
                 bases: Mapping[int, bytes | None] | None = None, size: int | None = None,
                 grow_to: int = 0, drop_from: int | None = None, drop_stop: int | None = None,
                 mtime_ns: int | None = None, ctime_ns: int | None = None,
-                truncating: bool = False, within_pool: bool = True) -> Inode:
+                truncating: bool = False, replacing: bool = False,
+                within_pool: bool = True) -> Inode:
         with self.env.write() as tx:
             inode = namespace.get_inode(tx, ino)
             check_file_writable(inode)
             for index, base in (bases or {}).items():
                 if tx.get(tx.db.chunkmap, chunk_key(ino, index)) != base:
                     raise _Conflict()
-            new_size = size if size is not None else max(inode.size, grow_to)
+            if replacing:
+                # Dropped first, so the staged chunks land on empty slots: a body the old
+                # contents and the new share is indexed again at its staged location.
+                inode.stored += chunks.drop_chunks_from(tx, ino, 0)
+                truncating = True
+            new_size = (size if size is not None
+                        else grow_to if replacing else max(inode.size, grow_to))
             if new_size > inode.size and inode.flags & InodeFlags.FIXED_SIZE:
                 raise FileTooBig("the disk is fixed-size; use `vfsd vm resize`")
             if truncating and new_size < inode.size and inode.flags & InodeFlags.FIXED_SIZE:
@@ -341,17 +348,21 @@ class FileData:
     def write_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview],
                      *, size: int | None, grow_to: int = 0,
                      mtime_ns: int | None = None, ctime_ns: int | None = None,
-                     within_pool: bool = True) -> Inode:
+                     replacing: bool = False, within_pool: bool = True) -> Inode:
         """Replace whole chunk bodies and set the size (or, with size None, grow it to at least
         `grow_to`): the write-back cache's flush. The caller owns the file (it holds the
-        lease), so no read-modify-write check is needed. `within_pool=False` lets the write
-        take the pool past its quota (a journal replay: data an fsync acknowledged).
-        `ctime_ns`: when the writes being committed were made (the change time then is at
-        least that, not the commit's time)."""
+        lease), so no read-modify-write check is needed. `replacing`: every other chunk of
+        the file goes in the same transaction and the size is `size` (or `grow_to`), not at
+        least the old one (an O_TRUNC the mount deferred to its first commit: other processes
+        see the old contents or the new, never an empty file between). `within_pool=False`
+        lets the write take the pool past its quota (a journal replay: data an fsync
+        acknowledged). `ctime_ns`: when the writes being committed were made (the change time
+        then is at least that, not the commit's time)."""
         with self.segments.held_until_committed():
             staged = self._stage(contents, within_pool)
             return self._commit(ino, staged, size=size, grow_to=grow_to, mtime_ns=mtime_ns,
-                                ctime_ns=ctime_ns, within_pool=within_pool)
+                                ctime_ns=ctime_ns, replacing=replacing,
+                                within_pool=within_pool)
 
     def truncate(self, ino: int, size: int) -> Inode:
         """ftruncate(2): shrinking frees chunks past the end and cuts the straddling one;

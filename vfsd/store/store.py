@@ -506,10 +506,11 @@ class Store:
 
     def write_chunks(self, ino: int, contents: Mapping[int, bytes | bytearray | memoryview], *,
                      size: int | None, grow_to: int = 0, mtime_ns: int | None = None,
-                     ctime_ns: int | None = None, within_pool: bool = True) -> Inode:
+                     ctime_ns: int | None = None, replacing: bool = False,
+                     within_pool: bool = True) -> Inode:
         return self.data.write_chunks(ino, contents, size=size, grow_to=grow_to,
                                       mtime_ns=mtime_ns, ctime_ns=ctime_ns,
-                                      within_pool=within_pool)
+                                      replacing=replacing, within_pool=within_pool)
 
     def truncate(self, ino: int, size: int) -> Inode:
         if size < 0:
