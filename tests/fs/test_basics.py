@@ -326,6 +326,39 @@ def test_o_trunc_leaves_the_old_contents_whole_until_the_new_ones_commit(store_p
     fsck(store_path)
 
 
+def test_cp_over_a_file_replaces_it_in_one_step(store_path: Path, tmp_path: Path):
+    """`cp` over an existing file: open(O_TRUNC), then copy_file_range of whole chunks. The
+    copy shares the source's chunks and drops the old ones in one transaction (a race of
+    GETs against it: tests/gateway/test_mount_coherence.py); an unaligned copy commits the
+    truncation first and copies bytes. The old chunks' references go (fsck)."""
+    m = Mount(store_path, tmp_path / "mnt", "--commit-interval", "60").start()
+    try:
+        src, dst = m.path / "src", m.path / "dst"
+        data, old = os.urandom(300_000), os.urandom(500_000)
+        src.write_bytes(data)
+        dst.write_bytes(old)
+        with open(src, "rb") as fin:
+            fout = os.open(dst, os.O_WRONLY | os.O_TRUNC)
+            try:
+                assert stored(store_path, "dst") == old
+                assert os.copy_file_range(fin.fileno(), fout, len(data), 0, 0) == len(data)
+                assert stored(store_path, "dst") == data
+                assert os.fstat(fout).st_size == len(data)
+            finally:
+                os.close(fout)
+            assert dst.read_bytes() == data
+            fout = os.open(dst, os.O_WRONLY | os.O_TRUNC)
+            try:
+                assert os.copy_file_range(fin.fileno(), fout, 1000, 5, 7) == 1000
+            finally:
+                os.close(fout)
+        assert dst.read_bytes() == bytes(7) + data[5:1005]
+        assert stored(store_path, "dst") == bytes(7) + data[5:1005]
+    finally:
+        m.stop()
+    fsck(store_path)
+
+
 def test_an_o_trunc_held_open_reaches_the_store_within_the_commit_interval(mount, store_path):
     path = mount.path / "g"
     path.write_bytes(b"x" * 100_000)

@@ -46,6 +46,21 @@ def test_quota_statfs_and_enospc(mount, mnt, store_path):
     assert (mnt / "after").read_bytes() == b"space again"
 
 
+def test_a_file_rewritten_in_place_on_a_nearly_full_pool(mount, mnt, store_path):
+    """O_TRUNC, then new contents as large as the old, in a pool that cannot hold both: the
+    truncation commits alone first (as before it was deferred), and the rewrite fits."""
+    subprocess.run([sys.executable, "-m", "vfsd", "pool", "set", "--quota", "12M",
+                    "--store", str(store_path)], check=True, capture_output=True)
+    (mnt / "bkt").mkdir()
+    (mnt / "bkt" / "f").write_bytes(os.urandom(8 * MiB))
+    new = os.urandom(8 * MiB)
+    (mnt / "bkt" / "f").write_bytes(new)  # open(O_TRUNC), write, close
+    assert (mnt / "bkt" / "f").read_bytes() == new
+    with Store.open(store_path) as s:
+        inode = s.resolve("bkt/f")
+        assert bytes(s.read(inode.ino, 0, inode.size)) == new
+
+
 def test_fsynced_past_the_quota_the_store_stays_usable(mount, mnt, store_path):
     """fsync journals the bytes (one record) though the pool cannot take them; close then
     says ENOSPC. After unmount every command replays the journal when it opens the store:

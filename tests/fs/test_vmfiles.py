@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from mounting import Mount, wait_for
 
+from vfsd.store import Store
+
 GIB = 1 << 30
 SEED = int(os.environ.get("VFSD_TEST_SEED", random.randrange(1 << 32)))
 VM_FILES = ["web-flat.vmdk", "web.nvram", "web.vmdk", "web.vmx", "web.vswp"]
@@ -145,6 +147,25 @@ def test_refused_truncating_open_leaves_no_lease(mnt: Path, store_path: Path):
     with Store.open(store_path) as s:
         assert s.leases.holder(flat.stat().st_ino) is None
     assert flat.stat().st_size == GIB
+
+
+def test_refused_truncating_open_keeps_the_disks_unsynced_writes(mnt: Path, store_path: Path):
+    """The refusal comes before the cache drops anything: a running VM's writes not yet
+    committed stay (the cache once dropped them, then the store refused the truncation)."""
+    create_vm(store_path)
+    flat = mnt / "vms" / "web" / "web-flat.vmdk"
+    wait_for(flat.exists, 1, "the new VM's disk on the mount")
+    fd = os.open(flat, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"guest data", 4096)
+        expect_open_errno(errno.EPERM, flat, os.O_WRONLY | os.O_TRUNC)
+        os.fsync(fd)
+        assert os.pread(fd, 10, 4096) == b"guest data"
+    finally:
+        os.close(fd)
+    with Store.open(store_path) as s:
+        ino = s.resolve("vms/web/web-flat.vmdk").ino
+        assert s.read(ino, 4096, 10) == b"guest data"
 
 
 def test_swap_dropped_when_last_writer_closes(mnt: Path, store_path: Path):

@@ -318,13 +318,16 @@ def test_a_file_replaced_by_puts_never_reads_torn_on_the_mount(both):
 
 
 def test_a_file_rewritten_in_place_on_the_mount_is_never_an_empty_object(both):
-    """`cp` over a file, an editor's save: open(O_TRUNC), write, close, again and again.
-    The truncation commits with the new bytes, so every GET is one whole version. (When it
-    committed at open, 4,019 of 5,584 GETs in a QA run got an empty object.)"""
+    """`cp` over a file, an editor's save: open(O_TRUNC), then write or copy_file_range,
+    close, again and again. The truncation commits with the new bytes, so every GET is one
+    whole version. (When it committed at open, 4,019 of 5,584 GETs in a QA run got an empty
+    object.)"""
     s3, mnt, _store = both
     (mnt / "site").mkdir()
     path = mnt / "site" / "index.html"
     bodies = [bytes([n]) * 70_000 for n in range(1, 5)]
+    for n, body in enumerate(bodies):
+        (mnt / "site" / f"source-{n}").write_bytes(body)
     path.write_bytes(bodies[0])
     stop = threading.Event()
     rewrites = [0]
@@ -332,10 +335,15 @@ def test_a_file_rewritten_in_place_on_the_mount_is_never_an_empty_object(both):
 
     def rewriter() -> None:
         while not stop.is_set():
+            n = rewrites[0] % len(bodies)
             with open(path, "wb") as f:  # O_TRUNC
-                f.write(bodies[rewrites[0] % len(bodies)][:35_000])
-                f.flush()  # two writes, as a program writing in pieces makes them
-                f.write(bodies[rewrites[0] % len(bodies)][35_000:])
+                if rewrites[0] % 2:  # cp: the copy shares the source's chunks
+                    with open(mnt / "site" / f"source-{n}", "rb") as source:
+                        os.copy_file_range(source.fileno(), f.fileno(), len(bodies[n]))
+                else:
+                    f.write(bodies[n][:35_000])
+                    f.flush()  # two writes, as a program writing in pieces makes them
+                    f.write(bodies[n][35_000:])
             rewrites[0] += 1
 
     def getter() -> None:

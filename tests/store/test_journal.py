@@ -184,6 +184,15 @@ def test_a_covering_commit_drops_the_chunk_marks(store: Store, dead_holder: Hold
     with journal.committing(ino, [3], covers=seq, includes=seq):
         store.write_chunks(ino, {3: b"z" * CS}, size=None)
     assert count_marks(store) == 1
+    # Covered in memory only (a file's writes dropped: swap, unlink), then a new lap: the
+    # file's next commit drops what the batch marked.
+    seq = journal.append(ino, [(0, b"x")], 4 * CS, 1)
+    with journal.committing(ino, [0, 1], includes=seq):
+        store.write_chunks(ino, {i: b"w" * CS for i in range(2)}, size=None)
+    journal.covered_without_commit(ino, seq)
+    assert journal.new_lap_if_idle() and count_marks(store) == 3
+    store.write_chunks(ino, {0: b"v" * CS}, size=None)
+    assert count_marks(store) == 1
     journal.close()
     assert count_marks(store) == 0
 

@@ -403,6 +403,7 @@ class Operations(pyfuse3.Operations):
         the caller's to release)."""
         handle = self.handles.pop(fh)
         ino = handle.ino
+        self.cache.handle_closed(ino, fh)
         self.open_count[ino] -= 1
         if self.open_count[ino] <= 0:
             del self.open_count[ino]
@@ -513,6 +514,7 @@ class Operations(pyfuse3.Operations):
             elif handle.wrote:
                 await self.cache.flush(ino, closing=fh)
         finally:
+            self.cache.handle_closed(ino, fh)
             if handle.writable and self.writers[ino] == 0:
                 self.cache.writer_closed(ino)
             self.store.opens.release(ino)
@@ -569,8 +571,14 @@ class Operations(pyfuse3.Operations):
         if dst in self.privileged:  # a change to the contents, as a write is
             await self._drop_privileges(dst)
         await self.cache.flush(src)
-        await self.cache.flush(dst)
-        copied = await self.run(self.store.copy_range, src, off_in, dst, off_out, length)
+        cs, src_size = self.store.chunk_size, (await self.run(self.store.getattr, src)).size
+        # Whole chunks, the last one short only where the source ends: all shared by one
+        # transaction, which may then make a truncation of `dst` that waits.
+        whole_chunks = (src != dst and off_in % cs == off_out % cs == 0
+                        and (length % cs == 0 or off_in + length >= src_size))
+        async with self.cache.copying_into(dst, whole_chunks) as replacing:
+            copied = await self.run(self.store.copy_range, src, off_in, dst, off_out, length,
+                                    replacing=replacing)
         self.handles[fh_out].wrote = True
         if self.cache.cached(dst):
             self.cache.grown(dst, (await self.run(self.store.getattr, dst)).size)

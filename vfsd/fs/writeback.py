@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import trio
 
 from vfsd.store import Inode, InodeFlags, Store
-from vfsd.store.errors import FileTooBig, NoSpace, NotFound, StoreError
+from vfsd.store.errors import FileTooBig, NoSpace, NotFound, PermissionDenied, StoreError
 from vfsd.store.journal import Journal
 
 from .inline import InlineWhileFast
@@ -189,18 +189,14 @@ class FileCache:
     # Flushes that failed in a row (retried every commit interval), and when that was logged.
     failures: int = 0
     failure_logged: float = 0.0
-    # The handle whose O_TRUNC emptied the entry, while the truncation waits for the next
-    # commit: the stored chunks and size are the old file's, dead to this cache. One commit
-    # at a time while it is set.
-    truncating_handle: int | None = None
+    # Emptied by an O_TRUNC whose truncation the next commit makes: the stored chunks and
+    # size are the old file's, dead to this cache. One commit at a time while it is set.
+    replacing: bool = False
+    truncating_handle: int | None = None  # the handle that did it, until its release
 
     @property
     def held(self) -> int:
         return len(self.dirty) + len(self.flushing)
-
-    @property
-    def replacing(self) -> bool:
-        return self.truncating_handle is not None
 
 
 class WriteBack:
@@ -513,8 +509,19 @@ class WriteBack:
             return
         async with _holding(f.lock):
             if closing is not None and f.truncating_handle not in (None, closing):
+                self._raise_error(f)
                 return
             await self._flush_locked(f)
+
+    def handle_closed(self, ino: int, handle: int) -> None:
+        """A handle is released (after its close's flush, which may have failed): a pending
+        truncation it made is now any closer's to commit."""
+        f = self.files.get(ino)
+        if f is not None and f.truncating_handle == handle:
+            f.truncating_handle = None
+
+    def _replaced(self, f: FileCache) -> None:
+        f.replacing, f.truncating_handle = False, None
 
     async def sync(self, ino: int) -> None:
         """fsync: make the file's writes durable, through the journal while they are few."""
@@ -649,6 +656,7 @@ class WriteBack:
             merged = await self._commit_when_room(f, taken, covers)
         except NotFound:
             log.info("event=flush-dropped ino=%d reason=deleted chunks=%d", f.ino, len(snapshot))
+            self._replaced(f)  # nothing left to truncate: the entry may go once clean
         except trio.Cancelled:
             # The mount is going down while the commit waits for a gc pass: nothing was
             # committed, and the unmount's flush_all must still find these chunks.
@@ -674,7 +682,7 @@ class WriteBack:
             raise
         else:
             if taken.replacing:
-                f.truncating_handle = None  # the store holds the new contents' first chunks
+                self._replaced(f)  # the store holds the new contents' first chunks now
             self._remember_clean(f, merged)
             if f.failures:
                 log.info("event=flush-recovered ino=%d failures=%d", f.ino, f.failures)
@@ -717,6 +725,16 @@ class WriteBack:
                 finally:
                     self.committing -= 1
             except NoSpace:
+                if taken.replacing:
+                    # The old contents and the new do not both fit: the truncation goes
+                    # first, as an eager O_TRUNC would, so that the old bodies count no more
+                    # against a quota and gc may take their space back.
+                    await self.run(self.store.write_chunks, f.ino, {}, size=0, replacing=True,
+                                   mtime_ns=f.mtime_ns or None, ctime_ns=f.ctime_ns or None)
+                    self._replaced(f)
+                    taken = taken._replace(replacing=False)
+                    log.info("event=truncation-committed-alone ino=%d reason=no-space", f.ino)
+                    continue
                 now = trio.current_time()
                 if not self.gc_reclaiming or (deadline is not None and now >= deadline):
                     raise
@@ -750,24 +768,56 @@ class WriteBack:
             except StoreError:
                 pass  # logged; kept dirty and reported to the file's next fsync
 
-    async def discard(self, ino: int) -> None:
-        """Forget dirty data without writing it (swap files at last close, deleted files).
+    async def discard(self, ino: int) -> bool:
+        """Forget dirty data without writing it (swap files at last close, deleted files,
+        O_TRUNC). Returns whether the journal held sets of the file that no commit holds:
+        dropped too, and the caller's next commit of the file records that.
 
         Waits for a flush in flight, so nothing it was writing lands after the caller's next
         step (the swap file's hole punch)."""
         f = self.files.get(ino)
         if f is None:
-            return
+            # Background batches committed all of it; its sets may still be uncovered.
+            return self._drop_sets(ino)
         async with f.lock:
             await self._settle(f)
             if self.files.get(ino) is f:
                 del self.files[ino]
             dropped = sum(self._cost(chunk) for chunk in f.dirty.values())
             entries, f.dirty = len(f.dirty), {}
-            if self.journal is not None:
-                # Dropped on purpose: a recovery must not bring these writes back.
-                self.journal.covered_without_commit(ino, self.journal.newest_set(ino))
+            # Under the lock: no fsync of the file is appending a set right now.
+            uncovered = self._drop_sets(ino)
         await self._release_held(dropped, entries)
+        return uncovered
+
+    def _drop_sets(self, ino: int) -> bool:
+        """Dropped on purpose: a recovery must not bring these writes back."""
+        if self.journal is None or not self.journal.uncovered(ino):
+            return False
+        self.journal.covered_without_commit(ino, self.journal.newest_set(ino))
+        return True
+
+    @contextlib.asynccontextmanager
+    async def copying_into(self, ino: int, whole_chunks: bool) -> AsyncIterator[bool]:
+        """Around copy_file_range into `ino`: its dirty data is committed first, and no flush
+        of it runs beside the copy. Yields True when the copy must drop the file's old chunks
+        in its own transaction: an O_TRUNC waits with nothing written since, and the copy
+        shares whole chunks (`cp` over a file: the gateway sees the old contents, then the
+        copy, never the empty file between)."""
+        f = self.files.get(ino)
+        if f is None:
+            await self._cover_forgotten(ino)
+            yield False
+            return
+        async with _holding(f.lock):
+            await self._settle(f)
+            self._raise_error(f)
+            if f.replacing and whole_chunks and not f.dirty:
+                yield True
+                self._replaced(f)
+            else:
+                await self._flush_locked(f)
+                yield False
 
     async def truncated(self, ino: int, size: int) -> None:
         f = self.files.get(ino)
@@ -779,16 +829,20 @@ class WriteBack:
         """O_TRUNC of a file just opened for writing: drop what the cache holds of it, and
         for an ordinary file make its entry empty, the truncation left to the next commit.
         False when the caller must truncate in the store now: a VM file (its flags say what
-        a truncation may do), or a file with fsynced writes no commit holds yet (their
-        journal sets must be covered by the truncation, or a replay would lay them over
+        a truncation may do), or a file with fsynced writes no commit holds yet (the
+        truncation must cover their journal sets at once, or a replay would lay them over
         the new contents)."""
         ino = inode.ino
-        deferred = inode.flags == InodeFlags.NONE and not (
-            self.journal is not None and self.journal.uncovered(ino))
-        await self.discard(ino)
-        if not deferred:
+        if inode.flags & InodeFlags.FIXED_SIZE and inode.size:
+            # Refused before anything is dropped: a running VM's unsynced writes stay.
+            raise PermissionDenied("a fixed-size disk cannot shrink")
+        uncovered = False
+        while ino in self.files:  # a writer may make a new entry while the last one goes
+            uncovered |= await self.discard(ino)
+        uncovered |= self._drop_sets(ino)
+        if inode.flags != InodeFlags.NONE or uncovered:
             return False
-        f = FileCache(ino, 0, fixed_size=False, kept=ino in self.writing,
+        f = FileCache(ino, 0, fixed_size=False, kept=ino in self.writing, replacing=True,
                       truncating_handle=handle)
         f.mtime_ns = f.ctime_ns = time.time_ns()  # O_TRUNC changes them, as a truncate does
         f.first_dirty = time.monotonic()  # committed within an interval, like a write

@@ -18,6 +18,7 @@ from .env import Environment, Tx
 from .errors import (
     Corrupt,
     FileTooBig,
+    InvalidArgument,
     IsADirectory,
     ObjectChanged,
     PermissionDenied,
@@ -448,16 +449,26 @@ class FileData:
             return min(max(offset, index * cs), inode.size)
 
     def copy_range(self, src: int, src_offset: int, dst: int, dst_offset: int,
-                   length: int) -> int:
+                   length: int, replacing: bool = False) -> int:
         """copy_file_range(2). Chunk-aligned whole chunks are shared by reference (no bytes
-        move, no space used); any unaligned rest is copied as bytes. Returns bytes copied."""
+        move, no space used); any unaligned rest is copied as bytes. Returns bytes copied.
+        `replacing`: the destination's old chunks go in the copy's transaction, as if it had
+        been truncated to 0 just before (an O_TRUNC the mount deferred); the copy must then
+        be one of whole chunks, from another file, all shared in that one transaction (else
+        InvalidArgument, and nothing changes)."""
         cs = self.chunk_size
         src_inode = self._getattr(src)
         length = max(0, min(length, src_inode.size - src_offset))
+        aligned = src_offset % cs == 0 and dst_offset % cs == 0
+        if replacing:
+            if not aligned or src == dst:
+                raise InvalidArgument("a copy that replaces its destination shares chunks "
+                                      "of another file")
+            return self._share_chunks(src, src_offset, dst, dst_offset, length, replacing)
         if length == 0:
             return 0
         shared = 0
-        if src_offset % cs == 0 and dst_offset % cs == 0:
+        if aligned:
             shared = self._share_chunks(src, src_offset, dst, dst_offset, length)
         done = shared
         while done < length:
@@ -473,21 +484,26 @@ class FileData:
             return namespace.get_inode(tx, ino)
 
     def _share_chunks(self, src: int, src_offset: int, dst: int, dst_offset: int,
-                      length: int) -> int:
+                      length: int, replacing: bool = False) -> int:
         cs = self.chunk_size
         with self.env.write() as tx:
             src_inode = namespace.get_inode(tx, src)
             dst_inode = namespace.get_inode(tx, dst)
             check_file_writable(dst_inode)
+            if replacing:
+                dst_inode.stored += chunks.drop_chunks_from(tx, dst, 0)
+                dst_inode.size = 0
             count = length // cs
             # A short last chunk of the source may be shared only if nothing of the
             # destination follows it (its missing tail reads as zeros).
             if (length % cs and src_offset + length == src_inode.size
                     and dst_offset + length >= dst_inode.size):
                 count += 1
-            if count == 0:
+            if count == 0 and not replacing:
                 return 0
-            end = min(dst_offset + count * cs, dst_offset + length)
+            end = min(dst_offset + count * cs, dst_offset + length) if count else 0
+            if replacing and (end - dst_offset if count else 0) < length:
+                raise InvalidArgument("a copy that replaces its destination must share all")
             if end > dst_inode.size and dst_inode.flags & InodeFlags.FIXED_SIZE:
                 raise FileTooBig("copy past the end of a fixed-size disk")
             first_src, first_dst = src_offset // cs, dst_offset // cs
@@ -509,7 +525,7 @@ class FileData:
             dst_inode.mtime_ns = dst_inode.ctime_ns = now
             namespace.put_inode(tx, dst_inode)
             changelog.record(tx, self.origin, ChangeOp.DATA, dst)
-            return end - dst_offset
+            return end - dst_offset if count else 0
 
     def replace(self, parent: int, name: bytes, bodies: Iterable[bytes | memoryview], *,
                 mode: int = stat.S_IFREG | 0o644, uid: int = 0, gid: int = 0,

@@ -98,8 +98,8 @@ class JournalSet:
 
 
 @dataclass(frozen=True)
-class Commit:
-    """What a commit of an inode's chunks holds of its journal sets (see `Journal.committing`)."""
+class HeldSets:
+    """Which journal sets a commit of an inode's chunks holds (see `Journal.committing`)."""
     ino: int
     chunks: Iterable[int]
     covers: int
@@ -229,7 +229,7 @@ class Journal:
         set up to it (a flush of all the file's dirty data), so its mark says so and once it
         returns those sets need no replay. A commit that covers less marks its chunks: a
         replay must not lay sets up to `includes` over them."""
-        self.local.commit = Commit(ino, chunks, covers, includes)
+        self.local.commit = HeldSets(ino, chunks, covers, includes)
         try:
             yield
         finally:
@@ -252,7 +252,7 @@ class Journal:
             raw = tx.get(tx.db.journals, key)
             if version is not None and (raw is None or _MARK.unpack(raw)[1] < seq):
                 tx.put(tx.db.journals, key, _MARK.pack(version, seq))
-                self._drop_moot_chunk_marks(tx, ino, seq)
+            self._drop_moot_chunk_marks(tx, ino, seq)
         self.covered_without_commit(ino, seq)
 
     def covered_without_commit(self, ino: int, seq: int) -> None:
@@ -263,8 +263,10 @@ class Journal:
     def _mark(self, tx: Tx, inode: Inode) -> None:
         ino = inode.ino
         if ino not in self.newest:
+            if ino in self.chunk_marked:  # a new lap began: every set before it is covered
+                self._drop_moot_chunk_marks(tx, ino, self.chunk_marked[ino])
             return
-        commit: Commit | None = getattr(self.local, "commit", None)
+        commit: HeldSets | None = getattr(self.local, "commit", None)
         if commit is not None and commit.ino != ino:
             commit = None
         covered = self.covered.get(ino, 0)

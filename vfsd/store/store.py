@@ -531,7 +531,7 @@ class Store:
         return self.data.seek(ino, offset, data)
 
     def copy_range(self, src: int, src_offset: int, dst: int, dst_offset: int,
-                   length: int) -> int:
+                   length: int, replacing: bool = False) -> int:
         if min(src_offset, dst_offset, length) < 0:
             raise InvalidArgument("negative offset or length")
         if max(src_offset, dst_offset) >= MAX_FILE_SIZE:
@@ -539,7 +539,7 @@ class Store:
         length = min(length, MAX_FILE_SIZE - dst_offset)
         if src == dst and src_offset < dst_offset + length and dst_offset < src_offset + length:
             raise InvalidArgument("overlapping copy within one file")
-        return self.data.copy_range(src, src_offset, dst, dst_offset, length)
+        return self.data.copy_range(src, src_offset, dst, dst_offset, length, replacing)
 
     def replace(self, parent: int, name: bytes, bodies: Iterable[bytes | memoryview],
                 **kwargs: object) -> Inode:
