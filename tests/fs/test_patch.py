@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vfsd.fs.writeback import Patch, _stack
+from vfsd.fs.patch import Patch, stacked
 
 CS = 4096  # a small chunk keeps the examples readable; nothing depends on 64 KiB
 
@@ -60,5 +60,5 @@ def test_a_newer_patch_stacked_on_an_older_one_wins(older, newer) -> None:
     model = bytearray(CS)
     apply(older, below, model, written)
     apply(newer, above, model, written)
-    stacked = _stack(below, above)
-    assert stacked.onto(b"") == model[:stacked.ranges[-1][1]]
+    result = stacked(below, above)
+    assert result.onto(b"") == model[:result.ranges[-1][1]]

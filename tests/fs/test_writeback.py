@@ -8,7 +8,8 @@ import os
 import pytest
 import trio
 
-from vfsd.fs import writeback
+from vfsd.fs import flushcommit
+from vfsd.fs.patch import Patch
 from vfsd.fs.writeback import WriteBack
 from vfsd.store import ROOT_INO, Store
 
@@ -98,11 +99,11 @@ async def test_a_write_within_a_chunk_is_kept_as_given_not_as_objects_for_the_gc
         small = os.urandom(4096)
         await cache.write(ino, 8192, small)
         patch = cache.files[ino].dirty[0]
-        assert isinstance(patch, writeback.Patch)
+        assert isinstance(patch, Patch)
         assert patch.pieces[0][1] is small and not gc.is_tracked(small)
         await cache.write(ino, CS - 2048, small)  # the end of chunk 0, the start of chunk 1
         straddling = cache.files[ino].dirty[1]
-        assert isinstance(straddling, writeback.Patch)
+        assert isinstance(straddling, Patch)
         assert isinstance(straddling.pieces[0][1], memoryview)
         await cache.flush(ino)
         expected = bytearray(base)
@@ -136,7 +137,7 @@ async def test_small_writes_count_their_bytes_not_whole_chunks(tmp_path):
 
 async def test_a_flush_of_many_patches_lays_them_on_their_bases_a_slice_at_a_time(
         tmp_path, monkeypatch):
-    monkeypatch.setattr(writeback, "PATCH_SLICE_BYTES", 4 * CS)
+    monkeypatch.setattr(flushcommit, "PATCH_SLICE_BYTES", 4 * CS)
     with _stored_file(tmp_path, 12) as (store, ino, base):
         cache = WriteBack(store, _in_thread, limit_bytes=256 * CS, interval=60)
         expected = bytearray(base)
@@ -159,7 +160,7 @@ async def test_a_slice_of_patches_holds_the_same_bytes_of_bases_whatever_the_chu
     a slice holds goes in two commits."""
 
     cs = 4 << 20
-    per_slice = max(1, writeback.PATCH_SLICE_BYTES // cs)
+    per_slice = max(1, flushcommit.PATCH_SLICE_BYTES // cs)
     patches = per_slice + 1
     with Store.init(tmp_path / "store", chunk_size=cs) as store:
         ino = store.create(ROOT_INO, b"f").ino
@@ -226,7 +227,6 @@ async def _commits_of_a_flush(store, cache, ino):
 
 
 def test_a_patch_copies_the_small_edge_of_a_large_write():
-    from vfsd.fs.writeback import Patch
 
     write = bytes(range(256)) * 4096  # 1 MiB
     small = os.urandom(4096)

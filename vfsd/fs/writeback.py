@@ -39,9 +39,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import trio
 
@@ -49,7 +49,9 @@ from vfsd.store import Inode, InodeFlags, Store
 from vfsd.store.errors import FileTooBig, NoSpace, NotFound, PermissionDenied, StoreError
 from vfsd.store.journal import Journal
 
+from .flushcommit import Taken, commit_flush
 from .inline import InlineWhileFast
+from .patch import Chunk, Patch, stacked
 from .readmap import ReadMap
 
 log = logging.getLogger("vfsd.writeback")
@@ -59,13 +61,6 @@ CLEAN_PER_FILE = 8  # recently flushed, partly written chunks kept per writing f
 # Dirty chunks (whole or patched) per chunk of --cache-size: patches are small, but each one
 # is a base read and a chunk rewrite at flush, so their number bounds how long a close takes.
 ENTRIES_PER_CACHE_CHUNK = 4
-# Base buffers a flush holds at once, laid on and committed a slice at a time: a byte count,
-# since a patch of 4 MiB chunks holds 64 times the base of one of 64 KiB. Bases are memory
-# outside the cache's bound, a slice per flush running (BATCHES_IN_FLIGHT background batches,
-# plus other files' flushes, up to one per worker): at 64 MiB, random 4 KiB writes took a
-# 256 MiB cache's daemon to 460-510 MiB; at 16 MiB with one malloc arena (vfsd/tunables.py),
-# 340-370 (the bound is the cache + 150 MiB), and the extra commits cost nothing measurable.
-PATCH_SLICE_BYTES = 16 << 20
 FLUSH_BATCH_BYTES = 64 * 1024 * 1024  # per background commit: ~100 ms of work, one fdatasync
 JOURNAL_LIMIT = 1 << 20  # bytes written between fsyncs that go to the journal; more: a commit
 INLINE_JOURNAL_LIMIT = 64 << 10  # journal records up to this size are written on the loop
@@ -75,88 +70,6 @@ NO_SPACE_WAIT = 15.0
 FAILURE_LOG_SECONDS = 60.0  # a file whose flush keeps failing (a full pool) is logged this often
 
 
-class Patch:
-    """Part of a chunk: the writes laid on it, oldest first, and the ranges they cover (sorted,
-    disjoint, merged). The rest of the chunk is whatever the store holds.
-
-    Writes are kept as they came (pyfuse3's immutable bytes: no copy). A chunk-sized buffer
-    per patch cost a fresh 64 KiB of memory per random 4 KiB write, faulted in page by page
-    (~15 µs, more than the rest of the write handler). Pieces are merged once there are more
-    than MAX_PIECES of them, so a run of small writes stays cheap to read and flush."""
-
-    __slots__ = ("cost", "pieces", "ranges")
-    MAX_PIECES = 16
-
-    def __init__(self) -> None:
-        self.pieces: list[tuple[int, bytes | bytearray | memoryview]] = []
-        self.ranges: list[tuple[int, int]] = []
-        self.cost = 0  # bytes counted against the cache bound: every piece ever put
-
-    def put(self, lo: int, piece: bytes | bytearray | memoryview) -> None:
-        if isinstance(piece, memoryview) and len(piece.obj) > 2 * len(piece):
-            # The edge of a large write: a view would keep the whole write's buffer alive
-            # while the bound counts only this piece.
-            piece = bytes(piece)
-        hi = lo + len(piece)
-        self.cost += len(piece)
-        self.pieces.append((lo, piece))
-        merged = []
-        for a, b in self.ranges:
-            if b < lo or a > hi:
-                merged.append((a, b))
-            else:
-                lo, hi = min(a, lo), max(b, hi)
-        merged.append((lo, hi))
-        merged.sort()
-        self.ranges = merged
-        if len(self.pieces) > self.MAX_PIECES:
-            self.pieces = [(a, self._span(a, b)) for a, b in self.ranges]
-
-    def _span(self, a: int, b: int) -> bytearray:
-        """The patched bytes of [a, b), a range the patch covers whole."""
-        out = bytearray(b - a)
-        self.overlay(out, a, b, 0)
-        return out
-
-    def covers(self, lo: int, hi: int) -> bool:
-        return any(a <= lo and hi <= b for a, b in self.ranges)
-
-    @property
-    def data(self) -> bytearray:
-        """The chunk's bytes from 0 to the end of the last range (for a patch that covers
-        them all)."""
-        return self._span(0, self.ranges[-1][1]) if self.ranges else bytearray()
-
-    def onto(self, base: bytes | bytearray | memoryview) -> bytearray:
-        """The whole chunk: `base` (the stored body; zeros past its end) under the patch."""
-        return self.laid_on(bytearray(base))
-
-    def laid_on(self, body: bytearray) -> bytearray:
-        """`onto` without the copy: the patch is laid on `body` itself, which it returns."""
-        end = self.ranges[-1][1] if self.ranges else 0
-        if len(body) < end:
-            body.extend(bytes(end - len(body)))
-        self.overlay(body, 0, len(body), 0)
-        return body
-
-    def overlay(self, out: bytearray | memoryview, lo: int, hi: int, dest: int) -> None:
-        """Copy the patched bytes of chunk range [lo, hi) into `out` at `dest`."""
-        for start, piece in self.pieces:
-            a, b = max(start, lo), min(start + len(piece), hi)
-            if a < b:
-                out[dest + a - lo: dest + b - lo] = piece[a - start: b - start]
-
-
-Chunk = bytearray | memoryview | Patch
-
-
-class Taken(NamedTuple):
-    """Chunks taken from `dirty` for one commit, and what goes with them."""
-    chunks: dict[int, Chunk]
-    size: int | None  # the file's exact size, when they are all its dirty chunks
-    grow_to: int  # else the size grows over them to at most this
-    includes: int  # the file's newest journal set when they were taken: their bytes hold it
-    replacing: bool  # the commit drops the file's old chunks (a deferred O_TRUNC)
 Readout = bytes | bytearray | memoryview | list[memoryview]  # a list: pieces, in order
 
 
@@ -701,7 +614,7 @@ class WriteBack:
             if index in f.dirty:
                 newer = f.dirty[index]
                 newer_cost = self._cost(newer)
-                f.dirty[index] = _stack(chunk, newer)
+                f.dirty[index] = stacked(chunk, newer)
                 self._add_held(self._cost(f.dirty[index]) - newer_cost)
             else:
                 f.dirty[index] = chunk
@@ -720,7 +633,7 @@ class WriteBack:
             try:
                 self.committing += 1
                 try:
-                    return await self.run(_commit_flush, self.store, f.ino, taken,
+                    return await self.run(commit_flush, self.store, f.ino, taken,
                                           f.mtime_ns, f.ctime_ns, self.journal, covers)
                 finally:
                     self.committing -= 1
@@ -903,69 +816,3 @@ async def _holding(lock: trio.Lock) -> AsyncIterator[None]:
 
 def _joined(data: Readout) -> bytearray:
     return bytearray().join(data) if isinstance(data, list) else bytearray(data)
-
-
-def _stack(below: Chunk, above: Chunk) -> Chunk:
-    """One chunk that reads as `above` written over `below` (a failed flush's chunk under a
-    newer write)."""
-    if not isinstance(above, Patch):
-        return above
-    if isinstance(below, Patch):
-        for start, piece in above.pieces:
-            below.put(start, piece)
-        return below
-    return above.onto(below)
-
-
-def _commit_flush(store: Store, ino: int, taken: Taken, mtime_ns: int, ctime_ns: int,
-                  journal: Journal | None, covers: int) -> dict[int, bytearray]:
-    """In a worker thread: lay patches onto their stored chunks, then commit every chunk and
-    the size at once. The mount holds the file's lease and flushes of one file are serialised,
-    so the stored chunk cannot change between the base read and the commit. Returns the
-    chunks that were written in part, as now stored (the last slice at most). `covers`: the
-    newest journal set whose writes are all in `taken` (0: not all of them are).
-
-    More than PATCH_SLICE_BYTES of patched chunks are laid on their bases and committed a
-    slice at a time, each commit growing the size only over its own chunks (as a background
-    batch does), so the base buffers of a flush of many small writes stay bounded; the last
-    commit carries the rest and the size."""
-    snapshot, size, grow_to = taken.chunks, taken.size, taken.grow_to
-    replacing = taken.replacing  # made by the first commit below
-    patches = sorted(i for i, chunk in snapshot.items() if isinstance(chunk, Patch))
-    contents: dict[int, bytes | bytearray | memoryview] = {
-        i: chunk for i, chunk in snapshot.items() if not isinstance(chunk, Patch)}
-    extent = size if size is not None else grow_to
-    per_slice = max(1, PATCH_SLICE_BYTES // store.chunk_size)
-
-    def marked(chunks: Iterable[int], covering: int = 0) -> contextlib.AbstractContextManager[None]:
-        if journal is None:
-            return contextlib.nullcontext()
-        return journal.committing(ino, chunks, covers=covering, includes=taken.includes)
-
-    while len(patches) > per_slice:
-        part, patches = patches[:per_slice], patches[per_slice:]
-        with marked(part):
-            store.write_chunks(ino, _laid(store, ino, snapshot, part), size=None,
-                               grow_to=min(extent, (part[-1] + 1) * store.chunk_size),
-                               mtime_ns=mtime_ns or None, ctime_ns=ctime_ns or None,
-                               replacing=replacing)
-        replacing = False
-    contents.update(_laid(store, ino, snapshot, patches))
-    with marked(contents, covers):
-        store.write_chunks(ino, contents, size=size, grow_to=grow_to, mtime_ns=mtime_ns or None,
-                           ctime_ns=ctime_ns or None, replacing=replacing)
-    return {i: c for i, c in contents.items() if isinstance(c, bytearray)}
-
-
-def _laid(store: Store, ino: int, snapshot: dict[int, Chunk], patched: list[int]
-          ) -> dict[int, bytes | bytearray | memoryview]:
-    """The whole chunks that these patches make, laid on the stored ones."""
-    if not patched:
-        return {}
-    bases = store.read_chunks(ino, patched)  # buffers of our own: patched in place
-    laid: dict[int, bytes | bytearray | memoryview] = {}
-    for i in patched:
-        patch = snapshot[i]
-        assert isinstance(patch, Patch)
-        laid[i] = patch.laid_on(bases[i]) if i in bases else patch.onto(b"")
-    return laid
