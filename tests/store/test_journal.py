@@ -184,14 +184,14 @@ def test_a_covering_commit_drops_the_chunk_marks(store: Store, dead_holder: Hold
     with journal.committing(ino, [3], covers=seq, includes=seq):
         store.write_chunks(ino, {3: b"z" * CS}, size=None)
     assert count_marks(store) == 1
-    # Covered in memory only (a file's writes dropped: swap, unlink), then a new lap: the
-    # file's next commit drops what the batch marked.
+    # The file's writes dropped (a swap file's last close): its next commit, the hole
+    # punch, drops what the batch marked.
     seq = journal.append(ino, [(0, b"x")], 4 * CS, 1)
     with journal.committing(ino, [0, 1], includes=seq):
         store.write_chunks(ino, {i: b"w" * CS for i in range(2)}, size=None)
-    journal.covered_without_commit(ino, seq)
-    assert journal.new_lap_if_idle() and count_marks(store) == 3
-    store.write_chunks(ino, {0: b"v" * CS}, size=None)
+    journal.dropped(ino, seq)
+    assert count_marks(store) == 3
+    store.punch_hole(ino, 0, 4 * CS)
     assert count_marks(store) == 1
     journal.close()
     assert count_marks(store) == 0
@@ -222,11 +222,26 @@ def test_dropped_writes_stay_dropped(store: Store, dead_holder: Holder) -> None:
     ino = make_file(store, b"s" * CS)
     journal = Journal(store, dead_holder)
     journal.append(ino, [(0, b"swapped out")], CS, 1)
-    journal.covered_without_commit(ino, journal.newest_set(ino))
+    journal.dropped(ino, journal.newest_set(ino))
     store.truncate(ino, 0)
     crash(journal)
     recover(store)
     assert store.getattr(ino).size == 0
+
+
+def test_dropped_writes_keep_their_records_until_a_commit_says_so(store: Store,
+                                                                 dead_holder: Holder) -> None:
+    """Writes dropped in memory (an O_TRUNC) whose commit never came (the truncation failed,
+    or the crash came first): the ring must not start a new lap over their set, which the
+    store's mark still names, and a recovery gives the file back what the fsync acknowledged."""
+    ino = make_file(store, b"a" * 10)
+    journal = Journal(store, dead_holder)
+    journal.append(ino, [(0, b"fsynced")], 10, 1)
+    journal.dropped(ino, journal.newest_set(ino))
+    assert not journal.new_lap_if_idle()
+    crash(journal)
+    assert recover(store).replayed == 1
+    assert store.read(ino, 0, 10) == b"fsyncedaaa"
 
 
 def test_a_deleted_file_and_a_live_journal_are_left_alone(store: Store,
@@ -249,7 +264,8 @@ def test_a_clean_unmounts_ring_is_reused_without_its_records(store: Store,
     ino = make_file(store, b"a" * 10)
     first = Journal(store, Holder.this_process("a mount"))
     first.append(ino, [(0, b"dropped")], 10, 1)
-    first.covered_without_commit(ino, first.newest_set(ino))  # as discard() does
+    first.dropped(ino, first.newest_set(ino))  # as discard() does
+    store.write_chunks(ino, {0: b"a" * 10}, size=10)  # and the file's next commit
     first.close()
     assert [p.name for p in (store.config.path / JOURNAL_DIR).iterdir()] == ["spare"]
     second = Journal(store, dead_holder)

@@ -707,7 +707,7 @@ class WriteBack:
         """Dropped on purpose: a recovery must not bring these writes back."""
         if self.journal is None or not self.journal.uncovered(ino):
             return False
-        self.journal.covered_without_commit(ino, self.journal.newest_set(ino))
+        self.journal.dropped(ino, self.journal.newest_set(ino))
         return True
 
     @contextlib.asynccontextmanager

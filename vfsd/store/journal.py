@@ -185,6 +185,7 @@ class Journal:
         self.newest: dict[int, int] = {}  # ino -> seq of its newest set
         self.covered: dict[int, int] = {}  # ino -> newest set whose bytes need no replay
         self.chunk_marked: dict[int, int] = {}  # ino -> newest set a chunk mark of it names
+        self.unmarked: set[int] = set()  # covered in memory only: see `dropped`
         self.local = threading.local()  # `commit`: what a flush in this thread holds
         store.env.inode_hook = self._mark
 
@@ -254,11 +255,24 @@ class Journal:
                 tx.put(tx.db.journals, key, _MARK.pack(version, seq))
             self._drop_moot_chunk_marks(tx, ino, seq)
         self.covered_without_commit(ino, seq)
+        if seq >= self.newest.get(ino, 0):
+            self.unmarked.discard(ino)
 
     def covered_without_commit(self, ino: int, seq: int) -> None:
-        """The store already holds (or the writer dropped) everything of `ino` up to `seq`."""
+        """The store already holds everything of `ino` up to `seq`."""
         with self.lock:
             self.covered[ino] = max(self.covered.get(ino, 0), seq)
+
+    def dropped(self, ino: int, seq: int) -> None:
+        """The writer dropped the writes of `ino` up to set `seq` on purpose (a swap file's
+        last close, O_TRUNC, unlink): its next commit of the file (the hole punch, the
+        truncation) writes a mark that says so, and no recovery brings them back after that.
+        Until then the store's mark still names older sets, so the ring keeps their records
+        (`_idle`): a crash before that commit replays them onto the file as it was, which is
+        what the fsyncs acknowledged, rather than lose them to a new lap."""
+        with self.lock:
+            self.covered[ino] = max(self.covered.get(ino, 0), seq)
+            self.unmarked.add(ino)
 
     def _mark(self, tx: Tx, inode: Inode) -> None:
         ino = inode.ino
@@ -274,6 +288,8 @@ class Journal:
             covered = max(covered, commit.covers)
         key = self.key + ino_key(ino)
         tx.put(tx.db.journals, key, _MARK.pack(inode.version, covered))
+        if covered >= self.newest.get(ino, 0):
+            self.unmarked.discard(ino)
         if commit is not None and commit.includes > covered:
             value = _INCLUDES.pack(commit.includes)
             for index in commit.chunks:
@@ -307,7 +323,18 @@ class Journal:
         return True
 
     def _idle(self) -> bool:
-        return all(seq <= self.covered.get(ino, 0) for ino, seq in self.newest.items())
+        """Whether no set in the ring needs replaying: all are covered, and the store's
+        marks say so, but for files gone since (a recovery drops their sets)."""
+        if any(seq > self.covered.get(ino, 0) for ino, seq in self.newest.items()):
+            return False
+        if self.unmarked:
+            with self.env.read() as tx:
+                for ino in list(self.unmarked):
+                    try:
+                        namespace.get_inode(tx, ino)
+                    except NotFound:
+                        self.unmarked.discard(ino)
+        return not self.unmarked
 
     def _new_lap(self) -> None:
         """Under the lock, with every set covered: the next record goes to the ring's start,
