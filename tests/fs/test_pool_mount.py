@@ -47,8 +47,8 @@ def test_quota_statfs_and_enospc(mount, mnt, store_path):
 
 
 def test_a_file_rewritten_in_place_on_a_nearly_full_pool(mount, mnt, store_path):
-    """O_TRUNC, then new contents as large as the old, in a pool that cannot hold both: the
-    truncation commits alone first (as before it was deferred), and the rewrite fits."""
+    """O_TRUNC, then new contents as large as the old, in a quota that cannot hold both: the
+    commit counts the room the old contents give back, and replaces them in one step."""
     subprocess.run([sys.executable, "-m", "vfsd", "pool", "set", "--quota", "12M",
                     "--store", str(store_path)], check=True, capture_output=True)
     (mnt / "bkt").mkdir()
@@ -59,6 +59,33 @@ def test_a_file_rewritten_in_place_on_a_nearly_full_pool(mount, mnt, store_path)
     with Store.open(store_path) as s:
         inode = s.resolve("bkt/f")
         assert bytes(s.read(inode.ino, 0, inode.size)) == new
+    assert "event=truncation-committed-alone" not in (store_path / "vfsd.log").read_text()
+
+
+@pytest.mark.timeout(180)
+def test_a_file_rewritten_in_place_on_a_nearly_full_disk(tmp_path):
+    """The same on a disk: the old bodies take their space until gc compacts them, so the
+    first commit of the new contents cannot be staged beside them. The truncation then
+    commits alone (as before it was deferred), gc gives the space back, and the rewrite
+    fits."""
+    with tmpfs(tmp_path / "small", "200m") as small:
+        Store.init(small / "store").close()
+        mount = Mount(small / "store", tmp_path / "mnt", "--cache-size", "32M").start()
+        try:
+            image = mount.path / "image.raw"
+            image.write_bytes(os.urandom(40 * MiB))
+            with Store.open(small / "store") as s:
+                reserve = s.gc_reserve()
+            st = os.statvfs(small)
+            room = st.f_bavail * st.f_frsize - reserve
+            (small / "ballast").write_bytes(bytes(room - 2 * MiB))  # less than one batch left
+            new = os.urandom(40 * MiB)
+            image.write_bytes(new)  # open(O_TRUNC), write, close
+            assert image.read_bytes() == new
+            log = (small / "store" / "vfsd.log").read_text()
+            assert "event=truncation-committed-alone" in log
+        finally:
+            mount.stop()
 
 
 def test_fsynced_past_the_quota_the_store_stays_usable(mount, mnt, store_path):

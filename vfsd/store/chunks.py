@@ -187,6 +187,22 @@ def chunk_map(tx: Tx, ino: int) -> Iterator[tuple[bytes, bytes]]:
             yield key[8:], digest
 
 
+def freed_by_dropping(tx: Tx, ino: int) -> int:
+    """The pool bytes that dropping every chunk of `ino` would give back: the bodies that
+    only `ino` references (once per body, however many of its slots hold it)."""
+    held: dict[bytes, int] = {}
+    for _, digest in chunk_map(tx, ino):
+        held[digest] = held.get(digest, 0) + 1
+    freed = 0
+    for digest, count in held.items():
+        raw = tx.get(tx.db.chunks, digest)
+        if raw is not None:
+            _, _, length, refs = CHUNK.unpack(raw)
+            if refs <= count:
+                freed += length
+    return freed
+
+
 def drop_chunks_from(tx: Tx, ino: int, first_index: int, stop_index: int | None = None) -> int:
     """Remove the chunk slots of `ino` in [first_index, stop_index) (truncate, delete, punch).
 

@@ -230,9 +230,13 @@ class FileData:
     # --- writing -------------------------------------------------------------------------
 
     def _stage(self, contents: Mapping[int, bytes | bytearray | memoryview],
-               within_pool: bool = True) -> dict[int, StagedChunk | None]:
+               within_pool: bool = True, freed: int = 0) -> dict[int, StagedChunk | None]:
+        """`freed`: pool bytes the commit gives back before it indexes these (a replacing
+        commit's old chunks): room for them too."""
         nonzero = {i: c for i, c in contents.items() if len(c) and not self.is_zero(c)}
         capacity = self.capacity_left() if within_pool else None
+        if capacity is not None:
+            capacity += freed
         staged = chunks.stage(self.env, self.segments, nonzero.values(), capacity)
         result: dict[int, StagedChunk | None] = dict.fromkeys(contents)
         result.update(zip(nonzero, staged))
@@ -360,10 +364,22 @@ class FileData:
         acknowledged). `ctime_ns`: when the writes being committed were made (the change time
         then is at least that, not the commit's time)."""
         with self.segments.held_until_committed():
-            staged = self._stage(contents, within_pool)
+            staged = self._stage(contents, within_pool,
+                                 self._freed_by_replacing(ino) if replacing else 0)
             return self._commit(ino, staged, size=size, grow_to=grow_to, mtime_ns=mtime_ns,
                                 ctime_ns=ctime_ns, replacing=replacing,
                                 within_pool=within_pool)
+
+    def _freed_by_replacing(self, ino: int) -> int:
+        """What dropping the old contents gives back to a pool with a quota (its use counts
+        the bodies indexed, so the drop frees room at once, as the eager truncation did);
+        on a pool that is the disk's free space, nothing until gc compacts. The commit's
+        `check_pool` still judges the outcome: this only keeps staging from refusing a
+        rewrite that fits once the old contents go."""
+        with self.env.read() as tx:
+            if chunks.quota(tx) is None:
+                return 0
+            return chunks.freed_by_dropping(tx, ino)
 
     def truncate(self, ino: int, size: int) -> Inode:
         """ftruncate(2): shrinking frees chunks past the end and cuts the straddling one;
