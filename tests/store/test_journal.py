@@ -244,6 +244,23 @@ def test_dropped_writes_keep_their_records_until_a_commit_says_so(store: Store,
     assert store.read(ino, 0, 10) == b"fsyncedaaa"
 
 
+def test_a_new_lap_forgets_the_marks_of_deleted_files(store: Store,
+                                                    dead_holder: Holder) -> None:
+    """A temporary file fsynced, committed and deleted (SQLite's rollback journal, once per
+    transaction): its mark goes at the ring's next lap, not at unmount."""
+    kept, temporary = make_file(store, bytes(CS)), store.write_file("tmp", bytes(CS)).ino
+    journal = Journal(store, dead_holder)
+    for ino in (kept, temporary):
+        seq = journal.append(ino, [(0, b"x")], CS, 1)
+        with journal.committing(ino, [0], covers=seq, includes=seq):
+            store.write_chunks(ino, {0: b"x" + bytes(CS - 1)}, size=None)
+    store.unlink(1, b"tmp")
+    assert count_marks(store) == 2
+    assert journal.new_lap_if_idle()
+    assert count_marks(store) == 1  # the kept file's: still names its version
+    crash(journal)
+
+
 def test_a_deleted_file_and_a_live_journal_are_left_alone(store: Store,
                                                           dead_holder: Holder) -> None:
     ino = make_file(store, b"x")

@@ -320,7 +320,31 @@ class Journal:
             self._new_lap()
         if grown:
             os.ftruncate(self.fd, RING_BYTES)  # records past the ring are of an old lap now
+        self._forget_gone_files()
         return True
+
+    def _forget_gone_files(self) -> None:
+        """Drop the marks of files deleted since they had sets: a recovery drops such sets
+        anyway, and an inode number never comes back. Without this a mount kept one mark
+        per file it fsynced and deleted (SQLite's rollback journal: one per transaction)
+        until it unmounted."""
+        prefix = len(self.key)
+        with self.env.read() as tx:
+            cursor = tx.cursor(tx.db.journals)
+            gone = set()
+            if cursor.set_range(self.key):
+                for raw_key in cursor.iternext(values=False):
+                    if raw_key[:prefix] != self.key:
+                        break
+                    ino = struct.unpack_from(">Q", raw_key, prefix)[0]
+                    if ino not in gone and tx.get(tx.db.inodes, ino_key(ino)) is None:
+                        gone.add(ino)
+        if not gone:
+            return
+        with self.env.write() as tx:
+            for ino in gone:
+                _drop_marks(tx, self.key + ino_key(ino))
+                self.chunk_marked.pop(ino, None)
 
     def _idle(self) -> bool:
         """Whether no set in the ring needs replaying: all are covered, and the store's
