@@ -68,24 +68,17 @@ def test_a_file_rewritten_in_place_on_a_nearly_full_disk(tmp_path):
     first commit of the new contents cannot be staged beside them. The truncation then
     commits alone (as before it was deferred), gc gives the space back, and the rewrite
     fits."""
-    with tmpfs(tmp_path / "small", "200m") as small:
-        Store.init(small / "store").close()
-        mount = Mount(small / "store", tmp_path / "mnt", "--cache-size", "32M").start()
-        try:
-            image = mount.path / "image.raw"
-            image.write_bytes(os.urandom(40 * MiB))
-            with Store.open(small / "store") as s:
-                reserve = s.gc_reserve()
-            st = os.statvfs(small)
-            room = st.f_bavail * st.f_frsize - reserve
-            (small / "ballast").write_bytes(bytes(room - 2 * MiB))  # less than one batch left
-            new = os.urandom(40 * MiB)
-            image.write_bytes(new)  # open(O_TRUNC), write, close
-            assert image.read_bytes() == new
-            log = (small / "store" / "vfsd.log").read_text()
-            assert "event=truncation-committed-alone" in log
-        finally:
-            mount.stop()
+    with _disk_image_on_a_small_disk(tmp_path, "200m", 40) as (_mount, image, small):
+        with Store.open(small / "store") as s:
+            reserve = s.gc_reserve()
+        st = os.statvfs(small)
+        room = st.f_bavail * st.f_frsize - reserve
+        (small / "ballast").write_bytes(bytes(room - 2 * MiB))  # less than one batch left
+        new = os.urandom(40 * MiB)
+        image.write_bytes(new)  # open(O_TRUNC), write, close
+        assert image.read_bytes() == new
+        log = (small / "store" / "vfsd.log").read_text()
+        assert "event=truncation-committed-alone" in log
 
 
 def test_fsynced_past_the_quota_the_store_stays_usable(mount, mnt, store_path):
@@ -190,15 +183,17 @@ def _overwrite_in_place(disk: Path, writes: int, outcome: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def _disk_image_on_a_small_disk(tmp_path: Path) -> Iterator[tuple[Mount, Path]]:
-    """A mount (32 MiB cache) of a store on a 300 MiB tmpfs, holding a 100 MiB disk image."""
-    with tmpfs(tmp_path / "small", "300m") as small:
+def _disk_image_on_a_small_disk(tmp_path: Path, disk: str = "300m", image_mib: int = 100
+                                ) -> Iterator[tuple[Mount, Path, Path]]:
+    """A mount (32 MiB cache) of a store on a small tmpfs (its mount point is the third
+    value), holding a disk image of random bytes."""
+    with tmpfs(tmp_path / "small", disk) as small:
         Store.init(small / "store").close()
         mount = Mount(small / "store", tmp_path / "mnt", "--cache-size", "32M").start()
         try:
-            disk = mount.path / "disk.raw"
-            disk.write_bytes(os.urandom(100 * MiB))
-            yield mount, disk
+            image = mount.path / "disk.raw"
+            image.write_bytes(os.urandom(image_mib * MiB))
+            yield mount, image, small
         finally:
             mount.stop()
 
@@ -210,7 +205,7 @@ def test_overwrites_wait_for_gc_instead_of_failing(tmp_path):
     a 5 s grace). A QA pass saw 20-40% of the writes and fdatasyncs fail with ENOSPC though
     two thirds of the disk was garbage; a flush refused for room now waits for gc's passes
     while gc is giving space back, so the writer waits instead of failing."""
-    with _disk_image_on_a_small_disk(tmp_path) as (_mount, disk):
+    with _disk_image_on_a_small_disk(tmp_path) as (_mount, disk, _small):
         outcome: list[str] = []
         _overwrite_in_place(disk, 600, outcome)
         assert outcome == ["done"], f"{outcome.count('ENOSPC')} writes failed: {outcome[-3:]}"
@@ -224,7 +219,7 @@ def test_a_writer_waiting_for_cache_room_hears_of_a_failed_flush(tmp_path):
     in write(2) waiting for room, so it never got to fsync: the write hung for good (a QA
     pass: minutes, with the mount idle and 160 MiB free again after gc). The waiting writer
     now gets the flush's error (ENOSPC), and writes work again once there is room."""
-    with _disk_image_on_a_small_disk(tmp_path) as (mount, disk):
+    with _disk_image_on_a_small_disk(tmp_path) as (mount, disk, _small):
         outcome: list[str] = []
         hung = _hangs(lambda: _overwrite_in_place(disk, 300, outcome), mount, 60)
         assert not hung, f"a write hung; before that: {outcome}"
