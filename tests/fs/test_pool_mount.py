@@ -106,6 +106,31 @@ def test_fsynced_past_the_quota_the_store_stays_usable(mount, mnt, store_path):
     assert (mnt / "bkt" / "f").read_bytes() == data
 
 
+def test_fsynced_writes_of_a_file_deleted_while_open_let_the_journal_lap(mount, mnt,
+                                                                          store_path):
+    """A file fsynced past the quota, unlinked while open, then closed (ENOSPC): its data
+    can never be committed and the inode is freed at its release. Its journal sets need no
+    replay (a recovery drops them), so the ring must be free to start a new lap: they kept
+    it uncovered for the mount's life, every later fsync grew the journal file past its
+    16 MiB ring, and the unmount kept the journal as if data were unwritten (the cache
+    retried the dead file's data every interval until then)."""
+    subprocess.run([sys.executable, "-m", "vfsd", "pool", "set", "--quota", "1M",
+                    "--store", str(store_path)], check=True, capture_output=True)
+    fd = os.open(mnt / "tmp", os.O_CREAT | os.O_WRONLY)
+    os.write(fd, os.urandom(MiB))
+    os.fsync(fd)  # journaled: the pool cannot take it
+    os.unlink(mnt / "tmp")
+    with pytest.raises(OSError) as info:
+        os.close(fd)
+    assert info.value.errno == errno.ENOSPC
+    time.sleep(2)  # the release (sent after close returns), then a commit interval
+    mount.stop()
+    assert "event=journal-kept" not in mount.output()
+    assert "event=unmount-unwritten" not in mount.output()
+    assert (store_path / "journal" / "spare").exists()
+    assert [p.name for p in (store_path / "journal").iterdir()] == ["spare"]
+
+
 def test_a_flush_that_keeps_failing_is_logged_once_a_minute(mount, mnt, store_path):
     """Dirty data the full pool cannot take stays cached and is retried every commit
     interval; it was logged at every retry (a QA pass: every ~0.5 s until the file went)."""

@@ -522,7 +522,10 @@ class Operations(pyfuse3.Operations):
                 del self.open_count[ino]
                 self.writers.pop(ino, None)
                 self.privileged.discard(ino)  # the next writable open looks again
-                await self.run(self.store.release_orphan, ino)
+                if await self.run(self.store.release_orphan, ino):
+                    # Deleted while open, freed now: what the cache still holds of it (its
+                    # close could not commit it: a full pool) and its journal sets are moot.
+                    await self.cache.discard(ino)
 
     # --- holes and copies (handlers added to pyfuse3 by patches/pyfuse3-*.patch) ---------
 

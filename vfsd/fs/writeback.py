@@ -570,6 +570,9 @@ class WriteBack:
         except NotFound:
             log.info("event=flush-dropped ino=%d reason=deleted chunks=%d", f.ino, len(snapshot))
             self._replaced(f)  # nothing left to truncate: the entry may go once clean
+            # Its journal sets too: a recovery drops them, and uncovered they would keep the
+            # ring from ever starting a new lap.
+            self._drop_sets(f.ino)
         except trio.Cancelled:
             # The mount is going down while the commit waits for a gc pass: nothing was
             # committed, and the unmount's flush_all must still find these chunks.

@@ -355,17 +355,18 @@ class Store:
             with self.env.write() as tx:
                 namespace.set_access_times(tx, times)
 
-    def release_orphan(self, ino: int) -> None:
+    def release_orphan(self, ino: int) -> bool:
         """Free an inode parked by `unlink(still_open=True)` once its last handle closes (in
         every process that has it open: see `opens`). Called at every last close: most files
-        are no orphans, which a read transaction tells without the writer lock."""
+        are no orphans, which a read transaction tells without the writer lock. Returns
+        whether the inode is gone now."""
         with self.env.read() as tx:
             if tx.get(tx.db.orphans, ino_key(ino)) is None:
-                return
+                return False
         if self.opens.held(ino):
-            return
+            return False
         with self.env.write() as tx:
-            self._free_orphan(tx, ino)
+            return self._free_orphan(tx, ino) and tx.get(tx.db.inodes, ino_key(ino)) is None
 
     def purge_orphans(self) -> int:
         """Free the parked orphans no live holder has open, in this process or another (those
