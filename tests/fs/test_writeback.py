@@ -89,6 +89,48 @@ async def test_an_fsync_after_background_batches_keeps_their_bytes_over_older_se
         assert bytes(store.read(ino, 0, 8)) == b"BBBBBBBB"
 
 
+async def test_a_writer_idle_after_background_batches_lets_the_journal_lap(tmp_path):
+    """A file's write is fsynced (a journal set), then whole chunks written over it go as a
+    streamed background batch, which covers nothing, and its writer idles with the file
+    open (a VM's disk, a log). Nothing is dirty, so no flush comes to cover the set: the
+    ring never started a new lap, and every other file's fsyncs grew the journal file past
+    its 16 MiB for as long as that file stayed open."""
+    from vfsd.store.journal import RING_BYTES, Journal
+    from vfsd.store.leases import Holder
+
+    with Store.init(tmp_path / "store") as store:
+        idle, busy = store.create(ROOT_INO, b"idle").ino, store.create(ROOT_INO, b"busy").ino
+
+        async def run(fn, *args):
+            return await trio.to_thread.run_sync(fn, *args)
+
+        cache = WriteBack(store, run, limit_bytes=256 * CS, interval=0.2)
+        journal = cache.journal = Journal(store, Holder(os.getpid(), 1, "a mount"))
+        cache.batch = 8
+        for ino in (idle, busy):
+            cache.writer_opened(ino)
+        await cache.write(idle, 0, b"A" * 4096)
+        await cache.sync(idle)
+        for i in range(8):
+            await cache.write(idle, i * CS, b"B" * CS)
+        async with trio.open_nursery() as nursery:
+            while await cache._start_batch(nursery, idle, whole_only=True):
+                pass
+        assert not cache.files[idle].dirty and journal.uncovered(idle)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cache.run_flusher)
+                for _ in range(24):  # 24 MiB of records: past the ring unless it laps
+                    await cache.write(busy, 0, os.urandom(1 << 20))
+                    await cache.sync(busy)
+                    await cache.flush(busy)
+                    await trio.sleep(0.1)  # the flusher asks for a lap every interval / 4
+                nursery.cancel_scope.cancel()
+        assert journal.lap > 1
+        assert os.fstat(journal.fd).st_size == RING_BYTES
+        journal.close()
+
+
 async def test_a_write_within_a_chunk_is_kept_as_given_not_as_objects_for_the_gc(tmp_path):
     """A patch keeps a write within one chunk as the bytes pyfuse3 gave: a memoryview of it
     was two more objects tracked by the cyclic GC for as long as the write stayed dirty

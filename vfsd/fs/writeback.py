@@ -801,7 +801,30 @@ class WriteBack:
                            and await self._start_batch(batches, ino, whole_only=False)):
                         pass
                 if self.journal is not None and self.journal.half_full:
+                    await self._cover_settled()
                     await self.run(self.journal.new_lap_if_idle)
+
+    async def _cover_settled(self) -> None:
+        """Before asking for a new lap: cover the sets of files that nothing holds dirty
+        any more. Background batches committed all of such a file's writes but cover
+        nothing, and the file's next flush, fsync or close would say so; a writer that
+        then idles with its file open (a VM's disk, a log) kept its sets uncovered, and
+        the ring could not start a new lap: every fsync on the mount grew the journal."""
+        assert self.journal is not None
+        for ino in self.journal.uncovered_files():
+            f = self.files.get(ino)
+            if f is None:
+                await self._cover_forgotten(ino)
+                continue
+            if f.lock.locked():
+                continue  # a flush or an fsync of it is under way
+            async with _holding(f.lock):
+                # Under the lock no set is appended and no flush starts; nothing dirty and
+                # nothing in flight: the store holds every byte of every set written.
+                if (self.files.get(ino) is f and not f.dirty and not f.flushing
+                        and not f.batches and f.error is None and not f.replacing
+                        and self.journal.uncovered(ino)):
+                    await self.run(self.journal.cover, ino, self.journal.newest_set(ino))
 
 @contextlib.asynccontextmanager
 async def _holding(lock: trio.Lock) -> AsyncIterator[None]:

@@ -195,6 +195,11 @@ class Journal:
     def newest_set(self, ino: int) -> int:
         return self.newest.get(ino, 0)
 
+    def uncovered_files(self) -> list[int]:
+        """The inodes with sets a recovery would replay."""
+        with self.lock:
+            return [ino for ino, seq in self.newest.items() if seq > self.covered.get(ino, 0)]
+
     def append(self, ino: int, extents: list[tuple[int, bytes | memoryview]], size: int,
                mtime_ns: int) -> int:
         """In a worker: make these writes to `ino` durable; returns the set's seq. The caller
