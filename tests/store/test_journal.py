@@ -257,8 +257,27 @@ def test_a_new_lap_forgets_the_marks_of_deleted_files(store: Store,
     store.unlink(1, b"tmp")
     assert count_marks(store) == 2
     assert journal.new_lap_if_idle()
-    assert count_marks(store) == 1  # the kept file's: still names its version
+    assert count_marks(store) == 0  # the kept file has no set in the new lap either
     crash(journal)
+
+
+def test_a_new_lap_forgets_the_marks_of_kept_files(store: Store, dead_holder: Holder) -> None:
+    """Files fsynced, committed and kept (a maildir, a package install): their marks went
+    only at unmount, one per file for the mount's life. They go at the ring's next lap, and
+    a set of such a file in the new lap is replayed without its old mark."""
+    inos = [store.write_file(f"f{i}", bytes(CS)).ino for i in range(3)]
+    journal = Journal(store, dead_holder)
+    for ino in inos:
+        seq = journal.append(ino, [(0, b"x")], CS, 1)
+        with journal.committing(ino, [0], covers=seq, includes=seq):
+            store.write_chunks(ino, {0: b"x" + bytes(CS - 1)}, size=None)
+    assert count_marks(store) == 3
+    assert journal.new_lap_if_idle()
+    assert count_marks(store) == 0
+    journal.append(inos[0], [(1, b"y")], CS, 2)
+    crash(journal)
+    assert recover(store).replayed == 1
+    assert store.read(inos[0], 0, 3) == b"xy\0"
 
 
 def test_a_deleted_file_and_a_live_journal_are_left_alone(store: Store,

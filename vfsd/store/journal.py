@@ -329,27 +329,32 @@ class Journal:
         return True
 
     def _forget_gone_files(self) -> None:
-        """Drop the marks of files deleted since they had sets: a recovery drops such sets
-        anyway, and an inode number never comes back. Without this a mount kept one mark
-        per file it fsynced and deleted (SQLite's rollback journal: one per transaction)
-        until it unmounted."""
+        """At a new lap: drop the marks of files with no set in the ring. A recovery reads
+        a file's marks only for its sets of the current lap, and a file that gets one later
+        gets a fresh mark from its next commit (the set's base version covers the time
+        before). Without this a mount kept one mark per file it ever fsynced until it
+        unmounted: per transaction for SQLite's rollback journal (deleted), per file for a
+        maildir, a package install or git's objects (kept)."""
         prefix = len(self.key)
         with self.env.read() as tx:
             cursor = tx.cursor(tx.db.journals)
-            gone = set()
+            stale = set()
             if cursor.set_range(self.key):
                 for raw_key in cursor.iternext(values=False):
                     if raw_key[:prefix] != self.key:
                         break
                     ino = struct.unpack_from(">Q", raw_key, prefix)[0]
-                    if ino not in gone and tx.get(tx.db.inodes, ino_key(ino)) is None:
-                        gone.add(ino)
-        if not gone:
+                    if ino not in self.newest:
+                        stale.add(ino)
+        if not stale:
             return
         with self.env.write() as tx:
-            for ino in gone:
-                _drop_marks(tx, self.key + ino_key(ino))
-                self.chunk_marked.pop(ino, None)
+            for ino in stale:
+                # Asked again inside the transaction: a commit writes a mark only for a file
+                # with a set in the ring (`_mark`), and no other commit runs meanwhile.
+                if ino not in self.newest:
+                    _drop_marks(tx, self.key + ino_key(ino))
+                    self.chunk_marked.pop(ino, None)
 
     def _idle(self) -> bool:
         """Whether no set in the ring needs replaying: all are covered, and the store's
