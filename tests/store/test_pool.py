@@ -8,7 +8,7 @@ import random
 import pytest
 
 from vfsd.store import ROOT_INO, stats
-from vfsd.store.errors import InvalidArgument, NoSpace
+from vfsd.store.errors import InvalidArgument, NoSpace, NotFound
 from vfsd.store.vms import Vms
 
 pytestmark = pytest.mark.timeout(60)
@@ -69,6 +69,17 @@ def test_write_chunks_past_the_quota_fails_whole(new_store, probe) -> None:
         store.write_chunks(f.ino, {i: rng.randbytes(CS) for i in range(8)}, size=8 * CS)
     assert store.getattr(f.ino).size == 0 and store.getattr(f.ino).stored == 0
     probe.fsck_clean(store)
+
+
+def test_a_commit_past_the_quota_to_a_deleted_file_is_not_found(new_store) -> None:
+    """The mount retries a commit the full pool refused; to a file deleted meanwhile it must
+    hear NotFound (and drop the data), not NoSpace again for as long as the pool is full."""
+    store = new_store()
+    ino = store.write_file("f", b"x").ino
+    store.unlink(ROOT_INO, b"f")
+    store.set_quota(store.physical_bytes() + CS)
+    with pytest.raises(NotFound):
+        store.write_chunks(ino, {i: random.randbytes(CS) for i in range(4)}, size=None)
 
 
 def test_quota_must_be_positive(new_store) -> None:

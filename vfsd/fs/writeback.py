@@ -683,6 +683,10 @@ class WriteBack:
                 await self.flush(ino)
             except StoreError:
                 pass  # logged; kept dirty and reported to the file's next fsync
+        if self.journal is not None:
+            # Files background batches committed whole and then forgotten: their sets are
+            # covered now, so a clean unmount leaves no journal to replay.
+            await self._cover_settled()
 
     async def discard(self, ino: int) -> bool:
         """Forget dirty data without writing it (swap files at last close, deleted files,

@@ -20,6 +20,7 @@ from .errors import (
     FileTooBig,
     InvalidArgument,
     IsADirectory,
+    NoSpace,
     ObjectChanged,
     PermissionDenied,
     ReadOnly,
@@ -364,8 +365,14 @@ class FileData:
         acknowledged). `ctime_ns`: when the writes being committed were made (the change time
         then is at least that, not the commit's time)."""
         with self.segments.held_until_committed():
-            staged = self._stage(contents, within_pool,
-                                 self._freed_by_replacing(ino) if replacing else 0)
+            try:
+                staged = self._stage(contents, within_pool,
+                                     self._freed_by_replacing(ino) if replacing else 0)
+            except NoSpace:
+                # A file deleted meanwhile is NotFound, whatever room there is: the mount
+                # drops its data then, where it would retry a full pool's refusal for good.
+                self._getattr(ino)
+                raise
             return self._commit(ino, staged, size=size, grow_to=grow_to, mtime_ns=mtime_ns,
                                 ctime_ns=ctime_ns, replacing=replacing,
                                 within_pool=within_pool)
