@@ -818,7 +818,7 @@ class WriteBack:
         for ino in self.journal.uncovered_files():
             f = self.files.get(ino)
             if f is None:
-                await self._cover_forgotten(ino)
+                await self._cover(ino)  # nothing dirty: batches committed all of it
                 continue
             if f.lock.locked():
                 continue  # a flush or an fsync of it is under way
@@ -828,7 +828,16 @@ class WriteBack:
                 if (self.files.get(ino) is f and not f.dirty and not f.flushing
                         and not f.batches and f.error is None and not f.replacing
                         and self.journal.uncovered(ino)):
-                    await self.run(self.journal.cover, ino, self.journal.newest_set(ino))
+                    await self._cover(ino)
+
+    async def _cover(self, ino: int) -> None:
+        """Journal.cover for the flusher and the unmount, which must outlive a full disk:
+        the sets stay uncovered (replayed after a crash, harmlessly), and it is asked again."""
+        assert self.journal is not None
+        try:
+            await self.run(self.journal.cover, ino, self.journal.newest_set(ino))
+        except StoreError as e:
+            log.warning("event=journal-cover-failed ino=%d error=%s", ino, e)
 
 @contextlib.asynccontextmanager
 async def _holding(lock: trio.Lock) -> AsyncIterator[None]:

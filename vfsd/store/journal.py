@@ -27,7 +27,8 @@ held. Such a commit therefore also writes, per chunk, a *chunk mark*: the newest
 includes. A replay lays a set's bytes only on chunks whose mark is older than the set, so
 after a crash each chunk reads as the file had it at the newest set or at its newest commit,
 whichever came later: fsynced bytes are never lost, and unsynced ones come back old or new
-per chunk. Chunk marks go once a covering commit makes them moot.
+per chunk. Chunk marks go once their sets are covered; at each new lap every mark of a file
+without a set in the ring goes.
 
 A journal is named after its process (pid and start time, as leases are): only the journals
 of dead processes are replayed (`recover`), by the next mount, gateway or CLI command.
@@ -325,10 +326,13 @@ class Journal:
             self._new_lap()
         if grown:
             os.ftruncate(self.fd, RING_BYTES)  # records past the ring are of an old lap now
-        self._forget_gone_files()
+        try:
+            self._drop_marks_outside_the_ring()
+        except StoreError as e:  # a full disk: they go at a later lap, or at unmount
+            log.warning("event=journal-marks-kept error=%s", e)
         return True
 
-    def _forget_gone_files(self) -> None:
+    def _drop_marks_outside_the_ring(self) -> None:
         """At a new lap: drop the marks of files with no set in the ring. A recovery reads
         a file's marks only for its sets of the current lap, and a file that gets one later
         gets a fresh mark from its next commit (the set's base version covers the time
