@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from vfsd.store import Store, gc, journal
+from vfsd.store import Store, gc, journalrecovery
 from vfsd.store.errors import StoreError
 from vfsd.store.multipart import Uploads
 from vfsd.store.objects import Objects
@@ -134,7 +134,7 @@ async def store_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def _replay_journals(store: Store) -> None:
-    recovered = journal.recover(store)
+    recovered = journalrecovery.recover(store)
     if recovered.journals:
         log.info("event=journal-recovered journals=%d sets_replayed=%d sets_dropped=%d",
                  recovered.journals, recovered.replayed, recovered.dropped)

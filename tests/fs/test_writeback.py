@@ -55,7 +55,8 @@ async def test_an_fsync_after_background_batches_keeps_their_bytes_over_older_se
     """A small write is fsynced (a journal set), then more than the journal takes is written
     over it and background batches commit all of it; then fsync. After a crash the old set
     must not be replayed over the bytes that fsync acknowledged."""
-    from vfsd.store.journal import Journal, recover
+    from vfsd.store.journal import Journal
+    from vfsd.store.journalrecovery import recover
     from vfsd.store.leases import Holder
 
     child = await trio.lowlevel.open_process(["true"])  # a holder whose process is gone

@@ -24,9 +24,9 @@ from vfsd.store.journal import (
     Journal,
     encode,
     file_header,
-    recover,
     scan,
 )
+from vfsd.store.journalrecovery import recover
 from vfsd.store.leases import Holder
 
 CS = 65536

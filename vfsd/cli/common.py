@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from vfsd.sizes import parse_size
-from vfsd.store import Store, journal
+from vfsd.store import Store, journalrecovery
 
 T = TypeVar("T")
 EXIT_ERROR, EXIT_USAGE, EXIT_DAMAGE = 1, 2, 3
@@ -89,7 +89,7 @@ def store_path(args: argparse.Namespace) -> Path:
 def open_store(args: argparse.Namespace) -> Store:
     store = Store.open(store_path(args))
     try:
-        journal.recover(store)  # what a crashed mount fsynced comes before any change made here
+        journalrecovery.recover(store)  # what a crashed mount fsynced comes before any change made here
     except BaseException:
         store.close()
         raise

@@ -20,7 +20,7 @@ import pyfuse3
 import trio
 
 from vfsd.mounts import register
-from vfsd.store import Store, gc, journal
+from vfsd.store import Store, gc, journal, journalrecovery
 from vfsd.store.config import load_config
 from vfsd.store.errors import StoreError
 
@@ -114,7 +114,7 @@ def mount(config: MountConfig) -> int:
         setup_logging(config.store, config.foreground)
         store = Store.open(config.store)  # opened after fork: LMDB handles do not survive one
         purged = store.purge_orphans()
-        recovered = journal.recover(store)  # what a crashed mount fsynced, before we serve
+        recovered = journalrecovery.recover(store)  # what a crashed mount fsynced, before we serve
         ops = Operations(store, config.cache_size, config.commit_interval)
         listener = _metrics_listener(config.metrics_listen)
         ops.cache.journal = journal.Journal(store, ops.holder)

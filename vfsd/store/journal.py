@@ -31,7 +31,8 @@ per chunk. Chunk marks go once their sets are covered; at each new lap every mar
 without a set in the ring goes.
 
 A journal is named after its process (pid and start time, as leases are): only the journals
-of dead processes are replayed (`recover`), by the next mount, gateway or CLI command.
+of dead processes are replayed (vfsd/store/journalrecovery.py), by the next mount, gateway or
+CLI command.
 
 The file is a ring of RING_BYTES written with zeros when it is made, so that a record
 overwrites blocks the file system has already allocated: an O_DSYNC write then costs one
@@ -47,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import mmap
 import os
@@ -162,7 +162,7 @@ def _name(holder: Holder) -> str:
     return f"{holder.pid}-{holder.start_time}"
 
 
-def _owner_key(pid: int, start_time: int) -> bytes:
+def owner_key(pid: int, start_time: int) -> bytes:
     return _OWNER.pack(pid, start_time)
 
 
@@ -175,7 +175,7 @@ class Journal:
         directory = store.config.path / JOURNAL_DIR
         directory.mkdir(exist_ok=True)
         self.path = directory / _name(holder)
-        self.key = _owner_key(holder.pid, holder.start_time)
+        self.key = owner_key(holder.pid, holder.start_time)
         with store_errors(f"making the fsync journal {self.path}"):
             self.fd, self.lap = _take_spare(directory, self.path)
             self.writer = _RecordWriter(self.path, self.fd)
@@ -310,7 +310,7 @@ class Journal:
         transaction that aborted after this stays true of its chunk, so it does no harm.)"""
         if self.chunk_marked.get(ino, covered + 1) <= covered:
             del self.chunk_marked[ino]
-            _drop_marks(tx, self.key + ino_key(ino) + _CHUNK.pack(0), self.key + ino_key(ino))
+            drop_marks(tx, self.key + ino_key(ino) + _CHUNK.pack(0), self.key + ino_key(ino))
 
     @property
     def half_full(self) -> bool:
@@ -357,7 +357,7 @@ class Journal:
                 # Asked again inside the transaction: a commit writes a mark only for a file
                 # with a set in the ring (`_mark`), and no other commit runs meanwhile.
                 if ino not in self.newest:
-                    _drop_marks(tx, self.key + ino_key(ino))
+                    drop_marks(tx, self.key + ino_key(ino))
                     self.chunk_marked.pop(ino, None)
 
     def _idle(self) -> bool:
@@ -394,7 +394,7 @@ class Journal:
             log.warning("event=journal-kept path=%s reason=uncommitted-sets", self.path)
             return
         with self.env.write() as tx:
-            _drop_marks(tx, self.key)
+            drop_marks(tx, self.key)
         # Every record in it is covered and its marks are gone: the next mount may reuse the
         # ring (a new lap) instead of writing 16 MiB of zeros again.
         spare = self.path.with_name(SPARE)
@@ -491,7 +491,7 @@ def _lap_of(block: bytes | memoryview) -> int | None:
     return lap
 
 
-def _drop_marks(tx: Tx, start: bytes, prefix: bytes | None = None) -> None:
+def drop_marks(tx: Tx, start: bytes, prefix: bytes | None = None) -> None:
     """Delete the marks from `start` on whose keys begin with `prefix` (default: `start`)."""
     prefix = start if prefix is None else prefix
     cursor = tx.cursor(tx.db.journals)
@@ -501,64 +501,7 @@ def _drop_marks(tx: Tx, start: bytes, prefix: bytes | None = None) -> None:
                 break
 
 
-@dataclass
-class Recovery:
-    journals: int = 0
-    replayed: int = 0  # sets laid onto the store
-    dropped: int = 0  # uncovered sets of files changed since by another process, or gone
-
-
-def recover(store: Store) -> Recovery:
-    """Replay the journals of dead processes into the store, then delete them. Safe to run
-    from several processes at once: each journal is replayed under its own file lock."""
-    report = Recovery()
-    directory = store.config.path / JOURNAL_DIR
-    if not directory.is_dir():
-        return report
-    for path in sorted(directory.iterdir()):
-        name, taking = path.name.removesuffix(".taking"), path.name.endswith(".taking")
-        try:
-            pid, start = (int(part) for part in name.split("-"))
-        except ValueError:
-            continue
-        if Holder(pid, start, "").alive():
-            continue
-        if taking:  # a spare ring its mount died taking: only records of old laps
-            path.unlink(missing_ok=True)
-        else:
-            _recover_one(store, path, _owner_key(pid, start), report)
-    return report
-
-
-def _recover_one(store: Store, path: Path, key: bytes, report: Recovery) -> None:
-    try:
-        f = open(path, "rb")  # noqa: SIM115 (closed below; only the open may find it gone)
-    except FileNotFoundError:
-        return  # another process recovered it
-    with f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # another process may be replaying it right now
-        if not path.exists():
-            return  # it did
-        sets = list(scan(f.read()))
-        with store.env.read() as tx:
-            marks, chunk_marks = _read_marks(tx, key)
-        for ino in sorted({s.ino for s in sets}):
-            mark_version, covered = marks.get(ino, (None, 0))
-            pending = sorted((s for s in sets if s.ino == ino and s.seq > covered),
-                             key=lambda s: s.seq)
-            if pending and _replay(store, ino, pending, mark_version, chunk_marks.get(ino, {})):
-                report.replayed += len(pending)
-            else:
-                report.dropped += len(pending)
-        with store.env.write() as tx:
-            _drop_marks(tx, key)
-        path.unlink()
-        sync_directory(path.parent)
-    report.journals += 1
-    log.info("event=journal-recovered path=%s sets=%d", path, len(sets))
-
-
-def _read_marks(tx: Tx, key: bytes
+def read_marks(tx: Tx, key: bytes
                 ) -> tuple[dict[int, tuple[int, int]], dict[int, dict[int, int]]]:
     """A journal's marks: per inode (version, covered), and per inode and chunk the newest
     set that chunk's body includes."""
@@ -577,37 +520,3 @@ def _read_marks(tx: Tx, key: bytes
                 index = _CHUNK.unpack_from(rest, 8)[0]
                 chunk_marks.setdefault(ino, {})[index] = _INCLUDES.unpack(value)[0]
     return marks, chunk_marks
-
-
-def _replay(store: Store, ino: int, pending: list[JournalSet], mark_version: int | None,
-            included: dict[int, int]) -> bool:
-    """Lay the uncovered sets of `ino` (oldest first) onto the store, if the file is still
-    as their writer left it; False if it is gone or another process changed it since. A
-    set's bytes skip the chunks whose body already includes it (`included`: chunk marks)."""
-    try:
-        inode = store.getattr(ino)
-    except NotFound:
-        return False
-    if not inode.is_file or inode.version not in (pending[-1].base_version, mark_version):
-        return False
-    cs = store.chunk_size
-    contents: dict[int, bytearray] = {}
-    for journal_set in pending:
-        for offset, data in journal_set.extents:
-            end = offset + len(data)
-            for index in range(offset // cs, (end - 1) // cs + 1):
-                if journal_set.seq <= included.get(index, 0):
-                    continue
-                body = contents.get(index)
-                if body is None:
-                    body = contents[index] = bytearray(store.read_chunk(ino, index))
-                lo = max(offset, index * cs) - index * cs
-                hi = min(end, (index + 1) * cs) - index * cs
-                if len(body) < hi:
-                    body.extend(bytes(hi - len(body)))
-                body[lo:hi] = data[index * cs + lo - offset: index * cs + hi - offset]
-    # Past the pool's quota if need be: an fsync acknowledged these bytes, and a replay that
-    # failed would leave the store unopenable by every command, `pool set` included.
-    store.write_chunks(ino, contents, size=None, grow_to=max(s.size for s in pending),
-                       mtime_ns=pending[-1].mtime_ns, within_pool=False)
-    return True
