@@ -15,10 +15,10 @@ closed before it shows as a zombie) ends the guardian. A daemon whose main threa
 connection, then the daemon finishes dying and readers see ENOTCONN, as after any crash of a
 FUSE daemon. Run as `python -m vfsd.fs.guardian PID START_TIME CONNECTION`, its stderr the
 store's log (not named on its command line: `pgrep -f STORE` finds the daemon alone); it
-imports nothing of vfsd but this module and vfsd/procstat.py. It ignores SIGTERM, SIGINT and
-SIGHUP (`pkill -f vfsd` should not take it with the daemon; it leaves when the daemon does),
-but a cgroup-wide kill (systemd's KillMode=control-group, an OOM kill of the group) takes it
-too.
+imports little of vfsd (vfsd/procstat.py, and vfsd/fs/readahead.py's mountinfo reader). It
+ignores SIGTERM, SIGINT and SIGHUP (`pkill -f vfsd` should not take it with the daemon; it
+leaves when the daemon does), but a cgroup-wide kill (systemd's KillMode=control-group, an
+OOM kill of the group) takes it too.
 """
 
 from __future__ import annotations
@@ -34,31 +34,21 @@ from pathlib import Path
 
 from vfsd.procstat import state_and_start_time
 
+from .readahead import mount_device
+
 CONNECTIONS = Path("/sys/fs/fuse/connections")
 CHECK_SECONDS = 1.0
 
 
 def connection_of(mountpoint: Path) -> int | None:
-    """The FUSE connection number of the mount at `mountpoint`, from /proc/self/mountinfo (a
-    stat of the mount point would ask the daemon itself): fusectl names a connection by the
-    kernel's device number, (major << 20) | minor, which is not what os.makedev makes."""
-    target = os.fsencode(mountpoint)
-    found = None
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and _unescape(fields[4]) == target:
-                    major, minor = fields[2].split(b":")
-                    found = (int(major) << 20) | int(minor)  # the last one is on top
-    except (OSError, ValueError):
+    """The FUSE connection number of the mount at `mountpoint`: fusectl names a connection
+    by the kernel's device number, (major << 20) | minor, which is not what os.makedev
+    makes."""
+    device = mount_device(mountpoint)
+    if device is None:
         return None
-    return found
-
-
-def _unescape(field: bytes) -> bytes:
-    """Undo the octal escapes the kernel writes for space, tab, newline and backslash."""
-    return field.decode("unicode_escape").encode("latin-1")
+    major, minor = (int(number) for number in device.split(":"))
+    return (major << 20) | minor
 
 
 @dataclass

@@ -10,6 +10,7 @@ already have. Needs root (sysfs); without it the mount works at the default.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger("vfsd.mount")
@@ -19,13 +20,18 @@ SYSFS_BDI = Path("/sys/class/bdi")
 
 def mount_device(mountpoint: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str | None:
     """The "major:minor" of the file system mounted at `mountpoint` (an absolute, resolved
-    path), from mountinfo: a stat of our own mount would wait on this very daemon."""
+    path), from mountinfo: a stat of our own mount would wait on this very daemon. Paths are
+    compared as bytes: a name may be any bytes, not only UTF-8."""
+    target = os.fsencode(mountpoint)
+    try:
+        lines = mountinfo.read_bytes().splitlines()
+    except OSError:
+        return None
     device = None
-    for line in mountinfo.read_text().splitlines():
+    for line in lines:
         fields = line.split()
-        # mountinfo escapes space, tab, newline and backslash in paths as octal.
-        if len(fields) > 4 and _unescape(fields[4]) == str(mountpoint):
-            device = fields[2]  # the last match is the top of any stack of mounts
+        if len(fields) > 4 and _unescape(fields[4]) == target:
+            device = fields[2].decode()  # the last match is the top of any stack of mounts
     return device
 
 
@@ -43,5 +49,6 @@ def widen_readahead(mountpoint: Path, kib: int = READAHEAD_KIB) -> bool:
     return True
 
 
-def _unescape(path: str) -> str:
-    return path.encode().decode("unicode_escape") if "\\" in path else path
+def _unescape(field: bytes) -> bytes:
+    """Undo the octal escapes mountinfo writes for space, tab, newline and backslash."""
+    return field.decode("unicode_escape").encode("latin-1")
