@@ -574,11 +574,13 @@ class Operations(pyfuse3.Operations):
         if dst in self.privileged:  # a change to the contents, as a write is
             await self._drop_privileges(dst)
         await self.cache.flush(src)
-        cs, src_size = self.store.chunk_size, (await self.run(self.store.getattr, src)).size
         # Whole chunks, the last one short only where the source ends: all shared by one
-        # transaction, which may then make a truncation of `dst` that waits.
-        whole_chunks = (src != dst and off_in % cs == off_out % cs == 0
-                        and (length % cs == 0 or off_in + length >= src_size))
+        # transaction, which may then make a truncation of `dst` that waits (asked only then).
+        cs, cached = self.store.chunk_size, self.cache.cached(dst)
+        whole_chunks = (cached is not None and cached.replacing and src != dst
+                        and off_in % cs == off_out % cs == 0
+                        and (length % cs == 0
+                             or off_in + length >= (await self.run(self.store.getattr, src)).size))
         async with self.cache.copying_into(dst, whole_chunks) as replacing:
             copied = await self.run(self.store.copy_range, src, off_in, dst, off_out, length,
                                     replacing=replacing)

@@ -525,7 +525,8 @@ class FileData:
             if count == 0 and not replacing:
                 return 0
             end = min(dst_offset + count * cs, dst_offset + length) if count else 0
-            if replacing and (end - dst_offset if count else 0) < length:
+            shared = end - dst_offset if count else 0
+            if replacing and shared < length:
                 raise InvalidArgument("a copy that replaces its destination must share all")
             if end > dst_inode.size and dst_inode.flags & InodeFlags.FIXED_SIZE:
                 raise FileTooBig("copy past the end of a fixed-size disk")
@@ -548,7 +549,7 @@ class FileData:
             dst_inode.mtime_ns = dst_inode.ctime_ns = now
             namespace.put_inode(tx, dst_inode)
             changelog.record(tx, self.origin, ChangeOp.DATA, dst)
-            return end - dst_offset if count else 0
+            return shared
 
     def replace(self, parent: int, name: bytes, bodies: Iterable[bytes | memoryview], *,
                 mode: int = stat.S_IFREG | 0o644, uid: int = 0, gid: int = 0,

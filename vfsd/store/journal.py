@@ -283,8 +283,6 @@ class Journal:
     def _mark(self, tx: Tx, inode: Inode) -> None:
         ino = inode.ino
         if ino not in self.newest:
-            if ino in self.chunk_marked:  # a new lap began: every set before it is covered
-                self._drop_moot_chunk_marks(tx, ino, self.chunk_marked[ino])
             return
         commit: HeldSets | None = getattr(self.local, "commit", None)
         if commit is not None and commit.ino != ino:
