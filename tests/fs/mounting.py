@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from vfsd.store import Store
+
 
 @contextlib.contextmanager
 def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
@@ -44,6 +46,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stored_bytes(store: Path, name: str) -> bytes:
+    """The file as another process (the gateway) reads it from the store, without replaying
+    any journal."""
+    with Store.open(store) as s:
+        inode = s.resolve(name)
+        return bytes(s.read(inode.ino, 0, inode.size))
 
 
 def wait_for(condition, timeout: float, what: str) -> None:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mounting import Mount, fsck, wait_for
+from mounting import Mount, fsck, stored_bytes, wait_for
 
 from vfsd.fs.mount import GC_INTERVAL
 from vfsd.fs.readahead import READAHEAD_KIB, SYSFS_BDI, mount_device
@@ -286,13 +286,6 @@ def test_o_trunc_empties_a_file_whose_writes_are_still_cached(mnt):
         assert path.read_bytes() == b""
 
 
-def stored(store_path: Path, name: str) -> bytes:
-    """The file as another process (the gateway) reads it from the store."""
-    with Store.open(store_path) as s:
-        inode = s.resolve(name)
-        return bytes(s.read(inode.ino, 0, inode.size))
-
-
 def test_o_trunc_leaves_the_old_contents_whole_until_the_new_ones_commit(store_path: Path,
                                                                           tmp_path: Path):
     """A file rewritten in place (open O_TRUNC, write, close: `cp`, an editor's save) is
@@ -307,19 +300,19 @@ def test_o_trunc_leaves_the_old_contents_whole_until_the_new_ones_commit(store_p
         fd = os.open(path, os.O_RDWR | os.O_TRUNC)
         try:
             assert os.fstat(fd).st_size == 0
-            assert stored(store_path, "f") == old
+            assert stored_bytes(store_path, "f") == old
             os.pwrite(fd, b"tail", 200_000)
             os.pwrite(fd, b"head", 10)  # a chunk the old file had, written in part
             expected = bytes(10) + b"head" + bytes(200_000 - 14) + b"tail"
             assert os.fstat(fd).st_size == len(expected)
             assert os.pread(fd, 300_000, 0) == expected
-            assert stored(store_path, "f") == old
+            assert stored_bytes(store_path, "f") == old
         finally:
             os.close(fd)
-        assert stored(store_path, "f") == expected
+        assert stored_bytes(store_path, "f") == expected
         assert path.read_bytes() == expected
         os.close(os.open(path, os.O_WRONLY | os.O_TRUNC))  # nothing written: empty all the same
-        assert stored(store_path, "f") == b""
+        assert stored_bytes(store_path, "f") == b""
         assert path.stat().st_blocks == 0
     finally:
         m.stop()
@@ -340,9 +333,9 @@ def test_cp_over_a_file_replaces_it_in_one_step(store_path: Path, tmp_path: Path
         with open(src, "rb") as fin:
             fout = os.open(dst, os.O_WRONLY | os.O_TRUNC)
             try:
-                assert stored(store_path, "dst") == old
+                assert stored_bytes(store_path, "dst") == old
                 assert os.copy_file_range(fin.fileno(), fout, len(data), 0, 0) == len(data)
-                assert stored(store_path, "dst") == data
+                assert stored_bytes(store_path, "dst") == data
                 assert os.fstat(fout).st_size == len(data)
             finally:
                 os.close(fout)
@@ -353,7 +346,7 @@ def test_cp_over_a_file_replaces_it_in_one_step(store_path: Path, tmp_path: Path
             finally:
                 os.close(fout)
         assert dst.read_bytes() == bytes(7) + data[5:1005]
-        assert stored(store_path, "dst") == bytes(7) + data[5:1005]
+        assert stored_bytes(store_path, "dst") == bytes(7) + data[5:1005]
     finally:
         m.stop()
     fsck(store_path)
@@ -364,7 +357,7 @@ def test_an_o_trunc_held_open_reaches_the_store_within_the_commit_interval(mount
     path.write_bytes(b"x" * 100_000)
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     try:
-        wait_for(lambda: stored(store_path, "g") == b"", 5, "the truncation's commit")
+        wait_for(lambda: stored_bytes(store_path, "g") == b"", 5, "the truncation's commit")
         assert path.stat().st_size == 0
     finally:
         os.close(fd)

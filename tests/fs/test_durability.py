@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mounting import Mount, fsck, wait_for
+from mounting import Mount, fsck, stored_bytes, wait_for
 
 from vfsd.store import Store
 
@@ -333,13 +333,6 @@ def test_fusermount_unmount_flushes_closed_files(store_path: Path, tmp_path: Pat
 
 
 # --- (c) the fsync journal: what it replays after a crash, and what it must not -------------
-
-def stored_bytes(store: Path, name: str) -> bytes:
-    """The file as committed to the store, without replaying any journal."""
-    with Store.open(store) as s:
-        inode = s.resolve(name)
-        return bytes(s.read(inode.ino, 0, inode.size))
-
 
 def journal_files(store: Path) -> list[Path]:
     return list((store / "journal").iterdir())
