@@ -132,6 +132,54 @@ async def test_a_writer_idle_after_background_batches_lets_the_journal_lap(tmp_p
         journal.close()
 
 
+@pytest.mark.parametrize("fails", [False, True], ids=["truncated", "truncation failed"])
+async def test_an_eager_truncation_covers_the_fsynced_writes_only_by_its_own_commit(
+        tmp_path, fails):
+    """O_TRUNC of a file with fsynced writes no commit holds truncates in the store at once.
+    Done, a crash must not replay those writes over the empty file; failed (a full disk),
+    nothing is lost: the cache still reads them, and a commit of the file after (a chmod)
+    does not record their sets as covered, so a crash still replays them."""
+    from vfsd.store.errors import NoSpace
+    from vfsd.store.journal import Journal
+    from vfsd.store.journalrecovery import recover
+    from vfsd.store.leases import Holder
+
+    child = await trio.lowlevel.open_process(["true"])  # a holder whose process is gone
+    await child.wait()
+    with Store.init(tmp_path / "store") as store:
+        ino = store.create(ROOT_INO, b"f").ino
+
+        async def run(fn, *args):
+            return await trio.to_thread.run_sync(fn, *args)
+
+        cache = WriteBack(store, run, limit_bytes=256 * CS, interval=60)
+        journal = cache.journal = Journal(store, Holder(child.pid, 1, "a mount"))
+        cache.writer_opened(ino)
+        await cache.write(ino, 0, b"A" * 4096)
+        await cache.sync(ino)
+        assert journal.uncovered(ino)
+        assert not await cache.replace_on_open(store.getattr(ino), 1)  # eager: sets uncovered
+
+        def truncate() -> object:
+            if fails:
+                raise NoSpace("the disk is full")
+            return store.truncate(ino, 0)
+
+        if fails:
+            with pytest.raises(NoSpace):
+                await cache.drop_contents(ino, truncate)
+            assert bytes(await cache.read(ino, 0, 4096)) == b"A" * 4096
+        else:
+            await cache.drop_contents(ino, truncate)
+            assert ino not in cache.files
+        assert journal.uncovered(ino) == fails
+        await run(lambda: store.setattr(ino, mode=0o600))
+        journal.env.inode_hook = None  # the process dies here
+        os.close(journal.fd)
+        recover(store)
+        assert bytes(store.read(ino, 0, 4096)) == (b"A" * 4096 if fails else b"")
+
+
 async def test_a_write_within_a_chunk_is_kept_as_given_not_as_objects_for_the_gc(tmp_path):
     """A patch keeps a write within one chunk as the bytes pyfuse3 gave: a memoryview of it
     was two more objects tracked by the cyclic GC for as long as the write stayed dirty

@@ -391,7 +391,8 @@ class Operations(pyfuse3.Operations):
                 if await self.cache.replace_on_open(node, info.fh):
                     self.handles[info.fh].wrote = True  # its close commits the truncation
                 else:
-                    await self.run(self.store.truncate, inode, 0)
+                    await self.cache.drop_contents(
+                        inode, functools.partial(self.store.truncate, inode, 0))
         except BaseException:
             # A failed open gets no release from the kernel: give back what the handle took.
             await self._forget_handle(info.fh)
@@ -507,9 +508,7 @@ class Operations(pyfuse3.Operations):
             if handle.ephemeral:
                 if self.writers[ino] == 0 and handle.writable:
                     # Swap dies with the VM: drop its contents when the last writer closes.
-                    await self.cache.discard(ino)
-                    size = (await self.run(self.store.getattr, ino)).size
-                    await self.run(self.store.punch_hole, ino, 0, max(size, 1))
+                    await self.cache.drop_contents(ino, functools.partial(self._punch_all, ino))
                     self.own_changes.invalidate(ino)  # the kernel still caches the old pages
             elif handle.wrote:
                 await self.cache.flush(ino, closing=fh)
@@ -526,6 +525,11 @@ class Operations(pyfuse3.Operations):
                     # Deleted while open, freed now: what the cache still holds of it (its
                     # close could not commit it: a full pool) and its journal sets are moot.
                     await self.cache.discard(ino)
+
+    def _punch_all(self, ino: int) -> Inode:
+        """In a worker: one hole over the whole file, its size kept."""
+        size = self.store.getattr(ino).size
+        return self.store.punch_hole(ino, 0, max(size, 1))
 
     # --- holes and copies (handlers added to pyfuse3 by patches/pyfuse3-*.patch) ---------
 

@@ -688,27 +688,54 @@ class WriteBack:
             # covered now, so a clean unmount leaves no journal to replay.
             await self._cover_settled()
 
-    async def discard(self, ino: int) -> bool:
-        """Forget dirty data without writing it (swap files at last close, deleted files,
-        O_TRUNC). Returns whether the journal held sets of the file that no commit holds:
-        dropped too, and the caller's next commit of the file records that.
+    async def discard(self, ino: int) -> None:
+        """Forget what the cache and the journal hold of a file that is gone (deleted, or
+        freed at its last close): a recovery drops the sets of a file that no longer exists.
 
-        Waits for a flush in flight, so nothing it was writing lands after the caller's next
-        step (the swap file's hole punch)."""
+        Waits for a flush in flight, so nothing it was writing lands afterwards."""
         f = self.files.get(ino)
         if f is None:
             # Background batches committed all of it; its sets may still be uncovered.
-            return self._drop_sets(ino)
+            self._drop_sets(ino)
+            return
         async with f.lock:
             await self._settle(f)
-            if self.files.get(ino) is f:
-                del self.files[ino]
-            dropped = sum(self._cost(chunk) for chunk in f.dirty.values())
-            entries, f.dirty = len(f.dirty), {}
+            dropped, entries = self._forget(f)
             # Under the lock: no fsync of the file is appending a set right now.
-            uncovered = self._drop_sets(ino)
+            self._drop_sets(ino)
         await self._release_held(dropped, entries)
-        return uncovered
+
+    async def drop_contents(self, ino: int, change: Callable[[], Inode]) -> Inode:
+        """Run `change` in a worker, a store change that drops the file's contents (the
+        truncation of an eager O_TRUNC, the swap file's hole punch at its last close), then
+        forget what the cache holds of the file. In that order, and with the file's flushes
+        kept out: the change's own commit records that the file's journal sets need no
+        replay, so a change that fails loses nothing, and no flush lands after it."""
+        while (f := self.files.get(ino)) is not None:
+            async with f.lock:
+                await self._settle(f)
+                if self.files.get(ino) is not f:
+                    continue  # forgotten meanwhile: look again
+                inode = await self.run(self._commit_dropping, ino, change)
+                dropped, entries = self._forget(f)
+            await self._release_held(dropped, entries)
+            return inode
+        return await self.run(self._commit_dropping, ino, change)
+
+    def _commit_dropping(self, ino: int, change: Callable[[], Inode]) -> Inode:
+        """In a worker: `change` as a commit that covers every journal set of `ino`."""
+        if self.journal is None:
+            return change()
+        with self.journal.committing(ino, (), covers=self.journal.newest_set(ino)):
+            return change()
+
+    def _forget(self, f: FileCache) -> tuple[int, int]:
+        """Drop `f` and its dirty chunks; returns what they held, for `_release_held`."""
+        if self.files.get(f.ino) is f:
+            del self.files[f.ino]
+        dropped = sum(self._cost(chunk) for chunk in f.dirty.values())
+        entries, f.dirty = len(f.dirty), {}
+        return dropped, entries
 
     def _drop_sets(self, ino: int) -> bool:
         """Dropped on purpose: a recovery must not bring these writes back."""
@@ -746,21 +773,27 @@ class WriteBack:
             f.clean.clear()
 
     async def replace_on_open(self, inode: Inode, handle: int) -> bool:
-        """O_TRUNC of a file just opened for writing: drop what the cache holds of it, and
-        for an ordinary file make its entry empty, the truncation left to the next commit.
-        False when the caller must truncate in the store now: a VM file (its flags say what
-        a truncation may do), or a file with fsynced writes no commit holds yet (the
-        truncation must cover their journal sets at once, or a replay would lay them over
-        the new contents)."""
+        """O_TRUNC of a file just opened for writing: for an ordinary file, forget what the
+        cache holds of it and make its entry empty, the truncation left to the next commit.
+        False when the caller must truncate in the store now, through `drop_contents`: a VM
+        file (its flags say what a truncation may do), or a file with fsynced writes no
+        commit holds yet (the truncation must cover their journal sets at once, or a replay
+        would lay them over the new contents)."""
         ino = inode.ino
         if inode.flags & InodeFlags.FIXED_SIZE and inode.size:
             # Refused before anything is dropped: a running VM's unsynced writes stay.
             raise PermissionDenied("a fixed-size disk cannot shrink")
-        uncovered = False
-        while ino in self.files:  # a writer may make a new entry while the last one goes
-            uncovered |= await self.discard(ino)
-        uncovered |= self._drop_sets(ino)
-        if inode.flags != InodeFlags.NONE or uncovered:
+        if inode.flags != InodeFlags.NONE:
+            return False
+        while (f := self.files.get(ino)) is not None:  # a writer may make a new entry
+            async with f.lock:
+                await self._settle(f)
+                # Under the lock: no fsync of the file is appending a set right now.
+                if self.journal is not None and self.journal.uncovered(ino):
+                    return False
+                dropped, entries = self._forget(f)
+            await self._release_held(dropped, entries)
+        if self.journal is not None and self.journal.uncovered(ino):
             return False
         f = FileCache(ino, 0, fixed_size=False, kept=ino in self.writing, replacing=True,
                       truncating_handle=handle)

@@ -270,12 +270,12 @@ class Journal:
             self.covered[ino] = max(self.covered.get(ino, 0), seq)
 
     def dropped(self, ino: int, seq: int) -> None:
-        """The writer dropped the writes of `ino` up to set `seq` on purpose (a swap file's
-        last close, O_TRUNC, unlink): its next commit of the file (the hole punch, the
-        truncation) writes a mark that says so, and no recovery brings them back after that.
-        Until then the store's mark still names older sets, so the ring keeps their records
-        (`_idle`): a crash before that commit replays them onto the file as it was, which is
-        what the fsyncs acknowledged, rather than lose them to a new lap."""
+        """The writes of `ino` up to set `seq` are moot: the file is deleted, and a recovery
+        drops the sets of a file that no longer exists. While it still exists (parked until
+        a handle elsewhere closes) the store's mark names older sets, so the ring keeps their
+        records (`_idle`) until it is gone. (A writer that drops writes of a live file, an
+        O_TRUNC or a swap file's last close, makes the change that drops them cover the sets
+        in its own commit instead: vfsd/fs/writeback.py, `drop_contents`.)"""
         with self.lock:
             self.covered[ino] = max(self.covered.get(ino, 0), seq)
             self.unmarked.add(ino)
