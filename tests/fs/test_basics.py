@@ -286,6 +286,22 @@ def test_o_trunc_empties_a_file_whose_writes_are_still_cached(mnt):
         assert path.read_bytes() == b""
 
 
+def test_o_trunc_truncates_a_file_opened_read_only(mnt):
+    """Linux truncates on open(O_RDONLY | O_TRUNC) when the caller may write (the result is
+    unspecified by POSIX; tmpfs and ext4 empty the file), and refuses it with EROFS on a
+    read-only file."""
+    path = mnt / "f"
+    path.write_bytes(b"hello world")
+    fd = os.open(path, os.O_RDONLY | os.O_TRUNC)
+    try:
+        assert os.fstat(fd).st_size == 0
+        assert os.read(fd, 100) == b""
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b""
+    assert path.stat().st_size == 0
+
+
 def test_o_trunc_leaves_the_old_contents_whole_until_the_new_ones_commit(store_path: Path,
                                                                           tmp_path: Path):
     """A file rewritten in place (open O_TRUNC, write, close: `cp`, an editor's save) is

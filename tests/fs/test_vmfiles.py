@@ -88,7 +88,8 @@ def test_vm_files_while_mounted(mnt: Path, store_path: Path, tmp_path: Path):
     desc = (web / "web.vmdk").read_text()
     assert 'createType="monolithicFlat"' in desc
     assert 'RW 2097152 FLAT "web-flat.vmdk" 0' in desc
-    expect_open_errno(errno.EROFS, web / "web.vmdk", os.O_WRONLY | os.O_TRUNC)
+    for flags in (os.O_WRONLY | os.O_TRUNC, os.O_RDONLY | os.O_TRUNC):
+        expect_open_errno(errno.EROFS, web / "web.vmdk", flags)
     for flags in (os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_APPEND):
         fd = os.open(web / "web.vmdk", flags)
         try:

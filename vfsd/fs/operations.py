@@ -335,8 +335,8 @@ class Operations(pyfuse3.Operations):
     async def _new_handle(self, inode: Inode, flags: int) -> pyfuse3.FileInfo:
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         descriptor = bool(inode.flags & InodeFlags.DESCRIPTOR)
-        if writable and inode.flags & InodeFlags.READONLY and (
-                not descriptor or flags & os.O_TRUNC):
+        if inode.flags & InodeFlags.READONLY and (
+                flags & os.O_TRUNC or writable and not descriptor):
             raise pyfuse3.FUSEError(errno.EROFS)
         if writable:
             # A writer leases the file: the gateway will not replace or delete it and `vfsd vm
@@ -379,16 +379,21 @@ class Operations(pyfuse3.Operations):
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         info = await self._new_handle(node, flags)
-        truncating = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
+        # Linux truncates on O_TRUNC whatever the access mode, once the caller may write
+        # (the kernel has checked that); only a writable handle can defer it to its commit.
+        truncating = flags & os.O_TRUNC
+        writable = self.handles[info.fh].writable
         try:
-            if truncating and inode in self.privileged:  # set by `_new_handle` if need be
+            # `privileged` is set by `_new_handle` for a writable handle if need be.
+            if truncating and (inode in self.privileged
+                               or not writable and self._may_be_privileged(node)):
                 await self._drop_privileges(inode)
             if truncating:
                 # libfuse negotiates atomic O_TRUNC: the kernel leaves the truncation to us.
                 # Even at a stored size of 0: writes may be waiting in the cache (or the
                 # journal), and an empty file's times still change. Mostly the cache makes
                 # it with the first commit, so the old contents stay whole until then.
-                if await self.cache.replace_on_open(node, info.fh):
+                if writable and await self.cache.replace_on_open(node, info.fh):
                     self.handles[info.fh].wrote = True  # its close commits the truncation
                 else:
                     await self.cache.drop_contents(
