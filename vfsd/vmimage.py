@@ -242,10 +242,16 @@ def export_image(store: Store, name: str, dest: Path | str, fmt: str = "qcow2",
 def _export_raw(store: Store, ino: int, size: int, raw: Path, name: str,
                 progress: bool) -> None:
     regions = list(_store_regions(store, ino, size))
-    with open(raw, "wb") as f:
-        f.truncate(size)
-        with _bar(sum(n for _o, n in regions), f"export {name}", progress) as bar:
-            for offset, length in _pieces(regions):
-                data = store.read(ino, offset, length)
-                os.pwrite(f.fileno(), data, offset)
-                bar.update(length)
+    try:
+        with open(raw, "wb") as f:
+            f.truncate(size)
+            with _bar(sum(n for _o, n in regions), f"export {name}", progress) as bar:
+                for offset, length in _pieces(regions):
+                    data = store.read(ino, offset, length)
+                    os.pwrite(f.fileno(), data, offset)
+                    bar.update(length)
+    except OSError as e:
+        # Bare, "File too large" (a disk past ext4's 16 TiB) or ENOSPC would not say where.
+        raise OSError(e.errno, f"{e.strerror} in the temporary raw copy of VM {name}'s "
+                      f"{size}-byte disk (with the store mounted, export reads the disk "
+                      "through the mount instead)", str(raw)) from None

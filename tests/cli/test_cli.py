@@ -12,8 +12,8 @@ from vfsd.store import Store
 pytestmark = pytest.mark.timeout(120)
 
 
-def vfsd(*args, store=None, check=False):
-    env = dict(os.environ)
+def vfsd(*args, store=None, check=False, **environment):
+    env = dict(os.environ, **environment)
     if store is not None:
         env["VFSD_STORE"] = str(store)
     result = subprocess.run([sys.executable, "-m", "vfsd", *args], capture_output=True,
@@ -55,6 +55,21 @@ def test_not_a_store_and_bad_format(tmp_path):
     assert "format 99" in one_line_error(vfsd("stats", store=path))
     (path / "store.toml").write_text("this is [not toml")
     assert "corrupt" in one_line_error(vfsd("stats", store=path))
+
+
+def test_export_says_why_it_cannot_copy_the_disk(store, tmp_path):
+    """Unmounted, export copies the disk to a sparse raw file in the temporary directory
+    first: one past what that file system takes (ext4: 16 TiB) is refused with a line that
+    says so, and leaves nothing behind."""
+    vfsd("vm", "create", "big", "--disk", "100P", "--memory", "256M", store=store, check=True)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    result = vfsd("vm", "export", "big", str(tmp_path / "big.qcow2"), store=store,
+                  TMPDIR=str(tmp))
+    line = one_line_error(result, 1)
+    assert "File too large in the temporary raw copy of VM big's" in line, line
+    assert "through the mount" in line
+    assert not (tmp_path / "big.qcow2").exists() and not list(tmp.iterdir())
 
 
 def test_init_twice_refused(store):
