@@ -327,9 +327,39 @@ def test_o_trunc_leaves_the_old_contents_whole_until_the_new_ones_commit(store_p
             os.close(fd)
         assert stored_bytes(store_path, "f") == expected
         assert path.read_bytes() == expected
-        os.close(os.open(path, os.O_WRONLY | os.O_TRUNC))  # nothing written: empty all the same
-        assert stored_bytes(store_path, "f") == b""
+        # Nothing written: empty all the same, committed by the handle's release, which the
+        # kernel sends once close(2) has returned.
+        os.close(os.open(path, os.O_WRONLY | os.O_TRUNC))
+        wait_for(lambda: stored_bytes(store_path, "f") == b"", 10, "the bare truncation")
         assert path.stat().st_blocks == 0
+    finally:
+        m.stop()
+    fsck(store_path)
+
+
+def test_a_shell_redirection_over_a_file_replaces_it_in_one_step(store_path: Path,
+                                                               tmp_path: Path):
+    """`cmd > file`: the shell opens the file with O_TRUNC, hands a duplicate of the
+    descriptor to the command and closes its own, a close (FLUSH) before anything is
+    written. That close must not commit the bare truncation: other processes see the old
+    contents until the command's output commits with it, never an empty file between."""
+    m = Mount(store_path, tmp_path / "mnt", "--commit-interval", "60").start()
+    try:
+        path = m.path / "out"
+        old = os.urandom(200_000)
+        path.write_bytes(old)
+        new = os.urandom(150_000)
+        shells = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        commands = os.dup(shells)
+        os.close(shells)
+        assert stored_bytes(store_path, "out") == old
+        os.write(commands, new)
+        os.close(commands)
+        assert stored_bytes(store_path, "out") == new
+        # The same through a real shell and a real command.
+        subprocess.run(["sh", "-c", f"head -c 70000 /dev/urandom > '{path}'"], check=True)
+        assert len(stored_bytes(store_path, "out")) == 70_000
+        assert path.read_bytes() == stored_bytes(store_path, "out")
     finally:
         m.stop()
     fsck(store_path)

@@ -516,7 +516,7 @@ class Operations(pyfuse3.Operations):
                     await self.cache.drop_contents(ino, functools.partial(self._punch_all, ino))
                     self.own_changes.invalidate(ino)  # the kernel still caches the old pages
             elif handle.wrote:
-                await self.cache.flush(ino, closing=fh)
+                await self.cache.flush(ino, closing=fh, released=True)
         finally:
             self.cache.handle_closed(ino, fh)
             if handle.writable and self.writers[ino] == 0:

@@ -408,14 +408,18 @@ class WriteBack:
 
     # --- flushing ------------------------------------------------------------------------
 
-    async def flush(self, ino: int, closing: int | None = None) -> None:
+    async def flush(self, ino: int, closing: int | None = None, released: bool = False
+                    ) -> None:
         """Commit the file's dirty data to the store (durably); raises the core's error if
-        it cannot. `closing`: the handle whose close or release asks. While another handle's
-        O_TRUNC waits for its commit, the file is being rewritten through that handle, and
-        its own close commits the new contents whole: other closes commit nothing. (The
-        kernel sends a handle's release after close(2) returns, so the release of one `cp`
-        over a file comes after the next one's open: committing then showed the object
-        empty, or cut at the new contents' first write.)"""
+        it cannot. `closing`: the handle whose close or release (`released`) asks. While
+        another handle's O_TRUNC waits for its commit, the file is being rewritten through
+        that handle, and its own close commits the new contents whole: other closes commit
+        nothing. (The kernel sends a handle's release after close(2) returns, so the release
+        of one `cp` over a file comes after the next one's open: committing then showed the
+        object empty, or cut at the new contents' first write.) Nor does a close of the
+        truncating handle before anything is written: that is a duplicate descriptor's
+        (`cmd > file`: the shell closes its own after handing a copy to the command), and
+        the truncation waits for the contents, or for the handle's release."""
         f = self.files.get(ino)
         if f is None:
             await self._cover_forgotten(ino)
@@ -423,6 +427,9 @@ class WriteBack:
         async with _holding(f.lock):
             if closing is not None and f.truncating_handle not in (None, closing):
                 self._raise_error(f)
+                return
+            if (closing is not None and not released and f.truncating_handle == closing
+                    and f.replacing and not f.dirty and not f.flushing):
                 return
             await self._flush_locked(f)
 
