@@ -12,9 +12,37 @@ from vfsd.fs import flushcommit
 from vfsd.fs.patch import Patch
 from vfsd.fs.writeback import WriteBack
 from vfsd.store import ROOT_INO, Store
+from vfsd.store.journal import Journal
+from vfsd.store.journalrecovery import recover
+from vfsd.store.leases import Holder
 
 pytestmark = pytest.mark.timeout(120)
 CS = 64 * 1024
+
+
+async def run_in_worker(fn, *args):
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+@contextlib.asynccontextmanager
+async def journaled_cache(tmp_path):
+    """A store with a file open for writing through a cache whose fsync journal belongs to
+    a process that is gone, so that `crash_and_recover` replays it. Yields the store, the
+    file's inode number, the cache and the journal."""
+    child = await trio.lowlevel.open_process(["true"])
+    await child.wait()
+    with Store.init(tmp_path / "store") as store:
+        ino = store.create(ROOT_INO, b"f").ino
+        cache = WriteBack(store, run_in_worker, limit_bytes=256 * CS, interval=60)
+        journal = cache.journal = Journal(store, Holder(child.pid, 1, "a mount"))
+        cache.writer_opened(ino)
+        yield store, ino, cache, journal
+
+
+def crash_and_recover(store: Store, journal: Journal) -> None:
+    journal.env.inode_hook = None  # the process dies here
+    os.close(journal.fd)
+    recover(store)
 
 
 async def test_writers_parked_for_room_lose_nothing(tmp_path):
@@ -55,22 +83,8 @@ async def test_an_fsync_after_background_batches_keeps_their_bytes_over_older_se
     """A small write is fsynced (a journal set), then more than the journal takes is written
     over it and background batches commit all of it; then fsync. After a crash the old set
     must not be replayed over the bytes that fsync acknowledged."""
-    from vfsd.store.journal import Journal
-    from vfsd.store.journalrecovery import recover
-    from vfsd.store.leases import Holder
-
-    child = await trio.lowlevel.open_process(["true"])  # a holder whose process is gone
-    await child.wait()
-    with Store.init(tmp_path / "store") as store:
-        ino = store.create(ROOT_INO, b"f").ino
-
-        async def run(fn, *args):
-            return await trio.to_thread.run_sync(fn, *args)
-
-        cache = WriteBack(store, run, limit_bytes=256 * CS, interval=60)
-        journal = cache.journal = Journal(store, Holder(child.pid, 1, "a mount"))
+    async with journaled_cache(tmp_path) as (store, ino, cache, journal):
         cache.batch = 8
-        cache.writer_opened(ino)
         await cache.write(ino, 0, b"A" * 4096)
         await cache.sync(ino)
         assert journal.uncovered(ino)
@@ -84,9 +98,7 @@ async def test_an_fsync_after_background_batches_keeps_their_bytes_over_older_se
             cache.writer_closed(ino)
             assert ino not in cache.files
         await cache.sync(ino)
-        journal.env.inode_hook = None  # the process dies here
-        os.close(journal.fd)
-        recover(store)
+        crash_and_recover(store, journal)
         assert bytes(store.read(ino, 0, 8)) == b"BBBBBBBB"
 
 
@@ -96,16 +108,11 @@ async def test_a_writer_idle_after_background_batches_lets_the_journal_lap(tmp_p
     open (a VM's disk, a log). Nothing is dirty, so no flush comes to cover the set: the
     ring never started a new lap, and every other file's fsyncs grew the journal file past
     its 16 MiB for as long as that file stayed open."""
-    from vfsd.store.journal import RING_BYTES, Journal
-    from vfsd.store.leases import Holder
+    from vfsd.store.journal import RING_BYTES
 
     with Store.init(tmp_path / "store") as store:
         idle, busy = store.create(ROOT_INO, b"idle").ino, store.create(ROOT_INO, b"busy").ino
-
-        async def run(fn, *args):
-            return await trio.to_thread.run_sync(fn, *args)
-
-        cache = WriteBack(store, run, limit_bytes=256 * CS, interval=0.2)
+        cache = WriteBack(store, run_in_worker, limit_bytes=256 * CS, interval=0.2)
         journal = cache.journal = Journal(store, Holder(os.getpid(), 1, "a mount"))
         cache.batch = 8
         for ino in (idle, busy):
@@ -140,21 +147,8 @@ async def test_an_eager_truncation_covers_the_fsynced_writes_only_by_its_own_com
     nothing is lost: the cache still reads them, and a commit of the file after (a chmod)
     does not record their sets as covered, so a crash still replays them."""
     from vfsd.store.errors import NoSpace
-    from vfsd.store.journal import Journal
-    from vfsd.store.journalrecovery import recover
-    from vfsd.store.leases import Holder
 
-    child = await trio.lowlevel.open_process(["true"])  # a holder whose process is gone
-    await child.wait()
-    with Store.init(tmp_path / "store") as store:
-        ino = store.create(ROOT_INO, b"f").ino
-
-        async def run(fn, *args):
-            return await trio.to_thread.run_sync(fn, *args)
-
-        cache = WriteBack(store, run, limit_bytes=256 * CS, interval=60)
-        journal = cache.journal = Journal(store, Holder(child.pid, 1, "a mount"))
-        cache.writer_opened(ino)
+    async with journaled_cache(tmp_path) as (store, ino, cache, journal):
         await cache.write(ino, 0, b"A" * 4096)
         await cache.sync(ino)
         assert journal.uncovered(ino)
@@ -173,10 +167,8 @@ async def test_an_eager_truncation_covers_the_fsynced_writes_only_by_its_own_com
             await cache.drop_contents(ino, truncate)
             assert ino not in cache.files
         assert journal.uncovered(ino) == fails
-        await run(lambda: store.setattr(ino, mode=0o600))
-        journal.env.inode_hook = None  # the process dies here
-        os.close(journal.fd)
-        recover(store)
+        await run_in_worker(lambda: store.setattr(ino, mode=0o600))
+        crash_and_recover(store, journal)
         assert bytes(store.read(ino, 0, 4096)) == (b"A" * 4096 if fails else b"")
 
 
