@@ -11,14 +11,19 @@ connection through fusectl (/sys/fs/fuse/connections/N/abort) frees them.
 The guardian watches the daemon: the daemon holds the write end of a pipe the guardian reads.
 End of file (the daemon closed it at a clean unmount, or has exited: its descriptors are
 closed before it shows as a zombie) ends the guardian. A daemon whose main thread is dead
-(state Z) while the pipe is still open is stuck that way: the guardian aborts its
-connection, then the daemon finishes dying and readers see ENOTCONN, as after any crash of a
-FUSE daemon. Run as `python -m vfsd.fs.guardian PID START_TIME CONNECTION`, its stderr the
-store's log (not named on its command line: `pgrep -f STORE` finds the daemon alone); it
-imports little of vfsd (vfsd/procstat.py, and vfsd/fs/readahead.py's mountinfo reader). It
-ignores SIGTERM, SIGINT and SIGHUP (`pkill -f vfsd` should not take it with the daemon; it
-leaves when the daemon does), but a cgroup-wide kill (systemd's KillMode=control-group, an
-OOM kill of the group) takes it too.
+(state Z) while the pipe is still open is dying; one still so DYING_SECONDS later is stuck
+(a killed daemon's other threads finish a disk flush, and the last of them unmaps its
+memory before it closes its files: 15 to 76 ms after 4 of the kills in a run of
+tests/fs/test_durability.py, windows that a check once a second sometimes met, aborting
+connections nothing was stuck on). Then the guardian aborts its connection, the daemon
+finishes dying and readers see ENOTCONN, as after any crash of a FUSE daemon.
+
+Run as `python -m vfsd.fs.guardian PID START_TIME CONNECTION`, its stderr the store's log
+(not named on its command line: `pgrep -f STORE` finds the daemon alone); it imports little
+of vfsd (vfsd/procstat.py, and vfsd/fs/readahead.py's mountinfo reader). It ignores SIGTERM,
+SIGINT and SIGHUP (`pkill -f vfsd` should not take it with the daemon; it leaves when the
+daemon does), but a cgroup-wide kill (systemd's KillMode=control-group, an OOM kill of the
+group) takes it too.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ from .readahead import mount_device
 
 CONNECTIONS = Path("/sys/fs/fuse/connections")
 CHECK_SECONDS = 1.0
+# How long a daemon may take to finish dying (a thread's disk flush, unmapping its memory)
+# before it counts as stuck: a stuck one never finishes, so waiting costs its mount's
+# processes only these seconds more, and aborting a dying one gains them nothing.
+DYING_SECONDS = 5.0
 
 
 def connection_of(mountpoint: Path) -> int | None:
@@ -115,10 +124,13 @@ def watch(pid: int, start_time: int, connection: int) -> int:
     while True:
         if select.select([0], [], [], CHECK_SECONDS)[0]:
             return 0  # end of file: unmounted, or the daemon is gone and took its connection
-        # Looked at again after seeing it a zombie: a daemon that exited fully in between
-        # closed its files first, and its connection number may be another mount's by now.
-        if stuck(pid, start_time) and not select.select([0], [], [], 0)[0]:
-            break
+        if not stuck(pid, start_time):
+            continue
+        # Dying: give it time to finish (then its files close, the pipe ends, and its
+        # connection number may soon be another mount's). Still open after that: stuck.
+        if select.select([0], [], [], DYING_SECONDS)[0]:
+            return 0
+        break
     try:
         abort(connection)
         outcome = "event=connection-aborted"
