@@ -143,3 +143,38 @@ def test_vm_rm_frees_instance_storage(store):
     vms.remove("tmp")
     assert store.physical_bytes() == 0
     assert fsck.check(store).clean
+
+
+def test_swap_left_by_a_dead_mount_is_dropped_unless_a_live_process_holds_it(store):
+    """`drop_abandoned_swap` (the mount's start-up): a swap file with data and no live writer
+    is emptied; one leased to a live process (a VM running through another mount) is not."""
+    from vfsd.procstat import state_and_start_time
+    from vfsd.store.leases import Holder
+
+    vms = Vms(store)
+    vms.create("web", GiB, 64 << 20)
+    vms.create("db", GiB, 64 << 20)
+    for name in ("web", "db"):
+        swap = store.resolve(f"vms/{name}/{name}.vswp")
+        store.write(swap.ino, 0, os.urandom(256 << 10))
+    web_swap = store.resolve("vms/web/web.vswp")
+    db_swap = store.resolve("vms/db/db.vswp")
+    dead = Holder(2**22 + 1, 1, "the mount")  # no such process: its lease is stale
+    store.leases.acquire(web_swap.ino, dead)
+    init = state_and_start_time(1)
+    assert init is not None
+    alive = Holder(1, init[1], "the mount")  # pid 1 lives as long as the machine
+    store.leases.acquire(db_swap.ino, alive)
+    me = Holder.this_process("the mount")
+    try:
+        assert vms.drop_abandoned_swap(me) == 1
+    finally:
+        store.leases.release(db_swap.ino, alive)
+    assert store.resolve("vms/web/web.vswp").stored == 0
+    assert store.read(web_swap.ino, 0, 256 << 10) == bytes(256 << 10)
+    assert store.resolve("vms/web/web.vswp").size == 64 << 20
+    assert store.resolve("vms/db/db.vswp").stored > 0
+    assert store.leases.holder(web_swap.ino) is None  # its lease given back
+    assert vms.drop_abandoned_swap(me) == 1  # db's, now nobody's
+    assert vms.drop_abandoned_swap(me) == 0
+    assert fsck.check(store).clean

@@ -23,6 +23,7 @@ from vfsd.mounts import register
 from vfsd.store import Store, gc, journal, journalrecovery
 from vfsd.store.config import load_config
 from vfsd.store.errors import StoreError
+from vfsd.store.vms import Vms
 
 from . import guardian, metrics
 from .invalidate import tail_changes
@@ -116,6 +117,8 @@ def mount(config: MountConfig) -> int:
         purged = store.purge_orphans()
         recovered = journalrecovery.recover(store)  # what a crashed mount fsynced, before we serve
         ops = Operations(store, config.cache_size, config.commit_interval)
+        # A mount killed while its VMs ran never reached the closes that drop their swap.
+        swaps = Vms(store).drop_abandoned_swap(ops.holder)
         listener = _metrics_listener(config.metrics_listen)
         ops.cache.journal = journal.Journal(store, ops.holder)
         options = {"fsname=vfsd", "subtype=vfsd", "default_permissions"}
@@ -130,10 +133,11 @@ def mount(config: MountConfig) -> int:
     registration = register(config.store, mountpoint)
     guard = _start_guardian(mountpoint, config.store / LOG_NAME)
     log.info("event=mounted store=%s mountpoint=%s orphans_purged=%d cache=%d interval=%.1f "
-             "poll_us=%d journals_replayed=%d sets_replayed=%d sets_dropped=%d metrics=%s",
+             "poll_us=%d journals_replayed=%d sets_replayed=%d sets_dropped=%d swaps_dropped=%d "
+             "metrics=%s",
              config.store, config.mountpoint, purged, config.cache_size, config.commit_interval,
              config.poll_us,
-             recovered.journals, recovered.replayed, recovered.dropped,
+             recovered.journals, recovered.replayed, recovered.dropped, swaps,
              metrics.url(listener) if listener else "off")
     if ready_w is not None:
         os.write(ready_w, b"ok\n")

@@ -17,6 +17,7 @@ from . import namespace
 from .chunks import chunk_map
 from .env import Tx
 from .errors import Busy, Exists, InvalidArgument, NotFound, PermissionDenied
+from .leases import Holder
 from .names import check_name
 from .records import ROOT_INO, Inode, InodeFlags
 from .store import Store
@@ -191,6 +192,33 @@ class Vms:
             return sorted(e.name.decode(errors="replace")
                           for e in namespace.readdir(tx, vms.ino, 0, 1 << 62)
                           if stat.S_ISDIR(e.mode_type))
+
+    def drop_abandoned_swap(self, holder: Holder) -> int:
+        """Empty every VM's swap file that holds data and that no live process has open for
+        writing; returns how many. Swap dies with its VM at the last writer's close (the
+        mount punches it then), but a mount killed while its VM ran never gets that close,
+        and the dead VM's memory stayed stored until the VM's next clean stop. The mount
+        calls this at start, after the journal recovery. Each swap is leased to `holder`
+        while it is punched (one transaction), so a VM started meanwhile through another
+        mount cannot map it half emptied."""
+        dropped = 0
+        for name in self.names():
+            try:
+                swap = self.store.resolve(f"{VMS.decode()}/{name}/{name}.vswp")
+            except NotFound:
+                continue
+            if not swap.flags & InodeFlags.EPHEMERAL or not swap.stored:
+                continue
+            try:
+                self.store.leases.acquire(swap.ino, holder)
+            except Busy:
+                continue  # a running VM's: its last close drops it
+            try:
+                self.store.punch_hole(swap.ino, 0, max(swap.size, 1))
+                dropped += 1
+            finally:
+                self.store.leases.release(swap.ino, holder)
+        return dropped
 
     def show(self, name: str) -> VmInfo:
         with self.store.env.read() as tx:
