@@ -2,6 +2,7 @@
 and leave nothing half-written."""
 
 import contextlib
+import ctypes
 import errno
 import os
 import random
@@ -44,6 +45,32 @@ def test_quota_statfs_and_enospc(mount, mnt, store_path):
                     "--store", str(store_path)], check=True, capture_output=True)
     (mnt / "after").write_bytes(b"space again")
     assert (mnt / "after").read_bytes() == b"space again"
+
+
+def test_a_discard_on_a_full_pool_gives_room_back(mount, mnt, store_path):
+    """A guest's TRIM is what frees a full pool: a hole punched while dirty data that does
+    not fit waits in the cache must not first try to commit that data (it failed with
+    ENOSPC, and QEMU paused the guest for good). Punched, the data then fits."""
+    subprocess.run([sys.executable, "-m", "vfsd", "pool", "set", "--quota", "40M",
+                    "--store", str(store_path)], check=True, capture_output=True)
+    old, new = os.urandom(32 * MiB), os.urandom(16 * MiB)
+    fd = os.open(mnt / "disk", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        os.write(fd, old)
+        os.fsync(fd)
+        os.pwrite(fd, new, 32 * MiB)  # 16 MiB more than the quota holds: stays dirty
+        libc = ctypes.CDLL(None, use_errno=True)
+        keep_size_punch_hole = 1 | 2
+        if libc.fallocate(fd, keep_size_punch_hole, ctypes.c_long(0), ctypes.c_long(32 * MiB)):
+            raise OSError(ctypes.get_errno(), "fallocate")
+        assert os.pread(fd, 1 * MiB, 31 * MiB) == bytes(MiB)
+        os.fsync(fd)
+        assert os.pread(fd, 16 * MiB, 32 * MiB) == new
+    finally:
+        os.close(fd)
+    assert (mnt / "disk").stat().st_blocks * 512 <= 17 * MiB
+    data = (mnt / "disk").read_bytes()
+    assert data[: 32 * MiB] == bytes(32 * MiB) and data[32 * MiB:] == new
 
 
 def test_a_file_rewritten_in_place_on_a_nearly_full_pool(mount, mnt, store_path):

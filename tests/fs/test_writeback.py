@@ -172,6 +172,29 @@ async def test_an_eager_truncation_covers_the_fsynced_writes_only_by_its_own_com
         assert bytes(store.read(ino, 0, 4096)) == (b"A" * 4096 if fails else b"")
 
 
+@pytest.mark.parametrize("committed", [False, True], ids=["all cached", "committed first"])
+async def test_a_punched_hole_stays_a_hole_after_a_crash(tmp_path, committed):
+    """A hole punched with dirty data about (a guest's TRIM) commits nothing of that data;
+    after an fsync and a crash the hole reads as zeros: the journal's older sets are not
+    laid over it, and a write into it made before the punch is not journaled after it."""
+    async with journaled_cache(tmp_path) as (store, ino, cache, journal):
+        await cache.write(ino, 0, b"A" * (4 * CS))
+        if committed:
+            await cache.flush(ino)
+            await cache.write(ino, 0, b"a" * (4 * CS))  # dirty again, over stored chunks
+        await cache.sync(ino)  # a journal set holding all four chunks
+        await cache.write(ino, CS + 10, b"B" * 100)  # not journaled yet, inside the hole
+        await cache.write(ino, 3 * CS, b"C" * 100)  # outside it: kept
+        await cache.punch(ino, CS // 2, 2 * CS, store.punch_hole)  # chunk 1 whole, 2 edges
+        old = b"a" if committed else b"A"
+        expected = (old * (CS // 2) + bytes(2 * CS) + old * (CS // 2) + b"C" * 100
+                    + old * (CS - 100))
+        assert bytes(await cache.read(ino, 0, 4 * CS)) == expected
+        await cache.sync(ino)
+        crash_and_recover(store, journal)
+        assert bytes(store.read(ino, 0, 4 * CS)) == expected
+
+
 async def test_a_write_within_a_chunk_is_kept_as_given_not_as_objects_for_the_gc(tmp_path):
     """A patch keeps a write within one chunk as the bytes pyfuse3 gave: a memoryview of it
     was two more objects tracked by the cyclic GC for as long as the write stayed dirty

@@ -22,6 +22,7 @@ import trio
 
 from vfsd.store import Inode, InodeFlags, Store
 from vfsd.store.errors import Exists, NotFound, StoreError
+from vfsd.store.files import check_file_writable
 from vfsd.store.leases import Holder
 from vfsd.store.store import CAPABILITY_XATTR
 
@@ -546,22 +547,28 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)  # collapse/insert range, unshare
         if ino in self.privileged:  # a change to the contents, as a write is
             await self._drop_privileges(ino)
-        await self.cache.flush(ino)  # the chunk map must hold everything before it changes
         inode = await self.run(self.store.getattr, ino)
+        check_file_writable(inode)  # a punch within one chunk reaches only the cache
+        cached = self.cache.cached(ino)
         end = offset + length
-        if (not mode & FALLOC_FL_KEEP_SIZE and end > inode.size
-                and inode.flags & InodeFlags.FIXED_SIZE):
+        grows = not mode & FALLOC_FL_KEEP_SIZE and end > (
+            cached.size if cached is not None else inode.size)
+        if grows and inode.flags & InodeFlags.FIXED_SIZE:
             raise pyfuse3.FUSEError(errno.EFBIG)
         if mode & punch:
-            # Zeroing a range is punching it: zeros are holes here.
-            await self.run(self.store.punch_hole, ino, offset, length)
-            self.cache.changed_here(ino)
-        else:
+            # Zeroing a range is punching it: zeros are holes here. Dirty data stays dirty:
+            # a guest's TRIM on a full pool must not wait for a commit that cannot fit.
+            await self.cache.punch(ino, offset, length, self.store.punch_hole)
+        if grows or not mode & punch:
+            # Allocating counts what is stored, and a truncation must find it all there.
+            await self.cache.flush(ino)
+            inode = await self.run(self.store.getattr, ino)
+        if not mode & punch:
             # Thin pool: "allocating" is a promise that the pool has room right now.
             left = await self.run(self.store.capacity_left)
             if left is not None and length - inode.stored > left:
                 raise pyfuse3.FUSEError(errno.ENOSPC)
-        if not mode & FALLOC_FL_KEEP_SIZE and end > inode.size:
+        if grows and end > inode.size:
             await self.run(self.store.truncate, ino, end)
             await self.cache.truncated(ino, end)
 

@@ -182,13 +182,6 @@ class WriteBack:
             f.size = max(f.size, size)
             f.clean.clear()
 
-    def changed_here(self, ino: int) -> None:
-        """The mount changed the file's chunks through the core (a hole punched): what we
-        know of stored chunks no longer holds."""
-        f = self.files.get(ino)
-        if f is not None:
-            f.clean.clear()
-
     # --- state ---------------------------------------------------------------------------
 
     def cached(self, ino: int) -> FileCache | None:
@@ -750,6 +743,72 @@ class WriteBack:
             return False
         self.journal.dropped(ino, self.journal.newest_set(ino))
         return True
+
+    async def punch(self, ino: int, offset: int, length: int,
+                    punch_store: Callable[[int, int, int], Inode]) -> None:
+        """fallocate(PUNCH_HOLE or ZERO_RANGE) within the file as the mount sees it. Whole
+        chunks go from the store (`punch_store`, a hole punch of chunk-aligned ranges, which
+        needs no room) and from the cache; the two partial edges are written zeros through
+        the cache. Nothing dirty is committed first: on a full pool that commit is what
+        fails, and a discard (a guest's TRIM) is what gives room back."""
+        f = await self._file(ino)
+        f.pins += 1  # the entry must outlive the awaits below, as a write's does
+        try:
+            async with _holding(f.lock):
+                await self._settle(f)  # no batch holds chunks of the range
+                end = min(offset + length, f.size)
+                if offset >= end:
+                    return
+                cs = self.cs
+                first, last = offset // cs, (end - 1) // cs
+                edges = sorted(i for i in {first, last}
+                               if offset > i * cs or end < min((i + 1) * cs, f.size))
+                whole = range(first + (first in edges), last + (last not in edges))
+                freed = 0, 0
+                if whole:
+                    lo, hi = whole.start * cs, min(whole.stop * cs, f.size)
+                    if not f.replacing:  # else the stored chunks are the old file's
+                        await self.run(self._commit_punch, ino, lo, hi - lo, whole,
+                                       punch_store)
+                    freed = self._drop_range(f, whole, lo, hi)
+                    if f.mtime_ns:  # the next commit stamps the cache's times
+                        f.mtime_ns = f.ctime_ns = time.time_ns()
+        finally:
+            f.pins -= 1
+        await self._release_held(*freed)
+        for index in edges:  # the kernel keeps this file's writes out until we return
+            lo, hi = max(offset, index * cs), min(end, (index + 1) * cs)
+            await self.write(ino, lo, bytes(hi - lo))
+
+    def _commit_punch(self, ino: int, offset: int, length: int, chunks: range,
+                      punch_store: Callable[[int, int, int], Inode]) -> None:
+        """In a worker: the store's punch, then chunk marks so that a replay after a crash
+        does not lay the journal's sets so far over the hole."""
+        punch_store(ino, offset, length)
+        if self.journal is not None:
+            self.journal.mark_chunks(ino, chunks)
+
+    def _drop_range(self, f: FileCache, chunks: range, lo: int, hi: int) -> tuple[int, int]:
+        """Forget the dirty and clean chunks of a punched range, and the writes in it that
+        the next fsync would journal (replayed after a crash, they would fill the hole).
+        Returns what the dropped chunks held, for `_release_held`."""
+        dropped = [i for i in f.dirty if i in chunks]
+        freed = sum(self._cost(f.dirty.pop(i)) for i in dropped)
+        for i in [i for i in f.clean if i in chunks]:
+            del f.clean[i]
+        kept: list[tuple[int, bytes | memoryview]] = []
+        for start, data in f.unjournaled:
+            stop = start + len(data)
+            if stop <= lo or start >= hi:
+                kept.append((start, data))
+                continue
+            if start < lo:
+                kept.append((start, memoryview(data)[: lo - start]))
+            if stop > hi:
+                kept.append((hi, memoryview(data)[hi - start:]))
+        f.unjournaled = kept
+        f.unjournaled_bytes = sum(len(data) for _start, data in kept)
+        return freed, len(dropped)
 
     @contextlib.asynccontextmanager
     async def copying_into(self, ino: int, whole_chunks: bool) -> AsyncIterator[bool]:

@@ -280,6 +280,23 @@ class Journal:
             self.covered[ino] = max(self.covered.get(ino, 0), seq)
             self.unmarked.add(ino)
 
+    def mark_chunks(self, ino: int, chunks: Iterable[int]) -> None:
+        """In a worker: a hole was just punched in these chunks of `ino`. Chunk marks, in a
+        transaction of their own, keep a replay from laying the file's sets so far over it.
+        (A crash before they commit brings the older bytes back, as it may for any change
+        not yet fsynced.) The store's punch cannot carry them: past the stored size it
+        commits nothing, while the sets may hold bytes there."""
+        includes = self.newest.get(ino, 0)
+        if includes <= self.covered.get(ino, 0):
+            return
+        key = self.key + ino_key(ino)
+        value = _INCLUDES.pack(includes)
+        with self.env.write() as tx:
+            for index in chunks:
+                tx.put(tx.db.journals, key + _CHUNK.pack(index), value)
+        with self.lock:
+            self.chunk_marked[ino] = max(self.chunk_marked.get(ino, 0), includes)
+
     def _mark(self, tx: Tx, inode: Inode) -> None:
         ino = inode.ino
         if ino not in self.newest:
