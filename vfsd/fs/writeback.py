@@ -11,9 +11,7 @@ bound of its own, since each patch costs a read and a rewrite of its chunk at fl
 commits one inode's dirty chunks and its size in one core call (segment fdatasync, then one
 LMDB commit); only then is the data durable.
 
-Reads of a file with dirty data overlay, in order: the store, the chunks being flushed, the
-dirty chunks. A complete cached chunk is authoritative for its whole range (bytes past its end
-are zeros); a patch only for its ranges.
+Each file's entry, and reads through it, are vfsd/fs/filecache.py's.
 
 An fsync of a few writes does not commit them: it appends them to the fsync journal
 (vfsd/store/journal.py), one synchronous write, and they stay dirty until the next flush. For
@@ -40,7 +38,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -49,6 +46,7 @@ from vfsd.store import Inode, InodeFlags, Store
 from vfsd.store.errors import FileTooBig, NoSpace, NotFound, PermissionDenied, StoreError
 from vfsd.store.journal import Journal
 
+from .filecache import FileCache, Readout, holding, joined, overlay
 from .flushcommit import Taken, commit_flush
 from .inline import InlineWhileFast
 from .patch import Chunk, Patch, stacked
@@ -70,46 +68,8 @@ NO_SPACE_WAIT = 15.0
 FAILURE_LOG_SECONDS = 60.0  # a file whose flush keeps failing (a full pool) is logged this often
 
 
-Readout = bytes | bytearray | memoryview | list[memoryview]  # a list: pieces, in order
-
-
 class _Discarded(Exception):
     """The file's cache entry was dropped while a write waited for room."""
-
-
-@dataclass
-class FileCache:
-    ino: int
-    size: int
-    fixed_size: bool
-    dirty: dict[int, Chunk] = field(default_factory=dict)
-    flushing: dict[int, Chunk] = field(default_factory=dict)
-    mtime_ns: int = 0
-    ctime_ns: int = 0  # of the last write: it changed the file then, not when committed
-    first_dirty: float = 0.0
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    error: StoreError | None = None
-    pins: int = 0  # writes in progress: they may await, and must not find the cache forgotten
-    kept: bool = False  # a handle writes to the file: keep the entry while clean
-    clean: dict[int, bytearray] = field(default_factory=dict)  # equal to the stored chunks
-    batches: int = 0  # background batches of this file being committed
-    settled: trio.Event = field(default_factory=trio.Event)  # set when `batches` drops to 0
-    # Writes since the file's last journal record, for the next one. `unjournaled_all` says
-    # they are not all here (too many, or a failed commit took them): the next fsync commits.
-    unjournaled: list[tuple[int, bytes | memoryview]] = field(default_factory=list)
-    unjournaled_bytes: int = 0
-    unjournaled_all: bool = True
-    # Flushes that failed in a row (retried every commit interval), and when that was logged.
-    failures: int = 0
-    failure_logged: float = 0.0
-    # Emptied by an O_TRUNC whose truncation the next commit makes: the stored chunks and
-    # size are the old file's, dead to this cache. One commit at a time while it is set.
-    replacing: bool = False
-    truncating_handle: int | None = None  # the handle that did it, until its release
-
-    @property
-    def held(self) -> int:
-        return len(self.dirty) + len(self.flushing)
 
 
 class WriteBack:
@@ -252,8 +212,8 @@ class WriteBack:
     def _nothing_flushable(self) -> bool:
         """Whether every file holding dirty data has a flush failure its writer has not heard
         of yet (the flusher leaves those alone) and no commit is in flight."""
-        holding = [f for f in self.files.values() if f.dirty or f.flushing]
-        return bool(holding) and all(f.error is not None and not f.flushing for f in holding)
+        holders = [f for f in self.files.values() if f.dirty or f.flushing]
+        return bool(holders) and all(f.error is not None and not f.flushing for f in holders)
 
     # --- writes and reads ----------------------------------------------------------------
 
@@ -351,41 +311,23 @@ class WriteBack:
         f = self.files.get(ino)
         if f is None:
             return await self._read_store(ino, offset, size)
-        cs = self.cs
         end = min(offset + size, f.size)
         if offset >= end:
             return b""
-        first, last = offset // cs, (end - 1) // cs
+        first, last = offset // self.cs, (end - 1) // self.cs
         # What the cache holds now, bottom layer first. A flush may commit some of it and
         # let go of it while the store read below runs, and that read may still see the
         # old chunk: so these are laid on after it, then whatever is cached by then.
-        def cached_layers() -> list[tuple[int, Chunk]]:
-            return [(i, chunk) for layer in (f.clean, f.flushing, f.dirty)
-                    for i in range(first, last + 1)
-                    for chunk in [layer.get(i)] if chunk is not None]
-
-        held = cached_layers()
-        if f.replacing or all(isinstance(f.dirty.get(i, f.flushing.get(i, f.clean.get(i))),
-                                         bytearray | memoryview)
-                              for i in range(first, last + 1)):
+        held = f.layers(first, last)
+        if f.replacing or f.complete(first, last):
             # Complete cached chunks cover it all, or the stored ones are the old file's.
             out = bytearray(end - offset)
         else:
-            out = _joined(await self._read_store(ino, offset, end - offset))
+            out = joined(await self._read_store(ino, offset, end - offset))
             if len(out) < end - offset:
                 out.extend(bytes(end - offset - len(out)))
-            held += cached_layers()
-        for index, chunk in held:
-            cstart = index * cs
-            lo = max(offset, cstart) - cstart
-            hi = min(end, cstart + cs) - cstart
-            dest = cstart + lo - offset
-            if isinstance(chunk, Patch):
-                chunk.overlay(out, lo, hi, dest)
-                continue
-            avail = max(0, min(hi, len(chunk)) - lo)
-            out[dest: dest + avail] = chunk[lo: lo + avail]
-            out[dest + avail: dest + hi - lo] = bytes(hi - lo - avail)
+            held += f.layers(first, last)
+        overlay(out, held, offset, end, self.cs)
         return out
 
     async def _read_store(self, ino: int, offset: int, size: int) -> Readout:
@@ -417,7 +359,7 @@ class WriteBack:
         if f is None:
             await self._cover_forgotten(ino)
             return
-        async with _holding(f.lock):
+        async with holding(f.lock):
             if closing is not None and f.truncating_handle not in (None, closing):
                 self._raise_error(f)
                 return
@@ -442,7 +384,7 @@ class WriteBack:
         if f is None:
             await self._cover_forgotten(ino)
             return
-        async with _holding(f.lock):
+        async with holding(f.lock):
             if self.journal is None or not f.unjournaled_all:
                 await self._flush_locked(f)
                 return
@@ -754,7 +696,7 @@ class WriteBack:
         f = await self._file(ino)
         f.pins += 1  # the entry must outlive the awaits below, as a write's does
         try:
-            async with _holding(f.lock):
+            async with holding(f.lock):
                 await self._settle(f)  # no batch holds chunks of the range
                 end = min(offset + length, f.size)
                 if offset >= end:
@@ -822,7 +764,7 @@ class WriteBack:
             await self._cover_forgotten(ino)
             yield False
             return
-        async with _holding(f.lock):
+        async with holding(f.lock):
             await self._settle(f)
             self._raise_error(f)
             if f.replacing and whole_chunks and not f.dirty:
@@ -921,7 +863,7 @@ class WriteBack:
                 continue
             if f.lock.locked():
                 continue  # a flush or an fsync of it is under way
-            async with _holding(f.lock):
+            async with holding(f.lock):
                 # Under the lock no set is appended and no flush starts; nothing dirty and
                 # nothing in flight: the store holds every byte of every set written.
                 if (self.files.get(ino) is f and not f.dirty and not f.flushing
@@ -937,20 +879,3 @@ class WriteBack:
             await self.run(self.journal.cover, ino, self.journal.newest_set(ino))
         except StoreError as e:
             log.warning("event=journal-cover-failed ino=%d error=%s", ino, e)
-
-@contextlib.asynccontextmanager
-async def _holding(lock: trio.Lock) -> AsyncIterator[None]:
-    """`async with lock`, minus its two scheduler round trips when nobody holds it: an
-    fsync is a few FUSE requests' worth of work, and each round trip costs ~10 µs."""
-    try:
-        lock.acquire_nowait()
-    except trio.WouldBlock:
-        await lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _joined(data: Readout) -> bytearray:
-    return bytearray().join(data) if isinstance(data, list) else bytearray(data)
