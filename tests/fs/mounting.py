@@ -134,3 +134,28 @@ def fsck(store: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "vfsd", "fsck", "--store", str(store)],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, f"fsck: {result.stdout}{result.stderr}"
+
+
+@contextlib.contextmanager
+def gatefs_mounted(mnt: Path, *args: str, output: Path | None = None
+                   ) -> Iterator[subprocess.Popen[bytes]]:
+    """tests/fs/gatefs.py mounted at `mnt` (made here) in a subprocess, its output to
+    `output`: a read of its `gate` waits until `opener` is written. Yields the process once
+    mounted, or once it exited (the caller says how that fails); always stopped and
+    unmounted after."""
+    mnt.mkdir()
+    with open(output or os.devnull, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("gatefs.py")),
+                                 str(mnt), *args], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 20, "gatefs to mount")
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

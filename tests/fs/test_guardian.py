@@ -15,15 +15,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mounting import Mount, wait_for
+from mounting import Mount, gatefs_mounted, wait_for
 
 from vfsd.fs import guardian
 from vfsd.procstat import state_and_start_time
@@ -144,27 +142,6 @@ time.sleep(120)
 """
 
 
-@contextlib.contextmanager
-def gatefs(mnt: Path) -> Iterator[Path]:
-    """tests/fs/gatefs.py mounted at `mnt`: a read of `gate` waits until `opener` is
-    written."""
-    mnt.mkdir()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("gatefs.py")),
-                             str(mnt)])
-    try:
-        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 20, "gatefs")
-        assert proc.poll() is None, "gatefs exited"
-        yield mnt
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
-
-
 def test_the_guardian_waits_for_a_daemon_that_is_slow_to_die(mount: Mount,
                                                              tmp_path: Path) -> None:
     """Killed while a thread finished a disk flush, a daemon took up to 76 ms more to die (the
@@ -176,7 +153,9 @@ def test_the_guardian_waits_for_a_daemon_that_is_slow_to_die(mount: Mount,
     log = tmp_path / "stand-in.log"
     dying_for = 2.5 * guardian.CHECK_SECONDS
     assert dying_for < guardian.DYING_SECONDS - 1
-    with gatefs(tmp_path / "gatefs") as gate:
+    gate = tmp_path / "gatefs"
+    with gatefs_mounted(gate) as gatefs:
+        assert gatefs.poll() is None, "gatefs exited"
         stand_in = subprocess.Popen(
             [sys.executable, "-c", SLOW_DYING_DAEMON, str(connection), str(log),
              str(gate / "gate")], stdout=subprocess.PIPE, text=True)

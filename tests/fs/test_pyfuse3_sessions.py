@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from mounting import wait_for
-
-GATEFS = Path(__file__).with_name("gatefs.py")
+from mounting import gatefs_mounted
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -45,26 +41,11 @@ class Gatefs:
 
 @pytest.fixture(params=[0, 100], ids=["sleeping", "polling"])
 def gatefs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Gatefs]:
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
     log = tmp_path / "gatefs.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(GATEFS), str(mnt), str(request.param)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, 20, "gatefs to mount")
+    with gatefs_mounted(tmp_path / "mnt", str(request.param), output=log) as proc:
         if proc.poll() is not None:
             pytest.fail(f"gatefs exited:\n{log.read_text()}")
-        yield Gatefs(mnt, proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        yield Gatefs(tmp_path / "mnt", proc.pid)
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
