@@ -289,13 +289,8 @@ class Journal:
         includes = self.newest.get(ino, 0)
         if includes <= self.covered.get(ino, 0):
             return
-        key = self.key + ino_key(ino)
-        value = _INCLUDES.pack(includes)
         with self.env.write() as tx:
-            for index in chunks:
-                tx.put(tx.db.journals, key + _CHUNK.pack(index), value)
-        with self.lock:
-            self.chunk_marked[ino] = max(self.chunk_marked.get(ino, 0), includes)
+            self._put_chunk_marks(tx, ino, chunks, includes)
 
     def _mark(self, tx: Tx, inode: Inode) -> None:
         ino = inode.ino
@@ -312,12 +307,17 @@ class Journal:
         if covered >= self.newest.get(ino, 0):
             self.unmarked.discard(ino)
         if commit is not None and commit.includes > covered:
-            value = _INCLUDES.pack(commit.includes)
-            for index in commit.chunks:
-                tx.put(tx.db.journals, key + _CHUNK.pack(index), value)
-            self.chunk_marked[ino] = max(self.chunk_marked.get(ino, 0), commit.includes)
+            self._put_chunk_marks(tx, ino, commit.chunks, commit.includes)
         else:
             self._drop_moot_chunk_marks(tx, ino, covered)
+
+    def _put_chunk_marks(self, tx: Tx, ino: int, chunks: Iterable[int], includes: int) -> None:
+        """Say that the bodies of these chunks of `ino` hold every set up to `includes`."""
+        key = self.key + ino_key(ino)
+        value = _INCLUDES.pack(includes)
+        for index in chunks:
+            tx.put(tx.db.journals, key + _CHUNK.pack(index), value)
+        self.chunk_marked[ino] = max(self.chunk_marked.get(ino, 0), includes)
 
     def _drop_moot_chunk_marks(self, tx: Tx, ino: int, covered: int) -> None:
         """Chunk marks name sets a replay skips anyway once they are covered: they go, so a
