@@ -24,7 +24,7 @@ from vfsd.store import Inode, InodeFlags, Store
 from vfsd.store.errors import Exists, NotFound, StoreError
 from vfsd.store.files import check_file_writable
 from vfsd.store.leases import Holder
-from vfsd.store.store import CAPABILITY_XATTR
+from vfsd.store.store import CAPABILITY_XATTR, MAX_FILE_SIZE
 
 from . import atime
 from .atime import AccessTimes
@@ -514,7 +514,8 @@ class Operations(pyfuse3.Operations):
             if handle.ephemeral:
                 if self.writers[ino] == 0 and handle.writable:
                     # Swap dies with the VM: drop its contents when the last writer closes.
-                    await self.cache.drop_contents(ino, functools.partial(self._punch_all, ino))
+                    await self.cache.drop_contents(
+                        ino, functools.partial(self.store.punch_hole, ino, 0, MAX_FILE_SIZE))
                     self.own_changes.invalidate(ino)  # the kernel still caches the old pages
             elif handle.wrote:
                 await self.cache.flush(ino, closing=fh, released=True)
@@ -531,11 +532,6 @@ class Operations(pyfuse3.Operations):
                     # Deleted while open, freed now: what the cache still holds of it (its
                     # close could not commit it: a full pool) and its journal sets are moot.
                     await self.cache.discard(ino)
-
-    def _punch_all(self, ino: int) -> Inode:
-        """In a worker: one hole over the whole file, its size kept."""
-        size = self.store.getattr(ino).size
-        return self.store.punch_hole(ino, 0, max(size, 1))
 
     # --- holes and copies (handlers added to pyfuse3 by patches/pyfuse3-*.patch) ---------
 

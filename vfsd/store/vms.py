@@ -20,7 +20,7 @@ from .errors import Busy, Exists, InvalidArgument, NotFound, PermissionDenied
 from .leases import Holder
 from .names import check_name
 from .records import ROOT_INO, Inode, InodeFlags
-from .store import Store
+from .store import MAX_FILE_SIZE, Store
 from .vmdk import SECTOR, descriptor, parse_extent
 from .vmx import VmSettings
 
@@ -214,7 +214,7 @@ class Vms:
             except Busy:
                 continue  # a running VM's: its last close drops it
             try:
-                self.store.punch_hole(swap.ino, 0, max(swap.size, 1))
+                self.store.punch_hole(swap.ino, 0, MAX_FILE_SIZE)  # cut at the file's size
                 dropped += 1
             finally:
                 self.store.leases.release(swap.ino, holder)
