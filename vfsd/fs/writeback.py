@@ -364,7 +364,7 @@ class WriteBack:
                 self._raise_error(f)
                 return
             if (closing is not None and not released and f.truncating_handle == closing
-                    and f.replacing and not f.dirty and not f.flushing):
+                    and not f.dirty and not f.flushing):
                 return
             await self._flush_locked(f)
 
@@ -679,12 +679,10 @@ class WriteBack:
         entries, f.dirty = len(f.dirty), {}
         return dropped, entries
 
-    def _drop_sets(self, ino: int) -> bool:
-        """Dropped on purpose: a recovery must not bring these writes back."""
-        if self.journal is None or not self.journal.uncovered(ino):
-            return False
-        self.journal.dropped(ino, self.journal.newest_set(ino))
-        return True
+    def _drop_sets(self, ino: int) -> None:
+        """The file is gone: a recovery must not bring its writes back."""
+        if self.journal is not None and self.journal.uncovered(ino):
+            self.journal.dropped(ino, self.journal.newest_set(ino))
 
     async def punch(self, ino: int, offset: int, length: int,
                     punch_store: Callable[[int, int, int], Inode]) -> None:
