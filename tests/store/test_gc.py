@@ -11,6 +11,7 @@ import pytest
 
 from vfsd.store import ROOT_INO, Store, fsck, gc
 from vfsd.store.errors import NoSpace
+from vfsd.store.objects import Objects
 from vfsd.store.records import U64, SegmentInfo
 
 pytestmark = pytest.mark.timeout(300)
@@ -180,4 +181,31 @@ def test_overwrites_on_a_small_disk_never_leave_gc_without_room(tmp_path):
                 store.write(disk.ino, offset, data)  # now there is room
             content[offset:offset + chunk] = data
         assert store.read_file("disk") == content
+        assert fsck.check(store).clean
+
+
+def test_a_disk_filled_by_another_program_is_nospace_for_every_index_write(tmp_path):
+    """The disk filled to the last block by something else: LMDB's commits then fail with
+    ENOSPC, or with EIO when a write is cut short, which went up as a bare lmdb.Error (the
+    gateway's 500 InternalError, with a traceback in its log). Both are NoSpace; gc passes
+    between the writes (a gateway runs one when a PUT is refused) fail no other way."""
+    from mounting import fill_disk, tmpfs  # tests/fs/mounting.py, on the path by conftest
+
+    with tmpfs(tmp_path / "small", "128m") as mnt, Store.init(mnt / "s") as store:
+        objects = Objects(store)
+        objects.create_bucket("full")
+        objects.put_object("full", b"kept", [b"kept"])
+        ballast = fill_disk(mnt)
+        failures = 0
+        for i in range(64):  # new keys, new index pages
+            gc.collect(store)
+            try:
+                objects.put_object("full", b"%03d" % i + b"k" * 200, [b""])
+            except NoSpace:
+                failures += 1
+        assert failures > 32
+        ballast.unlink()
+        objects.put_object("full", b"later", [b"room again"])
+        assert store.read_file("full/later") == b"room again"
+        assert store.read_file("full/kept") == b"kept"
         assert fsck.check(store).clean

@@ -7,6 +7,8 @@ meta page) when it exits without an exception, and aborts otherwise.
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ from .records import SEGMENT_RETIRED, ChunkLocation, Inode, SegmentInfo
 
 # Sparse: LMDB only reserves address space; the file grows with the data.
 MAP_SIZE = 1 << 40
+FULL_DISK_BYTES = 1 << 20  # less room than this: a short write of the index is the disk's fill
 U64 = struct.Struct(">Q")
 
 
@@ -137,6 +140,7 @@ class Environment:
             raise Corrupt(f"cannot open the index in {path}: {e}") from None
 
     def _open(self, path: Path) -> None:
+        self.path = path
         self.lmdb = lmdb.open(
             str(path),
             map_size=MAP_SIZE,
@@ -195,21 +199,37 @@ class Environment:
                 txn.abort()
                 raise
             txn.commit()
-        except (lmdb.DiskError, lmdb.MapFullError) as e:
-            raise as_store_error(e) from e
+        except lmdb.Error as e:
+            error = as_store_error(e, self.path)
+            if error is e:
+                raise
+            raise error from e
         finally:
             run_ended(tx)
         self.committed(tx.stored_inodes, tx.changes)
 
 
-def as_store_error(e: BaseException) -> BaseException:
+def as_store_error(e: BaseException, directory: Path | None = None) -> BaseException:
     """What a failed transaction tells its caller: the disk under the store full (ENOSPC,
     lmdb's DiskError, when the commit or a page spill writes) or the map full is NoSpace,
     which the mount answers with ENOSPC and the gateway with 507, like a full segment.
+    LMDB reports a short write as EIO, and a write that fills the disk halfway is one: with
+    the index's `directory` given, EIO on a disk with no room left is NoSpace too.
     LMDB has aborted the transaction: nothing of it is visible."""
-    if isinstance(e, (lmdb.DiskError, lmdb.MapFullError)):
+    if isinstance(e, (lmdb.DiskError, lmdb.MapFullError)) or (
+            directory is not None and _short_write_on_a_full_disk(e, directory)):
         return NoSpace(f"the disk under the store is full (committing the index: {e})")
     return e
+
+
+def _short_write_on_a_full_disk(e: BaseException, directory: Path) -> bool:
+    if type(e) is not lmdb.Error or not str(e).endswith(os.strerror(errno.EIO)):
+        return False
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < FULL_DISK_BYTES
 
 
 def run_ended(tx: Tx) -> None:

@@ -113,7 +113,7 @@ class GroupCommit:
         except BaseException as e:  # noqa: BLE001 - the batch failed: all its calls did
             parent.abort()
             for call in ran:
-                call.result, call.error = None, as_store_error(e)
+                call.result, call.error = None, as_store_error(e, env.path)
         finally:
             for tx in committed:  # committed or aborted with the parent: ended either way
                 run_ended(tx)
