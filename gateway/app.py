@@ -8,25 +8,24 @@ happens), `authenticate` (SigV4). Then one catch-all route dispatches through th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from vfsd.store import Store, gc, journalrecovery
-from vfsd.store.errors import StoreError
+from vfsd.store import Store, journalrecovery
+from vfsd.store.errors import NoSpace, StoreError
 from vfsd.store.multipart import Uploads
 from vfsd.store.objects import Objects
 
 from . import auth, buckets, listing, multipart, objects, xml
 from .body import CONTINUE_SENT, send_continue
+from .collector import COLLECTOR, collector_context
 from .config import GatewayConfig
 from .context import (
     CONFIG,
@@ -40,6 +39,7 @@ from .context import (
     USERS,
     S3Request,
     UserCache,
+    in_background,
 )
 from .errors import InternalError, NotImplementedS3, S3Error, from_core
 from .metrics import METRICS, Metrics
@@ -77,7 +77,7 @@ def create_app(config: GatewayConfig, metrics: Metrics | None = None) -> web.App
     app[ROUTER] = Router(buckets.ROUTES, listing.ROUTES, objects.ROUTES, multipart.ROUTES)
     app[STOPPING] = threading.Event()
     app.cleanup_ctx.append(store_context)
-    app.cleanup_ctx.append(garbage_collection)
+    app.cleanup_ctx.append(collector_context)
     app.cleanup_ctx.append(journal_replay)
     # aiohttp would answer `Expect: 100-continue` before the middlewares run; handlers do it
     # themselves once the request is authenticated and its arguments checked (gateway.body).
@@ -145,7 +145,7 @@ async def journal_replay(app: web.Application) -> AsyncIterator[None]:
     What it fsynced was acknowledged; until replayed, we would serve the bytes from before
     (a QA pass saw them, and a CopyObject would have made them permanent). One server
     process does it (the one that runs gc passes); recover is safe beside a mount's."""
-    async with _in_background(_watch_journals(app) if app[CONFIG].gc_passes else None):
+    async with in_background(_watch_journals(app) if app[CONFIG].gc_passes else None):
         yield
 
 
@@ -157,44 +157,6 @@ async def _watch_journals(app: web.Application) -> None:
             await loop.run_in_executor(app[EXECUTOR], _replay_journals, app[STORE])
         except StoreError as e:
             log.warning("event=journal-replay-failed error=%s", e)
-
-
-async def garbage_collection(app: web.Application) -> AsyncIterator[None]:
-    """A gc pass every `gc_interval` seconds: a gateway serving a store alone (no mount to do
-    it) gives back the space of the objects it deletes and overwrites."""
-    interval = app[CONFIG].gc_interval
-    async with _in_background(_collect_garbage(app, interval) if interval else None):
-        yield
-
-
-@contextlib.asynccontextmanager
-async def _in_background(loop_forever: Coroutine[Any, Any, None] | None) -> AsyncIterator[None]:
-    """Run a periodic task (if any) for the app's life; cancelled and awaited at cleanup."""
-    task = asyncio.create_task(loop_forever) if loop_forever is not None else None
-    try:
-        yield
-    finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
-async def _collect_garbage(app: web.Application, interval: float) -> None:
-    loop = asyncio.get_running_loop()
-    passes = app[CONFIG].gc_passes
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            if not passes:
-                await loop.run_in_executor(app[EXECUTOR], gc.release_retired, app[STORE])
-                continue
-            report = await loop.run_in_executor(app[EXECUTOR], gc.collect, app[STORE])
-        except StoreError as e:
-            log.warning("event=gc-failed error=%s", e)
-            continue
-        if report.changed:
-            log.info("event=gc %s", report.summary())
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -266,6 +228,8 @@ async def s3_errors(request: web.Request, handler: Handler) -> web.StreamRespons
         response = await handler(request)
     except S3Error as e:
         error = e
+    except NoSpace:
+        error = await request.app[COLLECTOR].answer_no_space()
     except StoreError as e:
         error = from_core(e)
         if isinstance(error, InternalError):

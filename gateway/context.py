@@ -4,10 +4,11 @@ app's thread pool, never on the event loop)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -102,3 +103,16 @@ USERS = web.AppKey("users", UserCache)
 def owner(request: web.Request) -> tuple[str, str]:
     """(ID, DisplayName) of the one account all users of a store share."""
     return request.app[STORE].config.node_id, "vfsd"
+
+
+@contextlib.asynccontextmanager
+async def in_background(loop_forever: Coroutine[Any, Any, None] | None) -> AsyncIterator[None]:
+    """Run a periodic task (if any) for the app's life; cancelled and awaited at cleanup."""
+    task = asyncio.create_task(loop_forever) if loop_forever is not None else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

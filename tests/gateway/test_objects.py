@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import hashlib
 import os
+import time
 import zlib
 
 import botocore.compat
@@ -544,3 +545,37 @@ def test_full_disk_under_the_index_is_insufficient_storage(tmp_path, gateway_pro
         ballast.unlink()
         s3.put_object(Bucket="full", Key="later", Body=b"room again")
         assert s3.get_object(Bucket="full", Key="later")["Body"].read() == b"room again"
+
+
+def test_a_full_disk_that_gc_is_emptying_asks_to_retry(tmp_path, gateway_process):
+    """A disk filled with objects since deleted: their bodies stay in segments until gc takes
+    the segments back, seconds later. A PUT meanwhile is told 503, which S3 clients retry
+    (507 they do not), and then lands; a disk full of live data is still 507 (above)."""
+    with tmpfs(tmp_path / "small", "256m") as small:
+        keys = make_store(small / "store")
+        endpoint = gateway_process(small / "store").endpoint
+        s3 = client(endpoint, keys, retries={"max_attempts": 1, "mode": "standard"})
+        s3.create_bucket(Bucket="full")
+        stored = []
+        with pytest.raises(ClientError) as e:
+            for i in range(32):
+                s3.put_object(Bucket="full", Key=f"old{i}", Body=os.urandom(8 << 20))
+                stored.append(f"old{i}")
+        assert error_of(e) == (507, "InsufficientStorage")
+        for key in stored:
+            s3.delete_object(Bucket="full", Key=key)
+        body = os.urandom(8 << 20)
+        with pytest.raises(ClientError) as e:
+            s3.put_object(Bucket="full", Key="new", Body=body)
+        assert error_of(e) == (503, "ServiceUnavailable")
+        assert int(e.value.response["ResponseMetadata"]["HTTPHeaders"]["retry-after"]) > 0
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                s3.put_object(Bucket="full", Key="new", Body=body)
+                break
+            except ClientError as again:
+                assert again.response["Error"]["Code"] == "ServiceUnavailable"
+                assert time.monotonic() < deadline, "the space never came back"
+                time.sleep(0.5)
+        assert s3.get_object(Bucket="full", Key="new")["Body"].read() == body

@@ -40,9 +40,16 @@ class GcReport:
     deleted: int = 0
     freed_bytes: int = 0
     waiting: int = 0  # retired, still inside the grace period
+    waiting_bytes: int = 0  # the size of those segments
     trimmed_changes: int = 0
     orphans_freed: int = 0  # files deleted while open in a process that has died since
     no_room: int = 0  # mostly-dead segments left for a later pass: the disk had no room
+
+    @property
+    def giving_back(self) -> bool:
+        """Whether this pass freed disk space or the next ones will (segments holding bytes
+        wait out their grace period): a write refused for want of room may soon fit."""
+        return bool(self.freed_bytes or self.waiting_bytes)
 
     @property
     def changed(self) -> bool:
@@ -61,7 +68,7 @@ class GcReport:
 IDLE_SEGMENT_SECONDS = 30.0  # no append for this long: a process's segment may be given up
 
 
-def _disk_tight(store: Store) -> bool:
+def disk_tight(store: Store) -> bool:
     """Whether the disk under the store has less than twice the room gc keeps for itself."""
     st = os.statvfs(store.config.segments_dir)
     return st.f_bavail * st.f_frsize < 2 * store.gc_reserve()
@@ -82,10 +89,8 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
     """One pass. Safe beside other processes using the store (they may read a retired
     segment until the grace period ends; none appends to a segment it does not own)."""
     report = GcReport()
-    # Ours, if idle and mostly dead: then it is a candidate below. On a nearly full disk at
-    # once: writes refused for want of room append nothing, so the segment they last filled
-    # would otherwise stay ours, and its dead bytes on the disk, while they keep trying.
-    release_idle_segment(store, 0.0 if _disk_tight(store) else IDLE_SEGMENT_SECONDS)
+    # Ours, if idle and mostly dead: then it is a candidate below.
+    _release_own_segment(store)
     now_ms = time.time_ns() // 1_000_000
     report.trimmed_changes = changelog.trim(store.env, now_ms)
     # Before the segments are weighed: an orphan's chunks become garbage here.
@@ -101,6 +106,7 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
             continue
         if now_ms - info.retired_ms < grace * 1000:
             report.waiting += 1
+            report.waiting_bytes += sizes.get(info.segment, 0)
             continue
         report.freed_bytes += store.segments.remove(info.segment)
         with store.env.write() as tx:
@@ -133,6 +139,7 @@ def collect(store: Store, *, grace: float = DEFAULT_GRACE_SECONDS,
         if _retire(store, info.segment, time.time_ns() // 1_000_000):
             report.retired += 1
             report.waiting += 1
+            report.waiting_bytes += sizes.get(info.segment, 0)
     return report
 
 
@@ -144,7 +151,14 @@ def release_retired(store: Store) -> None:
     with store.env.read() as tx:
         infos = [SegmentInfo.unpack(U64.unpack(k)[0], v) for k, v in tx.cursor(tx.db.segments)]
     store.segments.forget({i.segment for i in infos if i.state == SEGMENT_RETIRED})
-    release_idle_segment(store)
+    _release_own_segment(store)
+
+
+def _release_own_segment(store: Store) -> None:
+    """This process's segment, if idle and mostly dead; on a nearly full disk at once: writes
+    refused for want of room append nothing, so the segment they last filled would otherwise
+    stay ours, and its dead bytes on the disk, while they keep trying."""
+    release_idle_segment(store, 0.0 if disk_tight(store) else IDLE_SEGMENT_SECONDS)
 
 
 def release_idle_segment(store: Store, idle: float = IDLE_SEGMENT_SECONDS,
