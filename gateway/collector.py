@@ -4,12 +4,13 @@ being emptied.
 A deleted or overwritten object's bodies stay in their segments until gc takes the segments
 back: retired by one pass, deleted by the first pass after the grace period. On a disk that
 such bodies filled, a PUT fails with NoSpace for those seconds. The mount's writers wait for
-gc (vfsd/fs/writeback.py); an S3 client cannot be kept waiting that long, but it retries a
-503, where a 507 ends its upload. So a PUT refused for want of disk room runs a pass at once
-(which also gives up this process's idle segment, so the pass can take it), and if passes
-are still giving space back, it answers 503 ServiceUnavailable with Retry-After, and passes
-follow every second until they give nothing more, instead of every `gc_interval`. A pool
-full by its quota, or a disk full of live data, is still 507 InsufficientStorage.
+gc (vfsd/fs/writeback.py); a PUT's body is gone by then, but S3 clients retry a 503, where
+a 507 ends their upload. So a request refused for want of disk room runs a pass at once
+(which also gives up this process's idle segment, so the pass can take it); if passes are
+giving space back, passes follow every second instead of every `gc_interval`, and the
+answer, 503 ServiceUnavailable with Retry-After, waits for the pass that frees the space,
+so the client's retry lands. A pool full by its quota, or a disk full of live data, is
+still 507 InsufficientStorage.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ log = logging.getLogger("gateway")
 T = TypeVar("T")
 RECLAIM_PASS_SECONDS = 1.0  # between passes while a full disk is being emptied
 RECLAIM_FOR_SECONDS = 60.0  # at most, after the last PUT refused for want of room
-RETRY_AFTER_SECONDS = 2
+RETRY_AFTER_SECONDS = 1
+# A refused request's answer waits at most this long for a pass that frees space: the grace
+# period (5 s) and a pass or two. Longer, and a client's own timeout might come first.
+HOLD_SECONDS = 8.0
 
 
 class Collector:
@@ -93,7 +97,9 @@ class Collector:
         return await self.collect()
 
     async def answer_no_space(self) -> S3Error:
-        """The S3 error for a request the store refused for want of room."""
+        """The S3 error for a request the store refused for want of room. While passes give
+        space back, the answer waits (up to HOLD_SECONDS) for a pass that freed some, so the
+        client's retry, which comes within a second or two, finds it."""
         loop = asyncio.get_running_loop()
         if not await loop.run_in_executor(self.executor, gc.disk_tight, self.store):
             return InsufficientStorage()  # the quota: gc gives no room back under it
@@ -104,9 +110,15 @@ class Collector:
         self.wake.set()
         log.info("event=no-space-while-reclaiming waiting_bytes=%d freed_bytes=%d",
                  report.waiting_bytes, report.freed_bytes)
+        deadline = time.monotonic() + HOLD_SECONDS
+        while not report.freed_bytes and time.monotonic() < deadline:
+            await asyncio.sleep(RECLAIM_PASS_SECONDS)
+            report = await self.fresh_pass()
+            if report is None or not report.giving_back:
+                break
         return ServiceUnavailable(
             "The disk under the store is full, and the space of deleted objects is being "
-            "given back: retry shortly.", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            "given back: retry.", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     def _reclaiming(self) -> bool:
         return time.monotonic() < self.reclaiming_until
