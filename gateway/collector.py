@@ -100,6 +100,13 @@ class Collector:
         """The S3 error for a request the store refused for want of room. While passes give
         space back, the answer waits (up to HOLD_SECONDS) for a pass that freed some, so the
         client's retry, which comes within a second or two, finds it."""
+        try:
+            return await self._answer_no_space()
+        except Exception:  # a bug here must not turn a 507 into a bare 500
+            log.exception("event=no-space-answer-failed")
+            return InsufficientStorage()
+
+    async def _answer_no_space(self) -> S3Error:
         loop = asyncio.get_running_loop()
         if not await loop.run_in_executor(self.executor, gc.disk_tight, self.store):
             return InsufficientStorage()  # the quota: gc gives no room back under it
