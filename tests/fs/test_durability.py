@@ -491,3 +491,43 @@ def test_a_failed_commit_is_not_papered_over_by_the_journal(store_path: Path, tm
         close_all(fds)
         m.stop()
     fsck(store_path)
+
+
+@pytest.mark.timeout(120)
+def test_unlinking_another_hard_link_keeps_the_files_uncommitted_writes(store_path: Path,
+                                                                        tmp_path: Path):
+    """Writes fsynced to the journal whose commit at close failed (the pool is full) stay
+    in the cache for the next commit. Unlinking one of the file's two names must not take
+    the file, which lives on under the other, for a deleted one and forget them."""
+    mnt = tmp_path / "mnt"
+    m = Mount(store_path, mnt, "--commit-interval", "60").start()
+    try:
+        old = os.urandom(4 * CHUNK)
+        write_file(mnt / "a", old, sync=True)
+        os.link(mnt / "a", mnt / "b")
+        subprocess.run([sys.executable, "-m", "vfsd", "pool", "set", "--quota", "64K",
+                        "--store", str(store_path)], check=True, capture_output=True)
+        new = os.urandom(100_000)
+        fd = os.open(mnt / "a", os.O_RDWR)
+        try:
+            os.pwrite(fd, new, 1000)
+            os.fsync(fd)  # journaled: durable, and still dirty
+        finally:
+            with pytest.raises(OSError) as refused:
+                os.close(fd)  # its commit: the pool refuses it
+        assert refused.value.errno == errno.ENOSPC
+        os.unlink(mnt / "b")
+        expected = old[:1000] + new + old[101_000:]
+        buf = mmap.mmap(-1, len(old))
+        fd = os.open(mnt / "a", os.O_RDONLY | os.O_DIRECT)  # past the kernel's page cache
+        try:
+            assert os.preadv(fd, [buf], 0) == len(old)
+        finally:
+            os.close(fd)
+        assert bytes(buf) == expected
+        subprocess.run([sys.executable, "-m", "vfsd", "pool", "set", "--quota", "none",
+                        "--store", str(store_path)], check=True, capture_output=True)
+    finally:
+        m.stop()
+    assert stored_bytes(store_path, "a") == expected
+    fsck(store_path)

@@ -312,7 +312,10 @@ class Operations(pyfuse3.Operations):
         # A file open anywhere (our handles, a GET the gateway is streaming) is parked, not
         # freed: the store asks inside its transaction, which no new open can pass.
         inode = await self.run(self.store.unlink, parent_inode, name)
-        if inode.nlink <= 1 and self.open_count[inode.ino] <= 0:
+        # The inode as the unlink left it: at nlink 0 it is gone (or parked until the open
+        # handles close). With a name left, the file lives on and so do its dirty data and
+        # journal sets.
+        if inode.nlink == 0 and self.open_count[inode.ino] <= 0:
             await self.cache.discard(inode.ino)
 
     @handler
