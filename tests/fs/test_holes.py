@@ -1,5 +1,6 @@
 """Thin provisioning through the mount: punch holes, find them, copy without copying."""
 
+import ctypes
 import os
 import subprocess
 
@@ -87,3 +88,34 @@ def test_posix_fallocate_checks_the_pool(mnt):
             os.posix_fallocate(fd, 0, 1 << 60)  # far past any pool
     finally:
         os.close(fd)
+
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+
+def _fallocate(fd, mode, offset, length):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, mode, offset, length) != 0:
+        raise OSError(ctypes.get_errno(), "fallocate")
+
+
+def test_a_copy_into_a_rewritten_file_keeps_the_size_a_punch_kept(mnt):
+    """O_TRUNC, a write, a punch of all of it (the size stays), then a copy of whole chunks
+    into the start: the file keeps the punched size, as on any Linux file system."""
+    src, dst = mnt / "src", mnt / "dst"
+    src.write_bytes(os.urandom(65536))
+    dst.write_bytes(os.urandom(3 * 65536))
+    fd_in = os.open(src, os.O_RDONLY)
+    fd = os.open(dst, os.O_RDWR | os.O_TRUNC)
+    try:
+        os.pwrite(fd, b"x" * (2 * 65536), 0)
+        _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 2 * 65536)
+        assert os.copy_file_range(fd_in, fd, 65536, 0, 0) == 65536
+        assert os.fstat(fd).st_size == 2 * 65536
+    finally:
+        os.close(fd)
+        os.close(fd_in)
+    assert os.stat(dst).st_size == 2 * 65536
+    assert dst.read_bytes() == src.read_bytes() + bytes(65536)
+

@@ -765,7 +765,10 @@ class WriteBack:
         async with holding(f.lock):
             await self._settle(f)
             self._raise_error(f)
-            if f.replacing and whole_chunks and not f.dirty:
+            # Only over an empty file: the copy's transaction sets the size to the copy's
+            # end, and writes since the O_TRUNC may have left a size and no dirty chunk (a
+            # hole punched over them keeps the size).
+            if f.replacing and whole_chunks and not f.dirty and f.size == 0:
                 yield True
                 self._replaced(f)
             else:
