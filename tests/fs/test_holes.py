@@ -3,9 +3,11 @@
 import ctypes
 import os
 import subprocess
+import urllib.request
 
 import pyfuse3
 import pytest
+from mounting import Mount, free_port, stored_bytes, wait_for
 
 from vfsd.store import Store
 
@@ -100,6 +102,17 @@ def _fallocate(fd, mode, offset, length):
         raise OSError(ctypes.get_errno(), "fallocate")
 
 
+def _open_handles(port):
+    return _metric(port, "vfsd_mount_open_handles")
+
+
+def _metric(port, name):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return next(float(line.split()[1]) for line in text.splitlines()
+                if line.startswith(name + " "))
+
+
 def test_a_copy_into_a_rewritten_file_keeps_the_size_a_punch_kept(mnt):
     """O_TRUNC, a write, a punch of all of it (the size stays), then a copy of whole chunks
     into the start: the file keeps the punched size, as on any Linux file system."""
@@ -119,3 +132,28 @@ def test_a_copy_into_a_rewritten_file_keeps_the_size_a_punch_kept(mnt):
     assert os.stat(dst).st_size == 2 * 65536
     assert dst.read_bytes() == src.read_bytes() + bytes(65536)
 
+
+def test_a_punch_is_committed_by_its_close_not_over_a_later_put(store_path, tmp_path):
+    """The mount gives up a file's lease when its last writer closes. A punch's partial
+    edges (zeros written through the cache) were committed only at the next commit
+    interval, after the close: on top of whatever another process (a PUT through the
+    gateway) stored meanwhile."""
+    port = free_port()
+    m = Mount(store_path, tmp_path / "mnt", "--commit-interval", "2",
+              "--metrics-listen", f"127.0.0.1:{port}").start()
+    try:
+        a = m.path / "a"
+        a.write_bytes(os.urandom(4 * 65536))
+        fd = os.open(a, os.O_RDWR)
+        try:
+            _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 1000, 200_000)
+        finally:
+            os.close(fd)
+        wait_for(lambda: _open_handles(port) == 0, 10, "the release")
+        put = os.urandom(4 * 65536)
+        with Store.open(store_path) as s:  # another process, as the gateway is
+            s.write_file("a", put)
+        wait_for(lambda: _metric(port, "vfsd_mount_dirty_bytes") == 0, 10, "the commit")
+        assert stored_bytes(store_path, "a") == put
+    finally:
+        m.stop()

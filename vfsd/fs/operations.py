@@ -558,6 +558,10 @@ class Operations(pyfuse3.Operations):
             # Zeroing a range is punching it: zeros are holes here. Dirty data stays dirty:
             # a guest's TRIM on a full pool must not wait for a commit that cannot fit.
             await self.cache.punch(ino, offset, length, self.store.punch_hole)
+            # Its partial edges are zeros written through the cache: this handle's close
+            # commits them, while the mount still holds the file's lease (after it, another
+            # process may replace the file, and a later commit would land on its contents).
+            self.handles[fh].wrote = True
         if grows or not mode & punch:
             # Allocating counts what is stored, and a truncation must find it all there.
             await self.cache.flush(ino)
