@@ -512,7 +512,6 @@ class Operations(pyfuse3.Operations):
         self.open_count[ino] -= 1
         if handle.writable:
             self.writers[ino] -= 1
-            await self.run(self.store.leases.release, ino, self.holder)
         try:
             if handle.ephemeral:
                 if self.writers[ino] == 0 and handle.writable:
@@ -523,18 +522,29 @@ class Operations(pyfuse3.Operations):
             elif handle.wrote:
                 await self.cache.flush(ino, closing=fh, released=True)
         finally:
-            self.cache.handle_closed(ino, fh)
-            if handle.writable and self.writers[ino] == 0:
-                self.cache.writer_closed(ino)
-            self.store.opens.release(ino)
-            if self.open_count[ino] <= 0:
-                del self.open_count[ino]
-                self.writers.pop(ino, None)
-                self.privileged.discard(ino)  # the next writable open looks again
-                if await self.run(self.store.release_orphan, ino):
-                    # Deleted while open, freed now: what the cache still holds of it (its
-                    # close could not commit it: a full pool) and its journal sets are moot.
-                    await self.cache.discard(ino)
+            try:
+                if handle.writable:
+                    # After the commit above: while the lease is ours no PUT replaces the
+                    # file, so what this release commits cannot land over another's contents.
+                    await self.run(self.store.leases.release, ino, self.holder)
+            finally:
+                await self._released(handle, fh)
+
+    async def _released(self, handle: Handle, fh: int) -> None:
+        """What a released handle held, given back (its commit and lease done or failed)."""
+        ino = handle.ino
+        self.cache.handle_closed(ino, fh)
+        if handle.writable and self.writers[ino] == 0:
+            self.cache.writer_closed(ino)
+        self.store.opens.release(ino)
+        if self.open_count[ino] <= 0:
+            del self.open_count[ino]
+            self.writers.pop(ino, None)
+            self.privileged.discard(ino)  # the next writable open looks again
+            if await self.run(self.store.release_orphan, ino):
+                # Deleted while open, freed now: what the cache still holds of it (its close
+                # could not commit it: a full pool) and its journal sets are moot.
+                await self.cache.discard(ino)
 
     # --- holes and copies (handlers added to pyfuse3 by patches/pyfuse3-*.patch) ---------
 
