@@ -163,8 +163,11 @@ def state(store: Store, name: str) -> str:
         return "running"
 
 
-def stop(store: Store, name: str, timeout: float = 30.0) -> None:
-    """ACPI power-off, then a hard stop after `timeout` seconds."""
+def stop(store: Store, name: str, timeout: float = 30.0) -> str:
+    """ACPI power-off, then a hard stop after `timeout` seconds. Returns how QEMU ended:
+    "powered-off" (the guest shut down within `timeout`: it wrote back what it had cached),
+    "terminated" (SIGTERM: QEMU flushed and closed its disks, but whatever the guest still
+    held in its own page cache is lost) or "killed" (SIGKILL, after 10 s more)."""
     Vms(store).show(name)  # NotFound for an unknown VM
     runtime = VmRuntime.of(store, name)
     pid = runtime.running_pid()
@@ -177,14 +180,18 @@ def stop(store: Store, name: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while process_start_time(pid) is not None and time.monotonic() < deadline:
         time.sleep(0.1)
-    for signum in (signal.SIGTERM, signal.SIGKILL):  # SIGTERM: QEMU closes its files cleanly
+    how = "powered-off"
+    for signum, ending in ((signal.SIGTERM, "terminated"), (signal.SIGKILL, "killed")):
+        # SIGTERM: QEMU closes its files cleanly
         if process_start_time(pid) is None:
             break
         os.kill(pid, signum)
+        how = ending
         deadline = time.monotonic() + 10
         while process_start_time(pid) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
     runtime.pidfile.unlink(missing_ok=True)
+    return how
 
 
 def shell_command(args: list[str]) -> str:

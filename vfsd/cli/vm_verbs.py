@@ -149,8 +149,18 @@ def cmd_vm_stop(args: argparse.Namespace) -> int:
     from vfsd import vmctl
 
     with open_store(args) as store:
-        vmctl.stop(store, args.name, args.timeout)
-    print(f"stopped VM {args.name}")
+        how = vmctl.stop(store, args.name, args.timeout)
+    if how == "powered-off":
+        print(f"stopped VM {args.name}")
+    else:
+        # A guest that ignores ACPI (or is still shutting down) loses what it had not yet
+        # written to its disk: say so rather than report a clean stop.
+        signal_name = "SIGTERM" if how == "terminated" else "SIGKILL"
+        print(f"stopped VM {args.name}: the guest did not power off within "
+              f"{args.timeout:g} s, so QEMU was stopped with {signal_name}")
+        print("warning: writes the guest had not yet sent to its disk (its page cache) are "
+              "lost; what reached the disk is kept. A guest that ignores the ACPI power "
+              "button needs a shutdown from inside; a slow one, a longer --timeout")
     return 0
 
 
