@@ -72,7 +72,7 @@ async def test_writers_parked_for_room_lose_nothing(tmp_path):
             data = blocks[i % 8] if i % 3 else blocks[i % 8][: CS // 2] + bytes(CS // 2)
             expected += data
         del expected[255 * CS + CS // 2:]  # the last write is a half chunk: the file ends there
-        assert cache.held == 0 and not cache.files
+        assert cache.budget.held == 0 and not cache.files
         assert store.getattr(ino).size == len(expected)
         assert bytes(store.read(ino, 0, len(expected))) == bytes(expected)
 
@@ -233,11 +233,11 @@ async def test_small_writes_count_their_bytes_not_whole_chunks(tmp_path):
                     data = os.urandom(4096)
                     await cache.write(ino, at, data)
                     expected[at:at + 4096] = data
-        assert (cache.entries, cache.held) == (32, 32 * 4096)
-        assert not cache.pressure.is_set()
+        assert (cache.budget.entries, cache.budget.held) == (32, 32 * 4096)
+        assert not cache.budget.pressure.is_set()
         assert bytes(store.read(ino, 0, len(base))) == base  # nothing flushed yet
         await cache.flush(ino)
-        assert (cache.entries, cache.held) == (0, 0)
+        assert (cache.budget.entries, cache.budget.held) == (0, 0)
         assert bytes(store.read(ino, 0, len(base))) == bytes(expected)
 
 
@@ -304,7 +304,7 @@ async def test_a_batch_waiting_for_gc_keeps_its_chunks_when_the_flusher_is_cance
         store.set_quota(None)
         await cache.flush_all()
         assert bytes(store.read(ino, 0, len(data))) == data
-        assert (cache.held, cache.entries) == (0, 0)
+        assert (cache.budget.held, cache.budget.entries) == (0, 0)
 
 
 @contextlib.contextmanager

@@ -134,10 +134,10 @@ class Operations(pyfuse3.Operations):
             "vfsd_mount_dirty_bytes": (
                 ("Written data not yet committed to the store (whole chunks, and the bytes "
                  "written into chunks written in part)."),
-                self.cache.held),
+                self.cache.budget.held),
             "vfsd_mount_dirty_limit_bytes": (
                 "Dirty data at which writers wait for a flush (--cache-size).",
-                self.cache.limit),
+                self.cache.budget.limit),
             "vfsd_mount_dirty_files": (
                 "Files with data not yet committed.",
                 sum(1 for f in self.cache.files.values() if f.dirty)),

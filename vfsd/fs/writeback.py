@@ -4,12 +4,9 @@ A write never waits for the store. A chunk it covers whole is kept as given; a c
 in part becomes a `Patch` (the written bytes and their ranges), and the flush, in a worker
 thread, reads the stored chunk and lays the patch onto it. Reading the base at write time would
 cost a thread hop per small write, which was most of a 4 KiB random write's time. Memory is
-bounded: a writer that would pass the bound waits until a flush frees room, like a full Xen
-I/O ring. The bound counts memory: a whole chunk as its size, a patch as the bytes written
-into it (a 4 KiB random write holds 4 KiB, not a chunk); the number of dirty chunks has a
-bound of its own, since each patch costs a read and a rewrite of its chunk at flush. A flush
-commits one inode's dirty chunks and its size in one core call (segment fdatasync, then one
-LMDB commit); only then is the data durable.
+bounded (vfsd/fs/budget.py): a writer that would pass the bound waits until a flush frees
+room, like a full Xen I/O ring. A flush commits one inode's dirty chunks and its size in one
+core call (segment fdatasync, then one LMDB commit); only then is the data durable.
 
 Each file's entry, and reads through it, are vfsd/fs/filecache.py's.
 
@@ -46,6 +43,7 @@ from vfsd.store import Inode, InodeFlags, Store
 from vfsd.store.errors import FileTooBig, NoSpace, NotFound, PermissionDenied, StoreError
 from vfsd.store.journal import Journal
 
+from .budget import CacheBudget
 from .filecache import FileCache, Readout, holding, joined, overlay
 from .flushcommit import Taken, commit_flush
 from .inline import InlineWhileFast
@@ -56,9 +54,6 @@ log = logging.getLogger("vfsd.writeback")
 RunSync = Callable[..., Awaitable[Any]]
 BATCHES_IN_FLIGHT = 2  # one stages (hash, disk) while the other commits (LMDB)
 CLEAN_PER_FILE = 8  # recently flushed, partly written chunks kept per writing file (512 KiB)
-# Dirty chunks (whole or patched) per chunk of --cache-size: patches are small, but each one
-# is a base read and a chunk rewrite at flush, so their number bounds how long a close takes.
-ENTRIES_PER_CACHE_CHUNK = 4
 FLUSH_BATCH_BYTES = 64 * 1024 * 1024  # per background commit: ~100 ms of work, one fdatasync
 JOURNAL_LIMIT = 1 << 20  # bytes written between fsyncs that go to the journal; more: a commit
 INLINE_JOURNAL_LIMIT = 64 << 10  # journal records up to this size are written on the loop
@@ -81,18 +76,12 @@ class WriteBack:
         self.inline = InlineWhileFast(run)
         self.committing = 0
         self.cs = store.chunk_size
-        self.limit = max(limit_bytes, 16 * self.cs)  # bytes of dirty data (`_cost`)
-        self.max_entries = self.limit // self.cs * ENTRIES_PER_CACHE_CHUNK
+        self.budget = CacheBudget(limit_bytes, self.cs)
         self.interval = interval
         self.files: dict[int, FileCache] = {}
-        self.held = 0  # bytes, as `_cost` counts them, of the dirty chunks and those flushing
-        self.entries = 0  # dirty chunks and chunks being flushed
-        self.room = trio.Condition()
-        self.no_space_failures = 0  # commits refused for want of room (the pool is full)
-        self.pressure = trio.Event()
         # Whole chunks are flushed in batches as they come (a stream rarely rewrites them),
         # so the flush overlaps the writer instead of starting when memory runs short.
-        self.batch = max(8, min(FLUSH_BATCH_BYTES // self.cs, self.limit // self.cs // 4))
+        self.batch = max(8, min(FLUSH_BATCH_BYTES // self.cs, self.budget.limit // self.cs // 4))
         self.streamed = 0  # whole chunks written since the flusher last took a batch
         self.slots = trio.Semaphore(BATCHES_IN_FLIGHT)
         self.writing: set[int] = set()  # inodes with a handle open for writing
@@ -163,51 +152,7 @@ class WriteBack:
     def _streamed(self, n: int) -> None:
         self.streamed += n
         if self.streamed >= self.batch:
-            self.pressure.set()
-
-    def _cost(self, chunk: Chunk) -> int:
-        """What a cached chunk counts against the bound: a patch its bytes, else a chunk."""
-        return chunk.cost if isinstance(chunk, Patch) else self.cs
-
-    def _add_held(self, nbytes: int, entries: int = 0) -> None:
-        self.held += nbytes
-        self.entries += entries
-        if self._pressed():
-            self.pressure.set()
-
-    def _pressed(self) -> bool:
-        return (self.held >= self.limit * 3 // 4
-                or self.entries >= self.max_entries * 3 // 4)
-
-    async def _release_held(self, nbytes: int, entries: int) -> None:
-        self.held -= nbytes
-        self.entries -= entries
-        async with self.room:
-            self.room.notify_all()
-
-    def _full(self, nbytes: int, entries: int) -> bool:
-        return (self.held + nbytes > self.limit
-                or self.entries + entries > self.max_entries) and self.entries > 0
-
-    async def _reserve(self, nbytes: int, entries: int, f: FileCache) -> None:
-        """Wait until `nbytes` more, in `entries` more chunks, fit under the bounds (a lone
-        huge write always fits). If a flush of `f` fails meanwhile (a full disk), its error
-        ends the wait: the flusher leaves a failed file alone until the error has been
-        reported, and its writer, blocked here, would never get to the fsync that reports
-        it. Nor does it wait for room that only other files' failed flushes could give: when
-        a commit fails for want of room meanwhile, or no file left in the cache can be
-        flushed, the writer hears NoSpace (ENOSPC), as a writer on a full disk does."""
-        if not self._full(nbytes, entries):
-            return
-        failures = self.no_space_failures
-        async with self.room:
-            while self._full(nbytes, entries):
-                self._raise_error(f)
-                if self.no_space_failures != failures or self._nothing_flushable():
-                    raise NoSpace("the store is full: the write-back cache holds data of "
-                                  "other files that cannot be committed")
-                self.pressure.set()
-                await self.room.wait()
+            self.budget.pressure.set()
 
     def _nothing_flushable(self) -> bool:
         """Whether every file holding dirty data has a flush failure its writer has not heard
@@ -245,8 +190,9 @@ class WriteBack:
             data = memoryview(data)[: f.size - offset]
             end = f.size
         first, last = offset // cs, (end - 1) // cs
-        await self._reserve(len(data), sum(1 for i in range(first, last + 1) if i not in f.dirty),
-                            f)
+        await self.budget.reserve(
+            len(data), sum(1 for i in range(first, last + 1) if i not in f.dirty),
+            lambda: self._raise_error(f), self._nothing_flushable)
         if self.files.get(f.ino) is not f:
             raise _Discarded()
         # A write within one chunk is its own piece: a view of it would be two more objects
@@ -262,10 +208,10 @@ class WriteBack:
             if lo == 0 and hi == cs:
                 assert isinstance(piece, memoryview)
                 if current is None:
-                    self._add_held(cs, 1)
+                    self.budget.add(cs, 1)
                     f.clean.pop(index, None)
                 else:
-                    self._add_held(cs - self._cost(current))
+                    self.budget.add(cs - self.budget.cost(current))
                 f.dirty[index] = piece  # zero-copy: keeps pyfuse3's buffer alive
                 self._streamed(1)
                 continue
@@ -280,7 +226,7 @@ class WriteBack:
                 else:
                     current = Patch()  # the flush lays it onto the stored chunk
                 f.dirty[index] = current
-                self._add_held(self._cost(current), 1)
+                self.budget.add(self.budget.cost(current), 1)
             elif isinstance(current, memoryview):
                 current = f.dirty[index] = bytearray(current)
             if isinstance(current, Patch):
@@ -288,9 +234,9 @@ class WriteBack:
                 current.put(lo, piece)
                 if current.covers(0, cs):
                     f.dirty[index] = current.data
-                    self._add_held(cs - before)
+                    self.budget.add(cs - before)
                 else:
-                    self._add_held(current.cost - before)
+                    self.budget.add(current.cost - before)
                 continue
             if len(current) < hi:
                 current.extend(bytes(hi - len(current)))
@@ -506,7 +452,7 @@ class WriteBack:
         """Make taken chunks durable; on a core error they go back to `dirty`. `covers`: the
         newest journal set of the file whose writes are all in `taken`."""
         snapshot = taken.chunks
-        taken_bytes = sum(self._cost(chunk) for chunk in snapshot.values())
+        taken_bytes = sum(self.budget.cost(chunk) for chunk in snapshot.values())
         try:
             merged = await self._commit_when_room(f, taken, covers)
         except NotFound:
@@ -526,10 +472,9 @@ class WriteBack:
             f.error = e if isinstance(e, StoreError) else StoreError(f"flush failed: {e!r}")
             f.failures += 1
             if isinstance(e, NoSpace):
-                self.no_space_failures += 1
+                self.budget.commit_refused()
             with trio.CancelScope(shield=True):  # the error, not Cancelled, goes up
-                async with self.room:
-                    self.room.notify_all()  # writers waiting for room: see _reserve
+                await self.budget.wake_writers()  # see CacheBudget.reserve
             now = time.monotonic()
             if f.failures == 1 or now - f.failure_logged >= FAILURE_LOG_SECONDS:
                 # The flusher retries every commit interval until it succeeds or the file
@@ -549,7 +494,7 @@ class WriteBack:
             for index, chunk in snapshot.items():
                 if f.flushing.get(index) is chunk:
                     del f.flushing[index]
-            await self._release_held(taken_bytes, len(snapshot))
+            await self.budget.release(taken_bytes, len(snapshot))
         if not f.dirty:
             f.mtime_ns = f.ctime_ns = 0  # the store has them now, and later changes go there
 
@@ -558,12 +503,12 @@ class WriteBack:
         for index, chunk in snapshot.items():
             if index in f.dirty:
                 newer = f.dirty[index]
-                newer_cost = self._cost(newer)
+                newer_cost = self.budget.cost(newer)
                 f.dirty[index] = stacked(chunk, newer)
-                self._add_held(self._cost(f.dirty[index]) - newer_cost)
+                self.budget.add(self.budget.cost(f.dirty[index]) - newer_cost)
             else:
                 f.dirty[index] = chunk
-                self._add_held(self._cost(chunk), 1)
+                self.budget.add(self.budget.cost(chunk), 1)
         if not f.first_dirty:
             f.first_dirty = time.monotonic()
 
@@ -645,7 +590,7 @@ class WriteBack:
             dropped, entries = self._forget(f)
             # Under the lock: no fsync of the file is appending a set right now.
             self._drop_sets(ino)
-        await self._release_held(dropped, entries)
+        await self.budget.release(dropped, entries)
 
     async def drop_contents(self, ino: int, change: Callable[[], Inode]) -> Inode:
         """Run `change` in a worker, a store change that drops the file's contents (the
@@ -660,7 +605,7 @@ class WriteBack:
                     continue  # forgotten meanwhile: look again
                 inode = await self.run(self._commit_dropping, ino, change)
                 dropped, entries = self._forget(f)
-            await self._release_held(dropped, entries)
+            await self.budget.release(dropped, entries)
             return inode
         return await self.run(self._commit_dropping, ino, change)
 
@@ -672,10 +617,10 @@ class WriteBack:
             return change()
 
     def _forget(self, f: FileCache) -> tuple[int, int]:
-        """Drop `f` and its dirty chunks; returns what they held, for `_release_held`."""
+        """Drop `f` and its dirty chunks; returns what they held, for `CacheBudget.release`."""
         if self.files.get(f.ino) is f:
             del self.files[f.ino]
-        dropped = sum(self._cost(chunk) for chunk in f.dirty.values())
+        dropped = sum(self.budget.cost(chunk) for chunk in f.dirty.values())
         entries, f.dirty = len(f.dirty), {}
         return dropped, entries
 
@@ -715,7 +660,7 @@ class WriteBack:
                         f.mtime_ns = f.ctime_ns = time.time_ns()
         finally:
             f.pins -= 1
-        await self._release_held(*freed)
+        await self.budget.release(*freed)
         for index in edges:  # the kernel keeps this file's writes out until we return
             lo, hi = max(offset, index * cs), min(end, (index + 1) * cs)
             await self.write(ino, lo, bytes(hi - lo))
@@ -731,9 +676,9 @@ class WriteBack:
     def _drop_range(self, f: FileCache, chunks: range, lo: int, hi: int) -> tuple[int, int]:
         """Forget the dirty and clean chunks of a punched range, and the writes in it that
         the next fsync would journal (replayed after a crash, they would fill the hole).
-        Returns what the dropped chunks held, for `_release_held`."""
+        Returns what the dropped chunks held, for `CacheBudget.release`."""
         dropped = [i for i in f.dirty if i in chunks]
-        freed = sum(self._cost(f.dirty.pop(i)) for i in dropped)
+        freed = sum(self.budget.cost(f.dirty.pop(i)) for i in dropped)
         for i in [i for i in f.clean if i in chunks]:
             del f.clean[i]
         kept: list[tuple[int, bytes | memoryview]] = []
@@ -801,7 +746,7 @@ class WriteBack:
                 if self.journal is not None and self.journal.uncovered(ino):
                     return False
                 dropped, entries = self._forget(f)
-            await self._release_held(dropped, entries)
+            await self.budget.release(dropped, entries)
         if self.journal is not None and self.journal.uncovered(ino):
             return False
         f = FileCache(ino, 0, fixed_size=False, kept=ino in self.writing, replacing=True,
@@ -818,8 +763,8 @@ class WriteBack:
         async with trio.open_nursery() as batches:
             while True:
                 with trio.move_on_after(self.interval / 4):
-                    await self.pressure.wait()
-                self.pressure = trio.Event()
+                    await self.budget.pressure.wait()
+                self.budget.pressure = trio.Event()
                 while self.streamed >= self.batch:
                     self.streamed = 0
                     for ino in [ino for ino, f in self.files.items() if f.dirty]:
@@ -843,7 +788,7 @@ class WriteBack:
                         except StoreError:
                             pass
                 for _, ino in due:
-                    while (self._pressed()
+                    while (self.budget.pressed()
                            and await self._start_batch(batches, ino, whole_only=False)):
                         pass
                 if self.journal is not None and self.journal.half_full:
