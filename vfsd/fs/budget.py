@@ -32,7 +32,17 @@ class CacheBudget:
         self.entries = 0  # dirty chunks and chunks being flushed
         self.room = trio.Condition()
         self.no_space_failures = 0  # commits refused for want of room (the pool is full)
-        self.pressure = trio.Event()  # set when the flusher should flush: replaced as it wakes
+        self.pressure = trio.Event()  # set when the flusher should flush (`press`)
+
+    def press(self) -> None:
+        """Ask the flusher to flush now."""
+        self.pressure.set()
+
+    async def wait_for_pressure(self, seconds: float) -> None:
+        """The flusher's wait: until pressed or `seconds` pass; the next wait starts anew."""
+        with trio.move_on_after(seconds):
+            await self.pressure.wait()
+        self.pressure = trio.Event()
 
     def cost(self, chunk: Chunk) -> int:
         """What a cached chunk counts against the bound: a patch its bytes, else a chunk."""
@@ -42,7 +52,7 @@ class CacheBudget:
         self.held += nbytes
         self.entries += entries
         if self.pressed():
-            self.pressure.set()
+            self.press()
 
     def pressed(self) -> bool:
         return (self.held >= self.limit * 3 // 4
@@ -84,5 +94,5 @@ class CacheBudget:
                 if self.no_space_failures != failures or nothing_flushable():
                     raise NoSpace("the store is full: the write-back cache holds data of "
                                   "other files that cannot be committed")
-                self.pressure.set()
+                self.press()
                 await self.room.wait()

@@ -152,7 +152,7 @@ class WriteBack:
     def _streamed(self, n: int) -> None:
         self.streamed += n
         if self.streamed >= self.batch:
-            self.budget.pressure.set()
+            self.budget.press()
 
     def _nothing_flushable(self) -> bool:
         """Whether every file holding dirty data has a flush failure its writer has not heard
@@ -762,9 +762,7 @@ class WriteBack:
         interval, and the oldest chunks under memory pressure."""
         async with trio.open_nursery() as batches:
             while True:
-                with trio.move_on_after(self.interval / 4):
-                    await self.budget.pressure.wait()
-                self.budget.pressure = trio.Event()
+                await self.budget.wait_for_pressure(self.interval / 4)
                 while self.streamed >= self.batch:
                     self.streamed = 0
                     for ino in [ino for ino, f in self.files.items() if f.dirty]:
