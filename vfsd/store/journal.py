@@ -185,7 +185,9 @@ class Journal:
         self.seq = 0
         self.newest: dict[int, int] = {}  # ino -> seq of its newest set
         self.covered: dict[int, int] = {}  # ino -> newest set whose bytes need no replay
-        self.chunk_marked: dict[int, int] = {}  # ino -> newest set a chunk mark of it names
+        # ino -> newest set a chunk mark of it names. Changed only inside write transactions,
+        # which LMDB runs one at a time: `_put_chunk_marks` and its callers need no lock.
+        self.chunk_marked: dict[int, int] = {}
         self.unmarked: set[int] = set()  # covered in memory only: see `dropped`
         self.local = threading.local()  # `commit`: what a flush in this thread holds
         store.env.inode_hook = self._mark
